@@ -1,0 +1,57 @@
+/** Launching the system Chrome/Chromium with WebGPU, for runners and for the browser tests. */
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import puppeteer, { type Browser } from "puppeteer-core";
+
+export const DEFAULT_CHROME = "/usr/bin/chromium";
+
+/** CHROME_PATH, else Debian's chromium; a clear error naming both when neither exists. */
+export function chromePath(): string {
+  const p = process.env.CHROME_PATH || DEFAULT_CHROME;
+  if (!existsSync(p)) {
+    throw new Error(
+      `Chrome not found at ${p}. Install Debian's chromium (as root: apt-get install -y chromium) ` +
+        `or set CHROME_PATH to a Chrome/Chromium binary.`,
+    );
+  }
+  return p;
+}
+
+export const CHROME_ARGS = [
+  "--enable-unsafe-webgpu",
+  "--no-sandbox",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+  "--no-first-run",
+  "--disable-quic",
+  // Keep timers and rAF running while headless and unfocused: training loops must not be throttled.
+  "--disable-background-timer-throttling",
+  "--disable-renderer-backgrounding",
+  "--disable-backgrounding-occluded-windows",
+];
+
+export interface LaunchedChrome {
+  browser: Browser;
+  close(): Promise<void>;
+}
+
+/** A headless Chrome with a fresh profile that is deleted on close. */
+export async function launchChrome(extraArgs: string[] = []): Promise<LaunchedChrome> {
+  const userDataDir = mkdtempSync(path.join(tmpdir(), "sae-swarm-chrome-"));
+  const browser = await puppeteer.launch({
+    executablePath: chromePath(),
+    headless: true,
+    userDataDir,
+    args: [...CHROME_ARGS, ...extraArgs],
+    protocolTimeout: 600_000,
+  });
+  return {
+    browser,
+    async close() {
+      await browser.close().catch(() => {});
+      rmSync(userDataDir, { recursive: true, force: true });
+    },
+  };
+}

@@ -1,0 +1,76 @@
+/**
+ * Adapter and device setup shared by the Chrome page, Node's `webgpu` (Dawn) and the tests.
+ * The default device limits are small (128 MiB per storage binding), so we ask for the adapter's maximum.
+ */
+
+/** Limits that decide how many SAEs fit on a device; requested at the adapter's maximum. */
+export const LIMIT_NAMES = [
+  "maxBufferSize",
+  "maxStorageBufferBindingSize",
+  "maxUniformBufferBindingSize",
+  "maxStorageBuffersPerShaderStage",
+  "maxComputeWorkgroupStorageSize",
+  "maxComputeInvocationsPerWorkgroup",
+  "maxComputeWorkgroupSizeX",
+  "maxComputeWorkgroupSizeY",
+  "maxComputeWorkgroupSizeZ",
+  "maxComputeWorkgroupsPerDimension",
+  "maxBindGroups",
+  "maxBindingsPerBindGroup",
+] as const;
+
+export type LimitName = (typeof LIMIT_NAMES)[number];
+export type AdapterLimits = Record<LimitName, number>;
+
+/** What a runner reports about its adapter with every claim, and what is stored with every group it trains. */
+export interface AdapterReport {
+  vendor: string;
+  architecture: string;
+  device: string;
+  description: string;
+  /** True for fallback/software adapters (SwiftShader, llvmpipe, WARP): CPU emulation, not a GPU. */
+  isFallbackAdapter: boolean;
+  features: string[];
+  limits: AdapterLimits;
+}
+
+const SOFTWARE_HINTS = /swiftshader|llvmpipe|lavapipe|softpipe|warp|microsoft basic render|cpu/i;
+
+export function describeAdapter(adapter: GPUAdapter): AdapterReport {
+  const info = adapter.info;
+  const limits = {} as AdapterLimits;
+  for (const name of LIMIT_NAMES) limits[name] = Number(adapter.limits[name]);
+  const text = [info.vendor, info.architecture, info.device, info.description].join(" ");
+  // `isFallbackAdapter` moved from GPUAdapter to GPUAdapterInfo; read either, and trust the name too,
+  // since SwiftShader through Vulkan is not always flagged as a fallback.
+  const flagged =
+    (info as { isFallbackAdapter?: boolean }).isFallbackAdapter === true ||
+    (adapter as { isFallbackAdapter?: boolean }).isFallbackAdapter === true;
+  return {
+    vendor: info.vendor ?? "",
+    architecture: info.architecture ?? "",
+    device: info.device ?? "",
+    description: info.description ?? "",
+    isFallbackAdapter: flagged || SOFTWARE_HINTS.test(text),
+    features: [...adapter.features].map(String).sort(),
+    limits,
+  };
+}
+
+export interface SaeDevice {
+  adapter: GPUAdapter;
+  device: GPUDevice;
+  report: AdapterReport;
+}
+
+/** Requests the high-performance adapter and a device with every limit raised to the adapter's maximum. */
+export async function requestSaeDevice(gpu: GPU): Promise<SaeDevice> {
+  const adapter = await gpu.requestAdapter({ powerPreference: "high-performance" });
+  if (!adapter) throw new Error("WebGPU: no adapter found (is WebGPU enabled? Chrome needs --enable-unsafe-webgpu on Linux)");
+  const report = describeAdapter(adapter);
+  const requiredLimits: Record<string, number> = {};
+  for (const name of LIMIT_NAMES) requiredLimits[name] = report.limits[name];
+  const wanted = ["timestamp-query", "subgroups", "shader-f16"].filter((f) => adapter.features.has(f)) as GPUFeatureName[];
+  const device = await adapter.requestDevice({ requiredLimits, requiredFeatures: wanted });
+  return { adapter, device, report };
+}

@@ -1,0 +1,14 @@
+/**
+ * GPU test cases: each takes a device and a JSON-able input and returns a JSON-able output, so the same case runs
+ * in the Chrome page (through page.evaluate) and in Node on Dawn. Compare outputs with a reference in the test.
+ */
+import { runAxpy } from "../../shaders/axpy";
+
+export type GpuCase = (device: GPUDevice, input: any) => Promise<unknown>;
+
+export const cases: Record<string, GpuCase> = {
+  async axpy(device, input: { a: number; x: number[]; y: number[] }) {
+    const out = await runAxpy(device, input.a, Float32Array.from(input.x), Float32Array.from(input.y));
+    return Array.from(out);
+  },
+};

@@ -1,0 +1,13 @@
+// Node-side tests: WebGPU kernels in headless Chromium and in Dawn, the runner, and end-to-end runs.
+import { defineConfig } from "vitest/config";
+
+export default defineConfig({
+  test: {
+    include: ["test/**/*.test.ts"],
+    exclude: ["test/worker/**", "node_modules/**"],
+    testTimeout: 300_000,
+    hookTimeout: 300_000,
+    // GPU work on SwiftShader is CPU-bound; two cores do not gain from more files at once.
+    maxWorkers: 2,
+  },
+});
