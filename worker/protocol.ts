@@ -1,0 +1,99 @@
+/**
+ * The runner ↔ Worker protocol (../shared/DESIGN.md, "HTTP API"): the JSON bodies both sides agree on.
+ * The Worker validates them with zod (worker/), the runner builds them (runner/). Types only, no runtime code.
+ */
+import type { AdapterReport } from "../shaders/device";
+import type { DataConfig, EvalMetrics, StepMetrics, TrainConfig } from "../shaders/config";
+
+export interface ErrorBody {
+  error: { code: string; message: string; field?: string };
+}
+
+/** POST /v1/claims (runner token). 200 ClaimResponse, or 204 when nothing is waiting. */
+export interface ClaimRequest {
+  runner_id: string;
+  adapter: AdapterReport;
+}
+
+export interface Lease {
+  id: string;
+  /** Fencing token: every write under this lease carries it; a stale one gets 409. */
+  token: string;
+  /** Unix milliseconds. */
+  expires_at: number;
+  /** How often to heartbeat (ms); a lease not heartbeaten for its TTL expires. */
+  heartbeat_ms: number;
+}
+
+/** Where a run resumes: its latest resume checkpoint (weights + Adam state + step). */
+export interface ResumePoint {
+  run_id: string;
+  step: number;
+  /** GET this path on the Worker, with the runner token and `x-lease-token`, for the safetensors body. */
+  checkpoint_path: string;
+}
+
+export interface ClaimedRun {
+  run_id: string;
+  cfg: TrainConfig;
+}
+
+export interface ClaimResponse {
+  lease: Lease;
+  group: {
+    id: string;
+    sweep_id: string;
+    /** The runs of this lease (a group larger than the adapter can hold is chunked; all share data and shapes). */
+    cfgs: ClaimedRun[];
+    data: DataConfig;
+    /** Empty when the group starts fresh. */
+    resume: ResumePoint[];
+    /** Take a resume checkpoint every this many steps. */
+    checkpoint_every: number;
+    attempt: number;
+  };
+}
+
+/** POST /v1/leases/:id/heartbeat */
+export interface HeartbeatRequest {
+  token: string;
+  progress: { step: number; n_steps: number; samples_per_s?: number };
+}
+
+/** One logged step of one run. */
+export type MetricRow = { run_id: string; step: number } & StepMetrics;
+
+/** POST /v1/leases/:id/metrics — idempotent per (run_id, step). */
+export interface MetricsRequest {
+  token: string;
+  rows: MetricRow[];
+}
+
+/** POST /v1/leases/:id/evals — one per run; a repeat of the same run replaces nothing and is accepted. */
+export interface EvalsRequest {
+  token: string;
+  evals: Array<{ run_id: string } & EvalMetrics>;
+}
+
+/**
+ * PUT /v1/leases/:id/checkpoints/:run_id?kind=final|resume&step=N (body: safetensors; header x-lease-token).
+ * `final` is the trained SAE users download; `resume` adds the Adam moments and the step.
+ */
+export type CheckpointKind = "final" | "resume";
+
+/** POST /v1/leases/:id/complete */
+export interface CompleteRequest {
+  token: string;
+}
+
+/** POST /v1/leases/:id/fail — puts the group back, up to a retry limit. */
+export interface FailRequest {
+  token: string;
+  error: string;
+}
+
+/** Messages on the W&B queue (WANDB_QUEUE), enqueued only for runs whose config has track = true. */
+export type WandbMessage =
+  | { kind: "metrics"; run_id: string; rows: Array<{ step: number; ts: number } & StepMetrics> }
+  | { kind: "eval"; run_id: string; ts: number; eval: EvalMetrics }
+  | { kind: "finish"; run_id: string; ts: number; exit_code: number };
