@@ -3,9 +3,9 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import type { EvalMetrics, TrainConfig } from "../../shaders/config";
 import type { WandbMessage } from "../../worker/protocol";
-import { WandbClient } from "../../worker/wandb/client";
+import { WandbClient, WandbError } from "../../worker/wandb/client";
 import {
-  finalLoggedStep, forwardRun, initialForwardState, planForward, wandbRunName, WandbStateError,
+  describeFailure, finalLoggedStep, forwardRun, initialForwardState, planForward, wandbRunName, WandbStateError,
   type ForwardMessage, type ForwardOptions, type WandbForwardState, type WandbRunInfo,
 } from "../../worker/wandb/forward";
 import type { QueuedRow } from "../../worker/wandb/rows";
@@ -271,6 +271,18 @@ describe(`W&B forwarding (TEST_SEED=${seed})`, () => {
     expect([p4.verdicts, p4.complete]).toEqual([["retry", "retry"], null]);
     const p5 = planForward(s0, info, [{ ...early, attempts: 4 }, fail]);
     expect([p5.history!.steps, p5.complete, p5.verdicts]).toEqual([[9, 14], { exitCode: 1 }, ["ack", "ack"]]);
+  });
+
+  it("describes failures for the consumer: what to show, and how long the queue should wait", () => {
+    expect(describeFailure(new WandbError("file_stream", 429, "slow down", true, 1, 120_000), 1)).toMatchObject({
+      retryable: true, status: 429, delay_s: 120,
+    });
+    expect(describeFailure(new WandbError("file_stream", 503, "x", true, 6), 3)).toMatchObject({ retryable: true, delay_s: 8 });
+    const bad = describeFailure(new WandbError("graphql", 401, '{"errors":[{"message":"user is not logged in"}]}', false, 1), 1);
+    expect(bad).toMatchObject({ retryable: false, status: 401 });
+    expect(bad.message).toContain("HTTP 401");
+    expect(bad.message).toContain("not logged in");
+    expect(describeFailure(new WandbStateError("clash"), 9)).toMatchObject({ retryable: false, status: null, message: "WandbStateError: clash" });
   });
 
   it("a run without tracking sends nothing", async () => {

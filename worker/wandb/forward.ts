@@ -15,7 +15,7 @@
  */
 import { nSteps, type TrainConfig } from "../../shaders/config";
 import type { WandbMessage } from "../protocol";
-import type { UpsertedRun, WandbClient, WandbRunRef } from "./client";
+import { WandbError, type UpsertedRun, type WandbClient, type WandbRunRef } from "./client";
 import { encodeHistoryLine, evalSummary, historyLine, type QueuedRow } from "./rows";
 
 /** A send that was started and not yet known to have finished (the write-ahead record). */
@@ -318,9 +318,34 @@ export function reconcileInflight(state: WandbForwardState, up: UpsertedRun): { 
   };
 }
 
-function ref(state: WandbForwardState): WandbRunRef {
-  if (state.entity === null) throw new Error("the run has no entity yet");
+/** Where the run lives on W&B (for heartbeats); the run must have been created (state.url set). */
+export function wandbRunRef(state: WandbForwardState): WandbRunRef {
+  if (state.entity === null || state.url === null) throw new Error("the W&B run has not been created yet");
   return { entity: state.entity, project: state.project, name: state.name };
+}
+
+/** What a consumer stores and shows when forwarding a run failed, and how long the queue should wait to retry. */
+export interface ForwardFailure {
+  /** Whether a later delivery may succeed; if not, the messages still go round until the queue dead-letters them. */
+  retryable: boolean;
+  status: number | null;
+  message: string;
+  /** For message.retry({ delaySeconds }): the server's Retry-After, else 2 s·2ⁿ by delivery, capped at 60 s. */
+  delay_s: number;
+}
+
+export function describeFailure(err: unknown, attempts: number): ForwardFailure {
+  const backoff = Math.min(60, 2 * 2 ** Math.max(0, attempts - 1));
+  if (err instanceof WandbError) {
+    return {
+      retryable: err.retryable,
+      status: err.status,
+      message: err.message,
+      delay_s: err.retryAfterMs !== undefined ? Math.ceil(err.retryAfterMs / 1000) : err.retryable ? backoff : 60,
+    };
+  }
+  const message = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
+  return { retryable: !(err instanceof WandbStateError), status: null, message, delay_s: err instanceof WandbStateError ? 60 : backoff };
 }
 
 /**
@@ -380,7 +405,7 @@ export async function forwardRun(
   });
   let requests: number;
   try {
-    requests = await client.push(ref(before), {
+    requests = await client.push(wandbRunRef(before), {
       history: plan.history ? { offset: plan.history.offset, lines: plan.history.lines } : undefined,
       summary: plan.summary ?? undefined,
       complete: plan.complete ?? undefined,
