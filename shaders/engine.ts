@@ -40,6 +40,21 @@ export interface EngineState {
 export interface EngineOptions {
   /** Device-memory budget in bytes for maxSaesThatFit (default DEFAULT_MEMORY_BUDGET). */
   memoryBudget?: number;
+  /**
+   * Matmul variant: "tiled" (workgroup-memory tiles, for GPUs) or "direct" (no barriers; several times faster on
+   * software adapters such as SwiftShader, which run barriers as fiber switches). Default: by the adapter.
+   */
+  matmul?: "tiled" | "direct";
+}
+
+const SOFTWARE_ADAPTER = /swiftshader|llvmpipe|lavapipe|softpipe|warp|microsoft basic render/i;
+
+/** True when the device's adapter is a CPU emulation (SwiftShader and friends). */
+export function isSoftwareDevice(device: GPUDevice): boolean {
+  const info = (device as { adapterInfo?: GPUAdapterInfo }).adapterInfo;
+  if (!info) return false;
+  if ((info as { isFallbackAdapter?: boolean }).isFallbackAdapter) return true;
+  return SOFTWARE_ADAPTER.test([info.vendor, info.architecture, info.device, info.description].join(" "));
 }
 
 interface Kernel {
@@ -79,6 +94,7 @@ export class SaeEngine {
   readonly d_sae: number;
   readonly batchSize: number;
   readonly maxPrefixes: number;
+  readonly matmulVariant: "tiled" | "direct";
   private t = 0;
   private decoderDirty = false;
   private readonly S: number;
@@ -153,17 +169,20 @@ export class SaeEngine {
 
     // Kernels and their bind groups (train: dims + meta; eval: evalDims + evalMeta).
     const k = (label: string, code: string) => makeKernel(device, label, code);
+    this.matmulVariant = options.matmul ?? (isSoftwareDevice(device) ? "direct" : "tiled");
+    const mm = K.matmulKernels(this.matmulVariant === "direct");
     const kn = {
       normalize: k("normalize_rows", K.NORMALIZE_ROWS),
-      encode: k("encode", K.ENCODE),
-      decode: k("decode", K.DECODE),
+      thresholds: k("thresholds", K.THRESHOLDS),
+      encode: k("encode", mm.ENCODE),
+      decode: k("decode", mm.DECODE),
       resid: k("resid_cols", K.RESID_COLS),
-      gradF: k("grad_f", K.GRAD_F),
+      gradF: k("grad_f", mm.GRAD_F),
       latent: k("latent_cols", K.LATENT_COLS),
       latentFinish: k("latent_finish", K.LATENT_FINISH),
       gradBDec: k("grad_b_dec", K.GRAD_B_DEC),
-      gradWEnc: k("grad_w_enc", K.GRAD_W_ENC),
-      gradWDec: k("grad_w_dec", K.GRAD_W_DEC),
+      gradWEnc: k("grad_w_enc", mm.GRAD_W_ENC),
+      gradWDec: k("grad_w_dec", mm.GRAD_W_DEC),
       removeParallel: k("remove_parallel", K.REMOVE_PARALLEL),
       adam: k("adam", K.ADAM_KERNEL),
       evalLatent: k("eval_latent", K.EVAL_LATENT),
@@ -180,17 +199,19 @@ export class SaeEngine {
     };
     const tr = ["dims", "meta"];
     this.normalizePass = dispatch(kn.normalize, [...tr, "W_dec"], [ceil(n, 64), 1, Kc]);
+    const thresholds = (names: string[]) => dispatch(kn.thresholds, [...names, "log_threshold", "theta"], [ceil(n, 64), 1, Kc]);
     this.trainPasses = [
       this.normalizePass,
+      thresholds(tr),
       dispatch(kn.encode, [...tr, "x", "b_dec", "W_enc", "b_enc", "H"], [ceil(n, T), ceil(B, T), Kc]),
-      dispatch(kn.decode, [...tr, "x", "b_dec", "W_dec", "H", "log_threshold", "R"], [ceil(d, T), ceil(B, T), Kc]),
+      dispatch(kn.decode, [...tr, "x", "b_dec", "W_dec", "H", "theta", "R"], [ceil(d, T), ceil(B, T), Kc]),
       dispatch(kn.resid, [...tr, "R", "residPart"], [ceil(d, 64), S, Kc]),
       dispatch(kn.gradF, [...tr, "R", "W_dec", "H", "G"], [ceil(n, T), ceil(B, T), Kc]),
-      dispatch(kn.latent, [...tr, "H", "log_threshold", "G", "latentPart"], [ceil(n, 64), S, Kc]),
-      dispatch(kn.latentFinish, [...tr, "log_threshold", "latentPart", "grad.b_enc", "grad.log_threshold", "colStats"], [ceil(n, 64), 1, Kc]),
+      dispatch(kn.latent, [...tr, "H", "theta", "G", "latentPart"], [ceil(n, 64), S, Kc]),
+      dispatch(kn.latentFinish, [...tr, "theta", "latentPart", "grad.b_enc", "grad.log_threshold", "colStats"], [ceil(n, 64), 1, Kc]),
       dispatch(kn.gradBDec, [...tr, "residPart", "W_enc", "grad.b_enc", "grad.b_dec", "colStats"], [ceil(d, 64), 1, Kc]),
-      dispatch(kn.gradWEnc, [...tr, "x", "b_dec", "G", "H", "log_threshold", "grad.W_enc"], [ceil(n, T), ceil(d, T), Kc]),
-      dispatch(kn.gradWDec, [...tr, "H", "log_threshold", "R", "grad.W_dec"], [ceil(d, T), ceil(n, T), Kc]),
+      dispatch(kn.gradWEnc, [...tr, "x", "b_dec", "G", "H", "theta", "grad.W_enc"], [ceil(n, T), ceil(d, T), Kc]),
+      dispatch(kn.gradWDec, [...tr, "H", "theta", "R", "grad.W_dec"], [ceil(d, T), ceil(n, T), Kc]),
       dispatch(kn.removeParallel, [...tr, "W_dec", "grad.W_dec"], [ceil(n, 64), 1, Kc]),
       ...PARAM_NAMES.map((p) => {
         const wgs = ceil(this.sizes[p], 256);
@@ -199,9 +220,10 @@ export class SaeEngine {
     ];
     const ev = ["evalDims", "evalMeta"];
     this.evalPasses = [
+      thresholds(ev),
       dispatch(kn.encode, [...ev, "x", "b_dec", "W_enc", "b_enc", "H"], [ceil(n, T), ceil(B, T), Kc]),
-      dispatch(kn.decode, [...ev, "x", "b_dec", "W_dec", "H", "log_threshold", "R"], [ceil(d, T), ceil(B, T), Kc]),
-      dispatch(kn.evalLatent, [...ev, "H", "log_threshold", "evalCount", "evalSum"], [ceil(n, 64), 1, Kc]),
+      dispatch(kn.decode, [...ev, "x", "b_dec", "W_dec", "H", "theta", "R"], [ceil(d, T), ceil(B, T), Kc]),
+      dispatch(kn.evalLatent, [...ev, "H", "theta", "evalCount", "evalSum"], [ceil(n, 64), 1, Kc]),
       dispatch(kn.evalResid, [...ev, "R", "x", "mu0", "evalResid"], [ceil(d, 64), 1, Kc]),
     ];
 

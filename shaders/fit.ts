@@ -29,6 +29,7 @@ export function perSaeTensors(s: SaeShape): Record<string, number> {
   const out: Record<string, number> = {};
   // parameters, their gradients and Adam's two moments
   for (const [name, size] of Object.entries(params)) for (const kind of ["", "grad.", "m.", "v."]) out[kind + name] = size;
+  out.theta = n; // exp(log θ), or 0 for ReLU
   out.H = B * n; // pre-activations
   out.G = B * n; // dL/df
   out.R = prefixes(s) * B * d; // per-prefix residuals, then their suffix sums

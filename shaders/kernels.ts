@@ -38,16 +38,10 @@ fn blockOf(sae: u32, j: u32) -> u32 {
   loop { if (q + 1u >= nPrefixes(sae) || j < bound(sae, q + 1u)) { break; } q++; }
   return q;
 }
-// f = act(h): ReLU max(h, 0); JumpReLU h·H(h − θ).
-fn act(sae: u32, h: f32, logTheta: f32) -> f32 {
-  if (isJump(sae)) { return select(0.0, h, h > exp(logTheta)); }
-  return max(h, 0.0);
-}
-// ∂f/∂h: ReLU 1{h > 0}; JumpReLU H(h − θ).
-fn actGrad(sae: u32, h: f32, logTheta: f32) -> f32 {
-  if (isJump(sae)) { return select(0.0, 1.0, h > exp(logTheta)); }
-  return select(0.0, 1.0, h > 0.0);
-}
+// f = act(h) = h·1{h > θ}: θ = exp(log θ) for JumpReLU and θ = 0 for ReLU (max(h, 0)), from the theta buffer.
+fn act(h: f32, theta: f32) -> f32 { return select(0.0, h, h > theta); }
+// ∂f/∂h = 1{h > θ} (ReLU: 1{h > 0}; JumpReLU: H(h − θ)).
+fn actGrad(h: f32, theta: f32) -> f32 { return select(0.0, 1.0, h > theta); }
 // Kahan–Babuška (Neumaier) compensated sum: s.x is the sum, s.y the running compensation.
 fn kadd(s: vec2f, v: f32) -> vec2f {
   let t = s.x + v;
@@ -76,7 +70,7 @@ interface MatmulSpec {
   epilogue: string;
 }
 
-function matmul(s: MatmulSpec): string {
+function matmul(s: MatmulSpec, direct: boolean): string {
   const aIdx = s.aKFast ? "let am = e / 16u; let ak = e % 16u;" : "let am = e % 64u; let ak = e / 64u;";
   const bIdx = s.bNFast ? "let bk = e / 64u; let bn = e % 64u;" : "let bk = e % 16u; let bn = e / 16u;";
   const aMask = s.mode === "mBlocks" ? " && gm >= rLo && gm < rHi" : "";
@@ -102,36 +96,57 @@ function matmul(s: MatmulSpec): string {
         }
         workgroupBarrier();
         for (var kk = 0u; kk < 16u; kk++) {
-          var a: array<f32, 4>; var b: array<f32, 4>;
-          for (var i = 0u; i < 4u; i++) { a[i] = As[kk * 64u + ty + 16u * i]; }
-          for (var j = 0u; j < 4u; j++) { b[j] = Bs[kk * 64u + tx + 16u * j]; }
-          for (var i = 0u; i < 4u; i++) { for (var j = 0u; j < 4u; j++) { acc[i][j] = fma(a[i], b[j], acc[i][j]); } }
+          let ab = kk * 64u + ty; let bb = kk * 64u + tx;
+          let b = vec4f(Bs[bb], Bs[bb + 16u], Bs[bb + 32u], Bs[bb + 48u]);
+          acc0 = fma(vec4f(As[ab]), b, acc0);
+          acc1 = fma(vec4f(As[ab + 16u]), b, acc1);
+          acc2 = fma(vec4f(As[ab + 32u]), b, acc2);
+          acc3 = fma(vec4f(As[ab + 48u]), b, acc3);
         }
         workgroupBarrier();
         k0 += 16u;
       }
     }`;
+  // Without workgroup memory or barriers: each thread reads its 4 A values and 4 B values per k straight from
+  // memory. Software adapters (SwiftShader runs barriers as fiber switches) are several times faster this way.
+  const lanes = [0, 1, 2, 3];
+  const directLoop = (kLo: string, kHi: string) => /* wgsl */ `
+    {
+      let kHi = ${kHi};
+      for (var gk = ${kLo}; gk < kHi; gk++) {
+        var a = vec4f(0.0); var b = vec4f(0.0);
+        ${lanes.map((i) => `{ let gm = m0 + ty + ${16 * i}u; if (gm < M${aMask}) { a[${i}] = ${s.loadA}; } }`).join("\n        ")}
+        ${lanes.map((j) => `{ let gn = n0 + tx + ${16 * j}u; if (gn < N${bMask}) { b[${j}] = ${s.loadB}; } }`).join("\n        ")}
+        acc0 = fma(vec4f(a.x), b, acc0);
+        acc1 = fma(vec4f(a.y), b, acc1);
+        acc2 = fma(vec4f(a.z), b, acc2);
+        acc3 = fma(vec4f(a.w), b, acc3);
+      }
+    }`;
+  const loop = direct ? directLoop : tileLoop;
   const epilogue = /* wgsl */ `
+    let accs = array<vec4f, 4>(acc0, acc1, acc2, acc3);
     for (var i = 0u; i < 4u; i++) {
       let m = m0 + ty + 16u * i;
       if (m >= M) { continue; }
+      let row = accs[i];
       for (var j = 0u; j < 4u; j++) {
         let nn = n0 + tx + 16u * j;
         if (nn >= N) { continue; }
-        let v = acc[i][j];
+        let v = row[j];
         ${s.epilogue}
       }
     }`;
   let body: string;
-  if (s.mode === "plain") body = tileLoop("0u", "KD") + epilogue;
+  if (s.mode === "plain") body = loop("0u", "KD") + epilogue;
   else if (s.mode === "kSegments")
-    body = `for (var q = 0u; q < nPrefixes(sae); q++) { ${tileLoop("bound(sae, q)", "bound(sae, q + 1u)")} ${epilogue} }`;
+    body = `for (var q = 0u; q < nPrefixes(sae); q++) { ${loop("bound(sae, q)", "bound(sae, q + 1u)")} ${epilogue} }`;
   else {
     const first = s.mode === "nBlocks" ? "n0" : "m0";
     const last = s.mode === "nBlocks" ? "min(n0 + 63u, N - 1u)" : "min(m0 + 63u, M - 1u)";
     body = `for (var q = blockOf(sae, ${first}); q <= blockOf(sae, ${last}); q++) {
       let rLo = bound(sae, q); let rHi = bound(sae, q + 1u);
-      ${tileLoop("0u", "KD")}
+      ${loop("0u", "KD")}
     }
     ${epilogue}`;
   }
@@ -145,7 +160,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) lid: 
   let tx = lxy.x; let ty = lxy.y;
   let m0 = wg.y * 64u; let n0 = wg.x * 64u;
   let M = ${s.M}; let N = ${s.N}; let KD = ${s.KD};
-  var acc: array<array<f32, 4>, 4>;
+  var acc0 = vec4f(0.0); var acc1 = vec4f(0.0); var acc2 = vec4f(0.0); var acc3 = vec4f(0.0);
   ${body}
 }`;
 }
@@ -154,7 +169,7 @@ const rw = (b: number, name: string) => `@group(0) @binding(${b}) var<storage, r
 const ro = (b: number, name: string) => `@group(0) @binding(${b}) var<storage, read> ${name}: array<f32>;`;
 
 /** h = (x − b_dec) W_enc + b_enc. */
-export const ENCODE = matmul({
+const ENCODE: MatmulSpec = ({
   bindings: [META, ro(2, "x"), ro(3, "b_dec"), ro(4, "W_enc"), ro(5, "b_enc"), rw(6, "H")].join("\n"),
   M: "dims.B", N: "dims.n", KD: "dims.d",
   loadA: "x[gm * dims.d + gk] - b_dec[sae * dims.d + gk]", aKFast: true,
@@ -164,17 +179,17 @@ export const ENCODE = matmul({
 });
 
 /** e_q = b_dec + Σ_{j < p_q} f_j W_dec[j] − x for every prefix q (cumulative over blocks). */
-export const DECODE = matmul({
-  bindings: [META, ro(2, "x"), ro(3, "b_dec"), ro(4, "W_dec"), ro(5, "H"), ro(6, "log_threshold"), rw(7, "R")].join("\n"),
+const DECODE: MatmulSpec = ({
+  bindings: [META, ro(2, "x"), ro(3, "b_dec"), ro(4, "W_dec"), ro(5, "H"), ro(6, "theta"), rw(7, "R")].join("\n"),
   M: "dims.B", N: "dims.d", KD: "dims.n",
-  loadA: "act(sae, H[(sae * dims.B + gm) * dims.n + gk], log_threshold[sae * dims.n + gk])", aKFast: true,
+  loadA: "act(H[(sae * dims.B + gm) * dims.n + gk], theta[sae * dims.n + gk])", aKFast: true,
   loadB: "W_dec[(sae * dims.n + gk) * dims.d + gn]", bNFast: true,
   mode: "kSegments",
   epilogue: "R[((sae * dims.Pmax + q) * dims.B + m) * dims.d + nn] = v + b_dec[sae * dims.d + nn] - x[m * dims.d + nn];",
 });
 
 /** dL/df_j = scale·R_{block(j)}·W_dec[j] (+ coeff/B where h > 0, ReLU's L1 term). */
-export const GRAD_F = matmul({
+const GRAD_F: MatmulSpec = ({
   bindings: [META, ro(2, "R"), ro(3, "W_dec"), ro(4, "H"), rw(5, "G")].join("\n"),
   M: "dims.B", N: "dims.n", KD: "dims.d",
   loadA: "R[((sae * dims.Pmax + q) * dims.B + gm) * dims.d + gk]", aKFast: true,
@@ -187,21 +202,21 @@ export const GRAD_F = matmul({
 });
 
 /** dL/dW_enc = (x − b_dec)ᵀ · (G ⊙ act'(h)). */
-export const GRAD_W_ENC = matmul({
-  bindings: [META, ro(2, "x"), ro(3, "b_dec"), ro(4, "G"), ro(5, "H"), ro(6, "log_threshold"), rw(7, "gW_enc")].join("\n"),
+const GRAD_W_ENC: MatmulSpec = ({
+  bindings: [META, ro(2, "x"), ro(3, "b_dec"), ro(4, "G"), ro(5, "H"), ro(6, "theta"), rw(7, "gW_enc")].join("\n"),
   M: "dims.d", N: "dims.n", KD: "dims.B",
   loadA: "x[gk * dims.d + gm] - b_dec[sae * dims.d + gm]", aKFast: false,
-  loadB: "G[(sae * dims.B + gk) * dims.n + gn] * actGrad(sae, H[(sae * dims.B + gk) * dims.n + gn], log_threshold[sae * dims.n + gn])",
+  loadB: "G[(sae * dims.B + gk) * dims.n + gn] * actGrad(H[(sae * dims.B + gk) * dims.n + gn], theta[sae * dims.n + gn])",
   bNFast: true,
   mode: "plain",
   epilogue: "gW_enc[(sae * dims.d + m) * dims.n + nn] = v;",
 });
 
 /** dL/dW_dec[j] = scale·Σ_b f_bj R_{block(j)}[b]. */
-export const GRAD_W_DEC = matmul({
-  bindings: [META, ro(2, "H"), ro(3, "log_threshold"), ro(4, "R"), rw(5, "gW_dec")].join("\n"),
+const GRAD_W_DEC: MatmulSpec = ({
+  bindings: [META, ro(2, "H"), ro(3, "theta"), ro(4, "R"), rw(5, "gW_dec")].join("\n"),
   M: "dims.n", N: "dims.d", KD: "dims.B",
-  loadA: "act(sae, H[(sae * dims.B + gk) * dims.n + gm], log_threshold[sae * dims.n + gm])", aKFast: false,
+  loadA: "act(H[(sae * dims.B + gk) * dims.n + gm], theta[sae * dims.n + gm])", aKFast: false,
   loadB: "R[((sae * dims.Pmax + q) * dims.B + gk) * dims.d + gn]", bNFast: true,
   mode: "mBlocks",
   epilogue: "gW_dec[(sae * dims.n + m) * dims.d + nn] = lossScale(sae) * v;",
@@ -220,6 +235,18 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   for (var c = 0u; c < dims.d; c++) { s = fma(W_dec[base + c], W_dec[base + c], s); }
   let inv = 1.0 / sqrt(s);
   for (var c = 0u; c < dims.d; c++) { W_dec[base + c] = W_dec[base + c] * inv; }
+}`;
+
+/** θ per latent: exp(log θ) for JumpReLU, 0 for ReLU (so act(h) = h·1{h > θ} serves both without a branch). */
+export const THRESHOLDS = /* wgsl */ `${HEADER}
+${META}
+${ro(2, "log_threshold")}
+${rw(3, "theta")}
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let j = gid.x; let sae = gid.z;
+  if (j >= dims.n) { return; }
+  theta[sae * dims.n + j] = select(0.0, exp(log_threshold[sae * dims.n + j]), isJump(sae));
 }`;
 
 /** In place e_q → R_q = Σ_{r ≥ q} e_r; partial sums per chunk of rows: Σ e² (mse) and Σ R_0 (for dL/db_dec). */
@@ -253,15 +280,14 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
 export const LATENT_COLS = /* wgsl */ `${HEADER}
 ${META}
 ${ro(2, "H")}
-${ro(3, "log_threshold")}
+${ro(3, "theta")}
 ${ro(4, "G")}
 ${rw(5, "latentPart")}
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let j = gid.x; let s = gid.y; let sae = gid.z;
   if (j >= dims.n) { return; }
-  let lt = log_threshold[sae * dims.n + j];
-  let theta = exp(lt);
+  let th = theta[sae * dims.n + j];
   let eps = bandwidth(sae);
   let jump = isJump(sae);
   let sparsityGrad = coeff(sae) * invB(sae);
@@ -270,11 +296,11 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   for (var b = s * dims.chunk; b < end; b++) {
     let idx = (sae * dims.B + b) * dims.n + j;
     let h = H[idx]; let g = G[idx];
-    let f = act(sae, h, lt);
-    gb = kadd(gb, g * actGrad(sae, h, lt));
-    if (jump && abs((h - theta) / eps) < 0.5) {
+    let f = act(h, th);
+    gb = kadd(gb, g * actGrad(h, th));
+    if (jump && abs((h - th) / eps) < 0.5) {
       // ∂f/∂θ = −(θ/ε)K, ∂H/∂θ = −(1/ε)K, rectangle kernel K = 1 here.
-      gt = kadd(gt, -(g * theta + sparsityGrad) / eps);
+      gt = kadd(gt, -(g * th + sparsityGrad) / eps);
     }
     if (f > 0.0) { cnt += 1.0; l1 = kadd(l1, f); }
   }
@@ -288,7 +314,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
 /** Sums the chunks: dL/db_enc, dL/dlog θ = θ·dL/dθ, and the per-column L0 count and L1 sum for the step metrics. */
 export const LATENT_FINISH = /* wgsl */ `${HEADER}
 ${META}
-${ro(2, "log_threshold")}
+${ro(2, "theta")}
 ${ro(3, "latentPart")}
 ${rw(4, "gb_enc")}
 ${rw(5, "glog_threshold")}
@@ -302,7 +328,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
     for (var s = 0u; s < dims.S; s++) { t[k] = kadd(t[k], latentPart[((k * dims.K + sae) * dims.S + s) * dims.n + j]); }
   }
   gb_enc[sae * dims.n + j] = t[0].x + t[0].y;
-  glog_threshold[sae * dims.n + j] = select(0.0, exp(log_threshold[sae * dims.n + j]) * (t[1].x + t[1].y), isJump(sae));
+  glog_threshold[sae * dims.n + j] = select(0.0, theta[sae * dims.n + j] * (t[1].x + t[1].y), isJump(sae));
   colStats[sae * dims.n + j] = t[2].x + t[2].y;
   colStats[(dims.K + sae) * dims.n + j] = t[3].x + t[3].y;
 }`;
@@ -369,18 +395,18 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
 export const EVAL_LATENT = /* wgsl */ `${HEADER}
 ${META}
 ${ro(2, "H")}
-${ro(3, "log_threshold")}
+${ro(3, "theta")}
 @group(0) @binding(4) var<storage, read_write> evalCount: array<u32>;
 ${rw(5, "evalSum")}
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let j = gid.x; let sae = gid.z;
   if (j >= dims.n) { return; }
-  let lt = log_threshold[sae * dims.n + j];
+  let th = theta[sae * dims.n + j];
   let o = sae * dims.n + j;
   var cnt = 0u; var s = vec2f(0.0);
   for (var b = 0u; b < dims.B; b++) {
-    let f = act(sae, H[(sae * dims.B + b) * dims.n + j], lt);
+    let f = act(H[(sae * dims.B + b) * dims.n + j], th);
     if (f > 0.0) { cnt++; s = kadd(s, f); }
   }
   evalCount[o] = evalCount[o] + cnt;
@@ -419,3 +445,14 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
     evalResid[xo] = a1.x; evalResid[xo + 1u] = a1.y; evalResid[xo + 2u] = a2.x; evalResid[xo + 3u] = a2.y;
   }
 }`;
+
+/** The five matmul-shaped kernels of a step; `direct` picks the barrier-free variant (software adapters). */
+export function matmulKernels(direct: boolean) {
+  return {
+    ENCODE: matmul(ENCODE, direct),
+    DECODE: matmul(DECODE, direct),
+    GRAD_F: matmul(GRAD_F, direct),
+    GRAD_W_ENC: matmul(GRAD_W_ENC, direct),
+    GRAD_W_DEC: matmul(GRAD_W_DEC, direct),
+  };
+}

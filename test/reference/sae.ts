@@ -99,15 +99,15 @@ export function forward(p: Params, x: ArrayLike<number>, B: number, hp: Hyper): 
 
 /** Gradients of loss (JumpReLU: the pseudo-gradients of SAE.md, rectangle kernel). */
 export function backward(p: Params, x: ArrayLike<number>, B: number, hp: Hyper, fw: Forward): Params {
+  return backwardDetailed(p, x, B, hp, fw).grads;
+}
+
+/** backward, also returning dL/df per example and latent (ReLU: with the L1 term; JumpReLU: without the L0 term). */
+export function backwardDetailed(p: Params, x: ArrayLike<number>, B: number, hp: Hyper, fw: Forward): { grads: Params; gf: Float64Array } {
   const { d, n, bounds } = hp;
   const P = bounds.length - 1;
   const g = zerosLike(p);
   const scale = 2 / (B * P * d);
-  const block = (j: number) => {
-    let q = 0;
-    while (j >= bounds[q + 1]) q++;
-    return q;
-  };
   // dL/dx̂_q = scale·e_q; latent j of block q feeds every x̂_r with r ≥ q.
   const gf = new Float64Array(B * n);
   for (let b = 0; b < B; b++)
@@ -120,7 +120,6 @@ export function backward(p: Params, x: ArrayLike<number>, B: number, hp: Hyper, 
           g.W_dec[j * d + c] += ge * fw.f[b * n + j];
         }
       }
-  void block;
   const eps = hp.bandwidth;
   for (let b = 0; b < B; b++)
     for (let j = 0; j < n; j++) {
@@ -128,8 +127,8 @@ export function backward(p: Params, x: ArrayLike<number>, B: number, hp: Hyper, 
       const theta = Math.exp(p.log_threshold[j]);
       let gh: number;
       if (hp.kind === "relu") {
-        const gfj = gf[b * n + j] + (h > 0 ? hp.coeff / B : 0); // d|f|/df = sign(f), 0 at f = 0 as torch
-        gh = h > 0 ? gfj : 0;
+        gf[b * n + j] += h > 0 ? hp.coeff / B : 0; // d|f|/df = sign(f), 0 at f = 0 as torch
+        gh = h > 0 ? gf[b * n + j] : 0;
       } else {
         const kern = Math.abs((h - theta) / eps) < 0.5 ? 1 : 0;
         gh = h > theta ? gf[b * n + j] : 0;
@@ -142,7 +141,7 @@ export function backward(p: Params, x: ArrayLike<number>, B: number, hp: Hyper, 
         g.b_dec[i] -= p.W_enc[i * n + j] * gh;
       }
     }
-  return g;
+  return { grads: g, gf };
 }
 
 export function normalizeDecoderRows(W_dec: Float64Array, n: number, d: number): void {
@@ -178,6 +177,8 @@ export interface StepResult {
   forward: Forward;
   /** Gradients as Adam saw them (after the parallel component was removed). */
   grads: Params;
+  gf: Float64Array;
+  hyper: Hyper;
 }
 
 /** One training step in saev's order (SAE.md "One step"); mutates state. */
@@ -187,7 +188,7 @@ export function trainStep(state: State, cfg: TrainConfig, x: ArrayLike<number>, 
   const { n, d } = hp;
   if (cfg.sae.normalize_w_dec) normalizeDecoderRows(state.params.W_dec, n, d);
   const fw = forward(state.params, x, B, hp);
-  const g = backward(state.params, x, B, hp, fw);
+  const { grads: g, gf } = backwardDetailed(state.params, x, B, hp, fw);
   if (cfg.sae.remove_parallel_grads) removeParallelGrads(g.W_dec, state.params.W_dec, n, d);
   const { stepSize, sqrtBias2 } = adamScalars(learningRate(cfg, t), t);
   for (const name of PARAM_NAMES) {
@@ -200,7 +201,7 @@ export function trainStep(state: State, cfg: TrainConfig, x: ArrayLike<number>, 
     }
   }
   state.step++;
-  return { forward: fw, grads: g };
+  return { forward: fw, grads: g, gf, hyper: hp };
 }
 
 /** evaluate (SAE.md): means over all examples, full reconstruction. */
