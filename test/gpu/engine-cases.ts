@@ -5,6 +5,7 @@
 import { SyntheticDataset } from "../../runner/data/synthetic";
 import type { SyntheticData, TrainConfig } from "../../shaders/config";
 import { PARAM_NAMES, SaeEngine, type EngineState, type ParamName } from "../../shaders/engine";
+import { createMatmul, type MatmulVariant } from "../../shaders/matmul";
 
 type JsonParams = Record<ParamName, number[]>;
 export interface JsonState {
@@ -122,6 +123,21 @@ export const engineCases = {
       } finally {
         one.destroy();
         two.destroy();
+      }
+    });
+  },
+
+  /** The benchmark's roofline matmul, C = A·B, poisoned output first. */
+  async matmul(device: GPUDevice, input: { variant: MatmulVariant; M: number; N: number; K: number; a: number[]; b: number[] }) {
+    return gpuErrors(device, async () => {
+      const mm = createMatmul(device, input.variant, input.M, input.N, input.K, Float32Array.from(input.a), Float32Array.from(input.b));
+      try {
+        const enc = device.createCommandEncoder();
+        mm.encode(enc, 1);
+        device.queue.submit([enc.finish()]);
+        return Array.from(await mm.readC());
+      } finally {
+        mm.destroy();
       }
     });
   },

@@ -194,6 +194,19 @@ for (const [name, open, skip] of backends) {
       expect(out.maxDiff).toBe(0);
     });
 
+    for (const variant of ["tiled", "direct"] as const)
+      it(`the roofline matmul (${variant}) matches float64`, async () => {
+        const seed = testSeed();
+        const rand = mulberry32(seed);
+        const [M, N, K] = [128, 64, 48];
+        const a = Array.from({ length: M * K }, () => Math.fround(rand() * 2 - 1));
+        const b = Array.from({ length: K * N }, () => Math.fround(rand() * 2 - 1));
+        const got = await gpu.run<number[]>("matmul", { variant, M, N, K, a, b });
+        const want = new Float64Array(M * N);
+        for (let i = 0; i < M; i++) for (let k = 0; k < K; k++) for (let j = 0; j < N; j++) want[i * N + j] += a[i * K + k] * b[k * N + j];
+        expect(relError(got, want), `seed ${seed}`).toBeLessThanOrEqual(F32_TOL);
+      });
+
     it("refuses a group that does not fit the device, naming the limit", async () => {
       const cfgs = Array.from({ length: 4 }, () => trainConfig({ sae_batch_size: 16384, sae: { d_vit: 1024, exp_factor: 64 } }));
       const out = await gpu.run<{ error: string | null }>("engineTooBig", { cfgs });
