@@ -64,7 +64,7 @@ interface Kernel {
 }
 
 /** Builds an explicit bind group layout from the kernel's declarations, so unused-looking bindings never vanish. */
-function makeKernel(device: GPUDevice, label: string, code: string): Kernel {
+export function makeKernel(device: GPUDevice, label: string, code: string): Kernel {
   const entries: GPUBindGroupLayoutEntry[] = [];
   for (const m of code.matchAll(/@binding\((\d+)\) var<(uniform|storage, read_write|storage, read)>/g)) {
     const type: GPUBufferBindingType = m[2] === "uniform" ? "uniform" : m[2] === "storage, read" ? "read-only-storage" : "storage";

@@ -113,10 +113,12 @@ function matmul(s: MatmulSpec, direct: boolean): string {
   const directLoop = (kLo: string, kHi: string) => /* wgsl */ `
     {
       let kHi = ${kHi};
+      ${lanes.map((i) => `let gm${i} = m0 + ty + ${16 * i}u; let okA${i} = gm${i} < M${aMask.replaceAll("gm", `gm${i}`)};`).join("\n      ")}
+      ${lanes.map((j) => `let gn${j} = n0 + tx + ${16 * j}u; let okB${j} = gn${j} < N${bMask.replaceAll("gn", `gn${j}`)};`).join("\n      ")}
       for (var gk = ${kLo}; gk < kHi; gk++) {
-        var a = vec4f(0.0); var b = vec4f(0.0);
-        ${lanes.map((i) => `{ let gm = m0 + ty + ${16 * i}u; if (gm < M${aMask}) { a[${i}] = ${s.loadA}; } }`).join("\n        ")}
-        ${lanes.map((j) => `{ let gn = n0 + tx + ${16 * j}u; if (gn < N${bMask}) { b[${j}] = ${s.loadB}; } }`).join("\n        ")}
+        // out-of-range reads are clamped by WGSL's robust access and then discarded by select: no branches
+        let a = vec4f(${lanes.map((i) => `select(0.0, ${s.loadA.replaceAll("gm", `gm${i}`)}, okA${i})`).join(", ")});
+        let b = vec4f(${lanes.map((j) => `select(0.0, ${s.loadB.replaceAll("gn", `gn${j}`)}, okB${j})`).join(", ")});
         acc0 = fma(vec4f(a.x), b, acc0);
         acc1 = fma(vec4f(a.y), b, acc1);
         acc2 = fma(vec4f(a.z), b, acc2);
@@ -455,4 +457,20 @@ export function matmulKernels(direct: boolean) {
     GRAD_W_ENC: matmul(GRAD_W_ENC, direct),
     GRAD_W_DEC: matmul(GRAD_W_DEC, direct),
   };
+}
+
+/** A plain C[M, N] = A[M, K]·B[K, N] from the same generator (dims.B = M, dims.d = K, dims.n = N): a roofline
+ *  candidate for the benchmark that shares the step matmuls' code shape. */
+export function plainMatmul(direct: boolean): string {
+  return matmul(
+    {
+      bindings: [META, ro(2, "A"), ro(3, "Bm"), rw(4, "C")].join("\n"),
+      M: "dims.B", N: "dims.n", KD: "dims.d",
+      loadA: "A[gm * dims.d + gk]", aKFast: true,
+      loadB: "Bm[gk * dims.n + gn]", bNFast: true,
+      mode: "plain",
+      epilogue: "C[m * dims.n + nn] = v;",
+    },
+    direct,
+  );
 }

@@ -4,7 +4,12 @@
  * per thread) with vec4 loads; "tiled" stages 64 × 16 / 16 × 64 tiles in workgroup memory (GPUs), "direct" reads
  * straight from memory without barriers (software adapters). Shapes: M % 64 = N % 64 = K % 16 = 0.
  */
-export type MatmulVariant = "tiled" | "direct";
+import { makeKernel } from "./engine";
+import { plainMatmul } from "./kernels";
+
+/** tiled / direct: the vec4 kernels below; generated-tiled / generated-direct: kernels.ts's generator (scalar loads). */
+export type MatmulVariant = "tiled" | "direct" | "generated-tiled" | "generated-direct";
+export const MATMUL_VARIANTS: MatmulVariant[] = ["tiled", "direct", "generated-tiled", "generated-direct"];
 
 const PARAMS = /* wgsl */ `
 struct Dims { M: u32, N: u32, K: u32, pad: u32 }
@@ -72,21 +77,33 @@ export interface Matmul {
 
 export function createMatmul(device: GPUDevice, variant: MatmulVariant, M: number, N: number, K: number, a: Float32Array<ArrayBuffer>, b: Float32Array<ArrayBuffer>): Matmul {
   if (M % 64 || N % 64 || K % 16) throw new Error(`matmul: M and N must be multiples of 64 and K of 16, got ${M}×${N}×${K}`);
-  const module = device.createShaderModule({ code: variant === "tiled" ? MATMUL_TILED : MATMUL_DIRECT });
-  const pipeline = device.createComputePipeline({ layout: "auto", compute: { module, entryPoint: "main" } });
   const storage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
-  const dims = device.createBuffer({ size: 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
-  device.queue.writeBuffer(dims, 0, new Uint32Array([M, N, K, 0]));
   const A = device.createBuffer({ size: 4 * M * K, usage: storage });
   const B = device.createBuffer({ size: 4 * K * N, usage: storage });
   const C = device.createBuffer({ size: 4 * M * N, usage: storage });
   device.queue.writeBuffer(A, 0, a);
   device.queue.writeBuffer(B, 0, b);
-  const bind = device.createBindGroup({
-    layout: pipeline.getBindGroupLayout(0),
-    entries: [dims, A, B, C].map((buffer, binding) => ({ binding, resource: { buffer } })),
-  });
-  const size: [number, number] = variant === "tiled" ? [N / 64, M / 64] : [Math.ceil(N / 4 / 8), Math.ceil(M / 4 / 8)];
+  const generated = variant.startsWith("generated");
+  const dims = device.createBuffer({ size: 32, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
+  // generated kernels read the engine's Dims (B, d, n, K, Pmax, S, chunk, size) and a (here unused) meta buffer
+  device.queue.writeBuffer(dims, 0, generated ? new Uint32Array([M, K, N, 1, 1, 1, 256, 0]) : new Uint32Array([M, N, K, 0, 0, 0, 0, 0]));
+  const meta = device.createBuffer({ size: 4 * 32, usage: storage });
+  let pipeline: GPUComputePipeline;
+  let layout: GPUBindGroupLayout;
+  let buffers: GPUBuffer[];
+  if (generated) {
+    const kernel = makeKernel(device, variant, plainMatmul(variant === "generated-direct"));
+    pipeline = kernel.pipeline;
+    layout = kernel.layout;
+    buffers = [dims, meta, A, B, C];
+  } else {
+    const module = device.createShaderModule({ code: variant === "tiled" ? MATMUL_TILED : MATMUL_DIRECT });
+    pipeline = device.createComputePipeline({ layout: "auto", compute: { module, entryPoint: "main" } });
+    layout = pipeline.getBindGroupLayout(0);
+    buffers = [dims, A, B, C];
+  }
+  const bind = device.createBindGroup({ layout, entries: buffers.map((buffer, binding) => ({ binding, resource: { buffer } })) });
+  const size: [number, number] = variant === "direct" ? [Math.ceil(N / 4 / 8), Math.ceil(M / 4 / 8)] : [N / 64, M / 64];
   return {
     encode(enc, repeats) {
       const pass = enc.beginComputePass();
@@ -106,7 +123,7 @@ export function createMatmul(device: GPUDevice, variant: MatmulVariant, M: numbe
       return out;
     },
     destroy() {
-      for (const b of [dims, A, B, C]) b.destroy();
+      for (const b of [dims, meta, A, B, C]) b.destroy();
     },
   };
 }

@@ -7,7 +7,7 @@
  */
 import { existsSync } from "node:fs";
 import { SaeEngine } from "../../shaders/engine";
-import { createMatmul, type MatmulVariant } from "../../shaders/matmul";
+import { createMatmul, MATMUL_VARIANTS } from "../../shaders/matmul";
 import { requestSaeDevice } from "../../shaders/device";
 import { trainConfig } from "../helpers/train-config";
 
@@ -41,8 +41,8 @@ async function timeIt(fn: () => void, repeats: number): Promise<number> {
 
 // Roofline: the best of our plain matmuls at the step's dominant shape [B, d] × [d, n].
 const rand = (len: number) => Float32Array.from({ length: len }, (_, i) => Math.sin(i * 12.9898) * 0.5);
-const roof: Array<{ variant: MatmulVariant; gflops: number }> = [];
-for (const variant of ["tiled", "direct"] as MatmulVariant[]) {
+const roof: Array<{ variant: string; gflops: number }> = [];
+for (const variant of MATMUL_VARIANTS) {
   const mm = createMatmul(device, variant, B, n, d, rand(B * d), rand(d * n));
   const perCall = 4;
   const secs = await timeIt(() => {

@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { SyntheticDataset } from "../../runner/data/synthetic";
 import type { EvalMetrics, StepMetrics, SyntheticData, TrainConfig } from "../../shaders/config";
 import { dSae } from "../../shaders/config";
+import { MATMUL_VARIANTS } from "../../shaders/matmul";
 import { initWeights } from "../../shaders/schedule";
 import { dawnUnavailable, openChrome, openDawn, type GpuBackend } from "../helpers/gpu-backends";
 import { mulberry32, testSeed } from "../helpers/random";
@@ -194,7 +195,7 @@ for (const [name, open, skip] of backends) {
       expect(out.maxDiff).toBe(0);
     });
 
-    for (const variant of ["tiled", "direct"] as const)
+    for (const variant of MATMUL_VARIANTS)
       it(`the roofline matmul (${variant}) matches float64`, async () => {
         const seed = testSeed();
         const rand = mulberry32(seed);
