@@ -22,7 +22,7 @@ const software = report.isFallbackAdapter;
 console.log(`adapter: ${report.vendor} ${report.architecture} ${report.description} (${software ? "software" : "GPU"})`);
 
 const env = (k: string, d: number) => (process.env[k] ? Number(process.env[k]) : d);
-const d = env("BENCH_D", software ? 64 : 1024);
+const d = env("BENCH_D", software ? 64 : 768);
 const exp = env("BENCH_EXP", software ? 8 : 16);
 const B = env("BENCH_B", software ? 1024 : 4096);
 const n = d * exp;

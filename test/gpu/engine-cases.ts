@@ -34,9 +34,9 @@ async function gpuErrors<T>(device: GPUDevice, fn: () => Promise<T>): Promise<T>
 
 export const engineCases = {
   /** One step from a given state on a given batch, every intermediate buffer poisoned with NaN first. */
-  async engineStep(device: GPUDevice, input: { cfgs: TrainConfig[]; state: JsonState; x: number[] }) {
+  async engineStep(device: GPUDevice, input: { cfgs: TrainConfig[]; state: JsonState; x: number[]; matmul?: "tiled" | "direct" }) {
     return gpuErrors(device, async () => {
-      const engine = SaeEngine.create(device, input.cfgs);
+      const engine = SaeEngine.create(device, input.cfgs, { matmul: input.matmul });
       try {
         importJson(engine, input.state);
         engine.poison();
@@ -44,7 +44,7 @@ export const engineCases = {
         const names = ["H", "G", "R", ...PARAM_NAMES.flatMap((p) => [`grad.${p}`, p, `m.${p}`, `v.${p}`])];
         const buffers: Record<string, number[]> = {};
         for (const name of names) buffers[name] = Array.from(await engine.readBuffer(name));
-        return { metrics, buffers, maxPrefixes: engine.maxPrefixes };
+        return { metrics, buffers, maxPrefixes: engine.maxPrefixes, variant: engine.matmulVariant };
       } finally {
         engine.destroy();
       }

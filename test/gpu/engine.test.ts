@@ -76,6 +76,7 @@ interface StepOut {
   metrics: StepMetrics[];
   buffers: Record<string, (number | null)[]>;
   maxPrefixes: number;
+  variant: string;
 }
 
 const kernelGroups: Array<{ label: string; B: number; cfgs: TrainConfig[] }> = [
@@ -111,7 +112,8 @@ for (const [name, open, skip] of backends) {
     afterAll(async () => gpu?.close());
 
     for (const group of kernelGroups)
-      it(`every kernel matches the float64 reference: ${group.label}`, async () => {
+      for (const matmul of ["direct", "tiled"] as const)
+      it(`every kernel (${matmul} matmuls) matches the float64 reference: ${group.label}`, async () => {
         const seed = testSeed();
         const rand = mulberry32(seed);
         const { cfgs, B } = group;
@@ -119,7 +121,8 @@ for (const [name, open, skip] of backends) {
         const { json, refs } = randomState(rand, cfgs, t);
         const d = cfgs[0].sae.d_vit, n = dSae(cfgs[0]);
         const x = Array.from({ length: B * d }, () => Math.fround(rand() * 2 - 1));
-        const out = await gpu.run<StepOut>("engineStep", { cfgs, state: json, x });
+        const out = await gpu.run<StepOut>("engineStep", { cfgs, state: json, x, matmul });
+        expect(out.variant).toBe(matmul);
         const Pmax = out.maxPrefixes;
         const errors: Record<string, number> = {};
         const note = (label: string, e: number) => (errors[label] = Math.max(errors[label] ?? 0, e));
@@ -147,7 +150,7 @@ for (const [name, open, skip] of backends) {
           for (const key of ["loss", "mse", "l0", "l1", "sparsity"] as const) note(`metric ${key}`, Math.abs(m[key] - r.forward[key]) / Math.abs(r.forward[key]));
           expect(m["progress/n_patches_seen"]).toBe((t + 1) * B);
         });
-        console.log(`[${name}] seed ${seed} ${group.label}: max relative errors`, errors);
+        console.log(`[${name}] seed ${seed} ${matmul} ${group.label}: max relative errors`, errors);
         for (const [label, e] of Object.entries(errors)) expect(e, `${label} (seed ${seed})`).toBeLessThanOrEqual(F32_TOL);
         // the JumpReLU θ pseudo-gradient must actually be exercised by the random inputs
         const jumpK = cfgs.findIndex((c) => c.sae.kind === "jumprelu");
