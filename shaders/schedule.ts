@@ -71,7 +71,7 @@ export function prefixBounds(cfg: TrainConfig, t: number): number[] {
   const chosen: number[] = [];
   let total = weights.reduce((a, b) => a + b, 0);
   for (let k = 0; k < draws; k++) {
-    const u = uniformAt(cfg.sae.seed, STREAMS.MATRYOSHKA, t * 64 + k) * total;
+    const u = uniformAt(cfg.sae.seed, STREAMS.MATRYOSHKA, t * 1_048_576 + k) * total;
     let acc = 0;
     let pick = -1;
     for (let l = 2; l < n; l++) {
