@@ -110,20 +110,23 @@ function matmul(s: MatmulSpec, direct: boolean): string {
   // Without workgroup memory or barriers: each thread reads its 4 A values and 4 B values per k straight from
   // memory. Software adapters (SwiftShader runs barriers as fiber switches) are several times faster this way.
   const lanes = [0, 1, 2, 3];
+  // out-of-range reads are clamped by WGSL's robust access and then discarded by select: no branches
+  const step = (k: string) => `{
+          let a = vec4f(${lanes.map((i) => `select(0.0, ${s.loadA.replaceAll("gm", `gm${i}`).replaceAll("gk", "kk")}, okA${i})`).join(", ")});
+          let b = vec4f(${lanes.map((j) => `select(0.0, ${s.loadB.replaceAll("gn", `gn${j}`).replaceAll("gk", "kk")}, okB${j})`).join(", ")});
+          acc0 = fma(vec4f(a.x), b, acc0); acc1 = fma(vec4f(a.y), b, acc1); acc2 = fma(vec4f(a.z), b, acc2); acc3 = fma(vec4f(a.w), b, acc3);
+        }`.replace("{", `{ let kk = ${k};`);
   const directLoop = (kLo: string, kHi: string) => /* wgsl */ `
     {
       let kHi = ${kHi};
       ${lanes.map((i) => `let gm${i} = m0 + ty + ${16 * i}u; let okA${i} = gm${i} < M${aMask.replaceAll("gm", `gm${i}`)};`).join("\n      ")}
       ${lanes.map((j) => `let gn${j} = n0 + tx + ${16 * j}u; let okB${j} = gn${j} < N${bMask.replaceAll("gn", `gn${j}`)};`).join("\n      ")}
-      for (var gk = ${kLo}; gk < kHi; gk++) {
-        // out-of-range reads are clamped by WGSL's robust access and then discarded by select: no branches
-        let a = vec4f(${lanes.map((i) => `select(0.0, ${s.loadA.replaceAll("gm", `gm${i}`)}, okA${i})`).join(", ")});
-        let b = vec4f(${lanes.map((j) => `select(0.0, ${s.loadB.replaceAll("gn", `gn${j}`)}, okB${j})`).join(", ")});
-        acc0 = fma(vec4f(a.x), b, acc0);
-        acc1 = fma(vec4f(a.y), b, acc1);
-        acc2 = fma(vec4f(a.z), b, acc2);
-        acc3 = fma(vec4f(a.w), b, acc3);
+      var gk = ${kLo};
+      // four k per iteration while they last (less loop overhead), then one at a time
+      for (; gk + 4u <= kHi; gk += 4u) {
+        ${[0, 1, 2, 3].map((u) => step(`gk + ${u}u`)).join("\n        ")}
       }
+      for (; gk < kHi; gk++) { ${step("gk")} }
     }`;
   const loop = direct ? directLoop : tileLoop;
   const epilogue = /* wgsl */ `
