@@ -3,6 +3,7 @@
  * in the Chrome page (through page.evaluate) and in Node on Dawn. Compare outputs with a reference in the test.
  */
 import { runAxpy } from "../../shaders/axpy";
+import { engineCases } from "./engine-cases";
 
 export type GpuCase = (device: GPUDevice, input: any) => Promise<unknown>;
 
@@ -11,4 +12,5 @@ export const cases: Record<string, GpuCase> = {
     const out = await runAxpy(device, input.a, Float32Array.from(input.x), Float32Array.from(input.y));
     return Array.from(out);
   },
+  ...engineCases,
 };

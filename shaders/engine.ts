@@ -1,0 +1,541 @@
+/**
+ * The batched SAE training engine: K SAEs of one shape (same d_vit, exp_factor and batch size; any mix of
+ * ReLU/JumpReLU, Vanilla/Matryoshka, lr, sparsity_coeff, warmups, seeds) trained in lock-step on one batch with the
+ * WGSL kernels of kernels.ts, computing SAE.md exactly. Runtime-agnostic: give it a GPUDevice (Chrome or Dawn).
+ *
+ *   const engine = SaeEngine.create(device, cfgs);
+ *   engine.initBDec(sample);                      // or setBDec(mean)
+ *   for (let t = 0; t < steps; t++) {
+ *     const metrics = await engine.step(engine.uploadBatch(data.batch(t, B)));   // StepMetrics[] on log steps
+ *   }
+ *   const evals = await engine.evaluate(batches); // EvalMetrics[] (decoder normalized first, SAE.md)
+ *   const weights = await engine.exportWeights();
+ */
+import type { EvalMetrics, StepMetrics, TrainConfig } from "./config";
+import { ALMOST_DEAD_THRESHOLD, DENSE_THRESHOLD } from "./config";
+import { maxSaesThatFit, perSaeTensors, DEFAULT_MEMORY_BUDGET, ROWS_PER_CHUNK, type SaeShape } from "./fit";
+import * as K from "./kernels";
+import { adamScalars, initWeights, learningRate, prefixBounds, sparsityCoeff } from "./schedule";
+
+export const PARAM_NAMES = ["W_enc", "b_enc", "W_dec", "b_dec", "log_threshold"] as const;
+export type ParamName = (typeof PARAM_NAMES)[number];
+export type SaeParams = Record<ParamName, Float32Array>;
+
+/** Exported weights of one SAE, in SAELens/saev layout (W_enc [d_vit, d_sae], W_dec [d_sae, d_vit]). */
+export interface SaeWeights {
+  W_enc: Float32Array;
+  b_enc: Float32Array;
+  W_dec: Float32Array;
+  b_dec: Float32Array;
+  /** JumpReLU only: θ = exp(log θ). */
+  threshold?: Float32Array;
+}
+
+/** Everything needed to resume: parameters, Adam moments, and the number of steps taken. */
+export interface EngineState {
+  step: number;
+  saes: Array<{ params: SaeParams; m?: SaeParams; v?: SaeParams }>;
+}
+
+export interface EngineOptions {
+  /** Device-memory budget in bytes for maxSaesThatFit (default DEFAULT_MEMORY_BUDGET). */
+  memoryBudget?: number;
+  /**
+   * Matmul variant: "tiled" (workgroup-memory tiles, for GPUs) or "direct" (no barriers; several times faster on
+   * software adapters such as SwiftShader, which run barriers as fiber switches). Default: by the adapter.
+   */
+  matmul?: "tiled" | "direct";
+}
+
+const SOFTWARE_ADAPTER = /swiftshader|llvmpipe|lavapipe|softpipe|warp|microsoft basic render/i;
+
+/** True when the device's adapter is a CPU emulation (SwiftShader and friends). */
+export function isSoftwareDevice(device: GPUDevice): boolean {
+  const info = (device as { adapterInfo?: GPUAdapterInfo }).adapterInfo;
+  if (!info) return false;
+  if ((info as { isFallbackAdapter?: boolean }).isFallbackAdapter) return true;
+  return SOFTWARE_ADAPTER.test([info.vendor, info.architecture, info.device, info.description].join(" "));
+}
+
+interface Kernel {
+  pipeline: GPUComputePipeline;
+  layout: GPUBindGroupLayout;
+  count: number;
+}
+
+/** Builds an explicit bind group layout from the kernel's declarations, so unused-looking bindings never vanish. */
+export function makeKernel(device: GPUDevice, label: string, code: string): Kernel {
+  const entries: GPUBindGroupLayoutEntry[] = [];
+  for (const m of code.matchAll(/@binding\((\d+)\) var<(uniform|storage, read_write|storage, read)>/g)) {
+    const type: GPUBufferBindingType = m[2] === "uniform" ? "uniform" : m[2] === "storage, read" ? "read-only-storage" : "storage";
+    entries.push({ binding: Number(m[1]), visibility: GPUShaderStage.COMPUTE, buffer: { type } });
+  }
+  const layout = device.createBindGroupLayout({ label, entries });
+  const module = device.createShaderModule({ label, code });
+  const pipeline = device.createComputePipeline({
+    label,
+    layout: device.createPipelineLayout({ bindGroupLayouts: [layout] }),
+    compute: { module, entryPoint: "main" },
+  });
+  return { pipeline, layout, count: entries.length };
+}
+
+interface Dispatch {
+  kernel: Kernel;
+  bind: GPUBindGroup;
+  size: [number, number, number];
+}
+
+const ceil = (a: number, b: number) => Math.ceil(a / b);
+
+export class SaeEngine {
+  readonly K: number;
+  readonly d_vit: number;
+  readonly d_sae: number;
+  readonly batchSize: number;
+  readonly maxPrefixes: number;
+  readonly matmulVariant: "tiled" | "direct";
+  private t = 0;
+  private decoderDirty = false;
+  private readonly S: number;
+  private readonly sizes: Record<ParamName, number>;
+  private readonly buffers = new Map<string, GPUBuffer>();
+  private readonly uploads: GPUBuffer[];
+  private uploadIndex = 0;
+  private readonly trainPasses: Dispatch[];
+  private readonly normalizePass: Dispatch;
+  private readonly evalPasses: Dispatch[];
+  private readonly staging: GPUBuffer;
+
+  static create(device: GPUDevice, cfgs: TrainConfig[], options: EngineOptions = {}): SaeEngine {
+    return new SaeEngine(device, cfgs, options);
+  }
+
+  private constructor(
+    readonly device: GPUDevice,
+    readonly cfgs: TrainConfig[],
+    options: EngineOptions,
+  ) {
+    if (cfgs.length === 0) throw new Error("engine: no configs");
+    const c0 = cfgs[0];
+    for (const [i, c] of cfgs.entries()) {
+      for (const [key, a, b] of [
+        ["sae.d_vit", c.sae.d_vit, c0.sae.d_vit],
+        ["sae.exp_factor", c.sae.exp_factor, c0.sae.exp_factor],
+        ["sae_batch_size", c.sae_batch_size, c0.sae_batch_size],
+        ["log_every", c.log_every, c0.log_every],
+      ] as const)
+        if (a !== b) throw new Error(`engine: config ${i} has ${key} = ${a} but config 0 has ${b}; a group must share it`);
+      if (c.objective.kind === "matryoshka" && c.objective.n_prefixes < 1) throw new Error(`engine: config ${i}: objective.n_prefixes must be ≥ 1`);
+      if (c.sae.kind === "jumprelu" && !(c.sae.bandwidth > 0 && c.sae.init_threshold > 0))
+        throw new Error(`engine: config ${i}: JumpReLU needs sae.bandwidth > 0 and sae.init_threshold > 0`);
+    }
+    this.K = cfgs.length;
+    this.d_vit = c0.sae.d_vit;
+    this.d_sae = c0.sae.d_vit * c0.sae.exp_factor;
+    this.batchSize = c0.sae_batch_size;
+    this.maxPrefixes = Math.max(...cfgs.map((c) => prefixBounds(c, 0).length - 1));
+    this.S = ceil(this.batchSize, ROWS_PER_CHUNK);
+    const shape: SaeShape = { d_vit: this.d_vit, d_sae: this.d_sae, batch_size: this.batchSize, n_prefixes: this.maxPrefixes };
+    const fit = maxSaesThatFit(device.limits, shape, options.memoryBudget ?? DEFAULT_MEMORY_BUDGET);
+    if (this.K > fit)
+      throw new Error(
+        `engine: ${this.K} SAEs of d_vit ${this.d_vit}, d_sae ${this.d_sae}, batch ${this.batchSize}, ${this.maxPrefixes} prefixes ` +
+          `do not fit this device: at most ${fit} (maxStorageBufferBindingSize ${device.limits.maxStorageBufferBindingSize}, ` +
+          `maxBufferSize ${device.limits.maxBufferSize}, memory budget ${options.memoryBudget ?? DEFAULT_MEMORY_BUDGET} bytes); split the group`,
+      );
+
+    const d = this.d_vit, n = this.d_sae, B = this.batchSize;
+    this.sizes = { W_enc: d * n, b_enc: n, W_dec: n * d, b_dec: d, log_threshold: n };
+    const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
+    for (const [name, size] of Object.entries(perSaeTensors(shape)))
+      this.buffers.set(name, device.createBuffer({ label: name, size: Math.max(16, 4 * this.K * size), usage }));
+    const add = (name: string, bytes: number, u = usage) => this.buffers.set(name, device.createBuffer({ label: name, size: Math.max(16, bytes), usage: u }));
+    add("x", 4 * B * d);
+    add("mu0", 4 * d);
+    this.buffers.get("evalResid")!.destroy();
+    add("evalResid", 4 * (2 * this.K * d + 4 * d));
+    add("meta", 4 * this.metaWords());
+    add("evalMeta", 4 * this.metaWords());
+    const uniform = GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST;
+    add("dims", 32, uniform);
+    add("evalDims", 32, uniform);
+    for (const p of PARAM_NAMES) add(`dims.${p}`, 32, uniform);
+    this.uploads = [0, 1].map((i) => device.createBuffer({ label: `upload${i}`, size: 4 * B * d, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC }));
+    this.staging = device.createBuffer({ label: "staging", size: Math.max(16, 4 * this.K * Math.max(2 * n + d, 2 * n + n + 2 * d) + 16 * d), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+
+    device.queue.writeBuffer(this.buf("dims"), 0, this.dims(B));
+    for (const p of PARAM_NAMES) device.queue.writeBuffer(this.buf(`dims.${p}`), 0, this.dims(B, this.sizes[p]));
+
+    // Kernels and their bind groups (train: dims + meta; eval: evalDims + evalMeta).
+    const k = (label: string, code: string) => makeKernel(device, label, code);
+    this.matmulVariant = options.matmul ?? (isSoftwareDevice(device) ? "direct" : "tiled");
+    const mm = K.matmulKernels(this.matmulVariant === "direct");
+    const kn = {
+      normalize: k("normalize_rows", K.NORMALIZE_ROWS),
+      thresholds: k("thresholds", K.THRESHOLDS),
+      encode: k("encode", mm.ENCODE),
+      decode: k("decode", mm.DECODE),
+      resid: k("resid_cols", K.RESID_COLS),
+      gradF: k("grad_f", mm.GRAD_F),
+      latent: k("latent_cols", K.LATENT_COLS),
+      latentFinish: k("latent_finish", K.LATENT_FINISH),
+      gradBDec: k("grad_b_dec", K.GRAD_B_DEC),
+      gradWEnc: k("grad_w_enc", mm.GRAD_W_ENC),
+      gradWDec: k("grad_w_dec", mm.GRAD_W_DEC),
+      removeParallel: k("remove_parallel", K.REMOVE_PARALLEL),
+      adam: k("adam", K.ADAM_KERNEL),
+      evalLatent: k("eval_latent", K.EVAL_LATENT),
+      evalResid: k("eval_resid", K.EVAL_RESID),
+    };
+    const T = K.TILE, Kc = this.K, S = this.S;
+    const dispatch = (kernel: Kernel, names: string[], size: [number, number, number]): Dispatch => {
+      if (names.length !== kernel.count) throw new Error(`engine: ${kernel.pipeline.label} takes ${kernel.count} bindings, got ${names.length}`);
+      const bind = device.createBindGroup({
+        layout: kernel.layout,
+        entries: names.map((name, binding) => ({ binding, resource: { buffer: this.buf(name) } })),
+      });
+      return { kernel, bind, size };
+    };
+    const tr = ["dims", "meta"];
+    this.normalizePass = dispatch(kn.normalize, [...tr, "W_dec"], [ceil(n, 64), 1, Kc]);
+    const thresholds = (names: string[]) => dispatch(kn.thresholds, [...names, "log_threshold", "theta"], [ceil(n, 64), 1, Kc]);
+    this.trainPasses = [
+      this.normalizePass,
+      thresholds(tr),
+      dispatch(kn.encode, [...tr, "x", "b_dec", "W_enc", "b_enc", "H"], [ceil(n, T), ceil(B, T), Kc]),
+      dispatch(kn.decode, [...tr, "x", "b_dec", "W_dec", "H", "theta", "R"], [ceil(d, T), ceil(B, T), Kc]),
+      dispatch(kn.resid, [...tr, "R", "residPart"], [ceil(d, 64), S, Kc]),
+      dispatch(kn.gradF, [...tr, "R", "W_dec", "H", "G"], [ceil(n, T), ceil(B, T), Kc]),
+      dispatch(kn.latent, [...tr, "H", "theta", "G", "latentPart"], [ceil(n, 64), S, Kc]),
+      dispatch(kn.latentFinish, [...tr, "theta", "latentPart", "grad.b_enc", "grad.log_threshold", "colStats"], [ceil(n, 64), 1, Kc]),
+      dispatch(kn.gradBDec, [...tr, "residPart", "W_enc", "grad.b_enc", "grad.b_dec", "colStats"], [ceil(d, 64), 1, Kc]),
+      dispatch(kn.gradWEnc, [...tr, "x", "b_dec", "G", "H", "theta", "grad.W_enc"], [ceil(n, T), ceil(d, T), Kc]),
+      dispatch(kn.gradWDec, [...tr, "H", "theta", "R", "grad.W_dec"], [ceil(d, T), ceil(n, T), Kc]),
+      dispatch(kn.removeParallel, [...tr, "W_dec", "grad.W_dec"], [ceil(n, 64), 1, Kc]),
+      ...PARAM_NAMES.map((p) => {
+        const wgs = ceil(this.sizes[p], 256);
+        return dispatch(kn.adam, [`dims.${p}`, "meta", p, `grad.${p}`, `m.${p}`, `v.${p}`], [Math.min(wgs, 65535), ceil(wgs, 65535), Kc]);
+      }),
+    ];
+    const ev = ["evalDims", "evalMeta"];
+    this.evalPasses = [
+      thresholds(ev),
+      dispatch(kn.encode, [...ev, "x", "b_dec", "W_enc", "b_enc", "H"], [ceil(n, T), ceil(B, T), Kc]),
+      dispatch(kn.decode, [...ev, "x", "b_dec", "W_dec", "H", "theta", "R"], [ceil(d, T), ceil(B, T), Kc]),
+      dispatch(kn.evalLatent, [...ev, "H", "theta", "evalCount", "evalSum"], [ceil(n, 64), 1, Kc]),
+      dispatch(kn.evalResid, [...ev, "R", "x", "mu0", "evalResid"], [ceil(d, 64), 1, Kc]),
+    ];
+
+    // Weights from each SAE's own seed (SAE.md init); Adam moments start at zero.
+    this.importState({ step: 0, saes: cfgs.map((c) => ({ params: initWeights(c) })) });
+  }
+
+  /** Steps taken so far (the global step of the next `step`). */
+  get stepIndex(): number {
+    return this.t;
+  }
+
+  private buf(name: string): GPUBuffer {
+    const b = this.buffers.get(name);
+    if (!b) throw new Error(`engine: no buffer named ${name}`);
+    return b;
+  }
+
+  private metaWords(): number {
+    return this.K * K.META_WORDS + this.K * (this.maxPrefixes + 1);
+  }
+
+  private dims(B: number, size = 0): ArrayBuffer {
+    return new Uint32Array([B, this.d_vit, this.d_sae, this.K, this.maxPrefixes, this.S, ROWS_PER_CHUNK, size]).buffer;
+  }
+
+  /** Per-SAE step constants and prefix bounds for step t (eval: one full prefix, no loss terms). */
+  private meta(t: number, evaluation: boolean): { words: Uint32Array<ArrayBuffer>; bounds: number[][] } {
+    const words = new Uint32Array(this.metaWords());
+    const f = new Float32Array(words.buffer);
+    const bounds: number[][] = [];
+    for (const [k, c] of this.cfgs.entries()) {
+      const b = evaluation ? [0, this.d_sae] : prefixBounds(c, t);
+      const P = b.length - 1;
+      const { stepSize, sqrtBias2 } = adamScalars(learningRate(c, t), t);
+      const o = k * K.META_WORDS;
+      words[o] = (c.sae.kind === "jumprelu" ? K.FLAG_JUMPRELU : 0) | (c.sae.normalize_w_dec ? K.FLAG_NORMALIZE : 0) | (c.sae.remove_parallel_grads ? K.FLAG_REMOVE_PARALLEL : 0);
+      words[o + 1] = P;
+      f[o + 2] = evaluation ? 0 : sparsityCoeff(c, t);
+      f[o + 3] = c.sae.bandwidth;
+      f[o + 4] = 2 / (this.batchSize * P * this.d_vit);
+      f[o + 5] = stepSize;
+      f[o + 6] = sqrtBias2;
+      f[o + 7] = 1 / this.batchSize;
+      const bo = this.K * K.META_WORDS + k * (this.maxPrefixes + 1);
+      for (let q = 0; q <= P; q++) words[bo + q] = b[q];
+      bounds.push(b);
+    }
+    return { words, bounds };
+  }
+
+  private encodePasses(enc: GPUCommandEncoder, passes: Dispatch[]): void {
+    const pass = enc.beginComputePass();
+    for (const p of passes) {
+      pass.setPipeline(p.kernel.pipeline);
+      pass.setBindGroup(0, p.bind);
+      pass.dispatchWorkgroups(...p.size);
+    }
+    pass.end();
+  }
+
+  /**
+   * Copies a batch into the next of two upload buffers and returns it, for `step`. The copy is queued, so the
+   * caller may prepare (and upload) batch t + 1 while step t runs.
+   */
+  uploadBatch(x: Float32Array): GPUBuffer {
+    this.checkBatch(x, this.batchSize);
+    const b = this.uploads[this.uploadIndex];
+    this.uploadIndex ^= 1;
+    this.device.queue.writeBuffer(b, 0, x.buffer, x.byteOffset, x.byteLength);
+    return b;
+  }
+
+  private checkBatch(x: Float32Array, rows: number): void {
+    if (x.length !== rows * this.d_vit) throw new Error(`engine: a batch must hold ${rows} × ${this.d_vit} floats, got ${x.length}`);
+  }
+
+  /** b_dec of every SAE ← the mean of `sample` ([N, d_vit] row-major), accumulated in float64. */
+  initBDec(sample: Float32Array): void {
+    const d = this.d_vit;
+    if (sample.length === 0 || sample.length % d) throw new Error(`engine: initBDec needs N × ${d} floats, got ${sample.length}`);
+    const N = sample.length / d;
+    const mean = new Float64Array(d);
+    for (let r = 0; r < N; r++) for (let c = 0; c < d; c++) mean[c] += sample[r * d + c];
+    this.setBDec(mean.map((v) => v / N));
+  }
+
+  /** b_dec of every SAE ← mean (for callers that stream the sample themselves). */
+  setBDec(mean: ArrayLike<number>): void {
+    if (mean.length !== this.d_vit) throw new Error(`engine: setBDec needs ${this.d_vit} values, got ${mean.length}`);
+    const all = new Float32Array(this.K * this.d_vit);
+    for (let k = 0; k < this.K; k++) for (let c = 0; c < this.d_vit; c++) all[k * this.d_vit + c] = mean[c];
+    this.device.queue.writeBuffer(this.buf("b_dec"), 0, all);
+  }
+
+  /**
+   * One training step of every SAE on `batch` ([batch_size, d_vit]; a Float32Array, or a GPUBuffer such as
+   * uploadBatch returns). Resolves to per-SAE StepMetrics on log steps ((step + 1) % log_every == 0, or when
+   * `opts.metrics`), read back once; otherwise to null without waiting for the GPU.
+   */
+  async step(batch: Float32Array | GPUBuffer, opts: { metrics?: boolean } = {}): Promise<StepMetrics[] | null> {
+    const t = this.t;
+    const bytes = 4 * this.batchSize * this.d_vit;
+    const { words, bounds } = this.meta(t, false);
+    this.device.queue.writeBuffer(this.buf("meta"), 0, words);
+    const enc = this.device.createCommandEncoder({ label: `step ${t}` });
+    if (batch instanceof Float32Array) {
+      this.checkBatch(batch, this.batchSize);
+      this.device.queue.writeBuffer(this.buf("x"), 0, batch.buffer, batch.byteOffset, batch.byteLength);
+    } else {
+      if (batch.size < bytes) throw new Error(`engine: batch buffer holds ${batch.size} bytes, a batch needs ${bytes}`);
+      enc.copyBufferToBuffer(batch, 0, this.buf("x"), 0, bytes);
+    }
+    this.encodePasses(enc, this.trainPasses);
+    const log = opts.metrics || (t + 1) % this.cfgs[0].log_every === 0;
+    const statsBytes = 4 * this.K * (2 * this.d_sae + this.d_vit);
+    if (log) enc.copyBufferToBuffer(this.buf("colStats"), 0, this.staging, 0, statsBytes);
+    this.device.queue.submit([enc.finish()]);
+    this.t++;
+    this.decoderDirty = true;
+    if (!log) return null;
+
+    const stats = await this.readStaging(statsBytes);
+    const { d_sae: n, d_vit: d, K: Kc, batchSize: B } = this;
+    return this.cfgs.map((c, k) => {
+      let l0 = 0, l1 = 0, sq = 0;
+      for (let j = 0; j < n; j++) {
+        l0 += stats[k * n + j];
+        l1 += stats[(Kc + k) * n + j];
+      }
+      for (let col = 0; col < d; col++) sq += stats[2 * Kc * n + k * d + col];
+      const P = bounds[k].length - 1;
+      const coeff = sparsityCoeff(c, t);
+      const mse = sq / (B * P * d);
+      const sparsity = coeff * (c.sae.kind === "relu" ? l1 / B : l0 / B);
+      return {
+        loss: mse + sparsity,
+        mse,
+        l0: l0 / B,
+        l1: l1 / B,
+        sparsity,
+        "progress/n_patches_seen": (t + 1) * B,
+        "progress/learning_rate": learningRate(c, t),
+        "progress/sparsity_coeff": coeff,
+      };
+    });
+  }
+
+  private async readStaging(bytes: number): Promise<Float32Array> {
+    await this.staging.mapAsync(GPUMapMode.READ, 0, bytes);
+    const out = new Float32Array(this.staging.getMappedRange(0, bytes).slice(0));
+    this.staging.unmap();
+    return out;
+  }
+
+  /** Reads a whole internal buffer (tests and checkpoints). */
+  async readBuffer(name: string): Promise<Float32Array> {
+    const b = this.buf(name);
+    const rb = this.device.createBuffer({ size: b.size, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+    const enc = this.device.createCommandEncoder();
+    enc.copyBufferToBuffer(b, 0, rb, 0, b.size);
+    this.device.queue.submit([enc.finish()]);
+    await rb.mapAsync(GPUMapMode.READ);
+    const out = new Float32Array(rb.getMappedRange().slice(0));
+    rb.unmap();
+    rb.destroy();
+    return out;
+  }
+
+  /** Fills every intermediate and gradient buffer with NaN, so a test sees any element a kernel failed to write. */
+  poison(): void {
+    for (const name of ["H", "G", "R", "latentPart", "residPart", "colStats", ...PARAM_NAMES.map((p) => `grad.${p}`)]) {
+      const b = this.buf(name);
+      this.device.queue.writeBuffer(b, 0, new Float32Array(b.size / 4).fill(NaN));
+    }
+  }
+
+  /** Normalizes every W_dec row (SAEs with normalize_w_dec), as after the last step (SAE.md). */
+  normalizeDecoder(): void {
+    this.writeMeta("meta", this.t);
+    const enc = this.device.createCommandEncoder();
+    this.encodePasses(enc, [this.normalizePass]);
+    this.device.queue.submit([enc.finish()]);
+    this.decoderDirty = false;
+  }
+
+  private writeMeta(name: "meta" | "evalMeta", t: number): void {
+    this.device.queue.writeBuffer(this.buf(name), 0, this.meta(t, name === "evalMeta").words);
+  }
+
+  /**
+   * EvalMetrics per SAE over every example of `batches` (each [rows ≤ batch_size, d_vit]); the decoder is
+   * normalized first when a step has run since. Counts are exact (u32), sums compensated, totals in float64.
+   */
+  async evaluate(batches: Iterable<Float32Array> | AsyncIterable<Float32Array>): Promise<EvalMetrics[]> {
+    if (this.decoderDirty) this.normalizeDecoder();
+    const { device, d_vit: d, d_sae: n, K: Kc, batchSize: B } = this;
+    this.writeMeta("evalMeta", this.t);
+    const enc0 = device.createCommandEncoder();
+    for (const name of ["evalCount", "evalSum", "evalResid"]) enc0.clearBuffer(this.buf(name));
+    device.queue.submit([enc0.finish()]);
+    let N = 0;
+    let mu0: Float64Array | null = null;
+    for await (const batch of batches) {
+      if (batch.length % d) throw new Error(`engine: an eval batch must hold rows × ${d} floats, got ${batch.length}`);
+      for (let start = 0; start < batch.length / d; start += B) {
+        const rows = Math.min(B, batch.length / d - start);
+        const x = batch.subarray(start * d, (start + rows) * d);
+        if (!mu0) {
+          mu0 = new Float64Array(d);
+          for (let r = 0; r < rows; r++) for (let c = 0; c < d; c++) mu0[c] += x[r * d + c] / rows;
+          device.queue.writeBuffer(this.buf("mu0"), 0, Float32Array.from(mu0));
+          mu0 = Float64Array.from(Float32Array.from(mu0)); // the shift the GPU uses
+        }
+        device.queue.writeBuffer(this.buf("evalDims"), 0, this.dims(rows));
+        device.queue.writeBuffer(this.buf("x"), 0, x.buffer, x.byteOffset, x.byteLength);
+        const enc = device.createCommandEncoder();
+        this.encodePasses(enc, this.evalPasses);
+        device.queue.submit([enc.finish()]);
+        N += rows;
+      }
+    }
+    if (N === 0) throw new Error("engine: evaluate got no examples");
+    const [countF, sums, resid] = await Promise.all(["evalCount", "evalSum", "evalResid"].map((b) => this.readBuffer(b)));
+    const counts = new Uint32Array(countF.buffer);
+    let total = 0;
+    for (let c = 0; c < d; c++) {
+      const o = 2 * Kc * d + 4 * c;
+      const s1 = resid[o] + resid[o + 1];
+      const s2 = resid[o + 2] + resid[o + 3];
+      total += s2 - (s1 * s1) / N;
+    }
+    return this.cfgs.map((_, k) => {
+      const freqs: number[] = [];
+      const meanValues: (number | null)[] = [];
+      let l0 = 0, l1 = 0, sq = 0;
+      for (let j = 0; j < n; j++) {
+        const cnt = counts[k * n + j];
+        const s = sums[2 * (k * n + j)] + sums[2 * (k * n + j) + 1];
+        freqs.push(cnt / N);
+        meanValues.push(cnt > 0 ? s / cnt : null);
+        l0 += cnt;
+        l1 += s;
+      }
+      for (let c = 0; c < d; c++) sq += resid[2 * (k * d + c)] + resid[2 * (k * d + c) + 1];
+      const fvu = sq / total;
+      return {
+        l0: l0 / N,
+        l1: l1 / N,
+        mse: sq / (N * d),
+        fvu,
+        explained_variance: 1 - fvu,
+        n_dead: freqs.filter((f) => f === 0).length,
+        n_almost_dead: freqs.filter((f) => f < ALMOST_DEAD_THRESHOLD).length,
+        n_dense: freqs.filter((f) => f > DENSE_THRESHOLD).length,
+        freqs,
+        mean_values: meanValues,
+        n_examples: N,
+      };
+    });
+  }
+
+  private async readParams(prefix: string): Promise<SaeParams[]> {
+    const all = await Promise.all(PARAM_NAMES.map((p) => this.readBuffer(prefix + p)));
+    return this.cfgs.map((_, k) => {
+      const out = {} as SaeParams;
+      PARAM_NAMES.forEach((p, i) => (out[p] = all[i].slice(k * this.sizes[p], (k + 1) * this.sizes[p])));
+      return out;
+    });
+  }
+
+  /** Trained weights per SAE (the decoder normalized first when a step has run since, SAE.md). */
+  async exportWeights(): Promise<SaeWeights[]> {
+    if (this.decoderDirty) this.normalizeDecoder();
+    const params = await this.readParams("");
+    return params.map((p, k) => ({
+      W_enc: p.W_enc,
+      b_enc: p.b_enc,
+      W_dec: p.W_dec,
+      b_dec: p.b_dec,
+      ...(this.cfgs[k].sae.kind === "jumprelu" ? { threshold: p.log_threshold.map(Math.exp) } : {}),
+    }));
+  }
+
+  /** Parameters, Adam moments and the step, exactly as they are (for resume checkpoints). */
+  async exportState(): Promise<EngineState> {
+    const [params, m, v] = await Promise.all([this.readParams(""), this.readParams("m."), this.readParams("v.")]);
+    return { step: this.t, saes: params.map((p, k) => ({ params: p, m: m[k], v: v[k] })) };
+  }
+
+  /** Restores parameters (and Adam moments, zero when absent) and the step count. */
+  importState(state: EngineState): void {
+    if (state.saes.length !== this.K) throw new Error(`engine: state has ${state.saes.length} SAEs, the engine ${this.K}`);
+    for (const kind of ["", "m.", "v."] as const)
+      for (const p of PARAM_NAMES) {
+        const size = this.sizes[p];
+        const all = new Float32Array(this.K * size);
+        state.saes.forEach((s, k) => {
+          const src = kind === "" ? s.params : kind === "m." ? s.m : s.v;
+          if (!src) return;
+          if (src[p].length !== size) throw new Error(`engine: state of SAE ${k}: ${kind}${p} has ${src[p].length} values, expected ${size}`);
+          all.set(src[p], k * size);
+        });
+        this.device.queue.writeBuffer(this.buf(kind + p), 0, all);
+      }
+    this.t = state.step;
+    this.decoderDirty = false;
+  }
+
+  destroy(): void {
+    for (const b of this.buffers.values()) b.destroy();
+    for (const b of this.uploads) b.destroy();
+    this.staging.destroy();
+  }
+}

@@ -1,0 +1,479 @@
+/**
+ * The WGSL kernels of one training step and of evaluate, one explicit kernel per formula of SAE.md (llm.c style).
+ * K SAEs of one shape are stacked in one buffer per tensor; workgroup_id.z (or .y) is the SAE index, so one
+ * dispatch serves all K and the batch x is read by all of them from one buffer.
+ *
+ * Shared layout (all row-major, f32):
+ *   x [B, d]; W_enc [K, d, n]; b_enc [K, n]; W_dec [K, n, d]; b_dec [K, d]; log_threshold [K, n]
+ *   H [K, B, n] pre-activations (f = act(h) is recomputed where needed, so it is never stored)
+ *   G [K, B, n] dL/df (ReLU: the L1 term included; JumpReLU: the L0 term reaches θ only)
+ *   R [K, Pmax, B, d]: first e_q = x̂_q − x per prefix q, then, in place, the suffix sums R_q = Σ_{r ≥ q} e_r
+ *     (latent j of block q feeds every x̂_r with r ≥ q, so dL/df_j = scale·R_q·W_dec[j])
+ *   meta (u32): per SAE 16 words [flags, P, coeff, bandwidth, scale, stepSize, sqrtBias2, 1/B, ...],
+ *     then the block bounds [K, Pmax + 1] (Vanilla: [0, n]).
+ */
+
+export const TILE = 64; // output tile of the matmuls (TILE × TILE, 16 × 16 threads, 4 × 4 outputs per thread)
+export const CHUNK = 256; // rows per partial sum in the column reductions
+export const META_WORDS = 16;
+export const FLAG_JUMPRELU = 1;
+export const FLAG_NORMALIZE = 2;
+export const FLAG_REMOVE_PARALLEL = 4;
+
+const HEADER = /* wgsl */ `
+struct Dims { B: u32, d: u32, n: u32, K: u32, Pmax: u32, S: u32, chunk: u32, size: u32 }
+@group(0) @binding(0) var<uniform> dims: Dims;
+fn flags(sae: u32) -> u32 { return saeMeta[sae * ${META_WORDS}u]; }
+fn nPrefixes(sae: u32) -> u32 { return saeMeta[sae * ${META_WORDS}u + 1u]; }
+fn coeff(sae: u32) -> f32 { return bitcast<f32>(saeMeta[sae * ${META_WORDS}u + 2u]); }
+fn bandwidth(sae: u32) -> f32 { return bitcast<f32>(saeMeta[sae * ${META_WORDS}u + 3u]); }
+fn lossScale(sae: u32) -> f32 { return bitcast<f32>(saeMeta[sae * ${META_WORDS}u + 4u]); }
+fn stepSize(sae: u32) -> f32 { return bitcast<f32>(saeMeta[sae * ${META_WORDS}u + 5u]); }
+fn sqrtBias2(sae: u32) -> f32 { return bitcast<f32>(saeMeta[sae * ${META_WORDS}u + 6u]); }
+fn invB(sae: u32) -> f32 { return bitcast<f32>(saeMeta[sae * ${META_WORDS}u + 7u]); }
+fn isJump(sae: u32) -> bool { return (flags(sae) & ${FLAG_JUMPRELU}u) != 0u; }
+fn bound(sae: u32, q: u32) -> u32 { return saeMeta[dims.K * ${META_WORDS}u + sae * (dims.Pmax + 1u) + q]; }
+fn blockOf(sae: u32, j: u32) -> u32 {
+  var q = 0u;
+  loop { if (q + 1u >= nPrefixes(sae) || j < bound(sae, q + 1u)) { break; } q++; }
+  return q;
+}
+// f = act(h) = h·1{h > θ}: θ = exp(log θ) for JumpReLU and θ = 0 for ReLU (max(h, 0)), from the theta buffer.
+fn act(h: f32, theta: f32) -> f32 { return select(0.0, h, h > theta); }
+// ∂f/∂h = 1{h > θ} (ReLU: 1{h > 0}; JumpReLU: H(h − θ)).
+fn actGrad(h: f32, theta: f32) -> f32 { return select(0.0, 1.0, h > theta); }
+// Kahan–Babuška (Neumaier) compensated sum: s.x is the sum, s.y the running compensation.
+fn kadd(s: vec2f, v: f32) -> vec2f {
+  let t = s.x + v;
+  var c = s.y;
+  if (abs(s.x) >= abs(v)) { c += (s.x - t) + v; } else { c += (v - t) + s.x; }
+  return vec2f(t, c);
+}
+`;
+
+const META = `@group(0) @binding(1) var<storage, read> saeMeta: array<u32>;`;
+
+interface MatmulSpec {
+  bindings: string;
+  M: string;
+  N: string;
+  KD: string;
+  /** A(gm, gk) given gm < M and gk in range; aKFast: consecutive k are contiguous in memory. */
+  loadA: string;
+  aKFast: boolean;
+  loadB: string;
+  bNFast: boolean;
+  /** plain: one pass. kSegments: the K loop runs block by block and the epilogue runs after each block (cumulative).
+   *  nBlocks / mBlocks: the output column / row j belongs to block q; A or B are read for that q. */
+  mode: "plain" | "kSegments" | "nBlocks" | "mBlocks";
+  /** Statement run per output (m, nn) with acc value `v` (and `q` in kSegments mode). */
+  epilogue: string;
+}
+
+function matmul(s: MatmulSpec, direct: boolean): string {
+  const aIdx = s.aKFast ? "let am = e / 16u; let ak = e % 16u;" : "let am = e % 64u; let ak = e / 64u;";
+  const bIdx = s.bNFast ? "let bk = e / 64u; let bn = e % 64u;" : "let bk = e % 16u; let bn = e / 16u;";
+  const aMask = s.mode === "mBlocks" ? " && gm >= rLo && gm < rHi" : "";
+  const bMask = s.mode === "nBlocks" ? " && gn >= rLo && gn < rHi" : "";
+  const tileLoop = (kLo: string, kHi: string) => /* wgsl */ `
+    {
+      let kHi = ${kHi};
+      var k0 = ${kLo};
+      loop {
+        if (k0 >= kHi) { break; }
+        for (var r = 0u; r < 4u; r++) {
+          let e = lid + 256u * r;
+          ${aIdx}
+          let gm = m0 + am; let gk = k0 + ak;
+          var av = 0.0;
+          if (gm < M && gk < kHi${aMask}) { av = ${s.loadA}; }
+          As[ak * 64u + am] = av;
+          ${bIdx}
+          let gn = n0 + bn; let gkb = k0 + bk;
+          var bv = 0.0;
+          if (gn < N && gkb < kHi${bMask}) { bv = ${s.loadB.replaceAll("gk", "gkb")}; }
+          Bs[bk * 64u + bn] = bv;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < 16u; kk++) {
+          let ab = kk * 64u + ty; let bb = kk * 64u + tx;
+          let b = vec4f(Bs[bb], Bs[bb + 16u], Bs[bb + 32u], Bs[bb + 48u]);
+          acc0 = fma(vec4f(As[ab]), b, acc0);
+          acc1 = fma(vec4f(As[ab + 16u]), b, acc1);
+          acc2 = fma(vec4f(As[ab + 32u]), b, acc2);
+          acc3 = fma(vec4f(As[ab + 48u]), b, acc3);
+        }
+        workgroupBarrier();
+        k0 += 16u;
+      }
+    }`;
+  // Without workgroup memory or barriers: each thread reads its 4 A values and 4 B values per k straight from
+  // memory. Software adapters (SwiftShader runs barriers as fiber switches) are several times faster this way.
+  const lanes = [0, 1, 2, 3];
+  // out-of-range reads are clamped by WGSL's robust access and then discarded by select: no branches
+  const step = (k: string) => `{
+          let a = vec4f(${lanes.map((i) => `select(0.0, ${s.loadA.replaceAll("gm", `gm${i}`).replaceAll("gk", "kk")}, okA${i})`).join(", ")});
+          let b = vec4f(${lanes.map((j) => `select(0.0, ${s.loadB.replaceAll("gn", `gn${j}`).replaceAll("gk", "kk")}, okB${j})`).join(", ")});
+          acc0 = fma(vec4f(a.x), b, acc0); acc1 = fma(vec4f(a.y), b, acc1); acc2 = fma(vec4f(a.z), b, acc2); acc3 = fma(vec4f(a.w), b, acc3);
+        }`.replace("{", `{ let kk = ${k};`);
+  const directLoop = (kLo: string, kHi: string) => /* wgsl */ `
+    {
+      let kHi = ${kHi};
+      ${lanes.map((i) => `let gm${i} = m0 + ty + ${16 * i}u; let okA${i} = gm${i} < M${aMask.replaceAll("gm", `gm${i}`)};`).join("\n      ")}
+      ${lanes.map((j) => `let gn${j} = n0 + tx + ${16 * j}u; let okB${j} = gn${j} < N${bMask.replaceAll("gn", `gn${j}`)};`).join("\n      ")}
+      var gk = ${kLo};
+      // four k per iteration while they last (less loop overhead), then one at a time
+      for (; gk + 4u <= kHi; gk += 4u) {
+        ${[0, 1, 2, 3].map((u) => step(`gk + ${u}u`)).join("\n        ")}
+      }
+      for (; gk < kHi; gk++) { ${step("gk")} }
+    }`;
+  const loop = direct ? directLoop : tileLoop;
+  const epilogue = /* wgsl */ `
+    let accs = array<vec4f, 4>(acc0, acc1, acc2, acc3);
+    for (var i = 0u; i < 4u; i++) {
+      let m = m0 + ty + 16u * i;
+      if (m >= M) { continue; }
+      let row = accs[i];
+      for (var j = 0u; j < 4u; j++) {
+        let nn = n0 + tx + 16u * j;
+        if (nn >= N) { continue; }
+        let v = row[j];
+        ${s.epilogue}
+      }
+    }`;
+  let body: string;
+  if (s.mode === "plain") body = loop("0u", "KD") + epilogue;
+  else if (s.mode === "kSegments")
+    body = `for (var q = 0u; q < nPrefixes(sae); q++) { ${loop("bound(sae, q)", "bound(sae, q + 1u)")} ${epilogue} }`;
+  else {
+    const first = s.mode === "nBlocks" ? "n0" : "m0";
+    const last = s.mode === "nBlocks" ? "min(n0 + 63u, N - 1u)" : "min(m0 + 63u, M - 1u)";
+    body = `for (var q = blockOf(sae, ${first}); q <= blockOf(sae, ${last}); q++) {
+      let rLo = bound(sae, q); let rHi = bound(sae, q + 1u);
+      ${loop("0u", "KD")}
+    }
+    ${epilogue}`;
+  }
+  return /* wgsl */ `${HEADER}
+${s.bindings}
+var<workgroup> As: array<f32, 1024>;
+var<workgroup> Bs: array<f32, 1024>;
+@compute @workgroup_size(16, 16)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) lid: u32, @builtin(local_invocation_id) lxy: vec3u) {
+  let sae = wg.z;
+  let tx = lxy.x; let ty = lxy.y;
+  let m0 = wg.y * 64u; let n0 = wg.x * 64u;
+  let M = ${s.M}; let N = ${s.N}; let KD = ${s.KD};
+  var acc0 = vec4f(0.0); var acc1 = vec4f(0.0); var acc2 = vec4f(0.0); var acc3 = vec4f(0.0);
+  ${body}
+}`;
+}
+
+const rw = (b: number, name: string) => `@group(0) @binding(${b}) var<storage, read_write> ${name}: array<f32>;`;
+const ro = (b: number, name: string) => `@group(0) @binding(${b}) var<storage, read> ${name}: array<f32>;`;
+
+/** h = (x − b_dec) W_enc + b_enc. */
+const ENCODE: MatmulSpec = ({
+  bindings: [META, ro(2, "x"), ro(3, "b_dec"), ro(4, "W_enc"), ro(5, "b_enc"), rw(6, "H")].join("\n"),
+  M: "dims.B", N: "dims.n", KD: "dims.d",
+  loadA: "x[gm * dims.d + gk] - b_dec[sae * dims.d + gk]", aKFast: true,
+  loadB: "W_enc[(sae * dims.d + gk) * dims.n + gn]", bNFast: true,
+  mode: "plain",
+  epilogue: "H[(sae * dims.B + m) * dims.n + nn] = v + b_enc[sae * dims.n + nn];",
+});
+
+/** e_q = b_dec + Σ_{j < p_q} f_j W_dec[j] − x for every prefix q (cumulative over blocks). */
+const DECODE: MatmulSpec = ({
+  bindings: [META, ro(2, "x"), ro(3, "b_dec"), ro(4, "W_dec"), ro(5, "H"), ro(6, "theta"), rw(7, "R")].join("\n"),
+  M: "dims.B", N: "dims.d", KD: "dims.n",
+  loadA: "act(H[(sae * dims.B + gm) * dims.n + gk], theta[sae * dims.n + gk])", aKFast: true,
+  loadB: "W_dec[(sae * dims.n + gk) * dims.d + gn]", bNFast: true,
+  mode: "kSegments",
+  epilogue: "R[((sae * dims.Pmax + q) * dims.B + m) * dims.d + nn] = v + b_dec[sae * dims.d + nn] - x[m * dims.d + nn];",
+});
+
+/** dL/df_j = scale·R_{block(j)}·W_dec[j] (+ coeff/B where h > 0, ReLU's L1 term). */
+const GRAD_F: MatmulSpec = ({
+  bindings: [META, ro(2, "R"), ro(3, "W_dec"), ro(4, "H"), rw(5, "G")].join("\n"),
+  M: "dims.B", N: "dims.n", KD: "dims.d",
+  loadA: "R[((sae * dims.Pmax + q) * dims.B + gm) * dims.d + gk]", aKFast: true,
+  loadB: "W_dec[(sae * dims.n + gn) * dims.d + gk]", bNFast: false,
+  mode: "nBlocks",
+  epilogue: /* wgsl */ `let idx = (sae * dims.B + m) * dims.n + nn;
+        var g = lossScale(sae) * v;
+        if (!isJump(sae) && H[idx] > 0.0) { g += coeff(sae) * invB(sae); }
+        G[idx] = g;`,
+});
+
+/** dL/dW_enc = (x − b_dec)ᵀ · (G ⊙ act'(h)). */
+const GRAD_W_ENC: MatmulSpec = ({
+  bindings: [META, ro(2, "x"), ro(3, "b_dec"), ro(4, "G"), ro(5, "H"), ro(6, "theta"), rw(7, "gW_enc")].join("\n"),
+  M: "dims.d", N: "dims.n", KD: "dims.B",
+  loadA: "x[gk * dims.d + gm] - b_dec[sae * dims.d + gm]", aKFast: false,
+  loadB: "G[(sae * dims.B + gk) * dims.n + gn] * actGrad(H[(sae * dims.B + gk) * dims.n + gn], theta[sae * dims.n + gn])",
+  bNFast: true,
+  mode: "plain",
+  epilogue: "gW_enc[(sae * dims.d + m) * dims.n + nn] = v;",
+});
+
+/** dL/dW_dec[j] = scale·Σ_b f_bj R_{block(j)}[b]. */
+const GRAD_W_DEC: MatmulSpec = ({
+  bindings: [META, ro(2, "H"), ro(3, "theta"), ro(4, "R"), rw(5, "gW_dec")].join("\n"),
+  M: "dims.n", N: "dims.d", KD: "dims.B",
+  loadA: "act(H[(sae * dims.B + gk) * dims.n + gm], theta[sae * dims.n + gm])", aKFast: false,
+  loadB: "R[((sae * dims.Pmax + q) * dims.B + gk) * dims.d + gn]", bNFast: true,
+  mode: "mBlocks",
+  epilogue: "gW_dec[(sae * dims.n + m) * dims.d + nn] = lossScale(sae) * v;",
+});
+
+/** W_dec rows ← row / ‖row‖₂ (SAEs with normalize_w_dec). One thread per row. */
+export const NORMALIZE_ROWS = /* wgsl */ `${HEADER}
+${META}
+${rw(2, "W_dec")}
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let sae = gid.z; let j = gid.x;
+  if (j >= dims.n || (flags(sae) & ${FLAG_NORMALIZE}u) == 0u) { return; }
+  let base = (sae * dims.n + j) * dims.d;
+  var s = 0.0;
+  for (var c = 0u; c < dims.d; c++) { s = fma(W_dec[base + c], W_dec[base + c], s); }
+  let inv = 1.0 / sqrt(s);
+  for (var c = 0u; c < dims.d; c++) { W_dec[base + c] = W_dec[base + c] * inv; }
+}`;
+
+/** θ per latent: exp(log θ) for JumpReLU, 0 for ReLU (so act(h) = h·1{h > θ} serves both without a branch). */
+export const THRESHOLDS = /* wgsl */ `${HEADER}
+${META}
+${ro(2, "log_threshold")}
+${rw(3, "theta")}
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let j = gid.x; let sae = gid.z;
+  if (j >= dims.n) { return; }
+  theta[sae * dims.n + j] = select(0.0, exp(log_threshold[sae * dims.n + j]), isJump(sae));
+}`;
+
+/** In place e_q → R_q = Σ_{r ≥ q} e_r; partial sums per chunk of rows: Σ e² (mse) and Σ R_0 (for dL/db_dec). */
+export const RESID_COLS = /* wgsl */ `${HEADER}
+${META}
+${rw(2, "R")}
+${rw(3, "residPart")}
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let c = gid.x; let s = gid.y; let sae = gid.z;
+  if (c >= dims.d) { return; }
+  let P = nPrefixes(sae);
+  var sq = vec2f(0.0); var r0 = vec2f(0.0);
+  let end = min(dims.B, (s + 1u) * dims.chunk);
+  for (var b = s * dims.chunk; b < end; b++) {
+    var acc = 0.0;
+    for (var q = P; q > 0u; q--) {
+      let idx = ((sae * dims.Pmax + q - 1u) * dims.B + b) * dims.d + c;
+      let e = R[idx];
+      sq = kadd(sq, e * e);
+      acc += e;
+      R[idx] = acc;
+    }
+    r0 = kadd(r0, acc);
+  }
+  residPart[(sae * dims.S + s) * dims.d + c] = sq.x + sq.y;
+  residPart[((dims.K + sae) * dims.S + s) * dims.d + c] = r0.x + r0.y;
+}`;
+
+/** Per latent column and chunk of rows: Σ dL/dh (b_enc), Σ dL/dθ (JumpReLU), #{f > 0}, Σ f. */
+export const LATENT_COLS = /* wgsl */ `${HEADER}
+${META}
+${ro(2, "H")}
+${ro(3, "theta")}
+${ro(4, "G")}
+${rw(5, "latentPart")}
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let j = gid.x; let s = gid.y; let sae = gid.z;
+  if (j >= dims.n) { return; }
+  let th = theta[sae * dims.n + j];
+  let eps = bandwidth(sae);
+  let jump = isJump(sae);
+  let sparsityGrad = coeff(sae) * invB(sae);
+  var gb = vec2f(0.0); var gt = vec2f(0.0); var cnt = 0.0; var l1 = vec2f(0.0);
+  let end = min(dims.B, (s + 1u) * dims.chunk);
+  for (var b = s * dims.chunk; b < end; b++) {
+    let idx = (sae * dims.B + b) * dims.n + j;
+    let h = H[idx]; let g = G[idx];
+    let f = act(h, th);
+    gb = kadd(gb, g * actGrad(h, th));
+    if (jump && abs((h - th) / eps) < 0.5) {
+      // ∂f/∂θ = −(θ/ε)K, ∂H/∂θ = −(1/ε)K, rectangle kernel K = 1 here.
+      gt = kadd(gt, -(g * th + sparsityGrad) / eps);
+    }
+    if (f > 0.0) { cnt += 1.0; l1 = kadd(l1, f); }
+  }
+  let o = sae * dims.S + s;
+  latentPart[o * dims.n + j] = gb.x + gb.y;
+  latentPart[((dims.K + sae) * dims.S + s) * dims.n + j] = gt.x + gt.y;
+  latentPart[((2u * dims.K + sae) * dims.S + s) * dims.n + j] = cnt;
+  latentPart[((3u * dims.K + sae) * dims.S + s) * dims.n + j] = l1.x + l1.y;
+}`;
+
+/** Sums the chunks: dL/db_enc, dL/dlog θ = θ·dL/dθ, and the per-column L0 count and L1 sum for the step metrics. */
+export const LATENT_FINISH = /* wgsl */ `${HEADER}
+${META}
+${ro(2, "theta")}
+${ro(3, "latentPart")}
+${rw(4, "gb_enc")}
+${rw(5, "glog_threshold")}
+${rw(6, "colStats")}
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let j = gid.x; let sae = gid.z;
+  if (j >= dims.n) { return; }
+  var t: array<vec2f, 4>;
+  for (var k = 0u; k < 4u; k++) {
+    for (var s = 0u; s < dims.S; s++) { t[k] = kadd(t[k], latentPart[((k * dims.K + sae) * dims.S + s) * dims.n + j]); }
+  }
+  gb_enc[sae * dims.n + j] = t[0].x + t[0].y;
+  glog_threshold[sae * dims.n + j] = select(0.0, theta[sae * dims.n + j] * (t[1].x + t[1].y), isJump(sae));
+  colStats[sae * dims.n + j] = t[2].x + t[2].y;
+  colStats[(dims.K + sae) * dims.n + j] = t[3].x + t[3].y;
+}`;
+
+/** dL/db_dec = scale·Σ_b R_0 − W_enc·(dL/db_enc); and the per-column Σ e² for the step metrics. */
+export const GRAD_B_DEC = /* wgsl */ `${HEADER}
+${META}
+${ro(2, "residPart")}
+${ro(3, "W_enc")}
+${ro(4, "gb_enc")}
+${rw(5, "gb_dec")}
+${rw(6, "colStats")}
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let c = gid.x; let sae = gid.z;
+  if (c >= dims.d) { return; }
+  var sq = vec2f(0.0); var r0 = vec2f(0.0);
+  for (var s = 0u; s < dims.S; s++) {
+    sq = kadd(sq, residPart[(sae * dims.S + s) * dims.d + c]);
+    r0 = kadd(r0, residPart[((dims.K + sae) * dims.S + s) * dims.d + c]);
+  }
+  var w = vec2f(0.0);
+  for (var j = 0u; j < dims.n; j++) { w = kadd(w, W_enc[(sae * dims.d + c) * dims.n + j] * gb_enc[sae * dims.n + j]); }
+  gb_dec[sae * dims.d + c] = lossScale(sae) * (r0.x + r0.y) - (w.x + w.y);
+  colStats[2u * dims.K * dims.n + sae * dims.d + c] = sq.x + sq.y;
+}`;
+
+/** g_j ← g_j − (g_j · w_j) w_j for every W_dec row (SAEs with remove_parallel_grads). */
+export const REMOVE_PARALLEL = /* wgsl */ `${HEADER}
+${META}
+${ro(2, "W_dec")}
+${rw(3, "gW_dec")}
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let sae = gid.z; let j = gid.x;
+  if (j >= dims.n || (flags(sae) & ${FLAG_REMOVE_PARALLEL}u) == 0u) { return; }
+  let base = (sae * dims.n + j) * dims.d;
+  var dot = 0.0;
+  for (var c = 0u; c < dims.d; c++) { dot = fma(gW_dec[base + c], W_dec[base + c], dot); }
+  for (var c = 0u; c < dims.d; c++) { gW_dec[base + c] = gW_dec[base + c] - dot * W_dec[base + c]; }
+}`;
+
+/** torch Adam (bias-corrected, no weight decay) on one stacked tensor of `dims.size` elements per SAE. */
+export const ADAM_KERNEL = /* wgsl */ `${HEADER}
+${META}
+${rw(2, "p")}
+${ro(3, "g")}
+${rw(4, "m")}
+${rw(5, "v")}
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = gid.x + gid.y * nwg.x * 256u;
+  let sae = gid.z;
+  if (i >= dims.size) { return; }
+  let k = sae * dims.size + i;
+  let gr = g[k];
+  let mk = 0.9 * m[k] + 0.1 * gr;
+  let vk = 0.999 * v[k] + 0.001 * gr * gr;
+  m[k] = mk; v[k] = vk;
+  p[k] = p[k] - stepSize(sae) * mk / (sqrt(vk) / sqrtBias2(sae) + 1e-8);
+}`;
+
+/** evaluate, per latent: count of f > 0 (u32, exact) and Σ f (compensated), accumulated over batches. */
+export const EVAL_LATENT = /* wgsl */ `${HEADER}
+${META}
+${ro(2, "H")}
+${ro(3, "theta")}
+@group(0) @binding(4) var<storage, read_write> evalCount: array<u32>;
+${rw(5, "evalSum")}
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let j = gid.x; let sae = gid.z;
+  if (j >= dims.n) { return; }
+  let th = theta[sae * dims.n + j];
+  let o = sae * dims.n + j;
+  var cnt = 0u; var s = vec2f(0.0);
+  for (var b = 0u; b < dims.B; b++) {
+    let f = act(H[(sae * dims.B + b) * dims.n + j], th);
+    if (f > 0.0) { cnt++; s = kadd(s, f); }
+  }
+  evalCount[o] = evalCount[o] + cnt;
+  var acc = vec2f(evalSum[2u * o], evalSum[2u * o + 1u]);
+  acc = kadd(acc, s.x); acc = kadd(acc, s.y);
+  evalSum[2u * o] = acc.x; evalSum[2u * o + 1u] = acc.y;
+}`;
+
+/**
+ * evaluate, per input column: Σ e² per SAE, and (once, by SAE 0) Σ (x − μ0) and Σ (x − μ0)², shifted by the
+ * first batch's mean μ0 so that Σ‖x − x̄‖² = Σ(x − μ0)² − N‖x̄ − μ0‖² does not cancel.
+ * evalResid: [K, d, 2] (sum, compensation), then xStats: [d, 4].
+ */
+export const EVAL_RESID = /* wgsl */ `${HEADER}
+${META}
+${ro(2, "R")}
+${ro(3, "x")}
+${ro(4, "mu0")}
+${rw(5, "evalResid")}
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let c = gid.x; let sae = gid.z;
+  if (c >= dims.d) { return; }
+  var sq = vec2f(0.0);
+  for (var b = 0u; b < dims.B; b++) { let e = R[(sae * dims.Pmax * dims.B + b) * dims.d + c]; sq = kadd(sq, e * e); }
+  let o = 2u * (sae * dims.d + c);
+  var acc = vec2f(evalResid[o], evalResid[o + 1u]);
+  acc = kadd(acc, sq.x); acc = kadd(acc, sq.y);
+  evalResid[o] = acc.x; evalResid[o + 1u] = acc.y;
+  if (sae == 0u) {
+    var s1 = vec2f(0.0); var s2 = vec2f(0.0);
+    for (var b = 0u; b < dims.B; b++) { let y = x[b * dims.d + c] - mu0[c]; s1 = kadd(s1, y); s2 = kadd(s2, y * y); }
+    let xo = 2u * dims.K * dims.d + 4u * c;
+    var a1 = vec2f(evalResid[xo], evalResid[xo + 1u]); a1 = kadd(a1, s1.x); a1 = kadd(a1, s1.y);
+    var a2 = vec2f(evalResid[xo + 2u], evalResid[xo + 3u]); a2 = kadd(a2, s2.x); a2 = kadd(a2, s2.y);
+    evalResid[xo] = a1.x; evalResid[xo + 1u] = a1.y; evalResid[xo + 2u] = a2.x; evalResid[xo + 3u] = a2.y;
+  }
+}`;
+
+/** The five matmul-shaped kernels of a step; `direct` picks the barrier-free variant (software adapters). */
+export function matmulKernels(direct: boolean) {
+  return {
+    ENCODE: matmul(ENCODE, direct),
+    DECODE: matmul(DECODE, direct),
+    GRAD_F: matmul(GRAD_F, direct),
+    GRAD_W_ENC: matmul(GRAD_W_ENC, direct),
+    GRAD_W_DEC: matmul(GRAD_W_DEC, direct),
+  };
+}
+
+/** A plain C[M, N] = A[M, K]·B[K, N] from the same generator (dims.B = M, dims.d = K, dims.n = N): a roofline
+ *  candidate for the benchmark that shares the step matmuls' code shape. */
+export function plainMatmul(direct: boolean): string {
+  return matmul(
+    {
+      bindings: [META, ro(2, "A"), ro(3, "Bm"), rw(4, "C")].join("\n"),
+      M: "dims.B", N: "dims.n", KD: "dims.d",
+      loadA: "A[gm * dims.d + gk]", aKFast: true,
+      loadB: "Bm[gk * dims.n + gn]", bNFast: true,
+      mode: "plain",
+      epilogue: "C[m * dims.n + nn] = v;",
+    },
+    direct,
+  );
+}

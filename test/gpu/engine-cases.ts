@@ -1,0 +1,154 @@
+/**
+ * GPU cases for the SAE engine (JSON in, JSON out, so they run alike in Chrome and Dawn; see cases.ts).
+ * Arrays travel as number[]; a NaN left in a poisoned buffer comes back as null and fails the comparison.
+ */
+import { SyntheticDataset } from "../../runner/data/synthetic";
+import type { SyntheticData, TrainConfig } from "../../shaders/config";
+import { PARAM_NAMES, SaeEngine, type EngineState, type ParamName } from "../../shaders/engine";
+import { createMatmul, type MatmulVariant } from "../../shaders/matmul";
+
+type JsonParams = Record<ParamName, number[]>;
+export interface JsonState {
+  step: number;
+  saes: Array<{ params: JsonParams; m?: JsonParams; v?: JsonParams }>;
+}
+
+const toF32 = (p: JsonParams) => Object.fromEntries(PARAM_NAMES.map((n) => [n, Float32Array.from(p[n])])) as Record<ParamName, Float32Array>;
+const toJson = (p: Record<ParamName, Float32Array>) => Object.fromEntries(PARAM_NAMES.map((n) => [n, Array.from(p[n])])) as JsonParams;
+
+function importJson(engine: SaeEngine, s: JsonState): void {
+  const state: EngineState = {
+    step: s.step,
+    saes: s.saes.map((x) => ({ params: toF32(x.params), m: x.m && toF32(x.m), v: x.v && toF32(x.v) })),
+  };
+  engine.importState(state);
+}
+
+async function gpuErrors<T>(device: GPUDevice, fn: () => Promise<T>): Promise<T> {
+  device.pushErrorScope("validation");
+  const out = await fn();
+  const err = await device.popErrorScope();
+  if (err) throw new Error(`WebGPU validation error: ${err.message}`);
+  return out;
+}
+
+export const engineCases = {
+  /** One step from a given state on a given batch, every intermediate buffer poisoned with NaN first. */
+  async engineStep(device: GPUDevice, input: { cfgs: TrainConfig[]; state: JsonState; x: number[]; matmul?: "tiled" | "direct" }) {
+    return gpuErrors(device, async () => {
+      const engine = SaeEngine.create(device, input.cfgs, { matmul: input.matmul });
+      try {
+        importJson(engine, input.state);
+        engine.poison();
+        const metrics = await engine.step(Float32Array.from(input.x), { metrics: true });
+        const names = ["H", "G", "R", ...PARAM_NAMES.flatMap((p) => [`grad.${p}`, p, `m.${p}`, `v.${p}`])];
+        const buffers: Record<string, number[]> = {};
+        for (const name of names) buffers[name] = Array.from(await engine.readBuffer(name));
+        return { metrics, buffers, maxPrefixes: engine.maxPrefixes, variant: engine.matmulVariant };
+      } finally {
+        engine.destroy();
+      }
+    });
+  },
+
+  /** evaluate from a given state over given batches. */
+  async engineEval(device: GPUDevice, input: { cfgs: TrainConfig[]; state: JsonState; batches: number[][] }) {
+    return gpuErrors(device, async () => {
+      const engine = SaeEngine.create(device, input.cfgs);
+      try {
+        importJson(engine, input.state);
+        return await engine.evaluate(input.batches.map((b) => Float32Array.from(b)));
+      } finally {
+        engine.destroy();
+      }
+    });
+  },
+
+  /**
+   * Trains from the seeded init on synthetic data (b_dec from the mean of the first `n_reinit_samples`
+   * examples), through uploadBatch as the runner does; returns the logged metrics, final weights and an eval.
+   */
+  async engineTrain(device: GPUDevice, input: { cfgs: TrainConfig[]; steps: number; evalExamples: number }) {
+    return gpuErrors(device, async () => {
+      const cfg0 = input.cfgs[0];
+      const data = new SyntheticDataset(cfg0.data as SyntheticData);
+      const engine = SaeEngine.create(device, input.cfgs);
+      try {
+        engine.initBDec(data.head(cfg0.sae.n_reinit_samples));
+        const logs: Array<{ step: number; metrics: unknown }> = [];
+        let next = engine.uploadBatch(data.batch(0, cfg0.sae_batch_size));
+        for (let t = 0; t < input.steps; t++) {
+          const current = next;
+          const pending = engine.step(current);
+          if (t + 1 < input.steps) next = engine.uploadBatch(data.batch(t + 1, cfg0.sae_batch_size)); // prefetch
+          const metrics = await pending;
+          if (metrics) logs.push({ step: t, metrics });
+        }
+        const weights = await engine.exportWeights();
+        const evals = await engine.evaluate([data.slice(0, input.evalExamples)]);
+        return {
+          logs,
+          W_dec: weights.map((w) => Array.from(w.W_dec)),
+          evals: evals.map((e) => ({ ...e, freqs: undefined, mean_values: undefined, n_dead: e.n_dead })),
+        };
+      } finally {
+        engine.destroy();
+      }
+    });
+  },
+
+  /** Trains a+b steps in one engine, and a steps, exportState → a fresh engine → importState → b steps. */
+  async engineResume(device: GPUDevice, input: { cfgs: TrainConfig[]; a: number; b: number }) {
+    return gpuErrors(device, async () => {
+      const cfg0 = input.cfgs[0];
+      const data = new SyntheticDataset(cfg0.data as SyntheticData);
+      const B = cfg0.sae_batch_size;
+      const one = SaeEngine.create(device, input.cfgs);
+      const two = SaeEngine.create(device, input.cfgs);
+      try {
+        for (let t = 0; t < input.a; t++) await one.step(data.batch(t, B));
+        two.importState(await one.exportState());
+        for (let t = input.a; t < input.a + input.b; t++) {
+          await one.step(data.batch(t, B));
+          await two.step(data.batch(t, B));
+        }
+        const [s1, s2] = [await one.exportState(), await two.exportState()];
+        let maxDiff = 0;
+        for (let k = 0; k < s1.saes.length; k++)
+          for (const p of PARAM_NAMES) {
+            const x = s1.saes[k].params[p], y = s2.saes[k].params[p];
+            for (let i = 0; i < x.length; i++) maxDiff = Math.max(maxDiff, Math.abs(x[i] - y[i]));
+          }
+        return { maxDiff, steps: [s1.step, s2.step] };
+      } finally {
+        one.destroy();
+        two.destroy();
+      }
+    });
+  },
+
+  /** The benchmark's roofline matmul, C = A·B, poisoned output first. */
+  async matmul(device: GPUDevice, input: { variant: MatmulVariant; M: number; N: number; K: number; a: number[]; b: number[] }) {
+    return gpuErrors(device, async () => {
+      const mm = createMatmul(device, input.variant, input.M, input.N, input.K, Float32Array.from(input.a), Float32Array.from(input.b));
+      try {
+        const enc = device.createCommandEncoder();
+        mm.encode(enc, 1);
+        device.queue.submit([enc.finish()]);
+        return Array.from(await mm.readC());
+      } finally {
+        mm.destroy();
+      }
+    });
+  },
+
+  /** A group too large for the device: the engine must refuse it with a clear message before allocating. */
+  async engineTooBig(device: GPUDevice, input: { cfgs: TrainConfig[] }) {
+    try {
+      SaeEngine.create(device, input.cfgs).destroy();
+      return { error: null };
+    } catch (e) {
+      return { error: String(e) };
+    }
+  },
+};

@@ -1,0 +1,280 @@
+/**
+ * The SAE engine against the float64 reference (test/reference/sae.ts), in Chromium and in Dawn:
+ * every kernel's output element by element after NaN poisoning; eval reductions; a training run on synthetic data
+ * with known features (recovery, and the loss curve against the reference's from the same weights); resume.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { SyntheticDataset } from "../../runner/data/synthetic";
+import type { EvalMetrics, StepMetrics, SyntheticData, TrainConfig } from "../../shaders/config";
+import { dSae } from "../../shaders/config";
+import { MATMUL_VARIANTS } from "../../shaders/matmul";
+import { initWeights } from "../../shaders/schedule";
+import { dawnUnavailable, openChrome, openDawn, type GpuBackend } from "../helpers/gpu-backends";
+import { mulberry32, testSeed } from "../helpers/random";
+import { trainConfig } from "../helpers/train-config";
+import * as ref from "../reference/sae";
+import type { JsonState } from "./engine-cases";
+
+const dawnSkip = await dawnUnavailable();
+const backends: Array<[string, () => Promise<GpuBackend>, string | null]> = [
+  ["chrome", openChrome, null],
+  ["dawn", openDawn, dawnSkip],
+];
+
+const F32_TOL = 1e-4;
+
+/** Max over elements of |got − want| / max(|want|, rms(want)); NaN (poison left in place) counts as infinite. */
+function relError(got: (number | null)[], want: ArrayLike<number>): number {
+  expect(got.length).toBe(want.length);
+  let rms = 0;
+  for (let i = 0; i < want.length; i++) rms += want[i] * want[i];
+  rms = Math.sqrt(rms / Math.max(1, want.length)) || 1e-30;
+  let worst = 0;
+  for (let i = 0; i < want.length; i++) {
+    const g = got[i];
+    if (g === null || !Number.isFinite(g)) return Infinity;
+    worst = Math.max(worst, Math.abs(g - want[i]) / Math.max(Math.abs(want[i]), rms));
+  }
+  return worst;
+}
+
+const slice = (a: (number | null)[], k: number, size: number) => a.slice(k * size, (k + 1) * size);
+
+/** A random state: weights, nonzero Adam moments (so the update is smooth), at step t. */
+function randomState(rand: () => number, cfgs: TrainConfig[], t: number): { json: JsonState; refs: ref.State[] } {
+  const refs: ref.State[] = [];
+  const json: JsonState = { step: t, saes: [] };
+  for (const cfg of cfgs) {
+    const d = cfg.sae.d_vit, n = dSae(cfg);
+    const f32 = (len: number, f: () => number) => Float64Array.from({ length: len }, () => Math.fround(f()));
+    const u = (s: number) => () => (rand() * 2 - 1) * s;
+    const jump = cfg.sae.kind === "jumprelu";
+    const params: ref.Params = {
+      W_enc: f32(d * n, u(0.5)),
+      b_enc: f32(n, u(0.1)),
+      W_dec: f32(n * d, u(0.5)),
+      b_dec: f32(d, u(0.2)),
+      log_threshold: f32(n, () => Math.log(0.1 + 0.4 * rand())),
+    };
+    const moment = (second: boolean): ref.Params => ({
+      W_enc: f32(d * n, second ? () => 1e-6 * rand() : u(1e-3)),
+      b_enc: f32(n, second ? () => 1e-6 * rand() : u(1e-3)),
+      W_dec: f32(n * d, second ? () => 1e-6 * rand() : u(1e-3)),
+      b_dec: f32(d, second ? () => 1e-6 * rand() : u(1e-3)),
+      // ReLU SAEs never update θ; the reference skips it, so give the engine nothing to move it with
+      log_threshold: jump ? f32(n, second ? () => 1e-6 * rand() : u(1e-3)) : new Float64Array(n),
+    });
+    const m = moment(false), v = moment(true);
+    refs.push({ params, m, v, step: t });
+    const arr = (p: ref.Params) => Object.fromEntries(ref.PARAM_NAMES.map((k) => [k, Array.from(p[k])])) as JsonState["saes"][0]["params"];
+    json.saes.push({ params: arr(params), m: arr(m), v: arr(v) });
+  }
+  return { json, refs: refs.map((s) => ({ ...s, params: ref.cloneParams(s.params), m: ref.cloneParams(s.m), v: ref.cloneParams(s.v) })) };
+}
+
+interface StepOut {
+  metrics: StepMetrics[];
+  buffers: Record<string, (number | null)[]>;
+  maxPrefixes: number;
+  variant: string;
+}
+
+const kernelGroups: Array<{ label: string; B: number; cfgs: TrainConfig[] }> = [
+  {
+    label: "d_vit 17, d_sae 51, batch 37, K 3 (relu vanilla, jumprelu matryoshka, relu matryoshka)",
+    B: 37,
+    cfgs: [
+      trainConfig({ sae_batch_size: 37, lr: 1e-3, sae: { d_vit: 17, exp_factor: 3, seed: 1 }, objective: { sparsity_coeff: 3e-2 } }),
+      trainConfig({
+        sae_batch_size: 37, lr: 2e-3, n_sparsity_warmup: 10,
+        sae: { d_vit: 17, exp_factor: 3, kind: "jumprelu", bandwidth: 0.3, seed: 2 },
+        objective: { kind: "matryoshka", n_prefixes: 4, sparsity_coeff: 5e-2 },
+      }),
+      trainConfig({ sae_batch_size: 37, n_lr_warmup: 20, sae: { d_vit: 17, exp_factor: 3, seed: 3, remove_parallel_grads: false }, objective: { kind: "matryoshka", n_prefixes: 6 } }),
+    ],
+  },
+  {
+    label: "d_vit 33, d_sae 66, batch 300 (two row chunks, several tiles), K 2 (jumprelu vanilla, relu matryoshka)",
+    B: 300,
+    cfgs: [
+      trainConfig({ sae_batch_size: 300, sae: { d_vit: 33, exp_factor: 2, kind: "jumprelu", bandwidth: 0.2, seed: 5, normalize_w_dec: false }, objective: { sparsity_coeff: 1e-2 } }),
+      trainConfig({ sae_batch_size: 300, sae: { d_vit: 33, exp_factor: 2, seed: 6 }, objective: { kind: "matryoshka", n_prefixes: 3, sparsity_coeff: 1e-2 } }),
+    ],
+  },
+];
+
+for (const [name, open, skip] of backends) {
+  describe.skipIf(skip !== null)(`SAE engine on ${name}`, () => {
+    let gpu: GpuBackend;
+    beforeAll(async () => {
+      gpu = await open();
+    }, 120_000);
+    afterAll(async () => gpu?.close());
+
+    for (const group of kernelGroups)
+      for (const matmul of ["direct", "tiled"] as const)
+      it(`every kernel (${matmul} matmuls) matches the float64 reference: ${group.label}`, async () => {
+        const seed = testSeed();
+        const rand = mulberry32(seed);
+        const { cfgs, B } = group;
+        const t = 3;
+        const { json, refs } = randomState(rand, cfgs, t);
+        const d = cfgs[0].sae.d_vit, n = dSae(cfgs[0]);
+        const x = Array.from({ length: B * d }, () => Math.fround(rand() * 2 - 1));
+        const out = await gpu.run<StepOut>("engineStep", { cfgs, state: json, x, matmul });
+        expect(out.variant).toBe(matmul);
+        const Pmax = out.maxPrefixes;
+        const errors: Record<string, number> = {};
+        const note = (label: string, e: number) => (errors[label] = Math.max(errors[label] ?? 0, e));
+        cfgs.forEach((cfg, k) => {
+          const r = ref.trainStep(refs[k], cfg, x, B);
+          const P = r.hyper.bounds.length - 1;
+          // forward
+          note("H (pre-activations)", relError(slice(out.buffers.H, k, B * n), r.forward.h));
+          // residual suffix sums R_q = Σ_{r ≥ q} e_r, per prefix
+          const R = slice(out.buffers.R, k, Pmax * B * d);
+          for (let q = 0; q < P; q++) {
+            const want = new Float64Array(B * d);
+            for (let s = q; s < P; s++) for (let i = 0; i < B * d; i++) want[i] += r.forward.e[s][i];
+            note("R (residual suffix sums)", relError(R.slice(q * B * d, (q + 1) * B * d), want));
+          }
+          note("G (dL/df)", relError(slice(out.buffers.G, k, B * n), r.gf));
+          for (const p of ref.PARAM_NAMES) {
+            const size = r.grads[p].length;
+            note(`grad ${p}`, relError(slice(out.buffers[`grad.${p}`], k, size), r.grads[p]));
+            note(`Adam m ${p}`, relError(slice(out.buffers[`m.${p}`], k, size), refs[k].m[p]));
+            note(`Adam v ${p}`, relError(slice(out.buffers[`v.${p}`], k, size), refs[k].v[p]));
+            note(`param ${p} after Adam`, relError(slice(out.buffers[p], k, size), refs[k].params[p]));
+          }
+          const m = out.metrics[k];
+          for (const key of ["loss", "mse", "l0", "l1", "sparsity"] as const) note(`metric ${key}`, Math.abs(m[key] - r.forward[key]) / Math.abs(r.forward[key]));
+          expect(m["progress/n_patches_seen"]).toBe((t + 1) * B);
+        });
+        console.log(`[${name}] seed ${seed} ${matmul} ${group.label}: max relative errors`, errors);
+        for (const [label, e] of Object.entries(errors)) expect(e, `${label} (seed ${seed})`).toBeLessThanOrEqual(F32_TOL);
+        // the JumpReLU θ pseudo-gradient must actually be exercised by the random inputs
+        const jumpK = cfgs.findIndex((c) => c.sae.kind === "jumprelu");
+        expect(slice(out.buffers["grad.log_threshold"], jumpK, n).some((v) => v !== 0)).toBe(true);
+      });
+
+    it("evaluate matches the float64 reference (freqs, mean values, dead/dense counts, FVU)", async () => {
+      const seed = testSeed();
+      const rand = mulberry32(seed);
+      const B = 45;
+      const cfgs = [
+        trainConfig({ sae_batch_size: B, sae: { d_vit: 19, exp_factor: 3 } }),
+        trainConfig({ sae_batch_size: B, sae: { d_vit: 19, exp_factor: 3, kind: "jumprelu" }, objective: { kind: "matryoshka", n_prefixes: 3 } }),
+      ];
+      const { json, refs } = randomState(rand, cfgs, 0);
+      // push a few features far negative so they never fire (mean_values null, counted dead)
+      for (const [k, s] of json.saes.entries()) for (const j of [0, 5]) {
+        s.params.b_enc[j] = -100;
+        refs[k].params.b_enc[j] = -100;
+      }
+      const batches = [0, 1, 2].map(() => Array.from({ length: B * 19 }, () => Math.fround(rand() * 2 + 0.5)));
+      const got = await gpu.run<EvalMetrics[]>("engineEval", { cfgs, state: json, batches });
+      cfgs.forEach((cfg, k) => {
+        const want = ref.evaluate(refs[k].params, cfg, batches, B);
+        for (const key of ["l0", "l1", "mse", "fvu", "explained_variance"] as const)
+          expect(Math.abs(got[k][key] - want[key]), `${key} seed ${seed}`).toBeLessThanOrEqual(F32_TOL * Math.abs(want[key]));
+        expect(got[k].n_examples).toBe(3 * B);
+        expect(got[k].freqs).toEqual(want.freqs); // exact counts
+        expect([got[k].n_dead, got[k].n_almost_dead, got[k].n_dense]).toEqual([want.n_dead, want.n_almost_dead, want.n_dense]);
+        expect(got[k].n_dead).toBeGreaterThanOrEqual(2);
+        want.mean_values.forEach((v, j) => {
+          if (v === null) expect(got[k].mean_values[j]).toBeNull();
+          else expect(Math.abs(got[k].mean_values[j]! - v)).toBeLessThanOrEqual(F32_TOL * Math.abs(v));
+        });
+      });
+    });
+
+    it("resumes exactly: exportState → importState in a fresh engine continues bit for bit", async () => {
+      const cfgs = [
+        trainConfig({ sae_batch_size: 32, lr: 3e-3, sae: { d_vit: 16, exp_factor: 2, seed: 9 }, objective: { kind: "matryoshka", n_prefixes: 3 } }),
+        trainConfig({ sae_batch_size: 32, lr: 3e-3, n_lr_warmup: 4, sae: { d_vit: 16, exp_factor: 2, seed: 10, kind: "jumprelu", bandwidth: 0.05, init_threshold: 0.05 } }),
+      ];
+      const out = await gpu.run<{ maxDiff: number; steps: number[] }>("engineResume", { cfgs, a: 4, b: 3 });
+      expect(out.steps).toEqual([7, 7]);
+      expect(out.maxDiff).toBe(0);
+    });
+
+    for (const variant of MATMUL_VARIANTS)
+      it(`the roofline matmul (${variant}) matches float64`, async () => {
+        const seed = testSeed();
+        const rand = mulberry32(seed);
+        const [M, N, K] = [128, 64, 48];
+        const a = Array.from({ length: M * K }, () => Math.fround(rand() * 2 - 1));
+        const b = Array.from({ length: K * N }, () => Math.fround(rand() * 2 - 1));
+        const got = await gpu.run<number[]>("matmul", { variant, M, N, K, a, b });
+        const want = new Float64Array(M * N);
+        for (let i = 0; i < M; i++) for (let k = 0; k < K; k++) for (let j = 0; j < N; j++) want[i * N + j] += a[i * K + k] * b[k * N + j];
+        expect(relError(got, want), `seed ${seed}`).toBeLessThanOrEqual(F32_TOL);
+      });
+
+    it("refuses a group that does not fit the device, naming the limit", async () => {
+      const cfgs = Array.from({ length: 4 }, () => trainConfig({ sae_batch_size: 16384, sae: { d_vit: 1024, exp_factor: 64 } }));
+      const out = await gpu.run<{ error: string | null }>("engineTooBig", { cfgs });
+      expect(out.error).toMatch(/do not fit this device: at most \d+/);
+    });
+
+    it("trains on synthetic data: decoder rows recover the known features; the loss tracks the float64 reference", async () => {
+      const steps = 300;
+      const data: Partial<SyntheticData> = { d_vit: 24, n_features: 32, sparsity: 0.06, seed: 7, noise: 0.01, n_examples: 50_000 };
+      const base = { sae_batch_size: 128, lr: 1e-2, n_lr_warmup: 20, log_every: 25, data, sae: { d_vit: 24, exp_factor: 4, n_reinit_samples: 2048 } };
+      const cfgs = [
+        trainConfig({ ...base, seed: 11, objective: { sparsity_coeff: 2e-2 } }),
+        trainConfig({ ...base, seed: 12, objective: { kind: "matryoshka", n_prefixes: 4, sparsity_coeff: 2e-2 } }),
+      ];
+      const out = await gpu.run<{ logs: Array<{ step: number; metrics: StepMetrics[] }>; W_dec: number[][]; evals: EvalMetrics[] }>("engineTrain", {
+        cfgs,
+        steps,
+        evalExamples: 2048,
+      });
+      const ds = new SyntheticDataset(cfgs[0].data as SyntheticData);
+      const truth = ds.features();
+      const d = 24, n = dSae(cfgs[0]);
+      // mean over true features of the best cosine with any learned decoder row (rows are unit norm)
+      const recovery = out.W_dec.map((W) => {
+        let total = 0;
+        for (let f = 0; f < 32; f++) {
+          let best = -1;
+          for (let j = 0; j < n; j++) {
+            let dot = 0, norm = 0;
+            for (let c = 0; c < d; c++) {
+              dot += truth[f * d + c] * W[j * d + c];
+              norm += W[j * d + c] ** 2;
+            }
+            best = Math.max(best, dot / Math.sqrt(norm));
+          }
+          total += best;
+        }
+        return total / 32;
+      });
+      console.log(`[${name}] recovery (mean max cosine) per SAE: ${recovery.map((r) => r.toFixed(4)).join(", ")}; eval:`, out.evals.map((e) => ({ fvu: e.fvu, l0: e.l0, n_dead: e.n_dead })));
+      // Vanilla recovers the features; Matryoshka's late latents die at this coefficient, so it is only reported.
+      expect(recovery[0]).toBeGreaterThan(0.9);
+
+      // the float64 reference from the same seeded weights and b_dec, on the same batches
+      const states: ref.State[] = cfgs.map((cfg) => {
+        const w = initWeights(cfg);
+        const p: ref.Params = { W_enc: Float64Array.from(w.W_enc), b_enc: Float64Array.from(w.b_enc), W_dec: Float64Array.from(w.W_dec), b_dec: Float64Array.from(w.b_dec), log_threshold: Float64Array.from(w.log_threshold) };
+        return { params: p, m: ref.zerosLike(p), v: ref.zerosLike(p), step: 0 };
+      });
+      const head = ds.head(2048);
+      const mean = new Float64Array(d);
+      for (let i = 0; i < head.length; i++) mean[i % d] += head[i] / 2048;
+      for (const s of states) s.params.b_dec = Float64Array.from(Float32Array.from(mean));
+      const refLoss: number[][] = [];
+      for (let t = 0; t < steps; t++) {
+        const x = ds.batch(t, 128);
+        const losses = cfgs.map((cfg, k) => ref.trainStep(states[k], cfg, x, 128).forward.loss);
+        if ((t + 1) % 25 === 0) refLoss.push(losses);
+      }
+      expect(out.logs.map((l) => l.step)).toEqual(Array.from({ length: steps / 25 }, (_, i) => 25 * i + 24));
+      const drift = out.logs.map((l, i) => Math.max(...l.metrics.map((m, k) => Math.abs(m.loss - refLoss[i][k]) / refLoss[i][k])));
+      console.log(`[${name}] engine vs reference loss, relative gap per log step: ${drift.map((x) => x.toExponential(1)).join(" ")}`);
+      for (const g of drift) expect(g).toBeLessThan(2e-2);
+      expect(out.logs.at(-1)!.metrics[0].loss).toBeLessThan(out.logs[0].metrics[0].loss);
+    });
+  });
+}
