@@ -95,5 +95,9 @@ export interface FailRequest {
 /** Messages on the W&B queue (WANDB_QUEUE), enqueued only for runs whose config has track = true. */
 export type WandbMessage =
   | { kind: "metrics"; run_id: string; rows: Array<{ step: number; ts: number } & StepMetrics> }
-  | { kind: "eval"; run_id: string; ts: number; eval: EvalMetrics }
+  /**
+   * `arrays_omitted`: the eval's freqs and mean_values did not fit one queue message (128 KB), so they are sent
+   * empty here; they are in D1 (GET /v1/runs/:id/eval).
+   */
+  | { kind: "eval"; run_id: string; ts: number; eval: EvalMetrics; arrays_omitted?: boolean }
   | { kind: "finish"; run_id: string; ts: number; exit_code: number };

@@ -1,0 +1,48 @@
+/** drizzle over D1, plus the status roll-ups every state change ends with. */
+import { sql } from "drizzle-orm";
+import { drizzle } from "drizzle-orm/d1";
+import * as schema from "../db/schema";
+import type { Env } from "./env";
+
+export const getDb = (env: Env) => drizzle(env.DB, { schema });
+export type Db = ReturnType<typeof getDb>;
+export { schema };
+
+/**
+ * Recomputes a group's status from its runs (a failed group stays failed): done when every run is done, running
+ * while any run is leased, else waiting. Idempotent, so any batch may end with it.
+ */
+export function refreshGroup(db: Db, groupId: string, now: number) {
+  return db.run(sql`UPDATE groups SET
+      status = CASE
+        WHEN status = 'failed' THEN 'failed'
+        WHEN NOT EXISTS (SELECT 1 FROM runs WHERE runs.group_id = groups.id AND runs.status <> 'done') THEN 'done'
+        WHEN EXISTS (SELECT 1 FROM runs WHERE runs.group_id = groups.id AND runs.status = 'leased') THEN 'running'
+        ELSE 'waiting' END,
+      finished_at = CASE
+        WHEN finished_at IS NOT NULL THEN finished_at
+        WHEN status = 'failed' OR NOT EXISTS (SELECT 1 FROM runs WHERE runs.group_id = groups.id AND runs.status <> 'done') THEN ${now}
+        ELSE NULL END
+    WHERE id = ${groupId}`);
+}
+
+/** A sweep is done when all its groups are done, failed when all have finished and one failed. */
+export function refreshSweep(db: Db, sweepId: string, now: number) {
+  return db.run(sql`UPDATE sweeps SET
+      status = CASE
+        WHEN NOT EXISTS (SELECT 1 FROM groups WHERE groups.sweep_id = sweeps.id AND groups.status NOT IN ('done', 'failed'))
+          THEN CASE WHEN EXISTS (SELECT 1 FROM groups WHERE groups.sweep_id = sweeps.id AND groups.status = 'failed') THEN 'failed' ELSE 'done' END
+        WHEN EXISTS (SELECT 1 FROM groups WHERE groups.sweep_id = sweeps.id AND groups.status <> 'waiting') THEN 'running'
+        ELSE 'waiting' END,
+      finished_at = CASE
+        WHEN finished_at IS NOT NULL THEN finished_at
+        WHEN NOT EXISTS (SELECT 1 FROM groups WHERE groups.sweep_id = sweeps.id AND groups.status NOT IN ('done', 'failed')) THEN ${now}
+        ELSE NULL END
+    WHERE id = ${sweepId}`);
+}
+
+/** Random URL-safe id with a prefix. */
+export function newId(prefix: string, bytes = 9): string {
+  const b = crypto.getRandomValues(new Uint8Array(bytes));
+  return prefix + btoa(String.fromCharCode(...b)).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}

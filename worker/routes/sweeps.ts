@@ -1,0 +1,116 @@
+/** POST /v1/sweeps (submit), GET /v1/sweeps, GET /v1/sweeps/:id (read). Submitter token. */
+import { Hono } from "hono";
+import { asc, desc, eq, sql } from "drizzle-orm";
+import { dSae, nSteps } from "../../shaders/config";
+import type { Env } from "../env";
+import { settings } from "../env";
+import { notFound } from "../errors";
+import { getDb, newId, schema } from "../db";
+import { expandSweep, groupKey, parseSweepText, splitCfgs } from "../sweep";
+import { leaseView, progressOf } from "./views";
+
+export const sweepRoutes = new Hono<{ Bindings: Env }>();
+
+sweepRoutes.post("/", async (c) => {
+  const text = await c.req.text();
+  const { raw, format } = parseSweepText(text, c.req.header("content-type"));
+  const { configs, warnings } = expandSweep(raw, settings(c.env).maxSweepRuns);
+  const grouped = splitCfgs(configs);
+  const db = getDb(c.env);
+  const now = Date.now();
+  const id = newId("sw_");
+
+  const runRows: (typeof schema.runs.$inferInsert)[] = [];
+  const groupRows: (typeof schema.groups.$inferInsert)[] = [];
+  const position = new Map(configs.map((cfg, i) => [cfg, i]));
+  grouped.forEach((members, g) => {
+    const groupId = `${id}-g${g}`;
+    groupRows.push({ id: groupId, sweepId: id, idx: g, createdAt: now, key: groupKey(members[0]), data: JSON.stringify(members[0].cfg.data), nRuns: members.length });
+    for (const m of members) {
+      const i = position.get(m)!;
+      runRows.push({ id: `${id}-r${i}`, sweepId: id, groupId, idx: i, cfg: JSON.stringify(m.cfg), track: m.cfg.track, nSteps: nSteps(m.cfg), dSae: dSae(m.cfg) });
+    }
+  });
+  // One batch: D1 runs it as one transaction, so a failure leaves nothing. Chunked inserts stay under D1's
+  // 100-parameters-per-statement limit.
+  const stmts: any[] = [
+    db.insert(schema.sweeps).values({ id, createdAt: now, spec: text, format, warnings: JSON.stringify(warnings), nRuns: configs.length, nGroups: grouped.length }),
+  ];
+  for (let i = 0; i < groupRows.length; i += 10) stmts.push(db.insert(schema.groups).values(groupRows.slice(i, i + 10)));
+  for (let i = 0; i < runRows.length; i += 10) stmts.push(db.insert(schema.runs).values(runRows.slice(i, i + 10)));
+  await db.batch(stmts as [any, ...any[]]);
+  return c.json({ id, n_runs: configs.length, n_groups: grouped.length, groups: groupRows.map((g) => ({ id: g.id, n_runs: g.nRuns })), warnings }, 201);
+});
+
+/** Run counts per status, for progress. */
+async function runCounts(c: { env: Env }, where: ReturnType<typeof eq> | undefined, by: typeof schema.runs.sweepId | typeof schema.runs.groupId) {
+  const db = getDb(c.env);
+  const rows = await db
+    .select({ key: by, status: schema.runs.status, n: sql<number>`count(*)` })
+    .from(schema.runs)
+    .where(where)
+    .groupBy(by, schema.runs.status);
+  const out = new Map<string, Record<string, number>>();
+  for (const r of rows) {
+    const m = out.get(r.key) ?? {};
+    m[r.status] = r.n;
+    out.set(r.key, m);
+  }
+  return out;
+}
+
+function sweepView(s: typeof schema.sweeps.$inferSelect, counts: Record<string, number> | undefined) {
+  return {
+    id: s.id,
+    status: s.status,
+    created_at: s.createdAt,
+    finished_at: s.finishedAt,
+    n_runs: s.nRuns,
+    n_groups: s.nGroups,
+    progress: progressOf(counts, s.nRuns),
+    warnings: JSON.parse(s.warnings) as string[],
+  };
+}
+
+sweepRoutes.get("/", async (c) => {
+  const db = getDb(c.env);
+  const limit = Math.min(Math.max(Number(c.req.query("limit") ?? 100) || 100, 1), 1000);
+  const rows = await db.select().from(schema.sweeps).orderBy(desc(schema.sweeps.createdAt)).limit(limit);
+  const counts = await runCounts(c, undefined, schema.runs.sweepId);
+  return c.json({ sweeps: rows.map((s) => sweepView(s, counts.get(s.id))) });
+});
+
+sweepRoutes.get("/:id", async (c) => {
+  const id = c.req.param("id");
+  const db = getDb(c.env);
+  const s = await db.query.sweeps.findFirst({ where: eq(schema.sweeps.id, id) });
+  if (!s) throw notFound(`sweep ${id}`, "id");
+  const [groups, runs, leases, counts] = await Promise.all([
+    db.select().from(schema.groups).where(eq(schema.groups.sweepId, id)).orderBy(asc(schema.groups.idx)),
+    db.select().from(schema.runs).where(eq(schema.runs.sweepId, id)).orderBy(asc(schema.runs.idx)),
+    db
+      .select()
+      .from(schema.leases)
+      .innerJoin(schema.groups, eq(schema.leases.groupId, schema.groups.id))
+      .where(sql`${schema.groups.sweepId} = ${id} AND ${schema.leases.status} = 'active'`),
+    runCounts(c, eq(schema.runs.sweepId, id), schema.runs.groupId),
+  ]);
+  const now = Date.now();
+  const sweepCounts: Record<string, number> = {};
+  for (const m of counts.values()) for (const [k, n] of Object.entries(m)) sweepCounts[k] = (sweepCounts[k] ?? 0) + n;
+  return c.json({
+    sweep: { ...sweepView(s, sweepCounts), spec: s.spec, format: s.format },
+    groups: groups.map((g) => ({
+      id: g.id,
+      idx: g.idx,
+      status: g.status,
+      n_runs: g.nRuns,
+      failures: g.failures,
+      last_error: g.lastError,
+      finished_at: g.finishedAt,
+      progress: progressOf(counts.get(g.id), g.nRuns),
+      leases: leases.filter((l) => l.leases.groupId === g.id).map((l) => leaseView(l.leases, now)),
+    })),
+    runs: runs.map((r) => ({ id: r.id, idx: r.idx, group_id: r.groupId, status: r.status, n_steps: r.nSteps, error: r.error, cfg: JSON.parse(r.cfg) })),
+  });
+});
