@@ -1,5 +1,4 @@
 /** drizzle over D1, plus the status roll-ups every state change ends with. */
-import { sql } from "drizzle-orm";
 import { drizzle } from "drizzle-orm/d1";
 import * as schema from "../db/schema";
 import type { Env } from "./env";
@@ -11,9 +10,11 @@ export { schema };
 /**
  * Recomputes a group's status from its runs (a failed group stays failed): done when every run is done, running
  * while any run is leased, else waiting. Idempotent, so any batch may end with it.
+ * Raw D1 statements, so they can join any batch.
  */
-export function refreshGroup(db: Db, groupId: string, now: number) {
-  return db.run(sql`UPDATE groups SET
+export function refreshGroup(d1: D1Database, groupId: string, now: number): D1PreparedStatement {
+  return d1
+    .prepare(`UPDATE groups SET
       status = CASE
         WHEN status = 'failed' THEN 'failed'
         WHEN NOT EXISTS (SELECT 1 FROM runs WHERE runs.group_id = groups.id AND runs.status <> 'done') THEN 'done'
@@ -21,14 +22,16 @@ export function refreshGroup(db: Db, groupId: string, now: number) {
         ELSE 'waiting' END,
       finished_at = CASE
         WHEN finished_at IS NOT NULL THEN finished_at
-        WHEN status = 'failed' OR NOT EXISTS (SELECT 1 FROM runs WHERE runs.group_id = groups.id AND runs.status <> 'done') THEN ${now}
+        WHEN status = 'failed' OR NOT EXISTS (SELECT 1 FROM runs WHERE runs.group_id = groups.id AND runs.status <> 'done') THEN ?2
         ELSE NULL END
-    WHERE id = ${groupId}`);
+    WHERE id = ?1`)
+    .bind(groupId, now);
 }
 
 /** A sweep is done when all its groups are done, failed when all have finished and one failed. */
-export function refreshSweep(db: Db, sweepId: string, now: number) {
-  return db.run(sql`UPDATE sweeps SET
+export function refreshSweep(d1: D1Database, sweepId: string, now: number): D1PreparedStatement {
+  return d1
+    .prepare(`UPDATE sweeps SET
       status = CASE
         WHEN NOT EXISTS (SELECT 1 FROM groups WHERE groups.sweep_id = sweeps.id AND groups.status NOT IN ('done', 'failed'))
           THEN CASE WHEN EXISTS (SELECT 1 FROM groups WHERE groups.sweep_id = sweeps.id AND groups.status = 'failed') THEN 'failed' ELSE 'done' END
@@ -36,9 +39,10 @@ export function refreshSweep(db: Db, sweepId: string, now: number) {
         ELSE 'waiting' END,
       finished_at = CASE
         WHEN finished_at IS NOT NULL THEN finished_at
-        WHEN NOT EXISTS (SELECT 1 FROM groups WHERE groups.sweep_id = sweeps.id AND groups.status NOT IN ('done', 'failed')) THEN ${now}
+        WHEN NOT EXISTS (SELECT 1 FROM groups WHERE groups.sweep_id = sweeps.id AND groups.status NOT IN ('done', 'failed')) THEN ?2
         ELSE NULL END
-    WHERE id = ${sweepId}`);
+    WHERE id = ?1`)
+    .bind(sweepId, now);
 }
 
 /** Random URL-safe id with a prefix. */

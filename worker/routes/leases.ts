@@ -243,7 +243,7 @@ leaseRoutes.post("/:id/complete", async (c) => {
   ]);
   if (results[0].meta.changes !== 1) throw conflict("stale_lease", `lease ${lease.id} is no longer active`, "token");
   const d = getDb(c.env);
-  await d.batch([refreshGroup(d, lease.groupId, now), refreshSweep(d, runs.byId.values().next().value!.sweep_id, now)]);
+  await c.env.DB.batch([refreshGroup(c.env.DB, lease.groupId, now), refreshSweep(c.env.DB, runs.byId.values().next().value!.sweep_id, now)]);
   await enqueue(c.env, runs.ids.filter((id) => runs.byId.get(id)!.track).map((run_id) => ({ kind: "finish", run_id, ts: now, exit_code: 0 })));
   const group = await d.query.groups.findFirst({ where: eq(schema.groups.id, lease.groupId) });
   return c.json({ id: lease.id, status: "completed", group_status: group?.status });
@@ -255,6 +255,7 @@ leaseRoutes.post("/:id/fail", async (c) => {
   const now = Date.now();
   requireValid(lease, body.token, now);
   const { maxAttempts } = settings(c.env);
+  const runs = await leaseRuns(c, lease);
   const nonce = newId("end_");
   const mine = `EXISTS (SELECT 1 FROM leases WHERE id = ?1 AND end_nonce = ?2)`;
   const exhausted = `(SELECT failures FROM groups WHERE id = ?3) >= ?4`;
@@ -273,8 +274,8 @@ leaseRoutes.post("/:id/fail", async (c) => {
   ]);
   if (results[0].meta.changes !== 1) throw conflict("stale_lease", `lease ${lease.id} is no longer active`, "token");
   const d = getDb(c.env);
+  await c.env.DB.batch([refreshGroup(c.env.DB, lease.groupId, now), refreshSweep(c.env.DB, runs.byId.values().next().value!.sweep_id, now)]);
   const group = (await d.query.groups.findFirst({ where: eq(schema.groups.id, lease.groupId) }))!;
-  await d.batch([refreshGroup(d, group.id, now), refreshSweep(d, group.sweepId, now)]);
   if (group.status === "failed") {
     const failed = await d.query.runs.findMany({ where: (r, { and, eq }) => and(eq(r.groupId, group.id), eq(r.status, "failed"), eq(r.track, true)) });
     await enqueue(c.env, failed.map((r) => ({ kind: "finish", run_id: r.id, ts: now, exit_code: 1 })));
