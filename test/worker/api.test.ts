@@ -88,6 +88,16 @@ describe("sweeps", () => {
     expect(await count("runs")).toBe(0);
   });
 
+  it("the largest allowed sweep (4096 runs) is written whole", async () => {
+    const sweep = { lr: Array.from({ length: 64 }, (_, i) => (i + 1) * 1e-5), seed: Array.from({ length: 64 }, (_, i) => i), sae: { exp_factor: 2 } };
+    const s = await submit(JSON.stringify(sweep), "application/json");
+    expect(s).toMatchObject({ n_runs: 4096, n_groups: 1 });
+    expect(await count("runs")).toBe(4096);
+    const last = await env.DB.prepare(`SELECT cfg, track, status, group_id FROM runs WHERE id = ?`).bind(`${s.id}-r4095`).first<{ cfg: string; track: number; status: string; group_id: string }>();
+    expect(JSON.parse(last!.cfg)).toMatchObject({ lr: 64e-5, seed: 63 });
+    expect(last).toMatchObject({ track: 1, status: "waiting", group_id: `${s.id}-g0` });
+  });
+
   it("bodies over the limit get 413", async () => {
     const res = await call("POST", "/v1/sweeps", { body: `tag = "${"x".repeat(1 << 20)}"`, headers: { "content-type": "application/toml" } });
     expect(res.status).toBe(413);

@@ -17,7 +17,6 @@ sweepRoutes.post("/", async (c) => {
   const { raw, format } = parseSweepText(text, c.req.header("content-type"));
   const { configs, warnings } = expandSweep(raw, settings(c.env).maxSweepRuns);
   const grouped = splitCfgs(configs);
-  const db = getDb(c.env);
   const now = Date.now();
   const id = newId("sw_");
 
@@ -32,14 +31,39 @@ sweepRoutes.post("/", async (c) => {
       runRows.push({ id: `${id}-r${i}`, sweepId: id, groupId, idx: i, cfg: JSON.stringify(m.cfg), track: m.cfg.track, nSteps: nSteps(m.cfg), dSae: dSae(m.cfg) });
     }
   });
-  // One batch: D1 runs it as one transaction, so a failure leaves nothing. Chunked inserts stay under D1's
-  // 100-parameters-per-statement limit.
-  const stmts: any[] = [
-    db.insert(schema.sweeps).values({ id, createdAt: now, spec: text, format, warnings: JSON.stringify(warnings), nRuns: configs.length, nGroups: grouped.length }),
+  // One batch: D1 runs it as one transaction, so a failure leaves nothing. Rows travel as JSON arrays expanded by
+  // json_each, a few statements per sweep, well under D1's limits on bound parameters and queries per request.
+  const d1 = c.env.DB;
+  const stmts: D1PreparedStatement[] = [
+    d1
+      .prepare(`INSERT INTO sweeps (id, created_at, status, spec, format, warnings, n_runs, n_groups) VALUES (?1, ?2, 'waiting', ?3, ?4, ?5, ?6, ?7)`)
+      .bind(id, now, text, format, JSON.stringify(warnings), configs.length, grouped.length),
   ];
-  for (let i = 0; i < groupRows.length; i += 10) stmts.push(db.insert(schema.groups).values(groupRows.slice(i, i + 10)));
-  for (let i = 0; i < runRows.length; i += 10) stmts.push(db.insert(schema.runs).values(runRows.slice(i, i + 10)));
-  await db.batch(stmts as [any, ...any[]]);
+  for (const part of jsonChunks(groupRows)) {
+    stmts.push(
+      d1
+        .prepare(
+          `INSERT INTO groups (id, sweep_id, idx, created_at, status, key, data, n_runs, failures)
+           SELECT json_extract(value, '$.id'), json_extract(value, '$.sweepId'), json_extract(value, '$.idx'), json_extract(value, '$.createdAt'),
+                  'waiting', json_extract(value, '$.key'), json_extract(value, '$.data'), json_extract(value, '$.nRuns'), 0
+           FROM json_each(?1)`,
+        )
+        .bind(part),
+    );
+  }
+  for (const part of jsonChunks(runRows.map((r) => ({ ...r, track: r.track ? 1 : 0 })))) {
+    stmts.push(
+      d1
+        .prepare(
+          `INSERT INTO runs (id, sweep_id, group_id, idx, cfg, track, n_steps, d_sae, status, attempts)
+           SELECT json_extract(value, '$.id'), json_extract(value, '$.sweepId'), json_extract(value, '$.groupId'), json_extract(value, '$.idx'),
+                  json_extract(value, '$.cfg'), json_extract(value, '$.track'), json_extract(value, '$.nSteps'), json_extract(value, '$.dSae'), 'waiting', 0
+           FROM json_each(?1)`,
+        )
+        .bind(part),
+    );
+  }
+  await d1.batch(stmts);
   return c.json({ id, n_runs: configs.length, n_groups: grouped.length, groups: groupRows.map((g) => ({ id: g.id, n_runs: g.nRuns })), warnings }, 201);
 });
 
@@ -115,3 +139,22 @@ sweepRoutes.get("/:id", async (c) => {
     runs: runs.map((r) => ({ id: r.id, idx: r.idx, group_id: r.groupId, status: r.status, n_steps: r.nSteps, error: r.error, cfg: JSON.parse(r.cfg) })),
   });
 });
+
+/** Rows as JSON arrays of at most ~512 KB each (D1 caps one bound value at 2 MB). */
+function jsonChunks(rows: object[], maxBytes = 512 * 1024): string[] {
+  const out: string[] = [];
+  let part: string[] = [];
+  let bytes = 0;
+  for (const r of rows) {
+    const j = JSON.stringify(r);
+    if (part.length && bytes + j.length > maxBytes) {
+      out.push(`[${part.join(",")}]`);
+      part = [];
+      bytes = 0;
+    }
+    part.push(j);
+    bytes += j.length + 1;
+  }
+  if (part.length) out.push(`[${part.join(",")}]`);
+  return out;
+}
