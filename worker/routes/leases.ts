@@ -6,7 +6,7 @@
  * lease that expires or is taken over between the check and the write stores nothing.
  */
 import { Hono, type Context } from "hono";
-import type { WandbMessage } from "../protocol";
+import type { CheckpointResponse, CompleteResponse, FailResponse, HeartbeatResponse, WandbMessage, WriteResponse } from "../protocol";
 import { CompleteBody, EvalsBody, FailBody, HeartbeatBody, MetricsBody, jsonBody } from "../bodies";
 import type { Env } from "../env";
 import { settings } from "../env";
@@ -56,7 +56,7 @@ leaseRoutes.post("/:id/heartbeat", async (c) => {
     .bind(lease.id, body.token, now, expiresAt, JSON.stringify(body.progress))
     .run();
   if (r.meta.changes !== 1) throw conflict("stale_lease", `lease ${lease.id} is no longer active`, "token");
-  return c.json({ id: lease.id, expires_at: expiresAt, heartbeat_ms: Math.max(1, Math.floor(leaseTtlMs / 3)) });
+  return c.json({ id: lease.id, expires_at: expiresAt, heartbeat_ms: Math.max(1, Math.floor(leaseTtlMs / 3)) } satisfies HeartbeatResponse);
 });
 
 leaseRoutes.post("/:id/metrics", async (c) => {
@@ -91,7 +91,7 @@ leaseRoutes.post("/:id/metrics", async (c) => {
     perRun.set(run_id, list);
   }
   await enqueue(c.env, [...perRun].map(([run_id, rows]) => ({ kind: "metrics", run_id, rows })));
-  return c.json({ stored: stored.length, duplicates: body.rows.length - stored.length });
+  return c.json({ stored: stored.length, duplicates: body.rows.length - stored.length } satisfies WriteResponse);
 });
 
 /** After a write that stored less than asked: if the lease went stale meanwhile, say so (409) instead of "duplicate". */
@@ -129,7 +129,7 @@ leaseRoutes.post("/:id/evals", async (c) => {
     .filter((e) => runs.byId.get(e.run_id)!.track)
     .map(({ run_id, ...ev }) => fitEval({ kind: "eval", run_id, ts: now, eval: ev }));
   await enqueue(c.env, messages);
-  return c.json({ stored: stored.length, duplicates: body.evals.length - stored.length });
+  return c.json({ stored: stored.length, duplicates: body.evals.length - stored.length } satisfies WriteResponse);
 });
 
 /** safetensors: 8-byte little-endian header length, then that many bytes of JSON starting with "{". */
@@ -189,7 +189,7 @@ leaseRoutes.put("/:id/checkpoints/:run_id", async (c) => {
     await c.env.CHECKPOINTS.delete(key);
     throw conflict("stale_lease", `lease ${lease.id} is no longer active`, "token");
   }
-  return c.json({ run_id: runId, kind, step, bytes: buf.byteLength }, 201);
+  return c.json({ run_id: runId, kind, step: step!, bytes: buf.byteLength } satisfies CheckpointResponse, 201);
 });
 
 /** The runner fetches resume checkpoints back (ResumePoint.checkpoint_path), under a valid lease that holds the run. */
@@ -218,7 +218,7 @@ leaseRoutes.post("/:id/complete", async (c) => {
   const body = await jsonBody(c, CompleteBody);
   const lease = await loadLease(c, c.req.param("id"));
   // A repeated complete (the first answer was lost) is fine.
-  if (lease.status === "completed" && lease.token === body.token) return c.json({ id: lease.id, status: "completed", repeated: true });
+  if (lease.status === "completed" && lease.token === body.token) return c.json({ id: lease.id, status: "completed", repeated: true } satisfies CompleteResponse);
   const now = Date.now();
   requireValid(lease, body.token, now);
   const runs = await leaseRuns(c, lease);
@@ -246,7 +246,7 @@ leaseRoutes.post("/:id/complete", async (c) => {
   await c.env.DB.batch([refreshGroup(c.env.DB, lease.groupId, now), refreshSweep(c.env.DB, runs.byId.values().next().value!.sweep_id, now)]);
   await enqueue(c.env, runs.ids.filter((id) => runs.byId.get(id)!.track).map((run_id) => ({ kind: "finish", run_id, ts: now, exit_code: 0 })));
   const group = await d.query.groups.findFirst({ where: eq(schema.groups.id, lease.groupId) });
-  return c.json({ id: lease.id, status: "completed", group_status: group?.status });
+  return c.json({ id: lease.id, status: "completed", group_status: group?.status } satisfies CompleteResponse);
 });
 
 leaseRoutes.post("/:id/fail", async (c) => {
@@ -280,6 +280,6 @@ leaseRoutes.post("/:id/fail", async (c) => {
     const failed = await d.query.runs.findMany({ where: (r, { and, eq }) => and(eq(r.groupId, group.id), eq(r.status, "failed"), eq(r.track, true)) });
     await enqueue(c.env, failed.map((r) => ({ kind: "finish", run_id: r.id, ts: now, exit_code: 1 })));
   }
-  return c.json({ id: lease.id, status: "failed", group_status: group.status, failures: group.failures, max_attempts: maxAttempts });
+  return c.json({ id: lease.id, status: "failed", group_status: group.status, failures: group.failures, max_attempts: maxAttempts } satisfies FailResponse);
 });
 

@@ -2,6 +2,7 @@
 import { Hono } from "hono";
 import { asc, desc, eq, sql } from "drizzle-orm";
 import { dSae, nSteps } from "../../shaders/config";
+import type { SubmitResponse } from "../protocol";
 import type { Env } from "../env";
 import { settings } from "../env";
 import { notFound } from "../errors";
@@ -64,7 +65,7 @@ sweepRoutes.post("/", async (c) => {
     );
   }
   await d1.batch(stmts);
-  return c.json({ id, n_runs: configs.length, n_groups: grouped.length, groups: groupRows.map((g) => ({ id: g.id, n_runs: g.nRuns })), warnings }, 201);
+  return c.json({ id, n_runs: configs.length, n_groups: grouped.length, groups: groupRows.map((g) => ({ id: g.id as string, n_runs: g.nRuns as number })), warnings } satisfies SubmitResponse, 201);
 });
 
 /** Run counts per status, for progress. */
