@@ -125,6 +125,8 @@ export const metrics = sqliteTable(
     nPatchesSeen: real("n_patches_seen").notNull(),
     learningRate: real("learning_rate").notNull(),
     sparsityCoeff: real("sparsity_coeff").notNull(),
+    /** Outbox flag: 1 once the row is on WANDB_QUEUE; a failed send resets it, so the runner's retry sends it. */
+    queued: integer("queued", { mode: "boolean" }).notNull().default(false),
   },
   (t) => [primaryKey({ columns: [t.runId, t.step] })],
 );
@@ -149,6 +151,8 @@ export const evals = sqliteTable("evals", {
   freqs: text("freqs").notNull(),
   /** JSON (number | null)[] (d_sae). */
   meanValues: text("mean_values").notNull(),
+  /** Outbox flag, as metrics.queued. */
+  queued: integer("queued", { mode: "boolean" }).notNull().default(false),
 });
 
 /** Checkpoint bodies live in R2 under `key`; `final` has step = n_steps, `resume` one row per step taken. */

@@ -25,6 +25,7 @@ CREATE TABLE `evals` (
 	`n_examples` integer NOT NULL,
 	`freqs` text NOT NULL,
 	`mean_values` text NOT NULL,
+	`queued` integer DEFAULT false NOT NULL,
 	FOREIGN KEY (`run_id`) REFERENCES `runs`(`id`) ON UPDATE no action ON DELETE no action
 );
 --> statement-breakpoint
@@ -77,6 +78,7 @@ CREATE TABLE `metrics` (
 	`n_patches_seen` real NOT NULL,
 	`learning_rate` real NOT NULL,
 	`sparsity_coeff` real NOT NULL,
+	`queued` integer DEFAULT false NOT NULL,
 	PRIMARY KEY(`run_id`, `step`),
 	FOREIGN KEY (`run_id`) REFERENCES `runs`(`id`) ON UPDATE no action ON DELETE no action
 );

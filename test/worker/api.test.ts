@@ -192,6 +192,31 @@ describe("claims and leases", () => {
     expect(sent.filter((m) => m.kind === "eval")).toHaveLength(1);
   });
 
+  it("a queue failure loses nothing: the rows are stored, 503, and the runner's retry sends them", async () => {
+    await submit();
+    const c = (await claim())!;
+    const r0 = c.group.cfgs[0].run_id;
+    const down = { send: () => Promise.reject(new Error("queue down")), sendBatch: () => Promise.reject(new Error("queue down")) } as unknown as Queue<unknown>;
+    const body = { token: c.lease.token, rows: [metricRow(r0, 0), metricRow(r0, 5)] };
+    const res = await call("POST", `/v1/leases/${c.lease.id}/metrics`, { json: body, vars: { WANDB_QUEUE: down } });
+    expect((await json(res, 503)).error.code).toBe("queue_unavailable");
+    const ev = { token: c.lease.token, evals: [evalBody(r0)] };
+    expect((await call("POST", `/v1/leases/${c.lease.id}/evals`, { json: ev, vars: { WANDB_QUEUE: down } })).status).toBe(503);
+    expect(await count("metrics")).toBe(2);
+    expect(await count("evals")).toBe(1);
+    expect(sent).toEqual([]);
+    expect(await json(await call("POST", `/v1/leases/${c.lease.id}/metrics`, { json: body }), 200)).toEqual({ stored: 0, duplicates: 2 });
+    expect(await json(await call("POST", `/v1/leases/${c.lease.id}/evals`, { json: ev }), 200)).toEqual({ stored: 0, duplicates: 1 });
+    expect(sent.map((m) => m.kind)).toEqual(["metrics", "eval"]);
+    const m = sent[0];
+    expect(m.kind === "metrics" && m.rows).toEqual([0, 5].map((step) => ({ ...metricRow(r0, step), run_id: undefined, ts: expect.any(Number) })).map(({ run_id: _r, ...x }) => x));
+    const e = sent[1];
+    expect(e.kind === "eval" && e.eval).toEqual((({ run_id: _r, ...x }) => x)(evalBody(r0)));
+    // And once sent, a third post sends nothing.
+    await json(await call("POST", `/v1/leases/${c.lease.id}/metrics`, { json: body }), 200);
+    expect(sent).toHaveLength(2);
+  });
+
   it("untracked runs store everything and enqueue nothing", async () => {
     await submit(SMALL_SWEEP + "\ntrack = false\n");
     const c = (await claim())!;

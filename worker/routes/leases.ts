@@ -82,17 +82,88 @@ leaseRoutes.post("/:id/metrics", async (c) => {
   );
   const stored = body.rows.filter((_, i) => (results[i].results?.length ?? 0) > 0);
   if (stored.length < body.rows.length) await requireStillValid(c, lease, body.token);
-  const perRun = new Map<string, Extract<WandbMessage, { kind: "metrics" }>["rows"]>();
-  for (const r of stored) {
-    if (!runs.byId.get(r.run_id)!.track) continue;
-    const { run_id, ...m } = r;
-    const list = perRun.get(run_id) ?? [];
-    list.push({ ...m, ts: now });
-    perRun.set(run_id, list);
-  }
-  await enqueue(c.env, [...perRun].map(([run_id, rows]) => ({ kind: "metrics", run_id, rows })));
+  // W&B: take the rows of this post not yet on the queue (the new ones, and any whose send failed before).
+  const tracked = [...new Set(body.rows.map((r) => r.run_id))].filter((id) => runs.byId.get(id)!.track);
+  const take = c.env.DB.prepare(
+    `UPDATE metrics SET queued = 1 WHERE run_id = ?1 AND queued = 0 AND step IN (SELECT value FROM json_each(?2))
+     RETURNING run_id, step, ts, loss, mse, l0, l1, sparsity, n_patches_seen, learning_rate, sparsity_coeff`,
+  );
+  const taken = tracked.length
+    ? await c.env.DB.batch(tracked.map((id) => take.bind(id, JSON.stringify(body.rows.filter((r) => r.run_id === id).map((r) => r.step)))))
+    : [];
+  const messages: WandbMessage[] = [];
+  tracked.forEach((run_id, i) => {
+    const rows = (taken[i].results as MetricDbRow[]).sort((a, b) => a.step - b.step).map(toWandbRow);
+    if (rows.length) messages.push({ kind: "metrics", run_id, rows });
+  });
+  await sendOrRelease(c, messages, (m) =>
+    m.kind === "metrics"
+      ? c.env.DB.prepare(`UPDATE metrics SET queued = 0 WHERE run_id = ?1 AND step IN (SELECT value FROM json_each(?2))`).bind(m.run_id, JSON.stringify(m.rows.map((r) => r.step)))
+      : null,
+  );
   return c.json({ stored: stored.length, duplicates: body.rows.length - stored.length } satisfies WriteResponse);
 });
+
+type MetricDbRow = {
+  run_id: string;
+  step: number;
+  ts: number;
+  loss: number;
+  mse: number;
+  l0: number;
+  l1: number;
+  sparsity: number;
+  n_patches_seen: number;
+  learning_rate: number;
+  sparsity_coeff: number;
+};
+
+type EvalDbRow = {
+  run_id: string;
+  lease_id: string;
+  ts: number;
+  queued: number;
+  l0: number;
+  l1: number;
+  mse: number;
+  fvu: number;
+  explained_variance: number;
+  n_dead: number;
+  n_almost_dead: number;
+  n_dense: number;
+  n_examples: number;
+  freqs: string;
+  mean_values: string;
+};
+
+const toWandbRow = (r: MetricDbRow): Extract<WandbMessage, { kind: "metrics" }>["rows"][number] => ({
+  step: r.step,
+  ts: r.ts,
+  loss: r.loss,
+  mse: r.mse,
+  l0: r.l0,
+  l1: r.l1,
+  sparsity: r.sparsity,
+  "progress/n_patches_seen": r.n_patches_seen,
+  "progress/learning_rate": r.learning_rate,
+  "progress/sparsity_coeff": r.sparsity_coeff,
+});
+
+/**
+ * Sends to WANDB_QUEUE; if that fails, clears the outbox flags of what was taken (so the runner's retry of this
+ * post sends them) and fails the request with 503.
+ */
+async function sendOrRelease(c: Context<{ Bindings: Env }>, messages: WandbMessage[], release: (m: WandbMessage) => D1PreparedStatement | null) {
+  if (!messages.length) return;
+  try {
+    await enqueue(c.env, messages);
+  } catch (err) {
+    const undo = messages.map(release).filter((s): s is D1PreparedStatement => s !== null);
+    if (undo.length) await c.env.DB.batch(undo);
+    console.error("WANDB_QUEUE send failed", err);
+    throw new ApiError(503, "queue_unavailable", "stored, but the W&B queue refused the messages; post again to resend them");
+  }
+}
 
 /** After a write that stored less than asked: if the lease went stale meanwhile, say so (409) instead of "duplicate". */
 async function requireStillValid(c: Context<{ Bindings: Env }>, lease: LeaseRow, token: string) {
@@ -125,10 +196,16 @@ leaseRoutes.post("/:id/evals", async (c) => {
   );
   const stored = body.evals.filter((_, i) => (results[i].results?.length ?? 0) > 0);
   if (stored.length < body.evals.length) await requireStillValid(c, lease, body.token);
-  const messages: WandbMessage[] = stored
-    .filter((e) => runs.byId.get(e.run_id)!.track)
-    .map(({ run_id, ...ev }) => fitEval({ kind: "eval", run_id, ts: now, eval: ev }));
-  await enqueue(c.env, messages);
+  const tracked = [...new Set(body.evals.map((e) => e.run_id))].filter((id) => runs.byId.get(id)!.track);
+  const take = c.env.DB.prepare(`UPDATE evals SET queued = 1 WHERE run_id = ?1 AND queued = 0 RETURNING *`);
+  const taken = tracked.length ? await c.env.DB.batch(tracked.map((id) => take.bind(id))) : [];
+  const messages: WandbMessage[] = taken.flatMap((r) =>
+    (r.results as EvalDbRow[]).map((e) => {
+      const { run_id, ts, lease_id: _l, queued: _q, freqs, mean_values, ...summary } = e;
+      return fitEval({ kind: "eval", run_id, ts, eval: { ...summary, freqs: JSON.parse(freqs), mean_values: JSON.parse(mean_values) } });
+    }),
+  );
+  await sendOrRelease(c, messages, (m) => (m.kind === "eval" ? c.env.DB.prepare(`UPDATE evals SET queued = 0 WHERE run_id = ?1`).bind(m.run_id) : null));
   return c.json({ stored: stored.length, duplicates: body.evals.length - stored.length } satisfies WriteResponse);
 });
 
