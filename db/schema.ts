@@ -75,6 +75,8 @@ export const runs = sqliteTable(
     attempts: integer("attempts").notNull().default(0),
     error: text("error"),
     finishedAt: integer("finished_at"),
+    /** Outbox flag for the W&B `finish` message (sent once the run is done or failed). */
+    finishQueued: integer("finish_queued", { mode: "boolean" }).notNull().default(false),
   },
   (t) => [index("runs_by_group").on(t.groupId, t.status, t.idx), index("runs_by_sweep").on(t.sweepId, t.idx), index("runs_by_lease").on(t.leaseId)],
 );

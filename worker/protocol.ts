@@ -123,6 +123,7 @@ export interface FailResponse {
   group_status: "waiting" | "running" | "done" | "failed";
   failures: number;
   max_attempts: number;
+  repeated?: boolean;
 }
 
 /** 201 to PUT /v1/leases/:id/checkpoints/:run_id. */

@@ -97,6 +97,7 @@ CREATE TABLE `runs` (
 	`attempts` integer DEFAULT 0 NOT NULL,
 	`error` text,
 	`finished_at` integer,
+	`finish_queued` integer DEFAULT false NOT NULL,
 	FOREIGN KEY (`sweep_id`) REFERENCES `sweeps`(`id`) ON UPDATE no action ON DELETE no action,
 	FOREIGN KEY (`group_id`) REFERENCES `groups`(`id`) ON UPDATE no action ON DELETE no action
 );

@@ -165,6 +165,23 @@ async function sendOrRelease(c: Context<{ Bindings: Env }>, messages: WandbMessa
   }
 }
 
+/**
+ * W&B `finish` for every tracked run of the group that has ended (done: exit 0, failed: exit 1) and has not had
+ * one yet. Taken with an outbox flag, so a repeated complete or fail resends only what a failed send left.
+ */
+async function sendFinishes(c: Context<{ Bindings: Env }>, groupId: string) {
+  const { results } = await c.env.DB.prepare(
+    `UPDATE runs SET finish_queued = 1 WHERE group_id = ?1 AND track = 1 AND finish_queued = 0 AND status IN ('done', 'failed')
+     RETURNING id, status, finished_at, idx`,
+  )
+    .bind(groupId)
+    .all<{ id: string; status: string; finished_at: number | null; idx: number }>();
+  const messages: WandbMessage[] = results
+    .sort((a, b) => a.idx - b.idx)
+    .map((r) => ({ kind: "finish", run_id: r.id, ts: r.finished_at ?? Date.now(), exit_code: r.status === "done" ? 0 : 1 }));
+  await sendOrRelease(c, messages, (m) => c.env.DB.prepare(`UPDATE runs SET finish_queued = 0 WHERE id = ?1`).bind(m.run_id));
+}
+
 /** After a write that stored less than asked: if the lease went stale meanwhile, say so (409) instead of "duplicate". */
 async function requireStillValid(c: Context<{ Bindings: Env }>, lease: LeaseRow, token: string) {
   const fresh = await loadLease(c, lease.id);
@@ -295,7 +312,10 @@ leaseRoutes.post("/:id/complete", async (c) => {
   const body = await jsonBody(c, CompleteBody);
   const lease = await loadLease(c, c.req.param("id"));
   // A repeated complete (the first answer was lost) is fine.
-  if (lease.status === "completed" && lease.token === body.token) return c.json({ id: lease.id, status: "completed", repeated: true } satisfies CompleteResponse);
+  if (lease.status === "completed" && lease.token === body.token) {
+    await sendFinishes(c, lease.groupId);
+    return c.json({ id: lease.id, status: "completed", repeated: true } satisfies CompleteResponse);
+  }
   const now = Date.now();
   requireValid(lease, body.token, now);
   const runs = await leaseRuns(c, lease);
@@ -321,7 +341,7 @@ leaseRoutes.post("/:id/complete", async (c) => {
   if (results[0].meta.changes !== 1) throw conflict("stale_lease", `lease ${lease.id} is no longer active`, "token");
   const d = getDb(c.env);
   await c.env.DB.batch([refreshGroup(c.env.DB, lease.groupId, now), refreshSweep(c.env.DB, runs.byId.values().next().value!.sweep_id, now)]);
-  await enqueue(c.env, runs.ids.filter((id) => runs.byId.get(id)!.track).map((run_id) => ({ kind: "finish", run_id, ts: now, exit_code: 0 })));
+  await sendFinishes(c, lease.groupId);
   const group = await d.query.groups.findFirst({ where: eq(schema.groups.id, lease.groupId) });
   return c.json({ id: lease.id, status: "completed", group_status: group?.status } satisfies CompleteResponse);
 });
@@ -329,6 +349,13 @@ leaseRoutes.post("/:id/complete", async (c) => {
 leaseRoutes.post("/:id/fail", async (c) => {
   const body = await jsonBody(c, FailBody);
   const lease = await loadLease(c, c.req.param("id"));
+  const { maxAttempts: max } = settings(c.env);
+  if (lease.status === "failed" && lease.token === body.token) {
+    // A repeated fail (the first answer was lost) is answered, and changes nothing.
+    await sendFinishes(c, lease.groupId);
+    const g = (await getDb(c.env).query.groups.findFirst({ where: eq(schema.groups.id, lease.groupId) }))!;
+    return c.json({ id: lease.id, status: "failed", group_status: g.status, failures: g.failures, max_attempts: max, repeated: true } satisfies FailResponse);
+  }
   const now = Date.now();
   requireValid(lease, body.token, now);
   const { maxAttempts } = settings(c.env);
@@ -353,10 +380,7 @@ leaseRoutes.post("/:id/fail", async (c) => {
   const d = getDb(c.env);
   await c.env.DB.batch([refreshGroup(c.env.DB, lease.groupId, now), refreshSweep(c.env.DB, runs.byId.values().next().value!.sweep_id, now)]);
   const group = (await d.query.groups.findFirst({ where: eq(schema.groups.id, lease.groupId) }))!;
-  if (group.status === "failed") {
-    const failed = await d.query.runs.findMany({ where: (r, { and, eq }) => and(eq(r.groupId, group.id), eq(r.status, "failed"), eq(r.track, true)) });
-    await enqueue(c.env, failed.map((r) => ({ kind: "finish", run_id: r.id, ts: now, exit_code: 1 })));
-  }
+  await sendFinishes(c, group.id);
   return c.json({ id: lease.id, status: "failed", group_status: group.status, failures: group.failures, max_attempts: maxAttempts } satisfies FailResponse);
 });
 
