@@ -34,11 +34,13 @@ claimRoutes.post("/", async (c) => {
     // Oldest groups first (sweep order, then group order), each with one claimable run to read its shape from.
     const { results: candidates } = await db
       .prepare(
-        `SELECT g.id AS group_id, g.sweep_id, g.data,
-           (SELECT r.cfg FROM runs r LEFT JOIN leases l ON l.id = r.lease_id WHERE r.group_id = g.id AND ${CLAIMABLE} ORDER BY r.idx LIMIT 1) AS cfg
-         FROM groups g
-         WHERE g.status IN ('waiting', 'running')
-         ORDER BY g.created_at, g.sweep_id, g.idx
+        `SELECT * FROM (
+           SELECT g.id AS group_id, g.sweep_id, g.data, g.created_at, g.idx,
+             (SELECT r.cfg FROM runs r LEFT JOIN leases l ON l.id = r.lease_id WHERE r.group_id = g.id AND ${CLAIMABLE} ORDER BY r.idx LIMIT 1) AS cfg
+           FROM groups g
+           WHERE g.status IN ('waiting', 'running'))
+         WHERE cfg IS NOT NULL
+         ORDER BY created_at, sweep_id, idx
          LIMIT 200`,
       )
       .bind(now)
@@ -46,8 +48,7 @@ claimRoutes.post("/", async (c) => {
 
     let chosen: { group: (typeof candidates)[number]; runIds: string[]; cfgs: Map<string, TrainConfig> } | null = null;
     for (const g of candidates) {
-      if (!g.cfg) continue;
-      const cfg = JSON.parse(g.cfg) as TrainConfig;
+      const cfg = JSON.parse(g.cfg!) as TrainConfig;
       const k = maxSaesThatFit(limits, { d_vit: cfg.sae.d_vit, d_sae: cfg.sae.d_vit * cfg.sae.exp_factor, batch_size: cfg.sae_batch_size });
       if (k < 1) continue; // this runner cannot hold even one SAE of this group; leave it for a bigger one
       const { results: runs } = await db
