@@ -10,4 +10,26 @@ export interface Env {
   RUNNER_TOKEN: string;
   WANDB_API_KEY?: string;
   WANDB_BASE_URL: string;
+  /** Lease time-to-live in ms without a heartbeat (default 60000); tests set a short one. */
+  LEASE_TTL_MS?: string;
+  /** Failed leases a group may have before it is marked failed (default 3). */
+  MAX_ATTEMPTS?: string;
+  /** Steps between resume checkpoints, sent with each claim (default 1000). */
+  CHECKPOINT_EVERY?: string;
+  /** Most runs one sweep may expand to (default 4096). */
+  MAX_SWEEP_RUNS?: string;
+}
+
+/** The numeric knobs above, parsed with their defaults. */
+export function settings(env: Env) {
+  const num = (v: string | undefined, dflt: number) => {
+    const n = Number(v);
+    return v !== undefined && v !== "" && Number.isFinite(n) && n > 0 ? n : dflt;
+  };
+  return {
+    leaseTtlMs: num(env.LEASE_TTL_MS, 60_000),
+    maxAttempts: num(env.MAX_ATTEMPTS, 3),
+    checkpointEvery: num(env.CHECKPOINT_EVERY, 1000),
+    maxSweepRuns: num(env.MAX_SWEEP_RUNS, 4096),
+  };
 }

@@ -1,9 +1,60 @@
 import { Hono } from "hono";
+import { bodyLimit } from "hono/body-limit";
+import { HTTPException } from "hono/http-exception";
+import { requireToken } from "./auth";
 import type { Env } from "./env";
+import { ApiError, errorResponse } from "./errors";
+import { claimRoutes } from "./routes/claims";
+import { leaseRoutes } from "./routes/leases";
+import { runRoutes } from "./routes/runs";
+import { sweepRoutes } from "./routes/sweeps";
 
 export const app = new Hono<{ Bindings: Env }>();
 
+/** Largest bodies accepted, per route kind (413 beyond). Checkpoints are held in memory once, so 100 MiB. */
+export const BODY_LIMITS = {
+  sweep: 1 << 20,
+  metrics: 4 << 20,
+  evals: 32 << 20,
+  checkpoint: 100 << 20,
+  small: 64 << 10,
+};
+
+const limit = (maxSize: number) =>
+  bodyLimit({
+    maxSize,
+    onError: (c) => errorResponse(c, new ApiError(413, "too_large", `the body is larger than ${maxSize} bytes`, "body")),
+  });
+
 app.get("/health", (c) => c.json({ ok: true }));
+
+app.use("/v1/sweeps", requireToken("submit"));
+app.use("/v1/sweeps/*", requireToken("submit"));
+app.use("/v1/runs/*", requireToken("submit"));
+app.use("/v1/claims", requireToken("runner"));
+app.use("/v1/leases/*", requireToken("runner"));
+
+app.post("/v1/sweeps", limit(BODY_LIMITS.sweep));
+app.post("/v1/claims", limit(BODY_LIMITS.small));
+app.post("/v1/leases/:id/heartbeat", limit(BODY_LIMITS.small));
+app.post("/v1/leases/:id/complete", limit(BODY_LIMITS.small));
+app.post("/v1/leases/:id/fail", limit(BODY_LIMITS.small));
+app.post("/v1/leases/:id/metrics", limit(BODY_LIMITS.metrics));
+app.post("/v1/leases/:id/evals", limit(BODY_LIMITS.evals));
+app.put("/v1/leases/:id/checkpoints/:run_id", limit(BODY_LIMITS.checkpoint));
+
+app.route("/v1/sweeps", sweepRoutes);
+app.route("/v1/claims", claimRoutes);
+app.route("/v1/leases", leaseRoutes);
+app.route("/v1/runs", runRoutes);
+
+app.notFound((c) => errorResponse(c, new ApiError(404, "not_found", `no route ${c.req.method} ${new URL(c.req.url).pathname}`, "path")));
+app.onError((err, c) => {
+  if (err instanceof ApiError) return errorResponse(c, err);
+  if (err instanceof HTTPException) return errorResponse(c, new ApiError(err.status as 400, "http_error", err.message));
+  console.error("unhandled", err);
+  return errorResponse(c, new ApiError(500, "internal", "internal error"));
+});
 
 export default {
   fetch: app.fetch,

@@ -60,6 +60,19 @@ export interface HeartbeatRequest {
   progress: { step: number; n_steps: number; samples_per_s?: number };
 }
 
+/** 200 to a heartbeat: the lease's new expiry. 409 (code "stale_lease") once the lease has expired or ended. */
+export interface HeartbeatResponse {
+  id: string;
+  expires_at: number;
+  heartbeat_ms: number;
+}
+
+/** 200 to metrics and evals posts: rows newly stored, and rows already there (a repeat changes nothing). */
+export interface WriteResponse {
+  stored: number;
+  duplicates: number;
+}
+
 /** One logged step of one run. */
 export type MetricRow = { run_id: string; step: number } & StepMetrics;
 
@@ -77,13 +90,24 @@ export interface EvalsRequest {
 
 /**
  * PUT /v1/leases/:id/checkpoints/:run_id?kind=final|resume&step=N (body: safetensors; header x-lease-token).
- * `final` is the trained SAE users download; `resume` adds the Adam moments and the step.
+ * `final` is the trained SAE users download (step defaults to n_steps); `resume` adds the Adam moments and the step
+ * (step required). GET the same path (kind=resume, step optional: the latest) to fetch one back under a valid lease.
  */
 export type CheckpointKind = "final" | "resume";
 
-/** POST /v1/leases/:id/complete */
+/**
+ * POST /v1/leases/:id/complete. 409 with code "incomplete" (field "evals" or "checkpoints") until every run of the
+ * lease has its eval and its `final` checkpoint stored; a repeated complete with the same token answers 200.
+ */
 export interface CompleteRequest {
   token: string;
+}
+
+export interface CompleteResponse {
+  id: string;
+  status: "completed";
+  group_status?: "waiting" | "running" | "done" | "failed";
+  repeated?: boolean;
 }
 
 /** POST /v1/leases/:id/fail — puts the group back, up to a retry limit. */
@@ -92,8 +116,40 @@ export interface FailRequest {
   error: string;
 }
 
+export interface FailResponse {
+  id: string;
+  status: "failed";
+  /** "failed" once the group has failed MAX_ATTEMPTS times; else its runs wait for the next claim. */
+  group_status: "waiting" | "running" | "done" | "failed";
+  failures: number;
+  max_attempts: number;
+  repeated?: boolean;
+}
+
+/** 201 to PUT /v1/leases/:id/checkpoints/:run_id. */
+export interface CheckpointResponse {
+  run_id: string;
+  kind: CheckpointKind;
+  step: number;
+  bytes: number;
+}
+
+/** 201 to POST /v1/sweeps (submitter token). */
+export interface SubmitResponse {
+  id: string;
+  n_runs: number;
+  n_groups: number;
+  groups: Array<{ id: string; n_runs: number }>;
+  /** saev keys accepted and ignored, and similar notes. */
+  warnings: string[];
+}
+
 /** Messages on the W&B queue (WANDB_QUEUE), enqueued only for runs whose config has track = true. */
 export type WandbMessage =
   | { kind: "metrics"; run_id: string; rows: Array<{ step: number; ts: number } & StepMetrics> }
-  | { kind: "eval"; run_id: string; ts: number; eval: EvalMetrics }
+  /**
+   * `arrays_omitted`: the eval's freqs and mean_values did not fit one queue message (128 KB), so they are sent
+   * empty here; they are in D1 (GET /v1/runs/:id/eval).
+   */
+  | { kind: "eval"; run_id: string; ts: number; eval: EvalMetrics; arrays_omitted?: boolean }
   | { kind: "finish"; run_id: string; ts: number; exit_code: number };

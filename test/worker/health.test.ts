@@ -13,8 +13,8 @@ describe("worker rail", () => {
 
   it("round-trips a row through drizzle on real local D1", async () => {
     const db = drizzle(env.DB, { schema });
-    await db.insert(schema.sweeps).values({ id: "sw_rail", createdAt: 1234, spec: '{"lr":1e-4}' });
-    const rows = await db.select().from(schema.sweeps).where(eq(schema.sweeps.id, "sw_rail"));
-    expect(rows).toEqual([{ id: "sw_rail", createdAt: 1234, spec: '{"lr":1e-4}' }]);
+    await db.insert(schema.sweeps).values({ id: "sw_rail", createdAt: 1234, spec: '{"lr":1e-4}', format: "json", nRuns: 0, nGroups: 0 });
+    const rows = await db.select({ id: schema.sweeps.id, spec: schema.sweeps.spec, status: schema.sweeps.status }).from(schema.sweeps).where(eq(schema.sweeps.id, "sw_rail"));
+    expect(rows).toEqual([{ id: "sw_rail", spec: '{"lr":1e-4}', status: "waiting" }]);
   });
 });

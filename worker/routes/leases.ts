@@ -1,0 +1,386 @@
+/**
+ * The runner protocol under a lease (runner token): heartbeat, metrics, evals, checkpoints, complete, fail.
+ *
+ * Every write carries the lease's fencing token and is refused with 409 unless the lease is active and unexpired.
+ * The check is repeated inside each write's D1 statement (INSERT … SELECT … WHERE the lease is still valid), so a
+ * lease that expires or is taken over between the check and the write stores nothing.
+ */
+import { Hono, type Context } from "hono";
+import type { CheckpointResponse, CompleteResponse, FailResponse, HeartbeatResponse, WandbMessage, WriteResponse } from "../protocol";
+import { CompleteBody, EvalsBody, FailBody, HeartbeatBody, MetricsBody, jsonBody } from "../bodies";
+import type { Env } from "../env";
+import { settings } from "../env";
+import { ApiError, badRequest, conflict, notFound } from "../errors";
+import { enqueue, fitEval } from "../queue";
+import { getDb, newId, refreshGroup, refreshSweep, schema } from "../db";
+import { eq } from "drizzle-orm";
+
+export const leaseRoutes = new Hono<{ Bindings: Env }>();
+
+type LeaseRow = typeof schema.leases.$inferSelect;
+
+/** The SQL condition "lease ?L with token ?T is active and unexpired at ?N" (numbered parameters of the caller). */
+const validWhere = (l: number, t: number, n: number) => `id = ?${l} AND token = ?${t} AND status = 'active' AND expires_at > ?${n}`;
+const valid = (l: number, t: number, n: number) => `EXISTS (SELECT 1 FROM leases WHERE ${validWhere(l, t, n)})`;
+
+async function loadLease(c: Context<{ Bindings: Env }>, id: string): Promise<LeaseRow> {
+  const lease = await getDb(c.env).query.leases.findFirst({ where: eq(schema.leases.id, id) });
+  if (!lease) throw notFound(`lease ${id}`, "lease_id");
+  return lease;
+}
+
+/** 409 unless `token` is this lease's and the lease is active and unexpired at `now`. */
+function requireValid(lease: LeaseRow, token: string, now: number): void {
+  if (token !== lease.token) throw conflict("stale_lease", `the token does not match lease ${lease.id}`, "token");
+  if (lease.status !== "active") throw conflict("stale_lease", `lease ${lease.id} is ${lease.status}`, "token");
+  if (lease.expiresAt <= now) throw conflict("stale_lease", `lease ${lease.id} expired at ${new Date(lease.expiresAt).toISOString()}`, "token");
+}
+
+/** The runs of the lease, by id, with their configs. */
+async function leaseRuns(c: Context<{ Bindings: Env }>, lease: LeaseRow) {
+  const ids = JSON.parse(lease.runIds) as string[];
+  const { results } = await c.env.DB.prepare(`SELECT id, sweep_id, track, n_steps, d_sae, cfg FROM runs WHERE id IN (SELECT value FROM json_each(?1))`)
+    .bind(lease.runIds)
+    .all<{ id: string; sweep_id: string; track: number; n_steps: number; d_sae: number; cfg: string }>();
+  return { ids, byId: new Map(results.map((r) => [r.id, r])) };
+}
+
+leaseRoutes.post("/:id/heartbeat", async (c) => {
+  const body = await jsonBody(c, HeartbeatBody);
+  const lease = await loadLease(c, c.req.param("id"));
+  const now = Date.now();
+  requireValid(lease, body.token, now);
+  const { leaseTtlMs } = settings(c.env);
+  const expiresAt = now + leaseTtlMs;
+  const r = await c.env.DB.prepare(`UPDATE leases SET expires_at = ?4, heartbeat_at = ?3, progress = ?5 WHERE ${validWhere(1, 2, 3)}`)
+    .bind(lease.id, body.token, now, expiresAt, JSON.stringify(body.progress))
+    .run();
+  if (r.meta.changes !== 1) throw conflict("stale_lease", `lease ${lease.id} is no longer active`, "token");
+  return c.json({ id: lease.id, expires_at: expiresAt, heartbeat_ms: Math.max(1, Math.floor(leaseTtlMs / 3)) } satisfies HeartbeatResponse);
+});
+
+leaseRoutes.post("/:id/metrics", async (c) => {
+  const body = await jsonBody(c, MetricsBody);
+  const lease = await loadLease(c, c.req.param("id"));
+  const now = Date.now();
+  requireValid(lease, body.token, now);
+  const runs = await leaseRuns(c, lease);
+  body.rows.forEach((row, i) => {
+    const run = runs.byId.get(row.run_id);
+    if (!run) throw badRequest("unknown_run", `run ${row.run_id} is not a run of lease ${lease.id}`, `rows[${i}].run_id`);
+    if (row.step >= run.n_steps) throw badRequest("invalid_step", `step ${row.step} is past the run's last step (${run.n_steps - 1})`, `rows[${i}].step`);
+  });
+  const insert = c.env.DB.prepare(
+    `INSERT INTO metrics (run_id, step, lease_id, ts, loss, mse, l0, l1, sparsity, n_patches_seen, learning_rate, sparsity_coeff)
+     SELECT ?4, ?5, ?1, ?3, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13 WHERE ${valid(1, 2, 3)}
+     ON CONFLICT (run_id, step) DO NOTHING RETURNING run_id, step`,
+  );
+  const results = await c.env.DB.batch(
+    body.rows.map((r) =>
+      insert.bind(lease.id, body.token, now, r.run_id, r.step, r.loss, r.mse, r.l0, r.l1, r.sparsity, r["progress/n_patches_seen"], r["progress/learning_rate"], r["progress/sparsity_coeff"]),
+    ),
+  );
+  const stored = body.rows.filter((_, i) => (results[i].results?.length ?? 0) > 0);
+  if (stored.length < body.rows.length) await requireStillValid(c, lease, body.token);
+  // W&B: take the rows of this post not yet on the queue (the new ones, and any whose send failed before).
+  const tracked = [...new Set(body.rows.map((r) => r.run_id))].filter((id) => runs.byId.get(id)!.track);
+  const take = c.env.DB.prepare(
+    `UPDATE metrics SET queued = 1 WHERE run_id = ?1 AND queued = 0 AND step IN (SELECT value FROM json_each(?2))
+     RETURNING run_id, step, ts, loss, mse, l0, l1, sparsity, n_patches_seen, learning_rate, sparsity_coeff`,
+  );
+  const taken = tracked.length
+    ? await c.env.DB.batch(tracked.map((id) => take.bind(id, JSON.stringify(body.rows.filter((r) => r.run_id === id).map((r) => r.step)))))
+    : [];
+  const messages: WandbMessage[] = [];
+  tracked.forEach((run_id, i) => {
+    const rows = (taken[i].results as MetricDbRow[]).sort((a, b) => a.step - b.step).map(toWandbRow);
+    if (rows.length) messages.push({ kind: "metrics", run_id, rows });
+  });
+  await sendOrRelease(c, messages, (m) =>
+    m.kind === "metrics"
+      ? c.env.DB.prepare(`UPDATE metrics SET queued = 0 WHERE run_id = ?1 AND step IN (SELECT value FROM json_each(?2))`).bind(m.run_id, JSON.stringify(m.rows.map((r) => r.step)))
+      : null,
+  );
+  return c.json({ stored: stored.length, duplicates: body.rows.length - stored.length } satisfies WriteResponse);
+});
+
+type MetricDbRow = {
+  run_id: string;
+  step: number;
+  ts: number;
+  loss: number;
+  mse: number;
+  l0: number;
+  l1: number;
+  sparsity: number;
+  n_patches_seen: number;
+  learning_rate: number;
+  sparsity_coeff: number;
+};
+
+type EvalDbRow = {
+  run_id: string;
+  lease_id: string;
+  ts: number;
+  queued: number;
+  l0: number;
+  l1: number;
+  mse: number;
+  fvu: number;
+  explained_variance: number;
+  n_dead: number;
+  n_almost_dead: number;
+  n_dense: number;
+  n_examples: number;
+  freqs: string;
+  mean_values: string;
+};
+
+const toWandbRow = (r: MetricDbRow): Extract<WandbMessage, { kind: "metrics" }>["rows"][number] => ({
+  step: r.step,
+  ts: r.ts,
+  loss: r.loss,
+  mse: r.mse,
+  l0: r.l0,
+  l1: r.l1,
+  sparsity: r.sparsity,
+  "progress/n_patches_seen": r.n_patches_seen,
+  "progress/learning_rate": r.learning_rate,
+  "progress/sparsity_coeff": r.sparsity_coeff,
+});
+
+/**
+ * Sends to WANDB_QUEUE; if that fails, clears the outbox flags of what was taken (so the runner's retry of this
+ * post sends them) and fails the request with 503.
+ */
+async function sendOrRelease(c: Context<{ Bindings: Env }>, messages: WandbMessage[], release: (m: WandbMessage) => D1PreparedStatement | null) {
+  if (!messages.length) return;
+  try {
+    await enqueue(c.env, messages);
+  } catch (err) {
+    const undo = messages.map(release).filter((s): s is D1PreparedStatement => s !== null);
+    if (undo.length) await c.env.DB.batch(undo);
+    console.error("WANDB_QUEUE send failed", err);
+    throw new ApiError(503, "queue_unavailable", "stored, but the W&B queue refused the messages; post again to resend them");
+  }
+}
+
+/**
+ * W&B `finish` for every tracked run of the group that has ended (done: exit 0, failed: exit 1) and has not had
+ * one yet. Taken with an outbox flag, so a repeated complete or fail resends only what a failed send left.
+ */
+async function sendFinishes(c: Context<{ Bindings: Env }>, groupId: string) {
+  const { results } = await c.env.DB.prepare(
+    `UPDATE runs SET finish_queued = 1 WHERE group_id = ?1 AND track = 1 AND finish_queued = 0 AND status IN ('done', 'failed')
+     RETURNING id, status, finished_at, idx`,
+  )
+    .bind(groupId)
+    .all<{ id: string; status: string; finished_at: number | null; idx: number }>();
+  const messages: WandbMessage[] = results
+    .sort((a, b) => a.idx - b.idx)
+    .map((r) => ({ kind: "finish", run_id: r.id, ts: r.finished_at ?? Date.now(), exit_code: r.status === "done" ? 0 : 1 }));
+  await sendOrRelease(c, messages, (m) => c.env.DB.prepare(`UPDATE runs SET finish_queued = 0 WHERE id = ?1`).bind(m.run_id));
+}
+
+/** After a write that stored less than asked: if the lease went stale meanwhile, say so (409) instead of "duplicate". */
+async function requireStillValid(c: Context<{ Bindings: Env }>, lease: LeaseRow, token: string) {
+  const fresh = await loadLease(c, lease.id);
+  requireValid(fresh, token, Date.now());
+}
+
+leaseRoutes.post("/:id/evals", async (c) => {
+  const body = await jsonBody(c, EvalsBody);
+  const lease = await loadLease(c, c.req.param("id"));
+  const now = Date.now();
+  requireValid(lease, body.token, now);
+  const runs = await leaseRuns(c, lease);
+  body.evals.forEach((e, i) => {
+    const run = runs.byId.get(e.run_id);
+    if (!run) throw badRequest("unknown_run", `run ${e.run_id} is not a run of lease ${lease.id}`, `evals[${i}].run_id`);
+    if (e.freqs.length !== run.d_sae) throw badRequest("invalid_eval", `has ${e.freqs.length} entries, the run's d_sae is ${run.d_sae}`, `evals[${i}].freqs`);
+    if (e.mean_values.length !== run.d_sae)
+      throw badRequest("invalid_eval", `has ${e.mean_values.length} entries, the run's d_sae is ${run.d_sae}`, `evals[${i}].mean_values`);
+  });
+  const insert = c.env.DB.prepare(
+    `INSERT INTO evals (run_id, lease_id, ts, l0, l1, mse, fvu, explained_variance, n_dead, n_almost_dead, n_dense, n_examples, freqs, mean_values)
+     SELECT ?4, ?1, ?3, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15 WHERE ${valid(1, 2, 3)}
+     ON CONFLICT (run_id) DO NOTHING RETURNING run_id`,
+  );
+  const results = await c.env.DB.batch(
+    body.evals.map((e) =>
+      insert.bind(lease.id, body.token, now, e.run_id, e.l0, e.l1, e.mse, e.fvu, e.explained_variance, e.n_dead, e.n_almost_dead, e.n_dense, e.n_examples, JSON.stringify(e.freqs), JSON.stringify(e.mean_values)),
+    ),
+  );
+  const stored = body.evals.filter((_, i) => (results[i].results?.length ?? 0) > 0);
+  if (stored.length < body.evals.length) await requireStillValid(c, lease, body.token);
+  const tracked = [...new Set(body.evals.map((e) => e.run_id))].filter((id) => runs.byId.get(id)!.track);
+  const take = c.env.DB.prepare(`UPDATE evals SET queued = 1 WHERE run_id = ?1 AND queued = 0 RETURNING *`);
+  const taken = tracked.length ? await c.env.DB.batch(tracked.map((id) => take.bind(id))) : [];
+  const messages: WandbMessage[] = taken.flatMap((r) =>
+    (r.results as EvalDbRow[]).map((e) => {
+      const { run_id, ts, lease_id: _l, queued: _q, freqs, mean_values, ...summary } = e;
+      return fitEval({ kind: "eval", run_id, ts, eval: { ...summary, freqs: JSON.parse(freqs), mean_values: JSON.parse(mean_values) } });
+    }),
+  );
+  await sendOrRelease(c, messages, (m) => (m.kind === "eval" ? c.env.DB.prepare(`UPDATE evals SET queued = 0 WHERE run_id = ?1`).bind(m.run_id) : null));
+  return c.json({ stored: stored.length, duplicates: body.evals.length - stored.length } satisfies WriteResponse);
+});
+
+/** safetensors: 8-byte little-endian header length, then that many bytes of JSON starting with "{". */
+function checkSafetensors(buf: ArrayBuffer): void {
+  const field = "body";
+  if (buf.byteLength < 10) throw badRequest("invalid_checkpoint", "is not a safetensors file (too short)", field);
+  const n = new DataView(buf).getBigUint64(0, true);
+  if (n < 2n || n > BigInt(buf.byteLength - 8)) throw badRequest("invalid_checkpoint", `is not a safetensors file (header length ${n})`, field);
+  const head = new TextDecoder().decode(new Uint8Array(buf, 8, Number(n)));
+  try {
+    const parsed = JSON.parse(head);
+    if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) throw new Error();
+  } catch {
+    throw badRequest("invalid_checkpoint", "is not a safetensors file (its header is not a JSON object)", field);
+  }
+}
+
+function checkpointQuery(c: Context<{ Bindings: Env }>, run: { n_steps: number }, forWrite: boolean) {
+  const kind = c.req.query("kind") ?? (forWrite ? undefined : "resume");
+  if (kind !== "final" && kind !== "resume") throw badRequest("invalid_query", 'must be "final" or "resume"', "kind");
+  const stepText = c.req.query("step");
+  let step: number | undefined;
+  if (stepText !== undefined) {
+    step = Number(stepText);
+    if (!Number.isInteger(step) || step < 0 || step > run.n_steps) throw badRequest("invalid_query", `must be an integer in [0, ${run.n_steps}]`, "step");
+  } else if (forWrite) {
+    if (kind === "resume") throw badRequest("invalid_query", "is required for resume checkpoints", "step");
+    step = run.n_steps;
+  }
+  return { kind: kind as "final" | "resume", step };
+}
+
+leaseRoutes.put("/:id/checkpoints/:run_id", async (c) => {
+  const token = c.req.header("x-lease-token") ?? "";
+  if (!token) throw badRequest("missing_token", "the x-lease-token header is required", "x-lease-token");
+  const lease = await loadLease(c, c.req.param("id"));
+  const now = Date.now();
+  requireValid(lease, token, now);
+  const runs = await leaseRuns(c, lease);
+  const runId = c.req.param("run_id");
+  const run = runs.byId.get(runId);
+  if (!run) throw badRequest("unknown_run", `run ${runId} is not a run of lease ${lease.id}`, "run_id");
+  const { kind, step } = checkpointQuery(c, run, true);
+  const buf = await c.req.arrayBuffer();
+  checkSafetensors(buf);
+  // The lease id in the key: a stale writer can never overwrite what a valid lease stored.
+  const key = `${run.sweep_id}/${runId}/${kind}-${step}-${lease.id}.safetensors`;
+  await c.env.CHECKPOINTS.put(key, buf, { httpMetadata: { contentType: "application/octet-stream" }, customMetadata: { run_id: runId, kind, step: String(step), lease_id: lease.id } });
+  const r = await c.env.DB.prepare(
+    `INSERT INTO checkpoints (run_id, kind, step, key, bytes, lease_id, created_at)
+     SELECT ?4, ?5, ?6, ?7, ?8, ?1, ?3 WHERE ${valid(1, 2, 3)}
+     ON CONFLICT (run_id, kind, step) DO UPDATE SET key = excluded.key, bytes = excluded.bytes, lease_id = excluded.lease_id, created_at = excluded.created_at`,
+  )
+    .bind(lease.id, token, Date.now(), runId, kind, step, key, buf.byteLength)
+    .run();
+  if (r.meta.changes !== 1) {
+    await c.env.CHECKPOINTS.delete(key);
+    throw conflict("stale_lease", `lease ${lease.id} is no longer active`, "token");
+  }
+  return c.json({ run_id: runId, kind, step: step!, bytes: buf.byteLength } satisfies CheckpointResponse, 201);
+});
+
+/** The runner fetches resume checkpoints back (ResumePoint.checkpoint_path), under a valid lease that holds the run. */
+leaseRoutes.get("/:id/checkpoints/:run_id", async (c) => {
+  const token = c.req.header("x-lease-token") ?? "";
+  if (!token) throw badRequest("missing_token", "the x-lease-token header is required", "x-lease-token");
+  const lease = await loadLease(c, c.req.param("id"));
+  requireValid(lease, token, Date.now());
+  const runs = await leaseRuns(c, lease);
+  const runId = c.req.param("run_id");
+  const run = runs.byId.get(runId);
+  if (!run) throw badRequest("unknown_run", `run ${runId} is not a run of lease ${lease.id}`, "run_id");
+  const { kind, step } = checkpointQuery(c, run, false);
+  const row = await c.env.DB.prepare(
+    `SELECT key, step FROM checkpoints WHERE run_id = ?1 AND kind = ?2 ${step === undefined ? "" : "AND step = ?3"} ORDER BY step DESC LIMIT 1`,
+  )
+    .bind(...(step === undefined ? [runId, kind] : [runId, kind, step]))
+    .first<{ key: string; step: number }>();
+  if (!row) throw notFound(`${kind} checkpoint of run ${runId}${step === undefined ? "" : ` at step ${step}`}`, "step");
+  const obj = await c.env.CHECKPOINTS.get(row.key);
+  if (!obj) throw new ApiError(500, "missing_object", `checkpoint ${row.key} is in D1 but not in R2`);
+  return new Response(obj.body, { headers: { "content-type": "application/octet-stream", "content-length": String(obj.size), "x-checkpoint-step": String(row.step) } });
+});
+
+leaseRoutes.post("/:id/complete", async (c) => {
+  const body = await jsonBody(c, CompleteBody);
+  const lease = await loadLease(c, c.req.param("id"));
+  // A repeated complete (the first answer was lost) is fine.
+  if (lease.status === "completed" && lease.token === body.token) {
+    await sendFinishes(c, lease.groupId);
+    return c.json({ id: lease.id, status: "completed", repeated: true } satisfies CompleteResponse);
+  }
+  const now = Date.now();
+  requireValid(lease, body.token, now);
+  const runs = await leaseRuns(c, lease);
+  const { results: have } = await c.env.DB.prepare(
+    `SELECT r.value AS id, EXISTS (SELECT 1 FROM evals e WHERE e.run_id = r.value) AS has_eval,
+       EXISTS (SELECT 1 FROM checkpoints k WHERE k.run_id = r.value AND k.kind = 'final') AS has_final
+     FROM json_each(?1) r`,
+  )
+    .bind(lease.runIds)
+    .all<{ id: string; has_eval: number; has_final: number }>();
+  const noEval = have.filter((h) => !h.has_eval).map((h) => h.id);
+  const noFinal = have.filter((h) => !h.has_final).map((h) => h.id);
+  if (noEval.length) throw conflict("incomplete", `no eval stored for ${noEval.join(", ")}`, "evals");
+  if (noFinal.length) throw conflict("incomplete", `no final checkpoint stored for ${noFinal.join(", ")}`, "checkpoints");
+
+  const nonce = newId("end_");
+  const mine = `EXISTS (SELECT 1 FROM leases WHERE id = ?1 AND end_nonce = ?2)`;
+  const db = c.env.DB;
+  const results = await db.batch([
+    db.prepare(`UPDATE leases SET status = 'completed', ended_at = ?3, end_nonce = ?4 WHERE ${validWhere(1, 2, 3)}`).bind(lease.id, body.token, now, nonce),
+    db.prepare(`UPDATE runs SET status = 'done', finished_at = ?3 WHERE lease_id = ?1 AND status = 'leased' AND ${mine}`).bind(lease.id, nonce, now),
+  ]);
+  if (results[0].meta.changes !== 1) throw conflict("stale_lease", `lease ${lease.id} is no longer active`, "token");
+  const d = getDb(c.env);
+  await c.env.DB.batch([refreshGroup(c.env.DB, lease.groupId, now), refreshSweep(c.env.DB, runs.byId.values().next().value!.sweep_id, now)]);
+  await sendFinishes(c, lease.groupId);
+  const group = await d.query.groups.findFirst({ where: eq(schema.groups.id, lease.groupId) });
+  return c.json({ id: lease.id, status: "completed", group_status: group?.status } satisfies CompleteResponse);
+});
+
+leaseRoutes.post("/:id/fail", async (c) => {
+  const body = await jsonBody(c, FailBody);
+  const lease = await loadLease(c, c.req.param("id"));
+  const { maxAttempts: max } = settings(c.env);
+  if (lease.status === "failed" && lease.token === body.token) {
+    // A repeated fail (the first answer was lost) is answered, and changes nothing.
+    await sendFinishes(c, lease.groupId);
+    const g = (await getDb(c.env).query.groups.findFirst({ where: eq(schema.groups.id, lease.groupId) }))!;
+    return c.json({ id: lease.id, status: "failed", group_status: g.status, failures: g.failures, max_attempts: max, repeated: true } satisfies FailResponse);
+  }
+  const now = Date.now();
+  requireValid(lease, body.token, now);
+  const { maxAttempts } = settings(c.env);
+  const runs = await leaseRuns(c, lease);
+  const nonce = newId("end_");
+  const mine = `EXISTS (SELECT 1 FROM leases WHERE id = ?1 AND end_nonce = ?2)`;
+  const exhausted = `(SELECT failures FROM groups WHERE id = ?3) >= ?4`;
+  const db = c.env.DB;
+  const results = await db.batch([
+    db
+      .prepare(`UPDATE leases SET status = 'failed', ended_at = ?3, end_nonce = ?4, error = ?5 WHERE ${validWhere(1, 2, 3)}`)
+      .bind(lease.id, body.token, now, nonce, body.error),
+    db.prepare(`UPDATE groups SET failures = failures + 1, last_error = ?5 WHERE id = ?3 AND ${mine}`).bind(lease.id, nonce, lease.groupId, maxAttempts, body.error),
+    // Retries left: this chunk's runs wait for the next claim (which resumes them from their checkpoints).
+    db.prepare(`UPDATE runs SET status = 'waiting' WHERE lease_id = ?1 AND status = 'leased' AND ${mine} AND NOT ${exhausted}`).bind(lease.id, nonce, lease.groupId, maxAttempts),
+    // None left: the whole group fails with this error, and its other chunks' leases end.
+    db.prepare(`UPDATE runs SET status = 'failed', error = ?5, finished_at = ?6 WHERE group_id = ?3 AND status <> 'done' AND ${mine} AND ${exhausted}`).bind(lease.id, nonce, lease.groupId, maxAttempts, body.error, now),
+    db.prepare(`UPDATE leases SET status = 'cancelled', ended_at = ?5 WHERE group_id = ?3 AND status = 'active' AND ${mine} AND ${exhausted}`).bind(lease.id, nonce, lease.groupId, maxAttempts, now),
+    db.prepare(`UPDATE groups SET status = 'failed', finished_at = ?5 WHERE id = ?3 AND ${mine} AND ${exhausted}`).bind(lease.id, nonce, lease.groupId, maxAttempts, now),
+  ]);
+  if (results[0].meta.changes !== 1) throw conflict("stale_lease", `lease ${lease.id} is no longer active`, "token");
+  const d = getDb(c.env);
+  await c.env.DB.batch([refreshGroup(c.env.DB, lease.groupId, now), refreshSweep(c.env.DB, runs.byId.values().next().value!.sweep_id, now)]);
+  const group = (await d.query.groups.findFirst({ where: eq(schema.groups.id, lease.groupId) }))!;
+  await sendFinishes(c, group.id);
+  return c.json({ id: lease.id, status: "failed", group_status: group.status, failures: group.failures, max_attempts: maxAttempts } satisfies FailResponse);
+});
+

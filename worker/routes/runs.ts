@@ -1,0 +1,118 @@
+/** The read API for one run (submitter token): detail, metric history, eval, final checkpoint. */
+import { Hono, type Context } from "hono";
+import { and, asc, desc, eq, gt } from "drizzle-orm";
+import type { EvalMetrics, StepMetrics } from "../../shaders/config";
+import type { Env } from "../env";
+import { ApiError, badRequest, notFound } from "../errors";
+import { getDb, schema } from "../db";
+
+export const runRoutes = new Hono<{ Bindings: Env }>();
+
+type MetricRow = typeof schema.metrics.$inferSelect;
+const stepMetrics = (m: MetricRow): { step: number; ts: number } & StepMetrics => ({
+  step: m.step,
+  ts: m.ts,
+  loss: m.loss,
+  mse: m.mse,
+  l0: m.l0,
+  l1: m.l1,
+  sparsity: m.sparsity,
+  "progress/n_patches_seen": m.nPatchesSeen,
+  "progress/learning_rate": m.learningRate,
+  "progress/sparsity_coeff": m.sparsityCoeff,
+});
+
+type EvalRow = typeof schema.evals.$inferSelect;
+const evalSummary = (e: EvalRow) => ({
+  l0: e.l0,
+  l1: e.l1,
+  mse: e.mse,
+  fvu: e.fvu,
+  explained_variance: e.explainedVariance,
+  n_dead: e.nDead,
+  n_almost_dead: e.nAlmostDead,
+  n_dense: e.nDense,
+  n_examples: e.nExamples,
+});
+
+async function loadRun(c: Context<{ Bindings: Env }>) {
+  const id = c.req.param("id")!;
+  const run = await getDb(c.env).query.runs.findFirst({ where: eq(schema.runs.id, id) });
+  if (!run) throw notFound(`run ${id}`, "id");
+  return run;
+}
+
+runRoutes.get("/:id", async (c) => {
+  const run = await loadRun(c);
+  const db = getDb(c.env);
+  const [latest, ev, ckpts] = await Promise.all([
+    db.select().from(schema.metrics).where(eq(schema.metrics.runId, run.id)).orderBy(desc(schema.metrics.step)).limit(1),
+    db.select().from(schema.evals).where(eq(schema.evals.runId, run.id)),
+    db.select().from(schema.checkpoints).where(eq(schema.checkpoints.runId, run.id)).orderBy(asc(schema.checkpoints.kind), asc(schema.checkpoints.step)),
+  ]);
+  return c.json({
+    run: {
+      id: run.id,
+      sweep_id: run.sweepId,
+      group_id: run.groupId,
+      idx: run.idx,
+      status: run.status,
+      n_steps: run.nSteps,
+      attempts: run.attempts,
+      error: run.error,
+      finished_at: run.finishedAt,
+      cfg: JSON.parse(run.cfg),
+      latest: latest[0] ? stepMetrics(latest[0]) : null,
+      eval: ev[0] ? evalSummary(ev[0]) : null,
+      checkpoints: ckpts.map((k) => ({ kind: k.kind, step: k.step, bytes: k.bytes, created_at: k.createdAt })),
+    },
+  });
+});
+
+runRoutes.get("/:id/metrics", async (c) => {
+  const run = await loadRun(c);
+  const sinceText = c.req.query("since");
+  const since = sinceText === undefined ? -1 : Number(sinceText);
+  if (!Number.isInteger(since)) throw badRequest("invalid_query", "must be an integer step", "since");
+  const limitText = c.req.query("limit");
+  const limit = limitText === undefined ? 10_000 : Number(limitText);
+  if (!Number.isInteger(limit) || limit < 1 || limit > 100_000) throw badRequest("invalid_query", "must be an integer in [1, 100000]", "limit");
+  const rows = await getDb(c.env)
+    .select()
+    .from(schema.metrics)
+    .where(and(eq(schema.metrics.runId, run.id), gt(schema.metrics.step, since)))
+    .orderBy(asc(schema.metrics.step))
+    .limit(limit);
+  return c.json({ run_id: run.id, since, rows: rows.map(stepMetrics) });
+});
+
+runRoutes.get("/:id/eval", async (c) => {
+  const run = await loadRun(c);
+  const [e] = await getDb(c.env).select().from(schema.evals).where(eq(schema.evals.runId, run.id));
+  if (!e) throw notFound(`eval of run ${run.id}`, "id");
+  const body: { run_id: string } & EvalMetrics = { run_id: run.id, ...evalSummary(e), freqs: JSON.parse(e.freqs), mean_values: JSON.parse(e.meanValues) };
+  return c.json(body);
+});
+
+runRoutes.get("/:id/checkpoint", async (c) => {
+  const run = await loadRun(c);
+  const kind = c.req.query("kind") ?? "final";
+  if (kind !== "final" && kind !== "resume") throw badRequest("invalid_query", 'must be "final" or "resume"', "kind");
+  const [k] = await getDb(c.env)
+    .select()
+    .from(schema.checkpoints)
+    .where(and(eq(schema.checkpoints.runId, run.id), eq(schema.checkpoints.kind, kind)))
+    .orderBy(desc(schema.checkpoints.step))
+    .limit(1);
+  if (!k) throw notFound(`${kind} checkpoint of run ${run.id}`, "id");
+  const obj = await c.env.CHECKPOINTS.get(k.key);
+  if (!obj) throw new ApiError(500, "missing_object", `checkpoint ${k.key} is in D1 but not in R2`);
+  return new Response(obj.body, {
+    headers: {
+      "content-type": "application/octet-stream",
+      "content-length": String(obj.size),
+      "content-disposition": `attachment; filename="${run.id}-${kind}-${k.step}.safetensors"`,
+      "x-checkpoint-step": String(k.step),
+    },
+  });
+});

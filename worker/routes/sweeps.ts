@@ -1,0 +1,161 @@
+/** POST /v1/sweeps (submit), GET /v1/sweeps, GET /v1/sweeps/:id (read). Submitter token. */
+import { Hono } from "hono";
+import { asc, desc, eq, sql } from "drizzle-orm";
+import { dSae, nSteps } from "../../shaders/config";
+import type { SubmitResponse } from "../protocol";
+import type { Env } from "../env";
+import { settings } from "../env";
+import { notFound } from "../errors";
+import { getDb, newId, schema } from "../db";
+import { expandSweep, groupKey, parseSweepText, splitCfgs } from "../sweep";
+import { leaseView, progressOf } from "./views";
+
+export const sweepRoutes = new Hono<{ Bindings: Env }>();
+
+sweepRoutes.post("/", async (c) => {
+  // Decoded by hand: workerd warns when .text() reads a body whose type (application/toml) it does not know as text.
+  const text = new TextDecoder().decode(await c.req.arrayBuffer());
+  const { raw, format } = parseSweepText(text, c.req.header("content-type"));
+  const { configs, warnings } = expandSweep(raw, settings(c.env).maxSweepRuns);
+  const grouped = splitCfgs(configs);
+  const now = Date.now();
+  const id = newId("sw_");
+
+  const runRows: (typeof schema.runs.$inferInsert)[] = [];
+  const groupRows: (typeof schema.groups.$inferInsert)[] = [];
+  const position = new Map(configs.map((cfg, i) => [cfg, i]));
+  grouped.forEach((members, g) => {
+    const groupId = `${id}-g${g}`;
+    groupRows.push({ id: groupId, sweepId: id, idx: g, createdAt: now, key: groupKey(members[0]), data: JSON.stringify(members[0].cfg.data), nRuns: members.length });
+    for (const m of members) {
+      const i = position.get(m)!;
+      runRows.push({ id: `${id}-r${i}`, sweepId: id, groupId, idx: i, cfg: JSON.stringify(m.cfg), track: m.cfg.track, nSteps: nSteps(m.cfg), dSae: dSae(m.cfg) });
+    }
+  });
+  // One batch: D1 runs it as one transaction, so a failure leaves nothing. Rows travel as JSON arrays expanded by
+  // json_each, a few statements per sweep, well under D1's limits on bound parameters and queries per request.
+  const d1 = c.env.DB;
+  const stmts: D1PreparedStatement[] = [
+    d1
+      .prepare(`INSERT INTO sweeps (id, created_at, status, spec, format, warnings, n_runs, n_groups) VALUES (?1, ?2, 'waiting', ?3, ?4, ?5, ?6, ?7)`)
+      .bind(id, now, text, format, JSON.stringify(warnings), configs.length, grouped.length),
+  ];
+  for (const part of jsonChunks(groupRows)) {
+    stmts.push(
+      d1
+        .prepare(
+          `INSERT INTO groups (id, sweep_id, idx, created_at, status, key, data, n_runs, failures)
+           SELECT json_extract(value, '$.id'), json_extract(value, '$.sweepId'), json_extract(value, '$.idx'), json_extract(value, '$.createdAt'),
+                  'waiting', json_extract(value, '$.key'), json_extract(value, '$.data'), json_extract(value, '$.nRuns'), 0
+           FROM json_each(?1)`,
+        )
+        .bind(part),
+    );
+  }
+  for (const part of jsonChunks(runRows.map((r) => ({ ...r, track: r.track ? 1 : 0 })))) {
+    stmts.push(
+      d1
+        .prepare(
+          `INSERT INTO runs (id, sweep_id, group_id, idx, cfg, track, n_steps, d_sae, status, attempts)
+           SELECT json_extract(value, '$.id'), json_extract(value, '$.sweepId'), json_extract(value, '$.groupId'), json_extract(value, '$.idx'),
+                  json_extract(value, '$.cfg'), json_extract(value, '$.track'), json_extract(value, '$.nSteps'), json_extract(value, '$.dSae'), 'waiting', 0
+           FROM json_each(?1)`,
+        )
+        .bind(part),
+    );
+  }
+  await d1.batch(stmts);
+  return c.json({ id, n_runs: configs.length, n_groups: grouped.length, groups: groupRows.map((g) => ({ id: g.id as string, n_runs: g.nRuns as number })), warnings } satisfies SubmitResponse, 201);
+});
+
+/** Run counts per status, for progress. */
+async function runCounts(c: { env: Env }, where: ReturnType<typeof eq> | undefined, by: typeof schema.runs.sweepId | typeof schema.runs.groupId) {
+  const db = getDb(c.env);
+  const rows = await db
+    .select({ key: by, status: schema.runs.status, n: sql<number>`count(*)` })
+    .from(schema.runs)
+    .where(where)
+    .groupBy(by, schema.runs.status);
+  const out = new Map<string, Record<string, number>>();
+  for (const r of rows) {
+    const m = out.get(r.key) ?? {};
+    m[r.status] = r.n;
+    out.set(r.key, m);
+  }
+  return out;
+}
+
+function sweepView(s: typeof schema.sweeps.$inferSelect, counts: Record<string, number> | undefined) {
+  return {
+    id: s.id,
+    status: s.status,
+    created_at: s.createdAt,
+    finished_at: s.finishedAt,
+    n_runs: s.nRuns,
+    n_groups: s.nGroups,
+    progress: progressOf(counts, s.nRuns),
+    warnings: JSON.parse(s.warnings) as string[],
+  };
+}
+
+sweepRoutes.get("/", async (c) => {
+  const db = getDb(c.env);
+  const limit = Math.min(Math.max(Number(c.req.query("limit") ?? 100) || 100, 1), 1000);
+  const rows = await db.select().from(schema.sweeps).orderBy(desc(schema.sweeps.createdAt)).limit(limit);
+  const counts = await runCounts(c, undefined, schema.runs.sweepId);
+  return c.json({ sweeps: rows.map((s) => sweepView(s, counts.get(s.id))) });
+});
+
+sweepRoutes.get("/:id", async (c) => {
+  const id = c.req.param("id");
+  const db = getDb(c.env);
+  const s = await db.query.sweeps.findFirst({ where: eq(schema.sweeps.id, id) });
+  if (!s) throw notFound(`sweep ${id}`, "id");
+  const [groups, runs, leases, counts] = await Promise.all([
+    db.select().from(schema.groups).where(eq(schema.groups.sweepId, id)).orderBy(asc(schema.groups.idx)),
+    db.select().from(schema.runs).where(eq(schema.runs.sweepId, id)).orderBy(asc(schema.runs.idx)),
+    db
+      .select()
+      .from(schema.leases)
+      .innerJoin(schema.groups, eq(schema.leases.groupId, schema.groups.id))
+      .where(sql`${schema.groups.sweepId} = ${id} AND ${schema.leases.status} = 'active'`),
+    runCounts(c, eq(schema.runs.sweepId, id), schema.runs.groupId),
+  ]);
+  const now = Date.now();
+  const sweepCounts: Record<string, number> = {};
+  for (const m of counts.values()) for (const [k, n] of Object.entries(m)) sweepCounts[k] = (sweepCounts[k] ?? 0) + n;
+  return c.json({
+    sweep: { ...sweepView(s, sweepCounts), spec: s.spec, format: s.format },
+    groups: groups.map((g) => ({
+      id: g.id,
+      idx: g.idx,
+      status: g.status,
+      n_runs: g.nRuns,
+      failures: g.failures,
+      last_error: g.lastError,
+      finished_at: g.finishedAt,
+      progress: progressOf(counts.get(g.id), g.nRuns),
+      leases: leases.filter((l) => l.leases.groupId === g.id).map((l) => leaseView(l.leases, now)),
+    })),
+    runs: runs.map((r) => ({ id: r.id, idx: r.idx, group_id: r.groupId, status: r.status, n_steps: r.nSteps, error: r.error, cfg: JSON.parse(r.cfg) })),
+  });
+});
+
+/** Rows as JSON arrays of at most ~512 KB each (D1 caps one bound value at 2 MB). */
+function jsonChunks(rows: object[], maxBytes = 512 * 1024): string[] {
+  const out: string[] = [];
+  let part: string[] = [];
+  let bytes = 0;
+  for (const r of rows) {
+    const j = JSON.stringify(r);
+    if (part.length && bytes + j.length > maxBytes) {
+      out.push(`[${part.join(",")}]`);
+      part = [];
+      bytes = 0;
+    }
+    part.push(j);
+    bytes += j.length + 1;
+  }
+  if (part.length) out.push(`[${part.join(",")}]`);
+  return out;
+}

@@ -1,0 +1,411 @@
+/**
+ * Sweep files → resolved TrainConfigs → groups (../shared/SAE.md, ../shared/DESIGN.md "A sweep file").
+ *
+ * parseSweepText reads TOML or JSON (W&B-style `parameters` grids too); expandSweep validates every key and value
+ * (all problems reported at once), expands lists into the cartesian product (the earliest key varies slowest),
+ * fills saev's defaults, and splitCfgs groups configs that may share one data stream, exactly as saev does.
+ * Pure functions, no I/O: the route writes what they return.
+ */
+import { parse as parseToml, TomlError } from "smol-toml";
+import { z } from "zod";
+import { CANNOT_PARALLELIZE, type DataConfig, type TrainConfig, nSteps } from "../shaders/config";
+import { badRequest, type Issue } from "./errors";
+
+/** saev keys that load unchanged but mean nothing here (each gives a warning). They still split groups, as in saev. */
+export const IGNORED_SAEV_KEYS = ["n_workers", "device", "ckpt_path", "slurm_acct", "slurm_partition", "n_hours", "log_to"] as const;
+
+export interface ExpandedConfig {
+  cfg: TrainConfig;
+  /** Values of IGNORED_SAEV_KEYS the file gave this config (for splitCfgs only). */
+  ignored: Record<string, unknown>;
+}
+
+export interface ExpandedSweep {
+  configs: ExpandedConfig[];
+  warnings: string[];
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Parsing
+
+export type SweepFormat = "toml" | "json";
+
+/** TOML when the content type says so (or the body does not look like JSON), else JSON. */
+export function parseSweepText(text: string, contentType: string | undefined): { raw: unknown; format: SweepFormat } {
+  const ct = (contentType ?? "").toLowerCase();
+  const json = ct.includes("json") || (!ct.includes("toml") && /^\s*\{/.test(text));
+  if (!text.trim()) throw badRequest("empty_body", "the sweep file is empty", "body");
+  if (json) {
+    try {
+      return { raw: JSON.parse(text), format: "json" };
+    } catch (e) {
+      throw badRequest("invalid_json", `the sweep file is not valid JSON: ${(e as Error).message}`, "body");
+    }
+  }
+  try {
+    return { raw: parseToml(text), format: "toml" };
+  } catch (e) {
+    const where = e instanceof TomlError ? ` (line ${e.line}, column ${e.column})` : "";
+    const first = (e as Error).message.split("\n")[0];
+    throw badRequest("invalid_toml", `the sweep file is not valid TOML${where}: ${first}`, "body");
+  }
+}
+
+const isTable = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
+
+const WANDB_TOP_KEYS = new Set(["method", "parameters", "name", "description", "program", "metric", "project", "entity", "command"]);
+
+/**
+ * W&B sweep config → our nested style: `parameters: {lr: {values: [...]}, sae: {parameters: {...}}, "sae.exp_factor":
+ * {value: 8}}`. Only grids make sense for a fixed set of runs, so `method` must be "grid" when given.
+ */
+function fromWandb(raw: Record<string, unknown>, warnings: string[], issues: Issue[]): Record<string, unknown> {
+  for (const k of Object.keys(raw)) {
+    if (!WANDB_TOP_KEYS.has(k)) issues.push({ field: k, message: "unknown key (a W&B-style sweep keeps its settings under `parameters`)" });
+    else if (k !== "parameters" && k !== "method") warnings.push(`${k}: W&B sweep key ignored`);
+  }
+  if (raw.method !== undefined && raw.method !== "grid")
+    issues.push({ field: "method", message: `only "grid" sweeps are supported, got ${JSON.stringify(raw.method)}` });
+  const out: Record<string, unknown> = {};
+  const walk = (params: unknown, prefix: string, target: Record<string, unknown>) => {
+    if (!isTable(params)) {
+      issues.push({ field: prefix || "parameters", message: "must be a table of parameters" });
+      return;
+    }
+    for (const [name, spec] of Object.entries(params)) {
+      const field = `${prefix}${prefix ? "." : ""}${name}`;
+      // Dotted names address nested tables: "sae.exp_factor".
+      const parts = name.split(".");
+      let t = target;
+      for (const p of parts.slice(0, -1)) t = (isTable(t[p]) ? t[p] : (t[p] = {})) as Record<string, unknown>;
+      const leaf = parts[parts.length - 1];
+      if (!isTable(spec)) {
+        issues.push({ field: `parameters.${field}`, message: "must be {values: [...]}, {value: x} or {parameters: {...}}" });
+      } else if ("values" in spec) {
+        if (!Array.isArray(spec.values)) issues.push({ field: `parameters.${field}.values`, message: "must be a list" });
+        else t[leaf] = spec.values;
+      } else if ("value" in spec) {
+        t[leaf] = spec.value;
+      } else if ("parameters" in spec) {
+        walk(spec.parameters, field, (t[leaf] = isTable(t[leaf]) ? t[leaf] : {}) as Record<string, unknown>);
+      } else {
+        issues.push({ field: `parameters.${field}`, message: "must be {values: [...]}, {value: x} or {parameters: {...}}" });
+      }
+    }
+  };
+  walk(raw.parameters, "", out);
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The key tree: every key a sweep may set, with the check each value (or each value of a list) must pass.
+
+const int = (min: number, what: string) => z.number().int(`must be an integer`).min(min, `must be ${what}`);
+const posNum = z.number().positive("must be > 0").finite("must be finite");
+const str = z.string();
+const bool = z.boolean();
+
+type Leaf = { leaf: z.ZodType; list?: boolean };
+type Tree = { [key: string]: Leaf | { table: Tree } };
+const L = (leaf: z.ZodType, list = false): Leaf => ({ leaf, list });
+
+const DATA: Tree = {
+  kind: L(z.enum(["synthetic", "shards"], { message: 'must be "synthetic" or "shards"' })),
+  // synthetic
+  d_vit: L(int(1, ">= 1").max(65536, "must be <= 65536")),
+  n_features: L(int(1, ">= 1")),
+  sparsity: L(z.number().gt(0, "must be > 0").max(1, "must be <= 1")),
+  noise: L(z.number().min(0, "must be >= 0").finite()),
+  n_examples: L(int(1, ">= 1")),
+  // shards (saev's DataLoad; shard_root is read as url)
+  url: L(str.min(1, "must not be empty")),
+  layer: L(z.number().int("must be an integer")),
+  patches: L(z.enum(["patches", "cls", "meanpool"], { message: 'must be "patches", "cls" or "meanpool"' })),
+  scale_mean: L(bool),
+  scale_norm: L(bool),
+  n_random_samples: L(int(1, ">= 1")),
+  seed: L(z.number().int("must be an integer")),
+  clamp: L(posNum), // saev's; we always clamp at 1e5
+};
+
+const SAE: Tree = {
+  kind: L(z.enum(["relu", "jumprelu"], { message: 'must be "relu" or "jumprelu"' })),
+  d_vit: L(int(1, ">= 1").max(65536, "must be <= 65536")),
+  exp_factor: L(int(1, ">= 1").max(1024, "must be <= 1024")),
+  normalize_w_dec: L(bool),
+  remove_parallel_grads: L(bool),
+  seed: L(z.number().int("must be an integer")),
+  init_threshold: L(posNum),
+  bandwidth: L(posNum),
+  n_reinit_samples: L(int(1, ">= 1")),
+};
+
+const OBJECTIVE: Tree = {
+  kind: L(z.enum(["vanilla", "matryoshka"], { message: 'must be "vanilla" or "matryoshka"' })),
+  sparsity_coeff: L(z.number().min(0, "must be >= 0").finite()),
+  n_prefixes: L(int(1, ">= 1")),
+};
+
+const TRAIN: Tree = {
+  data: { table: DATA },
+  n_patches: L(int(1, ">= 1")),
+  sae_batch_size: L(int(1, ">= 1").max(1 << 20, "must be <= 1048576")),
+  lr: L(posNum),
+  n_lr_warmup: L(int(0, ">= 0")),
+  n_sparsity_warmup: L(int(0, ">= 0")),
+  log_every: L(int(1, ">= 1")),
+  seed: L(z.number().int("must be an integer")),
+  n_eval: L(int(0, ">= 0")),
+  track: L(bool),
+  wandb_project: L(str.min(1, "must not be empty")),
+  wandb_entity: L(z.union([str, z.null()])),
+  tag: L(str),
+  tags: L(z.array(str, { message: "must be a list of strings" }), true),
+  sae: { table: SAE },
+  objective: { table: OBJECTIVE },
+  ...Object.fromEntries(IGNORED_SAEV_KEYS.map((k) => [k, L(z.unknown())])),
+};
+
+/** Our names for saev's (and DESIGN.md's) aliases. */
+const TOP_ALIASES: Record<string, string> = { n_train: "n_patches", batch_size: "sae_batch_size" };
+const DATA_ALIASES: Record<string, string> = { shard_root: "url" };
+
+function applyAliases(t: Record<string, unknown>, aliases: Record<string, string>, prefix: string, issues: Issue[]) {
+  for (const [alias, name] of Object.entries(aliases)) {
+    if (!(alias in t)) continue;
+    if (name in t) issues.push({ field: prefix + alias, message: `is an alias of ${prefix}${name}; give only one` });
+    else t[name] = t[alias];
+    delete t[alias];
+  }
+}
+
+interface Axis {
+  path: string[];
+  values: unknown[];
+}
+
+/** Checks every key and value of `raw` against `tree`, and collects the axes (lists) in file order. */
+function walk(raw: Record<string, unknown>, tree: Tree, path: string[], axes: Axis[], issues: Issue[]) {
+  for (const [key, value] of Object.entries(raw)) {
+    const field = [...path, key].join(".");
+    const spec = tree[key];
+    if (!spec) {
+      issues.push({ field, message: "unknown key" });
+      continue;
+    }
+    if ("table" in spec) {
+      if (isTable(value)) walk(value, spec.table, [...path, key], axes, issues);
+      else if (Array.isArray(value) && value.length > 0 && value.every(isTable)) {
+        // A list of whole tables (e.g. several datasets) is one axis; its tables may not hold lists themselves.
+        value.forEach((v, i) => {
+          const inner: Axis[] = [];
+          walk(v as Record<string, unknown>, spec.table, [...path, `${key}[${i}]`], inner, issues);
+          for (const a of inner) issues.push({ field: a.path.join("."), message: "a list inside a list of tables is not supported" });
+        });
+        axes.push({ path: [...path, key], values: value });
+      } else if (Array.isArray(value) && value.length === 0) issues.push({ field, message: "an empty list sweeps nothing" });
+      else issues.push({ field, message: "must be a table" });
+      continue;
+    }
+    // A list is an axis, except for list-valued keys (tags), whose axis is a list of lists.
+    const isAxis = Array.isArray(value) && (!spec.list || value.some(Array.isArray));
+    if (isAxis) {
+      const values = value as unknown[];
+      if (values.length === 0) issues.push({ field, message: "an empty list sweeps nothing" });
+      values.forEach((v, i) => {
+        const r = spec.leaf.safeParse(v);
+        if (!r.success) issues.push({ field: `${field}[${i}]`, message: r.error.issues[0].message });
+      });
+      axes.push({ path: [...path, key], values });
+    } else {
+      const r = spec.leaf.safeParse(value);
+      if (!r.success) issues.push({ field, message: r.error.issues[0].message });
+    }
+  }
+}
+
+function setPath(obj: Record<string, unknown>, path: string[], value: unknown) {
+  let t = obj;
+  for (const p of path.slice(0, -1)) t = t[p] as Record<string, unknown>;
+  t[path[path.length - 1]] = value;
+}
+
+function fail(issues: Issue[], code = "invalid_sweep"): never {
+  const message = issues.map((i) => `${i.field}: ${i.message}`).join("; ");
+  throw badRequest(code, message, issues[0].field, issues);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Expansion and defaults
+
+/** Validates, expands and resolves a parsed sweep file. Throws ApiError(400) naming every bad key. */
+export function expandSweep(parsed: unknown, maxRuns = 4096): ExpandedSweep {
+  const warnings: string[] = [];
+  const issues: Issue[] = [];
+  if (!isTable(parsed)) fail([{ field: "body", message: "a sweep file must be a table (TOML) or an object (JSON)" }]);
+  let raw: Record<string, unknown> = structuredClone(parsed);
+  if ("parameters" in raw) raw = fromWandb(raw, warnings, issues);
+  applyAliases(raw, TOP_ALIASES, "", issues);
+  if (isTable(raw.data)) applyAliases(raw.data, DATA_ALIASES, "data.", issues);
+  else if (Array.isArray(raw.data)) for (const d of raw.data) if (isTable(d)) applyAliases(d, DATA_ALIASES, "data.", issues);
+
+  const axes: Axis[] = [];
+  walk(raw, TRAIN, [], axes, issues);
+  if (issues.length) fail(issues);
+
+  for (const k of IGNORED_SAEV_KEYS) if (k in raw) warnings.push(`${k}: a saev key sae-swarm accepts and ignores`);
+  const clampGiven = isTable(raw.data) ? "clamp" in raw.data : Array.isArray(raw.data) && raw.data.some((d) => isTable(d) && "clamp" in d);
+  if (clampGiven) warnings.push("data.clamp: ignored; activations are always clamped to ±1e5");
+
+  const total = axes.reduce((n, a) => n * a.values.length, 1);
+  if (total > maxRuns) {
+    const sizes = axes.map((a) => `${a.path.join(".")} (${a.values.length})`).join(" × ");
+    throw badRequest("sweep_too_large", `the sweep expands to ${total} runs, more than ${maxRuns}: ${sizes}`, axes[0].path.join("."));
+  }
+
+  const seedIsAxis = axes.some((a) => a.path.length === 1 && a.path[0] === "seed");
+  const configs: ExpandedConfig[] = [];
+  for (let i = 0; i < total; i++) {
+    const one = structuredClone(raw);
+    // The earliest axis varies slowest: index i in mixed radix, last axis fastest.
+    let rest = i;
+    const picks: unknown[] = new Array(axes.length);
+    for (let a = axes.length - 1; a >= 0; a--) {
+      picks[a] = axes[a].values[rest % axes[a].values.length];
+      rest = Math.floor(rest / axes[a].values.length);
+    }
+    axes.forEach((a, k) => setPath(one, a.path, structuredClone(picks[k])));
+    const resolved = resolve(one, i, seedIsAxis, issues);
+    if (resolved) configs.push(resolved);
+    if (issues.length) {
+      // Name the config when the problem depends on a swept value.
+      const where = axes.length ? ` (config ${i}: ${axes.map((a, k) => `${a.path.join(".")}=${JSON.stringify(picks[k])}`).join(", ")})` : "";
+      fail(issues.map((iss) => ({ ...iss, message: iss.message + where })));
+    }
+  }
+  const urls = new Set(configs.filter((c) => c.cfg.data.kind === "shards").map((c) => (c.cfg.data as { url: string }).url));
+  for (const u of urls) if (!/^https?:\/\//.test(u)) warnings.push(`data.url: ${JSON.stringify(u)} is not an HTTP(S) URL; runners resolve it themselves`);
+  return { configs, warnings };
+}
+
+/** Fills one config's defaults (SAE.md) and checks what depends on several keys. */
+function resolve(o: Record<string, any>, i: number, seedIsAxis: boolean, issues: Issue[]): ExpandedConfig | null {
+  const ignored: Record<string, unknown> = {};
+  for (const k of IGNORED_SAEV_KEYS) if (k in o) ignored[k] = o[k];
+  const seed: number = seedIsAxis ? o.seed : (o.seed ?? 42) + i;
+  const n_patches: number = o.n_patches ?? 100_000_000;
+  const s = o.sae ?? {};
+  const obj = o.objective ?? {};
+  const d = (o.data ?? {}) as Record<string, any>;
+
+  const kind = d.kind ?? (d.url !== undefined ? "shards" : d.n_features !== undefined || d.d_vit !== undefined ? "synthetic" : "shards");
+  let data: DataConfig;
+  let d_vit: number = s.d_vit ?? 1024;
+  if (kind === "synthetic") {
+    for (const k of ["url", "layer", "patches", "scale_mean", "scale_norm", "n_random_samples", "clamp"])
+      if (k in d) issues.push({ field: `data.${k}`, message: 'applies to data.kind = "shards" only' });
+    const dv = d.d_vit ?? s.d_vit;
+    if (dv === undefined) issues.push({ field: "data.d_vit", message: "is required for synthetic data (or give sae.d_vit)" });
+    if (d.d_vit !== undefined && s.d_vit !== undefined && d.d_vit !== s.d_vit)
+      issues.push({ field: "sae.d_vit", message: `must equal data.d_vit (${d.d_vit}), got ${s.d_vit}` });
+    for (const k of ["n_features", "sparsity"]) if (d[k] === undefined) issues.push({ field: `data.${k}`, message: "is required for synthetic data" });
+    d_vit = dv;
+    data = {
+      kind: "synthetic",
+      d_vit: dv,
+      n_features: d.n_features,
+      sparsity: d.sparsity,
+      seed: d.seed ?? 0,
+      noise: d.noise ?? 0,
+      n_examples: d.n_examples ?? n_patches,
+    };
+  } else {
+    for (const k of ["d_vit", "n_features", "sparsity", "noise", "n_examples"])
+      if (k in d) issues.push({ field: `data.${k}`, message: 'applies to data.kind = "synthetic" only' });
+    data = {
+      kind: "shards",
+      url: d.url ?? "./shards",
+      layer: d.layer ?? -2,
+      patches: d.patches ?? "patches",
+      scale_mean: d.scale_mean ?? true,
+      scale_norm: d.scale_norm ?? true,
+      n_random_samples: d.n_random_samples ?? 2 ** 19,
+      // A constant default: the data must be equal across a group, and config seeds differ.
+      seed: d.seed ?? 0,
+    };
+  }
+  const cfg: TrainConfig = {
+    data,
+    n_patches,
+    sae_batch_size: o.sae_batch_size ?? 16384,
+    lr: o.lr ?? 4e-4,
+    n_lr_warmup: o.n_lr_warmup ?? 500,
+    n_sparsity_warmup: o.n_sparsity_warmup ?? 0,
+    log_every: o.log_every ?? 25,
+    seed,
+    sae: {
+      kind: s.kind ?? "relu",
+      d_vit,
+      exp_factor: s.exp_factor ?? 16,
+      normalize_w_dec: s.normalize_w_dec ?? true,
+      remove_parallel_grads: s.remove_parallel_grads ?? true,
+      seed: s.seed ?? seed,
+      init_threshold: s.init_threshold ?? 0.001,
+      bandwidth: s.bandwidth ?? 0.001,
+      n_reinit_samples: s.n_reinit_samples ?? 524288,
+    },
+    objective: {
+      kind: obj.kind ?? "vanilla",
+      sparsity_coeff: obj.sparsity_coeff ?? 4e-4,
+      n_prefixes: obj.n_prefixes ?? 10,
+    },
+    n_eval: o.n_eval ?? 0,
+    track: o.track ?? true,
+    wandb_project: o.wandb_project ?? "saev",
+    wandb_entity: o.wandb_entity === "" ? null : (o.wandb_entity ?? null),
+    tag: o.tag ?? "",
+    tags: o.tags ?? [],
+  };
+  if (issues.length) return null;
+  const dSae = cfg.sae.d_vit * cfg.sae.exp_factor;
+  if (cfg.objective.kind === "matryoshka" && cfg.objective.n_prefixes > dSae)
+    issues.push({ field: "objective.n_prefixes", message: `must be <= d_sae (${dSae})` });
+  if (nSteps(cfg) > 1e9) issues.push({ field: "n_patches", message: "gives more than 1e9 steps" });
+  return issues.length ? null : { cfg, ignored };
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Grouping
+
+/** JSON with object keys sorted at every depth (Python's json.dumps(sort_keys=True) order). */
+export function sortedJson(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(sortedJson).join(",")}]`;
+  if (isTable(v)) return `{${Object.keys(v).sort().map((k) => `${JSON.stringify(k)}:${sortedJson(v[k])}`).join(",")}}`;
+  return JSON.stringify(v ?? null);
+}
+
+/** The CANNOT_PARALLELIZE values of one config, keyed by their dotted names, as sorted JSON. */
+export function groupKey(c: ExpandedConfig): string {
+  const flat: Record<string, unknown> = {};
+  for (const name of CANNOT_PARALLELIZE) {
+    if ((IGNORED_SAEV_KEYS as readonly string[]).includes(name)) flat[name] = c.ignored[name] ?? null;
+    else flat[name] = name.split(".").reduce<any>((o, p) => o?.[p], c.cfg) ?? null;
+  }
+  return sortedJson(flat);
+}
+
+/**
+ * saev's split_cfgs: configs that differ in no CANNOT_PARALLELIZE key share a group; groups in order of first
+ * appearance, configs in their order inside a group.
+ */
+export function splitCfgs<T extends ExpandedConfig>(cfgs: T[]): T[][] {
+  const byKey = new Map<string, T[]>();
+  for (const c of cfgs) {
+    const k = groupKey(c);
+    const g = byKey.get(k);
+    if (g) g.push(c);
+    else byKey.set(k, [c]);
+  }
+  return [...byKey.values()];
+}
+
