@@ -71,6 +71,8 @@ export interface WorkerClientOptions {
   retry?: Partial<RetryPolicy>;
   /** Aborts waits and requests (shutdown). */
   signal?: AbortSignal;
+  /** Sent with every request (the page sends the proxy's session key). */
+  headers?: Record<string, string>;
   /** Called before each retry, for logs. */
   onRetry?: (what: string, attempt: number, delayMs: number, reason: string) => void;
 }
@@ -174,7 +176,7 @@ export class WorkerClient {
 
   private async request(spec: RequestSpec): Promise<Response> {
     const policy = { ...this.policy, ...spec.retry };
-    const headers: Record<string, string> = { ...spec.headers };
+    const headers: Record<string, string> = { ...this.opts.headers, ...spec.headers };
     if (this.opts.token) headers.authorization = `Bearer ${this.opts.token}`;
     let body: BodyInit | undefined;
     if (spec.json !== undefined) {

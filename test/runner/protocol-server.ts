@@ -16,7 +16,7 @@ export interface ProtocolServer {
   metrics: Array<{ run_id: string; step: number }>;
   posts: number;
   checkpoints: Map<string, { query: string; bytes: Buffer; leaseToken: string | undefined }>;
-  requests: Array<{ method: string; path: string; auth: string | undefined }>;
+  requests: Array<{ method: string; path: string; auth: string | undefined; body: string }>;
   claimQueue: unknown[];
   close(): Promise<void>;
 }
@@ -44,8 +44,8 @@ export async function serveProtocol(): Promise<ProtocolServer> {
     res.writeHead(status, { "content-type": "application/json" }).end(JSON.stringify(body));
   const server = createServer(async (req, res) => {
     const url = new URL(req.url ?? "/", "http://127.0.0.1");
-    s.requests.push({ method: req.method ?? "", path: url.pathname + url.search, auth: req.headers.authorization });
     const body = await readBody(req);
+    s.requests.push({ method: req.method ?? "", path: url.pathname + url.search, auth: req.headers.authorization, body: body.toString("latin1") });
     const i = faults.findIndex((f) => f.pattern.test(url.pathname));
     const fault = i >= 0 ? faults.splice(i, 1)[0].fault : null;
     if (fault === "reset-before") return req.socket.destroy();
@@ -54,7 +54,9 @@ export async function serveProtocol(): Promise<ProtocolServer> {
     if (fault === "409") return json(res, 409, { error: { code: "stale_lease", message: "lease expired" } });
     if (fault === "400") return json(res, 400, { error: { code: "bad_request", message: "rows[0].step must be an integer", field: "rows[0].step" } });
     let m: RegExpExecArray | null;
-    if (url.pathname === "/v1/claims") {
+    if (url.pathname === "/health") {
+      json(res, 200, { ok: true });
+    } else if (url.pathname === "/v1/claims") {
       const next = s.claimQueue.shift();
       if (!next) return res.writeHead(204).end();
       json(res, 200, next);
