@@ -300,7 +300,8 @@ export class ShardSource implements BatchSource {
           norms += Math.sqrt(s);
         }
       });
-      scale = norms / n / Math.sqrt(d);
+      // Rounded to float32 here, as the checkpoint stores it: a resumed run must normalize with the same number.
+      scale = Math.fround(norms / n / Math.sqrt(d));
       if (!(scale > 0)) throw new Error("shards: the sampled examples have zero spread; cannot normalize (set data.scale_norm = false)");
     }
     return { mean, scale };

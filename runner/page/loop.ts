@@ -32,6 +32,9 @@ export interface LoopOptions {
   idleMaxMs?: number;
   /** Progress events at most this often (ms). */
   progressEveryMs?: number;
+  /** Default: engine-port.ts (the WGSL engine and the data sources); tests of the loop's protocol pass their own. */
+  createEngine?: typeof createGroupEngine;
+  openSource?: typeof openBatchSource;
 }
 
 export type GroupOutcome = "completed" | "lease-lost" | "abandoned" | "failed";
@@ -112,12 +115,12 @@ export class RunnerLoop {
       }
 
       phase("data");
-      source = await openBatchSource(group.data, first.sae_batch_size, norm, this.o.dataFetch);
+      source = await (this.o.openSource ?? openBatchSource)(group.data, first.sae_batch_size, norm, this.o.dataFetch);
       norm = source.normalization;
       check();
 
       phase("init");
-      engine = await createGroupEngine(this.o.device, cfgs);
+      engine = await (this.o.createEngine ?? createGroupEngine)(this.o.device, cfgs);
       if (states) {
         await engine.importState(states);
         source.skip(resumeStep);
