@@ -67,7 +67,7 @@ export function describeReport(r: AdapterReport): string {
 const MAX_RESTARTS = 5;
 const RESTART_WINDOW_MS = 10 * 60_000;
 
-type PageOutcome = "no-work" | "stopped" | "crashed" | "device-lost" | "refused" | "probed";
+export type PageOutcome = "no-work" | "stopped" | "crashed" | "device-lost" | "refused" | "probed";
 
 async function runner(argv: string[]): Promise<number> {
   const { values } = parseArgs({
@@ -210,7 +210,7 @@ async function giveBack(api: WorkerClient, lease: Lease | null, why: string, log
   );
 }
 
-interface PageOptions {
+export interface PageOptions {
   runnerId: string;
   once: boolean;
   probe: boolean;
@@ -221,7 +221,7 @@ interface PageOptions {
 }
 
 /** One page lifetime: load, check the adapter, run the loop until it ends, the page crashes or the device is lost. */
-async function runPage(chrome: LaunchedChrome, url: string, o: PageOptions): Promise<PageOutcome> {
+export async function runPage(chrome: LaunchedChrome, url: string, o: PageOptions): Promise<PageOutcome> {
   const tab = await chrome.browser.newPage();
   let failed: ((why: "crashed" | "device-lost") => void) | null = null;
   const failure = new Promise<"crashed" | "device-lost">((r) => (failed = r));

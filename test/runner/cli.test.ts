@@ -184,3 +184,39 @@ describe("the page's /api proxy", () => {
     expect(js).not.toMatch(/from "node:/);
   });
 });
+
+describe("runner lifecycle", () => {
+  it("Ctrl-C while idle exits cleanly (drain: nothing to finish)", async () => {
+    const p = spawn(process.execPath, [path.join(root, "bin/sae-swarm.js"), "runner", "--server", srv.url, "--allow-software-adapter"], { cwd: root });
+    let out = "";
+    p.stdout.on("data", (d) => (out += d));
+    p.stderr.on("data", (d) => (out += d));
+    const code = new Promise<number | null>((r) => p.on("close", r));
+    const deadline = Date.now() + 120_000;
+    while (!/no group waiting/.test(out) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    expect(out).toMatch(/no group waiting/);
+    p.kill("SIGINT");
+    expect(await code).toBe(130);
+    expect(out).toContain("finishing the current group, then exiting");
+  });
+
+  it("detects a renderer crash of the runner page", async () => {
+    const { launchChrome } = await import("../../runner/chrome");
+    const { runPage } = await import("../../runner/cli");
+    const { bundleForBrowser: bundle } = await import("../../runner/serve");
+    const page = await servePage(await bundle(path.join(root, "runner/page/main.ts")), "t", apiProxy({ server: srv.url, key: "kc" }));
+    const chrome = await launchChrome();
+    try {
+      srv.inject(/claims$/, "slow"); // keep the loop busy in its first claim
+      const logs: string[] = [];
+      const outcome = await runPage(chrome, page.url + "#k=kc", {
+        runnerId: "crash-test", once: true, probe: false, allowSoftware: true, onEvent: () => {}, log: (s) => logs.push(s),
+        onTab: (tab) => void setTimeout(() => tab.goto("chrome://crash").catch(() => {}), 500),
+      });
+      expect(outcome).toBe("crashed");
+    } finally {
+      await chrome.close();
+      await page.close();
+    }
+  });
+});
