@@ -1,17 +1,75 @@
-// The runner page: opens the WebGPU device (adapter limits at their maximum) and reports the adapter to the CLI.
-import { requestSaeDevice, type AdapterReport } from "../../shaders/device";
+// The runner page: opens the WebGPU device (adapter limits at their maximum), reports the adapter to the CLI, and
+// runs the training loop when the CLI says so. It reaches the Worker through the CLI's /api proxy (same origin).
+import { requestSaeDevice, type AdapterReport, type SaeDevice } from "../../shaders/device";
+import { Aborted, WorkerClient } from "../api";
+import { EVENT_BINDING, type RunnerEvent, type StopMode } from "../events";
+import { API_PREFIX, DATA_PATH, KEY_HEADER } from "../proxy-path";
+import { RunnerLoop } from "./loop";
+
+export interface StartOptions {
+  runnerId: string;
+  once: boolean;
+}
 
 declare global {
   interface Window {
-    __runner: { ready: Promise<AdapterReport> };
+    __runner: {
+      ready: Promise<AdapterReport>;
+      start(opts: StartOptions): Promise<"no-work" | "stopped">;
+      stop(mode: StopMode): void;
+    };
+    [EVENT_BINDING]?: (json: string) => Promise<void>;
   }
 }
+
+function emit(e: RunnerEvent): void {
+  const send = window[EVENT_BINDING];
+  if (send) void send(JSON.stringify(e)).catch(() => {});
+  else console.log(JSON.stringify(e));
+}
+
+let gpu: SaeDevice | null = null;
+let loop: RunnerLoop | null = null;
 
 window.__runner = {
   ready: (async () => {
     if (!("gpu" in navigator)) throw new Error("this browser has no WebGPU (navigator.gpu is missing)");
-    const { device, report } = await requestSaeDevice(navigator.gpu);
-    device.lost.then((info) => console.error(`GPU device lost: ${info.reason}: ${info.message}`));
-    return report;
+    gpu = await requestSaeDevice(navigator.gpu);
+    gpu.device.lost.then((info) => {
+      console.error(`GPU device lost: ${info.reason}: ${info.message}`);
+      // The CLI restarts the page (a fresh device); the lease is given back there.
+      if (info.reason !== "destroyed") emit({ kind: "device-lost", message: `${info.reason}: ${info.message}` });
+    });
+    return gpu.report;
   })(),
+
+  async start(opts) {
+    await window.__runner.ready;
+    // The CLI's session key comes in the URL fragment (never sent over the wire) and opens its proxies.
+    const key = new URLSearchParams(location.hash.slice(1)).get("k") ?? "";
+    const dataFetch = (url: string, init?: RequestInit) =>
+      fetch(`${DATA_PATH}?url=${encodeURIComponent(url)}`, { ...init, headers: { ...(init?.headers as Record<string, string>), [KEY_HEADER]: key } });
+    const api = new WorkerClient({
+      server: location.origin + API_PREFIX,
+      headers: { [KEY_HEADER]: key },
+      onRetry: (what, attempt, delay, why) => emit({ kind: "log", level: "warn", message: `${what} failed (${why}); retry ${attempt} in ${Math.round(delay)} ms` }),
+    });
+    loop = new RunnerLoop({ api, dataFetch, device: gpu!.device, adapter: gpu!.report, runnerId: opts.runnerId, emit, once: opts.once });
+    try {
+      const reason = await loop.run();
+      emit({ kind: "exit", reason });
+      return reason;
+    } catch (e) {
+      if (e instanceof Aborted) {
+        emit({ kind: "exit", reason: "stopped" });
+        return "stopped";
+      }
+      emit({ kind: "exit", reason: "error", message: e instanceof Error ? `${e.name}: ${e.message}` : String(e) });
+      throw e;
+    }
+  },
+
+  stop(mode) {
+    loop?.stop(mode);
+  },
 };

@@ -1,0 +1,28 @@
+/**
+ * Events the page sends the CLI (through Puppeteer's exposeFunction): what the progress line, the logs and the
+ * restart logic need. JSON-serializable; shared by both sides.
+ */
+import type { Lease } from "../worker/protocol";
+
+export interface SaeProgress {
+  run_id: string;
+  /** Latest logged values (null until the first log step). */
+  mse: number | null;
+  l0: number | null;
+}
+
+export type RunnerEvent =
+  | { kind: "claimed"; lease: Lease; group_id: string; sweep_id: string; runs: string[]; n_steps: number; resume_step: number; attempt: number }
+  | { kind: "phase"; group_id: string; phase: "resume" | "data" | "init" | "train" | "eval" | "checkpoint" | "complete" | "abandon" }
+  | { kind: "progress"; group_id: string; step: number; n_steps: number; samples_per_s: number; eta_s: number | null; saes: SaeProgress[] }
+  | { kind: "done"; group_id: string; lease_id: string; outcome: "completed" | "lease-lost" | "abandoned" | "failed"; message?: string }
+  | { kind: "idle"; wait_ms: number }
+  | { kind: "log"; level: "info" | "warn" | "error"; message: string }
+  | { kind: "device-lost"; message: string }
+  | { kind: "exit"; reason: "no-work" | "stopped" | "error"; message?: string };
+
+/** Name of the function the CLI exposes on the page. */
+export const EVENT_BINDING = "__saeSwarmEvent";
+
+/** How the loop should stop: drain (finish the current group, claim no more) or abandon (checkpoint, give it back). */
+export type StopMode = "drain" | "abandon";

@@ -1,0 +1,260 @@
+/**
+ * The runner loop (page side): claim → load data → initBDec (or resume) → train, heartbeating and posting metrics
+ * every log_every steps, with a resume checkpoint every checkpoint_every steps → evaluate → evals → final
+ * checkpoints → complete → claim again; back off while nothing waits.
+ *
+ * Durability: metrics are queued until the Worker acknowledges them, and flushed before every resume checkpoint,
+ * so a runner resuming from step k never misses metrics of steps < k. A 409 anywhere (LeaseLost) drops the group
+ * at once: no further write under that lease. Runtime-agnostic: a GPUDevice and a WorkerClient come in.
+ */
+import { nSteps, type StepMetrics, type TrainConfig } from "../../shaders/config";
+import type { AdapterReport } from "../../shaders/device";
+import type { ClaimResponse, Lease, MetricRow } from "../../worker/protocol";
+import { Aborted, LeaseLost, MetricsQueue, type WorkerClient } from "../api";
+import type { BatchSource } from "../data/source";
+import type { FetchFn } from "../data/shards";
+import type { RunnerEvent, SaeProgress, StopMode } from "../events";
+import { decodeCheckpoint, encodeFinalCheckpoint, encodeResumeCheckpoint, type Normalization } from "../safetensors";
+import { createGroupEngine, openBatchSource, type GroupEngine } from "./engine-port";
+
+export interface LoopOptions {
+  api: WorkerClient;
+  device: GPUDevice;
+  adapter: AdapterReport;
+  runnerId: string;
+  emit: (e: RunnerEvent) => void;
+  /** How the data is fetched (the page: through the CLI's /data proxy); default global fetch. */
+  dataFetch?: FetchFn;
+  /** Return from the loop when a claim finds nothing waiting, instead of polling. */
+  once?: boolean;
+  /** Backoff while nothing waits (ms). */
+  idleMinMs?: number;
+  idleMaxMs?: number;
+  /** Progress events at most this often (ms). */
+  progressEveryMs?: number;
+  /** Default: engine-port.ts (the WGSL engine and the data sources); tests of the loop's protocol pass their own. */
+  createEngine?: typeof createGroupEngine;
+  openSource?: typeof openBatchSource;
+}
+
+export type GroupOutcome = "completed" | "lease-lost" | "abandoned" | "failed";
+
+export class RunnerLoop {
+  private stopMode: StopMode | null = null;
+  private wake: (() => void) | null = null;
+
+  constructor(private readonly o: LoopOptions) {}
+
+  /** drain: finish the current group, claim no more; abandon: checkpoint and give the current group back now. */
+  stop(mode: StopMode): void {
+    if (this.stopMode !== "abandon") this.stopMode = mode;
+    this.wake?.();
+  }
+
+  async run(): Promise<"no-work" | "stopped"> {
+    const min = this.o.idleMinMs ?? 1000;
+    const max = this.o.idleMaxMs ?? 30_000;
+    let idle = 0;
+    while (!this.stopMode) {
+      const claim = await this.o.api.claim({ runner_id: this.o.runnerId, adapter: this.o.adapter });
+      if (!claim) {
+        if (this.o.once) return "no-work";
+        const wait = Math.min(max, min * 2 ** idle++) * (0.5 + Math.random() / 2);
+        this.o.emit({ kind: "idle", wait_ms: Math.round(wait) });
+        await new Promise<void>((r) => {
+          this.wake = r;
+          setTimeout(r, wait);
+        });
+        this.wake = null;
+        continue;
+      }
+      idle = 0;
+      await this.trainGroup(claim);
+    }
+    return "stopped";
+  }
+
+  /** Trains one claimed group to its end (or until the lease is lost or the runner stops). */
+  async trainGroup(claim: ClaimResponse): Promise<GroupOutcome> {
+    const { lease, group } = claim;
+    const cfgs = group.cfgs.map((c) => c.cfg);
+    const runIds = group.cfgs.map((c) => c.run_id);
+    const first = cfgs[0];
+    const total = nSteps(first);
+    const emit = this.o.emit;
+    const lost = new AbortController();
+    const queue = new MetricsQueue(this.o.api, lease);
+    let step = 0;
+    let engine: GroupEngine | null = null;
+    let source: BatchSource | null = null;
+    const latest: SaeProgress[] = runIds.map((run_id) => ({ run_id, mse: null, l0: null }));
+    const heartbeat = this.heartbeats(lease, () => ({ step, n_steps: total }), lost);
+    const phase = (p: Extract<RunnerEvent, { kind: "phase" }>["phase"]) => emit({ kind: "phase", group_id: group.id, phase: p });
+    const check = () => {
+      if (lost.signal.aborted || queue.error instanceof LeaseLost) throw queue.error ?? new LeaseLost(lease.id, "heartbeat refused");
+    };
+    try {
+      // Resume only when every run has a checkpoint at one common step (the runs share one batch stream).
+      const resumeStep = group.resume.length === runIds.length && new Set(group.resume.map((r) => r.step)).size === 1 ? group.resume[0].step : 0;
+      emit({ kind: "claimed", lease, group_id: group.id, sweep_id: group.sweep_id, runs: runIds, n_steps: total, resume_step: resumeStep, attempt: group.attempt });
+      if (group.resume.length > 0 && resumeStep === 0) emit({ kind: "log", level: "warn", message: `group ${group.id}: resume points are not at one common step for every run; starting fresh` });
+
+      let norm: Normalization | undefined;
+      let states: Awaited<ReturnType<GroupEngine["exportState"]>> | null = null;
+      if (resumeStep > 0) {
+        phase("resume");
+        const byRun = new Map(group.resume.map((r) => [r.run_id, r]));
+        states = [];
+        for (const id of runIds) {
+          const ck = decodeCheckpoint(await this.o.api.getCheckpoint(lease, byRun.get(id)!.checkpoint_path));
+          if (ck.kind !== "resume" || !ck.adam || ck.step !== resumeStep) throw new Error(`resume checkpoint of run ${id} is not a resume checkpoint at step ${resumeStep}`);
+          states.push({ weights: ck.weights, adam: ck.adam });
+          norm ??= ck.norm;
+        }
+        step = resumeStep;
+      }
+
+      phase("data");
+      source = await (this.o.openSource ?? openBatchSource)(group.data, first.sae_batch_size, norm, this.o.dataFetch);
+      norm = source.normalization;
+      check();
+
+      phase("init");
+      engine = await (this.o.createEngine ?? createGroupEngine)(this.o.device, cfgs);
+      if (states) {
+        await engine.importState(states);
+        source.skip(resumeStep);
+      } else {
+        await engine.initBDec(await meanOf(source, first.sae.n_reinit_samples));
+      }
+      check();
+
+      phase("train");
+      const every = group.checkpoint_every > 0 ? group.checkpoint_every : Infinity;
+      const progressEvery = this.o.progressEveryMs ?? 1000;
+      let lastEmit = 0;
+      let rateFrom = { t: now(), step };
+      let rate = 0;
+      for (; step < total; ) {
+        if (this.stopMode === "abandon") return await this.abandon(lease, group.id, engine, queue, runIds, cfgs, norm, step);
+        check();
+        const batch = await source.next();
+        const metrics = await engine.step(batch);
+        const done = step; // the 0-based index of the step just taken
+        step++;
+        if (metrics) {
+          queue.push(metricRows(runIds, done, metrics));
+          metrics.forEach((m, i) => Object.assign(latest[i], { mse: m.mse, l0: m.l0 }));
+        }
+        if (step % every === 0 && step < total) {
+          phase("checkpoint");
+          await this.resumeCheckpoints(lease, engine, queue, runIds, cfgs, norm, step);
+          phase("train");
+        }
+        const t = now();
+        if (t - lastEmit >= progressEvery || step === total) {
+          if (t - rateFrom.t > 0) rate = ((step - rateFrom.step) * first.sae_batch_size * 1000) / (t - rateFrom.t);
+          if (t - rateFrom.t > 10_000) rateFrom = { t, step };
+          const eta = rate > 0 ? ((total - step) * first.sae_batch_size) / rate : null;
+          emit({ kind: "progress", group_id: group.id, step, n_steps: total, samples_per_s: rate, eta_s: eta, saes: latest.map((s) => ({ ...s })) });
+          lastEmit = t;
+        }
+      }
+
+      phase("eval");
+      const evals = await engine.evaluate(source.ordered(first.sae_batch_size, first.n_eval));
+      check();
+      await queue.flush();
+      await this.o.api.postEvals(lease, evals.map((e, i) => ({ run_id: runIds[i], ...e })));
+
+      phase("checkpoint");
+      const weights = await engine.exportWeights();
+      for (let i = 0; i < runIds.length; i++) {
+        const bytes = encodeFinalCheckpoint({ run_id: runIds[i], cfg: cfgs[i], step: total }, weights[i], norm);
+        await this.o.api.putCheckpoint(lease, runIds[i], "final", total, bytes);
+      }
+
+      phase("complete");
+      await this.o.api.complete(lease);
+      emit({ kind: "done", group_id: group.id, lease_id: lease.id, outcome: "completed" });
+      return "completed";
+    } catch (e) {
+      if (e instanceof LeaseLost) {
+        emit({ kind: "done", group_id: group.id, lease_id: lease.id, outcome: "lease-lost", message: e.message });
+        return "lease-lost";
+      }
+      if (e instanceof Aborted) throw e;
+      const message = e instanceof Error ? `${e.name}: ${e.message}` : String(e);
+      emit({ kind: "done", group_id: group.id, lease_id: lease.id, outcome: "failed", message });
+      // Give the group back at once rather than letting the lease run out; it may be this machine's fault.
+      await this.o.api.fail(lease, message, { maxAttempts: 5 }).catch(() => {});
+      return "failed";
+    } finally {
+      lost.abort();
+      await heartbeat.catch(() => {});
+      engine?.destroy();
+      source?.close();
+    }
+  }
+
+  /** Flushes metrics, then uploads a resume checkpoint per run at `step` (steps < step trained). */
+  private async resumeCheckpoints(lease: Lease, engine: GroupEngine, queue: MetricsQueue, runIds: string[], cfgs: TrainConfig[], norm: Normalization, step: number): Promise<void> {
+    await queue.flush();
+    const states = await engine.exportState();
+    for (let i = 0; i < runIds.length; i++) {
+      const bytes = encodeResumeCheckpoint({ run_id: runIds[i], cfg: cfgs[i], step }, states[i].weights, norm, states[i].adam);
+      await this.o.api.putCheckpoint(lease, runIds[i], "resume", step, bytes);
+    }
+  }
+
+  private async abandon(lease: Lease, groupId: string, engine: GroupEngine, queue: MetricsQueue, runIds: string[], cfgs: TrainConfig[], norm: Normalization, step: number): Promise<GroupOutcome> {
+    this.o.emit({ kind: "phase", group_id: groupId, phase: "abandon" });
+    if (step > 0) await this.resumeCheckpoints(lease, engine, queue, runIds, cfgs, norm, step);
+    else await queue.flush();
+    await this.o.api.fail(lease, "runner stopped (abandoned on purpose)", { maxAttempts: 5 });
+    this.o.emit({ kind: "done", group_id: groupId, lease_id: lease.id, outcome: "abandoned" });
+    return "abandoned";
+  }
+
+  /** Heartbeats every lease.heartbeat_ms until `stop` aborts; a 409 aborts `stop` itself (the lease is gone). */
+  private async heartbeats(lease: Lease, progress: () => { step: number; n_steps: number }, stop: AbortController): Promise<void> {
+    const every = Math.max(1000, lease.heartbeat_ms || 10_000);
+    while (!stop.signal.aborted) {
+      await new Promise<void>((r) => {
+        const t = setTimeout(r, every);
+        stop.signal.addEventListener("abort", () => (clearTimeout(t), r()), { once: true });
+      });
+      if (stop.signal.aborted) return;
+      try {
+        await this.o.api.heartbeat(lease, progress(), { maxAttempts: 3 });
+      } catch (e) {
+        if (e instanceof LeaseLost) {
+          stop.abort();
+          return;
+        }
+        this.o.emit({ kind: "log", level: "warn", message: `heartbeat failed (will retry): ${(e as Error).message}` });
+      }
+    }
+  }
+}
+
+const now = () => (typeof performance !== "undefined" ? performance.now() : Date.now());
+
+export function metricRows(runIds: string[], step: number, metrics: StepMetrics[]): MetricRow[] {
+  if (metrics.length !== runIds.length) throw new Error(`engine returned ${metrics.length} metric sets for ${runIds.length} runs`);
+  return metrics.map((m, i) => ({ run_id: runIds[i], step, ...m }));
+}
+
+/** The mean of the first min(n, N) normalized examples (in on-disk order), for the b_dec init. */
+export async function meanOf(source: BatchSource, n: number): Promise<Float32Array> {
+  const d = source.d_vit;
+  const acc = new Float64Array(d);
+  let rows = 0;
+  const limit = Math.min(n, source.nExamples);
+  for await (const b of source.ordered(4096, limit)) {
+    const r = b.length / d;
+    for (let i = 0; i < r; i++) for (let j = 0; j < d; j++) acc[j] += b[i * d + j];
+    rows += r;
+  }
+  return Float32Array.from(acc, (v) => v / Math.max(1, rows));
+}

@@ -1,0 +1,109 @@
+/**
+ * The CLI's proxies for the page, on its own 127.0.0.1 server:
+ * - `/api/...` → `${server}/...`, adding the runner token: no CORS needed on the Worker, and the token never
+ *   enters the page;
+ * - `/data?url=<absolute URL>` → that URL (GET with its Range header): activation shards on any host, whether or
+ *   not it sends CORS headers.
+ * Both demand the header `x-sae-swarm-key` with this session's random key (the page gets it in its URL fragment),
+ * so other pages in a browser on this machine cannot use the runner's token or fetch through it: a cross-origin
+ * request with a custom header needs a CORS preflight, which this server never grants.
+ */
+import type { IncomingMessage, ServerResponse } from "node:http";
+import type { ExtraRoute } from "./serve";
+
+import { API_PREFIX, DATA_PATH, KEY_HEADER } from "./proxy-path";
+
+export { API_PREFIX, DATA_PATH, KEY_HEADER };
+
+// Hop-by-hop and recomputed headers are not forwarded.
+const DROP_REQ = new Set(["host", "connection", "content-length", "authorization", "origin", "referer", "cookie", "accept-encoding", "transfer-encoding", "keep-alive"]);
+const DROP_RES = new Set(["connection", "content-length", "content-encoding", "transfer-encoding", "keep-alive"]);
+
+async function readBody(req: IncomingMessage): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const c of req) chunks.push(c as Buffer);
+  return Buffer.concat(chunks);
+}
+
+export interface ProxyOptions {
+  /** The Worker's base URL. */
+  server: string;
+  /** Runner token added to every /api request. */
+  token?: string;
+  /** The session key the page must send in x-sae-swarm-key. */
+  key: string;
+  fetch?: typeof fetch;
+}
+
+function refuse(res: ServerResponse, status: number, code: string, message: string): void {
+  res.writeHead(status, { "content-type": "application/json" }).end(JSON.stringify({ error: { code, message } }));
+}
+
+export function apiProxy(o: ProxyOptions): ExtraRoute {
+  const upstream = o.server.replace(/\/+$/, "");
+  const fetchFn = o.fetch ?? fetch;
+  const token = o.token;
+  return (req: IncomingMessage, res: ServerResponse) => {
+    const url = new URL(req.url ?? "/", "http://127.0.0.1");
+    const isApi = url.pathname === API_PREFIX || url.pathname.startsWith(API_PREFIX + "/");
+    const isData = url.pathname === DATA_PATH;
+    if (!isApi && !isData) return false;
+    if (req.headers[KEY_HEADER] !== o.key) {
+      refuse(res, 403, "forbidden", `runner proxy: missing or wrong ${KEY_HEADER}`);
+      return true;
+    }
+    if (isData) {
+      void proxyData(url, req, res, fetchFn);
+      return true;
+    }
+    void (async () => {
+      try {
+        const headers = new Headers();
+        for (const [k, v] of Object.entries(req.headers)) {
+          if (v === undefined || DROP_REQ.has(k) || k === KEY_HEADER) continue;
+          headers.set(k, Array.isArray(v) ? v.join(", ") : v);
+        }
+        if (token) headers.set("authorization", `Bearer ${token}`);
+        const method = req.method ?? "GET";
+        const body = method === "GET" || method === "HEAD" ? undefined : await readBody(req);
+        const target = upstream + url.pathname.slice(API_PREFIX.length) + url.search;
+        const r = await fetchFn(target, { method, headers, body: body ? new Uint8Array(body) : undefined, redirect: "manual" });
+        const out: Record<string, string> = {};
+        r.headers.forEach((v, k) => {
+          if (!DROP_RES.has(k)) out[k] = v;
+        });
+        const bytes = Buffer.from(await r.arrayBuffer());
+        res.writeHead(r.status, out).end(bytes);
+      } catch (e) {
+        // The Worker is unreachable: a 502 the page's client retries like any 5xx.
+        if (!res.headersSent) {
+          res.writeHead(502, { "content-type": "application/json" }).end(
+            JSON.stringify({ error: { code: "bad_gateway", message: `runner proxy: ${(e as Error).message}` } }),
+          );
+        } else res.destroy();
+      }
+    })();
+    return true;
+  };
+}
+
+/** GET (with Range) of an http(s) URL for the page; status, content-range and body passed through. */
+async function proxyData(url: URL, req: IncomingMessage, res: ServerResponse, fetchFn: typeof fetch): Promise<void> {
+  const target = url.searchParams.get("url") ?? "";
+  if (!/^https?:\/\//.test(target)) return refuse(res, 400, "bad_request", "runner proxy: url must be an absolute http(s) URL");
+  if (req.method !== "GET") return refuse(res, 405, "method_not_allowed", "runner proxy: /data is GET only");
+  try {
+    const headers: Record<string, string> = {};
+    if (req.headers.range) headers.range = req.headers.range;
+    const r = await fetchFn(target, { headers });
+    const out: Record<string, string> = {};
+    for (const h of ["content-type", "content-range", "accept-ranges", "etag", "last-modified"]) {
+      const v = r.headers.get(h);
+      if (v) out[h] = v;
+    }
+    res.writeHead(r.status, out).end(Buffer.from(await r.arrayBuffer()));
+  } catch (e) {
+    if (!res.headersSent) refuse(res, 502, "bad_gateway", `runner proxy: ${(e as Error).message}`);
+    else res.destroy();
+  }
+}

@@ -1,0 +1,222 @@
+import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { apiProxy, KEY_HEADER } from "../../runner/proxy";
+import { bundleForBrowser, servePage, type PageServer } from "../../runner/serve";
+import { ShardSource } from "../../runner/data/shards";
+import { serveProtocol, type ProtocolServer } from "./protocol-server";
+import { serveDirWithRanges } from "./range-server";
+import { trainConfig } from "./fixtures";
+
+const root = path.resolve(__dirname, "../..");
+
+function cli(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const p = spawn(process.execPath, [path.join(root, "bin/sae-swarm.js"), ...args], { cwd: root, env: { ...process.env, ...env } });
+    let stdout = "", stderr = "";
+    p.stdout.on("data", (d) => (stdout += d));
+    p.stderr.on("data", (d) => (stderr += d));
+    p.on("close", (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+let srv: ProtocolServer;
+beforeAll(async () => {
+  srv = await serveProtocol();
+});
+afterAll(async () => srv?.close());
+
+describe("sae-swarm CLI", () => {
+  it("prints help for the commands", async () => {
+    const top = await cli(["--help"]);
+    expect(top.code).toBe(0);
+    expect(top.stdout).toMatch(/runner .*\n.*shards/s);
+    const r = await cli(["runner", "--help"]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain("--allow-software-adapter");
+    expect(r.stdout).toContain("--once");
+    const unknown = await cli(["nope"]);
+    expect(unknown.code).toBe(1);
+    expect(unknown.stderr).toContain("unknown command 'nope'");
+  });
+
+  it("shards writes a dataset the shard reader loads, and rejects bad options naming them", async () => {
+    const out = mkdtempSync(path.join(tmpdir(), "sae-swarm-cli-shards-"));
+    try {
+      const r = await cli(["shards", "--out", out, "--d-vit", "16", "--n-imgs", "40", "--n-patches-per-img", "4", "--layers", "3,6,9", "--max-patches-per-shard", "150"]);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout).toMatch(/wrote 4 shards/); // 150 // (5 tokens · 3 layers) = 10 images per shard
+      const files = await serveDirWithRanges(out);
+      try {
+        const src = await ShardSource.open({ kind: "shards", url: files.url, layer: -1, patches: "patches", scale_mean: true, scale_norm: true, n_random_samples: 100, seed: 1 }, { batchSize: 32 });
+        expect(src.nExamples).toBe(160);
+        expect((await src.next()).length).toBe(32 * 16);
+        expect(src.normalization.scale).toBeGreaterThan(0);
+        src.close();
+      } finally {
+        await files.close();
+      }
+      const bad = await cli(["shards", "--out", out, "--sparsity", "2"]);
+      expect(bad.code).toBe(1);
+      expect(bad.stderr).toContain("--sparsity must be a number in [0, 1]");
+    } finally {
+      rmSync(out, { recursive: true, force: true });
+    }
+  });
+
+  it("refuses to train on a software adapter without --allow-software-adapter", async () => {
+    const r = await cli(["runner", "--server", srv.url, "--token", "t"]);
+    expect(r.code, r.stderr).toBe(2);
+    expect(r.stdout).toMatch(/WebGPU adapter: .*software adapter \(CPU emulation\)/);
+    expect(r.stderr).toContain("refusing to train on a software adapter");
+    expect(srv.requests.some((q) => q.path === "/v1/claims")).toBe(false);
+  });
+
+  it("names an unreachable server", async () => {
+    const r = await cli(["runner", "--server", "http://127.0.0.1:9", "--allow-software-adapter"]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("cannot reach the server at http://127.0.0.1:9/health");
+  });
+
+  it("the page claims through the proxy with the adapter report, gives back a group it cannot train, and --once exits when no work waits", async () => {
+    // A shard dataset so the loop gets past the data phase; the engine is not wired yet, so the group fails there
+    // and is given back with the reason. When the engine lands, this group trains instead (see the report).
+    const out = mkdtempSync(path.join(tmpdir(), "sae-swarm-cli-loop-"));
+    const gen = await cli(["shards", "--out", out, "--d-vit", "8", "--n-imgs", "16", "--n-patches-per-img", "4"]);
+    expect(gen.code, gen.stderr).toBe(0);
+    const files = await serveDirWithRanges(out);
+    try {
+      const cfg = trainConfig({ d_vit: 8 });
+      cfg.data = { kind: "shards", url: files.url, layer: -2, patches: "patches", scale_mean: true, scale_norm: true, n_random_samples: 64, seed: 3 };
+      srv.claimQueue.push({
+        lease: { id: "lease-a", token: "fence-1", expires_at: Date.now() + 60_000, heartbeat_ms: 10_000 },
+        group: { id: "grp-1", sweep_id: "sw-1", cfgs: [{ run_id: "run-1", cfg }], data: cfg.data, resume: [], checkpoint_every: 100, attempt: 1 },
+      });
+      const before = srv.requests.length;
+      const r = await cli(["runner", "--server", srv.url, "--token", "secret-token", "--allow-software-adapter", "--once", "--runner-id", "test-runner"]);
+      expect(r.code, r.stdout + r.stderr).toBe(0);
+      const reqs = srv.requests.slice(before);
+      const claims = reqs.filter((q) => q.path === "/v1/claims");
+      expect(claims.length).toBe(2); // the group, then 204
+      for (const c of reqs.filter((q) => q.path !== "/health")) expect(c.auth).toBe("Bearer secret-token");
+      const body = JSON.parse(claims[0].body);
+      expect(body.runner_id).toBe("test-runner");
+      expect(body.adapter).toMatchObject({ isFallbackAdapter: true });
+      expect(body.adapter.limits.maxBufferSize).toBeGreaterThan(0);
+      const fail = reqs.find((q) => q.path === "/v1/leases/lease-a/fail");
+      expect(fail, JSON.stringify(reqs.map((q) => q.path))).toBeDefined();
+      expect(JSON.parse(fail!.body)).toMatchObject({ token: "fence-1", error: expect.stringContaining("not wired") });
+      expect(r.stdout).toContain("claimed group grp-1 of sweep sw-1: 1 SAEs");
+      expect(r.stdout).toMatch(/group grp-1: failed — EngineNotWired/);
+    } finally {
+      await files.close();
+      rmSync(out, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("the page's /api proxy", () => {
+  let page: PageServer;
+  beforeAll(async () => {
+    page = await servePage("", "t", apiProxy({ server: srv.url, token: "proxy-secret", key: "k1" }));
+  });
+  afterAll(async () => page?.close());
+
+  it("forwards method, path, query, body and lease header, adds the token, passes 204 and errors through", async () => {
+    const api = page.url + "api";
+    const k = { [KEY_HEADER]: "k1" };
+    const denied = await fetch(api + "/v1/claims", { method: "POST", body: "{}" });
+    expect(denied.status).toBe(403); // no session key: another page on this machine gets nothing
+    expect((await fetch(api + "/v1/claims", { method: "POST", body: "{}", headers: { [KEY_HEADER]: "wrong" } })).status).toBe(403);
+    expect((await fetch(api + "/v1/claims", { method: "POST", body: "{}", headers: k })).status).toBe(204);
+    const bytes = Uint8Array.from({ length: 70_000 }, (_, i) => (i * 31) & 255);
+    const put = await fetch(api + "/v1/leases/L9/checkpoints/run-3?kind=final&step=7", { method: "PUT", body: bytes, headers: { ...k, "x-lease-token": "tk", authorization: "Bearer from-page" } });
+    expect(put.status).toBe(200);
+    const stored = srv.checkpoints.get("L9/run-3")!;
+    expect(new Uint8Array(stored.bytes)).toEqual(bytes);
+    expect(stored.query).toBe("?kind=final&step=7");
+    expect(stored.leaseToken).toBe("tk");
+    expect(srv.requests.at(-1)!.auth).toBe("Bearer proxy-secret"); // the page's own header never passes
+    const got = await fetch(api + "/v1/leases/L9/checkpoints/run-3", { headers: { ...k, "x-lease-token": "tk" } });
+    expect(new Uint8Array(await got.arrayBuffer())).toEqual(bytes);
+    srv.inject(/evals$/, "400");
+    const bad = await fetch(api + "/v1/leases/L9/evals", { method: "POST", body: "{}", headers: k });
+    expect(bad.status).toBe(400);
+    expect(((await bad.json()) as { error: { field: string } }).error.field).toBe("rows[0].step");
+    expect((await fetch(page.url + "other")).status).toBe(404); // only /api is proxied
+  });
+
+  it("answers 502 with an error body when the Worker is unreachable", async () => {
+    const dead = await servePage("", "t", apiProxy({ server: "http://127.0.0.1:9", token: "x", key: "k2" }));
+    try {
+      const r = await fetch(dead.url + "api/v1/claims", { method: "POST", body: "{}", headers: { [KEY_HEADER]: "k2" } });
+      expect(r.status).toBe(502);
+      expect(((await r.json()) as { error: { code: string } }).error.code).toBe("bad_gateway");
+    } finally {
+      await dead.close();
+    }
+  });
+
+  it("/data fetches byte ranges of any http URL for the page", async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), "sae-swarm-proxy-data-"));
+    const { writeFileSync } = await import("node:fs");
+    writeFileSync(path.join(dir, "f.bin"), Uint8Array.from({ length: 100 }, (_, i) => i));
+    const files = await serveDirWithRanges(dir);
+    try {
+      const url = `${page.url}data?url=${encodeURIComponent(files.url + "f.bin")}`;
+      const r = await fetch(url, { headers: { [KEY_HEADER]: "k1", range: "bytes=10-19" } });
+      expect(r.status).toBe(206);
+      expect(r.headers.get("content-range")).toBe("bytes 10-19/100");
+      expect(Array.from(new Uint8Array(await r.arrayBuffer()))).toEqual([10, 11, 12, 13, 14, 15, 16, 17, 18, 19]);
+      expect((await fetch(url, { headers: { range: "bytes=10-19" } })).status).toBe(403);
+      expect((await fetch(`${page.url}data?url=file:///etc/passwd`, { headers: { [KEY_HEADER]: "k1" } })).status).toBe(400);
+    } finally {
+      await files.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("the page bundle builds for the browser", async () => {
+    const js = await bundleForBrowser(path.join(root, "runner/page/main.ts"));
+    expect(js).toContain("__saeSwarmEvent");
+    expect(js).not.toMatch(/from "node:/);
+  });
+});
+
+describe("runner lifecycle", () => {
+  it("Ctrl-C while idle exits cleanly (drain: nothing to finish)", async () => {
+    const p = spawn(process.execPath, [path.join(root, "bin/sae-swarm.js"), "runner", "--server", srv.url, "--allow-software-adapter"], { cwd: root });
+    let out = "";
+    p.stdout.on("data", (d) => (out += d));
+    p.stderr.on("data", (d) => (out += d));
+    const code = new Promise<number | null>((r) => p.on("close", r));
+    const deadline = Date.now() + 120_000;
+    while (!/no group waiting/.test(out) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    expect(out).toMatch(/no group waiting/);
+    p.kill("SIGINT");
+    expect(await code).toBe(130);
+    expect(out).toContain("finishing the current group, then exiting");
+  });
+
+  it("detects a renderer crash of the runner page", async () => {
+    const { launchChrome } = await import("../../runner/chrome");
+    const { runPage } = await import("../../runner/cli");
+    const { bundleForBrowser: bundle } = await import("../../runner/serve");
+    const page = await servePage(await bundle(path.join(root, "runner/page/main.ts")), "t", apiProxy({ server: srv.url, key: "kc" }));
+    const chrome = await launchChrome();
+    try {
+      srv.inject(/claims$/, "slow"); // keep the loop busy in its first claim
+      const logs: string[] = [];
+      const outcome = await runPage(chrome, page.url + "#k=kc", {
+        runnerId: "crash-test", once: true, probe: false, allowSoftware: true, onEvent: () => {}, log: (s) => logs.push(s),
+        onTab: (tab) => void setTimeout(() => tab.goto("chrome://crash").catch(() => {}), 500),
+      });
+      expect(outcome).toBe("crashed");
+    } finally {
+      await chrome.close();
+      await page.close();
+    }
+  });
+});
