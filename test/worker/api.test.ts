@@ -299,10 +299,11 @@ describe("claims and leases", () => {
   });
 
   it("an expired lease is taken over with its resume checkpoints, and its stale token is refused everywhere", async () => {
-    const vars = { LEASE_TTL_MS: "300" };
+    // Long enough that the writes below finish on a loaded 2-core machine before it expires.
+    const vars = { LEASE_TTL_MS: "3000" };
     await submit();
     const old = (await claim("a", 1024, vars))!;
-    expect(old.lease.heartbeat_ms).toBe(100);
+    expect(old.lease.heartbeat_ms).toBe(1000);
     const [r0, r1] = old.group.cfgs.map((r) => r.run_id);
     const ck = safetensors(8, 3, { step: "5" });
     expect((await json(await putCheckpoint(old.lease.id, old.lease.token, r0, "kind=resume&step=5", ck, vars), 201))).toMatchObject({ kind: "resume", step: 5 });
@@ -314,7 +315,7 @@ describe("claims and leases", () => {
     expect(own.headers.get("x-checkpoint-step")).toBe("5");
     expect(await claim("b", 1024, vars)).toBeNull(); // still held
 
-    await sleep(350);
+    await sleep(Math.max(0, old.lease.expires_at - Date.now()) + 50);
     const hb = await call("POST", `/v1/leases/${old.lease.id}/heartbeat`, { json: { token: old.lease.token, progress: { step: 6, n_steps: 10 } }, vars });
     expect((await json(hb, 409)).error).toMatchObject({ code: "stale_lease", field: "token" });
     const expired = await json(await call("GET", `/v1/sweeps/${old.group.sweep_id}`), 200);
