@@ -14,13 +14,17 @@ const log = (msg) => console.log(`[start] ${msg}`);
 
 const vars = setup();
 const children = [];
+let stopping = false;
 
 function start(name, cmd, args, extraEnv = {}) {
   // Each child leads its own process group, so stopping it also stops what it spawned (workerd, Chrome).
   const child = spawn(cmd, args, { cwd: root, env: { ...process.env, ...OFFLINE_ENV, ...extraEnv }, stdio: ["ignore", "pipe", "pipe"], detached: true });
   const relay = (stream, out) =>
     stream.on("data", (c) => {
-      for (const line of c.toString().split("\n")) if (line.trim()) out.write(`[${name}] ${line}\n`);
+      for (const line of c.toString().split("\n")) {
+        // wrangler logs every request; runners heartbeat and post often, so keep only the rest
+        if (line.trim() && !/\[wrangler:info\] (GET|POST|PUT|HEAD) /.test(line)) out.write(`[${name}] ${line}\n`);
+      }
     });
   relay(child.stdout, process.stdout);
   relay(child.stderr, process.stderr);
@@ -38,7 +42,7 @@ function stopAll() {
     }
   }
 }
-for (const sig of ["SIGINT", "SIGTERM"]) process.on(sig, () => { stopAll(); process.exit(130); });
+for (const sig of ["SIGINT", "SIGTERM"]) process.on(sig, () => { stopping = true; stopAll(); process.exit(130); });
 
 async function waitHealthy(ms) {
   const deadline = Date.now() + ms;
@@ -62,14 +66,19 @@ if (!(await waitHealthy(120_000))) {
 }
 log(`Worker up: ${server} (dashboard ${server}/)`);
 
-const runnerArgs = ["bin/sae-swarm.js", "runner", "--server", server, "--token", vars.RUNNER_TOKEN, "--allow-software-adapter"];
-if (once) runnerArgs.push("--probe");
-const runner = start("runner", process.execPath, runnerArgs);
-const code = await new Promise((resolve) => runner.on("close", resolve));
+// The runner keeps claiming (backing off while nothing waits); the demo submits the sweep and follows it.
+const runner = start("runner", process.execPath, ["bin/sae-swarm.js", "runner", "--server", server, "--token", vars.RUNNER_TOKEN, "--allow-software-adapter"]);
+runner.on("close", (code) => {
+  if (!stopping) log(`the runner exited (${code}); the Worker keeps serving ${server}`);
+});
+const demoFile = process.env.SAE_SWARM_DEMO ?? path.join(root, "examples/demo.toml");
+const demo = start("demo", process.execPath, ["--import", "tsx", "scripts/demo.ts", "--server", server, "--token", vars.SUBMIT_TOKEN, demoFile]);
+const code = await new Promise((resolve) => demo.on("close", resolve));
+log(code === 0 ? `demo sweep done. Dashboard: ${server}/#token=${vars.SUBMIT_TOKEN}` : `demo sweep failed (exit ${code})`);
 if (once) {
-  log(code === 0 ? "done: the Worker is healthy and the runner found a WebGPU adapter" : `runner failed (exit ${code})`);
+  stopping = true;
   stopAll();
-  if (worker.exitCode === null && worker.signalCode === null) await new Promise((r) => worker.on("close", r));
+  await Promise.all(children.filter((c) => c.exitCode === null && c.signalCode === null).map((c) => new Promise((r) => c.on("close", r))));
   process.exit(code === 0 ? 0 : 1);
 }
-log(`runner exited (${code}); the Worker keeps serving ${server} until Ctrl-C`);
+log(`serving ${server} until Ctrl-C (submit more: npx sae-swarm submit SWEEP.toml)`);

@@ -91,3 +91,27 @@ export class SyntheticDataset {
     return out;
   }
 }
+
+/**
+ * Feature recovery: the mean, over the true features, of the best cosine similarity with any learned decoder row.
+ * `truth` is [nTruth, d] (unit rows, as `features()` gives); `W_dec` is [nRows, d] (any norm).
+ */
+export function meanMaxCosine(truth: ArrayLike<number>, nTruth: number, W_dec: ArrayLike<number>, nRows: number, d: number): number {
+  const norms = new Float64Array(nRows);
+  for (let j = 0; j < nRows; j++) {
+    let s = 0;
+    for (let c = 0; c < d; c++) s += W_dec[j * d + c] ** 2;
+    norms[j] = Math.sqrt(s) || 1;
+  }
+  let total = 0;
+  for (let f = 0; f < nTruth; f++) {
+    let best = -1;
+    for (let j = 0; j < nRows; j++) {
+      let dot = 0;
+      for (let c = 0; c < d; c++) dot += truth[f * d + c] * W_dec[j * d + c];
+      best = Math.max(best, dot / norms[j]);
+    }
+    total += best;
+  }
+  return total / nTruth;
+}

@@ -4,7 +4,7 @@
  * with known features (recovery, and the loss curve against the reference's from the same weights); resume.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { SyntheticDataset } from "../../runner/data/synthetic";
+import { meanMaxCosine, SyntheticDataset } from "../../runner/data/synthetic";
 import type { EvalMetrics, StepMetrics, SyntheticData, TrainConfig } from "../../shaders/config";
 import { dSae } from "../../shaders/config";
 import { MATMUL_VARIANTS } from "../../shaders/matmul";
@@ -233,23 +233,8 @@ for (const [name, open, skip] of backends) {
       const ds = new SyntheticDataset(cfgs[0].data as SyntheticData);
       const truth = ds.features();
       const d = 24, n = dSae(cfgs[0]);
-      // mean over true features of the best cosine with any learned decoder row (rows are unit norm)
-      const recovery = out.W_dec.map((W) => {
-        let total = 0;
-        for (let f = 0; f < 32; f++) {
-          let best = -1;
-          for (let j = 0; j < n; j++) {
-            let dot = 0, norm = 0;
-            for (let c = 0; c < d; c++) {
-              dot += truth[f * d + c] * W[j * d + c];
-              norm += W[j * d + c] ** 2;
-            }
-            best = Math.max(best, dot / Math.sqrt(norm));
-          }
-          total += best;
-        }
-        return total / 32;
-      });
+      // mean over true features of the best cosine with any learned decoder row
+      const recovery = out.W_dec.map((W) => meanMaxCosine(truth, 32, W, n, d));
       console.log(`[${name}] recovery (mean max cosine) per SAE: ${recovery.map((r) => r.toFixed(4)).join(", ")}; eval:`, out.evals.map((e) => ({ fvu: e.fvu, l0: e.l0, n_dead: e.n_dead })));
       // Vanilla recovers the features; Matryoshka's late latents die at this coefficient, so it is only reported.
       expect(recovery[0]).toBeGreaterThan(0.9);
