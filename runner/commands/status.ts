@@ -136,7 +136,7 @@ export function sweepReport(d: SweepDetail, runs: Map<string, RunDetail["run"]>,
           shortId(r.group_id, s.id),
           ...keys.map((k) => { const v = f[k] ?? "–"; const n = Number(v); return v !== "" && Number.isFinite(n) && !/^(true|false)$/.test(v) ? num(n) : v; }),
           r.status,
-          x?.latest ? `${x.latest.step}/${r.n_steps}` : `0/${r.n_steps}`,
+          `${r.status === "done" ? r.n_steps : (x?.latest?.step ?? 0)}/${r.n_steps}`, // the latest logged step until done
           num(x?.latest?.loss),
           num(x?.latest?.l0),
           num(x?.latest?.mse),
