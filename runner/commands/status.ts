@@ -105,7 +105,7 @@ export function sweepsTable(sweeps: SweepSummary[], now = Date.now()): string {
 export function sweepReport(d: SweepDetail, runs: Map<string, RunDetail["run"]>, now = Date.now()): string {
   const s = d.sweep;
   const out: string[] = [];
-  out.push(`sweep ${s.id}: ${s.status}, ${s.progress.done}/${s.n_runs} runs done${s.progress.failed ? `, ${s.progress.failed} failed` : ""}, ${s.n_groups} groups, created ${ago(s.created_at, now)}`);
+  out.push(`sweep ${s.id}: ${s.status}, ${s.progress.done}/${s.n_runs} runs done${s.progress.failed ? `, ${s.progress.failed} failed` : ""}, ${s.n_groups} group${s.n_groups === 1 ? "" : "s"}, created ${ago(s.created_at, now)}`);
   for (const w of s.warnings) out.push(`  warning: ${w}`);
   out.push("");
   out.push(

@@ -76,7 +76,7 @@ export async function seedFinishedSweep(dev: WranglerDev, sweepText = SEED_SWEEP
       await call(dev, dev.runnerToken, `${L}/checkpoints/${run_id}?kind=final&step=${nSteps}`, {
         method: "PUT",
         headers: { "x-lease-token": lease.token, "content-type": "application/octet-stream" },
-        body,
+        body: body as Uint8Array<ArrayBuffer>,
       });
     }
     await call(dev, dev.runnerToken, `${L}/heartbeat`, { method: "POST", json: { token: lease.token, progress: { step: nSteps, n_steps: nSteps } } });
