@@ -51,8 +51,10 @@ export async function describeFailure(res: Response, t: Target, what: string): P
   if (res.status === 401)
     return `${what}: the server refused the token (401; token from ${t.tokenFrom}). Pass --token or set SAE_SWARM_TOKEN to the server's SUBMIT_TOKEN.`;
   if (!e) return `${what}: HTTP ${res.status} ${res.statusText}${text ? `: ${text.slice(0, 300)}` : ""}`;
-  const lines = [`${what}: ${e.message ?? e.code ?? "error"} (HTTP ${res.status}${e.code ? ` ${e.code}` : ""})`];
-  if (e.issues && e.issues.length > 1) for (const i of e.issues) lines.push(`  ${i.field || "(body)"}: ${i.message}`);
+  const many = e.issues && e.issues.length > 1;
+  const headline = many ? `${e.issues!.length} problems` : (e.message ?? e.code ?? "error");
+  const lines = [`${what}: ${headline} (HTTP ${res.status}${e.code ? ` ${e.code}` : ""})`];
+  if (many) for (const i of e.issues!) lines.push(`  ${i.field || "(body)"}: ${i.message}`);
   else if (e.field) lines.push(`  field: ${e.field}`);
   return lines.join("\n");
 }

@@ -1,7 +1,7 @@
 /** Plain-text tables for the terminal: columns padded to their widest cell, numbers right-aligned. */
 export function table(header: string[], rows: string[][]): string {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
-  const numeric = header.map((_, i) => rows.length > 0 && rows.every((r) => /^[-+]?[\d.,e+%/]+$|^[-–]$/.test(r[i] ?? "")));
+  const numeric = header.map((_, i) => rows.length > 0 && rows.every((r) => /^[-+]?[\d.,e+%/]+$|^[-–]$/.test(r[i] ?? "")) && rows.some((r) => /\d/.test(r[i] ?? "")));
   const line = (cells: string[]) =>
     cells
       .map((c, i) => (numeric[i] ? c.padStart(widths[i]) : c.padEnd(widths[i])))

@@ -95,7 +95,7 @@ describe("sae-swarm submit", () => {
     writeFileSync(file, `data = { kind = "synthetic", d_vit = 16, n_features = 32, sparsity = 0.1 }\nlr = "fast"\nsae = { kind = "gelu" }\nbatchsize = 4\n`);
     const r = await cli(["submit", file, "--server", dev.url, "--token", dev.submitToken]);
     expect(r.code).toBe(1);
-    expect(r.stderr).toContain("HTTP 400 invalid_sweep");
+    expect(r.stderr).toContain("POST /v1/sweeps: 3 problems (HTTP 400 invalid_sweep)");
     expect(r.stderr).toMatch(/^\s+lr: /m);
     expect(r.stderr).toMatch(/^\s+sae\.kind: must be "relu" or "jumprelu"/m);
     expect(r.stderr).toMatch(/^\s+batchsize: unknown key/m);
