@@ -10,10 +10,12 @@ import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { freePort, startWranglerDev, type WranglerDev } from "./wrangler-dev";
 import { seedFinishedSweep } from "./seed";
+import type { ClaimResponse } from "../../worker/protocol";
 
 const root = path.resolve(__dirname, "../..");
 let dev: WranglerDev;
 let tmp: string;
+let finishedId: string;
 
 interface Result {
   code: number | null;
@@ -37,6 +39,7 @@ function cli(args: string[], env: Record<string, string> = {}, cwd = tmp): Promi
 beforeAll(async () => {
   tmp = mkdtempSync(path.join(tmpdir(), "sae-swarm-cli-"));
   dev = await startWranglerDev();
+  finishedId = (await seedFinishedSweep(dev)).id; // first: seeding completes every group it can claim
 });
 afterAll(async () => {
   await dev?.stop();
@@ -135,7 +138,7 @@ describe("sae-swarm submit", () => {
 
 describe("sae-swarm status", () => {
   it("shows a finished sweep's groups and runs with their latest metrics and eval", async () => {
-    const { id } = await seedFinishedSweep(dev);
+    const id = finishedId;
     const r = await cli(["status", id, "--server", dev.url, "--token", dev.submitToken]);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toContain(`sweep ${id}: done, 4/4 runs done, 1 group,`);
@@ -156,6 +159,27 @@ describe("sae-swarm status", () => {
       expect(cells[11]).toBe(String(run.eval.n_dead));
       expect(cells[12]).toBe(String(run.eval.n_dense));
     }
+  });
+
+  it("shows a live lease: its runner, step and expiry", async () => {
+    const claim = await fetch(`${dev.url}/v1/claims`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${dev.runnerToken}`, "content-type": "application/json" },
+      body: JSON.stringify({ runner_id: "live-runner", adapter: { vendor: "test", architecture: "", limits: { maxStorageBufferBindingSize: 2 ** 30, maxBufferSize: 2 ** 30 } } }),
+    });
+    expect(claim.status).toBe(200); // the sweeps submitted above wait
+    const { lease, group } = (await claim.json()) as ClaimResponse;
+    const hb = await fetch(`${dev.url}/v1/leases/${lease.id}/heartbeat`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${dev.runnerToken}`, "content-type": "application/json" },
+      body: JSON.stringify({ token: lease.token, progress: { step: 5, n_steps: 128 } }),
+    });
+    expect(hb.status).toBe(200);
+    const r = await cli(["status", group.sweep_id, "--server", dev.url, "--token", dev.submitToken]);
+    expect(r.code, r.stderr).toBe(0);
+    const line = r.stdout.split("\n").find((l) => l.startsWith(`${group.id.slice(group.sweep_id.length + 1)} `));
+    expect(line).toMatch(/running.*live-runner: 5\/128, expires in \d+s/);
+    expect(r.stdout).toMatch(new RegExp(`^r0\\s.*\\sleased\\s`, "m"));
   });
 
   it("without an id lists the sweeps and details the newest; names an unknown sweep", async () => {

@@ -2,7 +2,7 @@
  * Seeds a wrangler dev with a finished sweep through the real API, as a runner would post it: submit, claim,
  * heartbeat, metrics every log_every steps, one eval per run (freqs and mean values of d_sae features), a final
  * checkpoint per run (a valid safetensors from runner/safetensors.ts), complete. Values are made up but shaped
- * like training: the loss falls, L0 depends on the sparsity coefficient. Returns the sweep id.
+ * like training: the loss falls, L0 depends on the sparsity coefficient. Call it while nothing else waits.
  */
 import { encodeFinalCheckpoint } from "../../runner/safetensors";
 import type { TrainConfig } from "../../shaders/config";
@@ -54,6 +54,8 @@ export async function seedFinishedSweep(dev: WranglerDev, sweepText = SEED_SWEEP
     if (!res.ok) throw new Error(`claim: ${res.status} ${await res.text()}`);
     const claim = (await res.json()) as ClaimResponse;
     const { lease, group } = claim;
+    // Claims take the oldest waiting group: seed before submitting anything else, or this would finish that too.
+    if (group.sweep_id !== sweep.id) throw new Error(`seed: claimed group ${group.id} of another sweep; seed a server with nothing else waiting`);
     const L = `/v1/leases/${lease.id}`;
     const cfg0 = group.cfgs[0].cfg;
     const nSteps = Math.ceil(cfg0.n_patches / cfg0.sae_batch_size);
