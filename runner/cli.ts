@@ -15,12 +15,16 @@ import { apiProxy } from "./proxy";
 import { sparseFeatureGenerator, writeShards } from "./data/write-shards";
 import type { AdapterReport } from "../shaders/device";
 import type { Lease } from "../worker/protocol";
+import { submit } from "./commands/submit";
+import { status } from "./commands/status";
 
 const here = path.dirname(new URL(import.meta.url).pathname);
 
 const USAGE = `usage: sae-swarm <command> [options]
 
 commands:
+  submit    submit a sweep file (TOML or JSON) to a sae-swarm server
+  status    show sweeps, or one sweep's groups, leases and runs with their latest metrics
   runner    train groups from a sae-swarm server on this machine's GPU, in headless Chrome
   shards    write synthetic activation shards in saev's layout (metadata.json + acts*.bin)
 
@@ -315,7 +319,7 @@ async function shards(argv: string[]): Promise<number> {
   return 0;
 }
 
-const commands: Record<string, (argv: string[]) => Promise<number>> = { runner, shards };
+const commands: Record<string, (argv: string[]) => Promise<number>> = { submit, status, runner, shards };
 
 export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;

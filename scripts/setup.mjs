@@ -4,7 +4,7 @@
 // and D1 migrations applied to the local database. Plain Node, no dependencies: it runs before `npm ci`.
 import { execFileSync, spawnSync } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
-import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -93,10 +93,26 @@ export function applyMigrations(persistTo) {
   log(`D1 migrations applied locally${persistTo ? ` (${persistTo})` : ""}`);
 }
 
+/**
+ * The dashboard's plotting library (uPlot, an npm dependency) copied next to its static files, into the ignored
+ * worker/dashboard/vendor/: the Worker serves worker/dashboard as-is, there is no build step, and nothing
+ * generated is committed.
+ */
+export function ensureDashboardAssets() {
+  const vendor = path.join(root, "worker", "dashboard", "vendor");
+  mkdirSync(vendor, { recursive: true });
+  for (const f of ["uPlot.iife.min.js", "uPlot.min.css"]) {
+    const from = path.join(root, "node_modules", "uplot", "dist", f);
+    if (!existsSync(from)) fail(`${from} is missing: run npm ci`);
+    copyFileSync(from, path.join(vendor, f));
+  }
+}
+
 export function setup({ migrations = true } = {}) {
   checkNode();
   ensurePackages();
   ensureChromium();
+  ensureDashboardAssets();
   const vars = ensureDevVars();
   if (migrations) applyMigrations();
   return vars;

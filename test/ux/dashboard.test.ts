@@ -1,0 +1,127 @@
+/**
+ * The dashboard in real headless Chromium against a real `wrangler dev` seeded with a finished sweep through the
+ * runner API: every panel renders (tables filled, uPlot canvases drawn) with no console error, no page error and
+ * no failed request; the token is taken once from #token= and kept in localStorage. Screenshot: out/dashboard.png.
+ */
+import { mkdirSync } from "node:fs";
+import path from "node:path";
+import type { Page } from "puppeteer-core";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { launchChrome, type LaunchedChrome } from "../../runner/chrome";
+// @ts-expect-error plain ESM without types
+import { ensureDashboardAssets } from "../../scripts/setup.mjs";
+import { startWranglerDev, type WranglerDev } from "./wrangler-dev";
+import { seedFinishedSweep } from "./seed";
+
+const root = path.resolve(__dirname, "../..");
+const PANELS = ["sweeps", "groups", "pareto", "runs", "loss", "freqs", "means"];
+
+let dev: WranglerDev;
+let chrome: LaunchedChrome;
+let sweepId: string;
+
+beforeAll(async () => {
+  (ensureDashboardAssets as () => void)();
+  [dev, chrome] = await Promise.all([startWranglerDev(), launchChrome()]);
+  sweepId = (await seedFinishedSweep(dev)).id;
+});
+afterAll(async () => {
+  await chrome?.close();
+  await dev?.stop();
+});
+
+/** Opens a tab that records every console error, page error and failed or non-2xx request. */
+async function openTab(): Promise<{ tab: Page; problems: string[] }> {
+  const tab = await chrome.browser.newPage();
+  await tab.setViewport({ width: 1400, height: 1800 });
+  const problems: string[] = [];
+  tab.on("console", (m) => {
+    if (m.type() === "error" || m.type() === "warn") problems.push(`console.${m.type()}: ${m.text()}`);
+  });
+  tab.on("pageerror", (e) => problems.push(`pageerror: ${String(e)}`));
+  tab.on("requestfailed", (r) => problems.push(`request failed: ${r.url()} ${r.failure()?.errorText}`));
+  tab.on("response", (r) => {
+    if (r.status() >= 400) problems.push(`HTTP ${r.status()}: ${r.url()}`);
+  });
+  return { tab, problems };
+}
+
+describe("dashboard", () => {
+  it("renders every panel of a finished sweep without console errors", async () => {
+    const { tab, problems } = await openTab();
+    try {
+      await tab.goto(`${dev.url}/#token=${dev.submitToken}&sweep=${sweepId}`);
+      await tab.waitForFunction(() => document.body.dataset.rendered === "ok" || document.body.dataset.rendered === "error", { timeout: 60_000 });
+      const state = await tab.evaluate(() => ({
+        rendered: document.body.dataset.rendered,
+        message: document.querySelector("#message")?.textContent,
+        hash: location.hash,
+        stored: localStorage.getItem("sae-swarm-token"),
+        panels: Object.fromEntries([...document.querySelectorAll<HTMLElement>("[data-panel]")].map((p) => [p.dataset.panel, p.dataset.state ?? "none"])),
+        canvases: Object.fromEntries(["pareto", "loss", "freqs", "means"].map((id) => [id, document.querySelectorAll(`#${id} canvas`).length])),
+        sweepRows: document.querySelectorAll("#sweeps tbody tr").length,
+        groupRows: [...document.querySelectorAll("#groups tbody tr")].map((r) => r.textContent),
+        runRows: [...document.querySelectorAll("#runs tbody tr")].map((r) => [...r.querySelectorAll("td")].map((td) => td.textContent)),
+        runHead: [...document.querySelectorAll("#runs thead th")].map((th) => th.textContent),
+        paretoLegend: [...document.querySelectorAll("#pareto .u-legend .u-label")].map((l) => l.textContent),
+        title: document.querySelector("#sweep-title")?.textContent,
+      }));
+      expect(state.rendered, state.message ?? "").toBe("ok");
+      expect(state.stored).toBe(dev.submitToken);
+      expect(state.hash).not.toContain("token="); // taken out of the address bar
+      for (const p of PANELS) expect(state.panels[p], `panel ${p}`).toBe("ready");
+      for (const [id, n] of Object.entries(state.canvases)) expect(n, `canvas of ${id}`).toBeGreaterThan(0);
+      expect(state.sweepRows).toBe(1);
+      expect(state.title).toContain("done, 4/4 runs done in 1 group");
+      expect(state.groupRows).toHaveLength(1);
+      expect(state.groupRows[0]).toContain("done");
+      // The varying keys are columns; every run shows its eval.
+      expect(state.runHead).toEqual(expect.arrayContaining(["sae.kind", "obj.sparsity_coeff", "eval L0", "eval MSE", "dead", "dense"]));
+      expect(state.runRows).toHaveLength(4);
+      for (const r of state.runRows) {
+        expect(r).toContain("done");
+        expect(r).toContain("32/32"); // 2048 / 64 steps
+      }
+      expect(state.paretoLegend).toEqual(expect.arrayContaining(["relu · vanilla", "jumprelu · vanilla"]));
+
+      // The eval values shown are the API's.
+      const run0 = (await (await fetch(`${dev.url}/v1/runs/${sweepId}-r0`, { headers: { authorization: `Bearer ${dev.submitToken}` } })).json()) as { run: { eval: { l0: number; n_dead: number } } };
+      const row0 = state.runRows.find((r) => r[0] === "r0")!;
+      const l0Col = state.runHead.indexOf("eval L0");
+      expect(Number(row0[l0Col])).toBeCloseTo(run0.run.eval.l0, 2);
+      expect(row0[state.runHead.indexOf("dead")]).toBe(String(run0.run.eval.n_dead));
+
+      // Selecting another run redraws its curves and histograms.
+      await tab.click("#runs tbody tr:nth-child(4)");
+      await tab.waitForFunction(() => document.querySelector("#run-title")?.textContent?.startsWith("Run r3") && document.body.dataset.rendered === "ok", { timeout: 30_000 });
+      expect(await tab.evaluate(() => document.querySelectorAll("#freqs canvas").length)).toBeGreaterThan(0);
+
+      mkdirSync(path.join(root, "out"), { recursive: true });
+      await tab.screenshot({ path: path.join(root, "out", "dashboard.png"), fullPage: true });
+      expect(problems).toEqual([]);
+    } finally {
+      await tab.close();
+    }
+  });
+
+  it("asks for the token when it has none, then reads the server with the one entered", async () => {
+    const ctx = await chrome.browser.createBrowserContext(); // fresh localStorage
+    const tab = await ctx.newPage();
+    const problems: string[] = [];
+    tab.on("console", (m) => m.type() === "error" && problems.push(m.text()));
+    tab.on("pageerror", (e) => problems.push(String(e)));
+    try {
+      await tab.goto(`${dev.url}/`);
+      await tab.waitForSelector("#token-form:not([hidden])");
+      expect(await tab.$eval("#message", (e) => e.textContent)).toContain("submitter token");
+      await tab.type("#token-input", dev.submitToken);
+      await tab.click("#token-form button");
+      await tab.waitForFunction(() => document.body.dataset.rendered === "ok", { timeout: 60_000 });
+      // With no sweep in the address, the newest sweep is shown.
+      expect(await tab.$eval("#sweep-title", (e) => e.textContent)).toContain(sweepId);
+      expect(problems).toEqual([]);
+    } finally {
+      await ctx.close();
+    }
+  });
+});
