@@ -8,6 +8,7 @@ import { claimRoutes } from "./routes/claims";
 import { leaseRoutes } from "./routes/leases";
 import { runRoutes } from "./routes/runs";
 import { sweepRoutes } from "./routes/sweeps";
+import { consumeQueue, heartbeatIdleRuns } from "./wandb/consumer";
 
 export const app = new Hono<{ Bindings: Env }>();
 
@@ -58,4 +59,8 @@ app.onError((err, c) => {
 
 export default {
   fetch: app.fetch,
+  /** sae-swarm-wandb (forward to W&B) and its dead-letter queue sae-swarm-wandb-dlq (record what gave up). */
+  queue: (batch, env) => consumeQueue(batch, env),
+  /** Cron (wrangler.toml [triggers]): heartbeats for idle live W&B runs. */
+  scheduled: (_controller, env, ctx) => ctx.waitUntil(heartbeatIdleRuns(env).then(() => {})),
 } satisfies ExportedHandler<Env>;
