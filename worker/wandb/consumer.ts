@@ -26,8 +26,14 @@ export const WANDB_QUEUE_NAME = "sae-swarm-wandb";
 export const WANDB_DLQ_NAME = "sae-swarm-wandb-dlq";
 export const NO_API_KEY =
   "WANDB_API_KEY is not set on the Worker (wrangler secret put WANDB_API_KEY): W&B forwarding is skipped and the messages dropped";
-/** Wait before redelivering a message whose rows wait for earlier ones (or a finish waiting for the last rows). */
-const GAP_RETRY_DELAY_S = 2;
+/**
+ * Wait before redelivering a message that is held back (rows waiting for earlier ones, a finish for the last rows,
+ * or a run whose send another consumer may still be making): 2 s·2ⁿ⁻¹, capped at 60 s, so the 8 retries span
+ * ~4 min, longer than INFLIGHT_TIMEOUT_MS: a message never dead-letters only because a consumer crashed mid-send.
+ */
+const heldBackDelay = (attempts: number) => Math.min(60, 2 * 2 ** Math.max(0, attempts - 1));
+/** A write-ahead record this old belongs to a consumer that died (a delivery's W&B calls take well under this). */
+export const INFLIGHT_TIMEOUT_MS = 120_000;
 /** A live run not written to for this long gets a heartbeat from the cron trigger. */
 export const HEARTBEAT_IDLE_MS = 25_000;
 
@@ -128,9 +134,9 @@ export async function forwardBatch(batch: MessageBatch<WandbMessage>, env: Env, 
             .run();
           if (res.meta.changes !== 1) throw new StaleStateError(`W&B state of run ${runId} changed under this consumer (version ${prev.version})`);
         };
-        const out = await forwardRun(client, state, info, messages, persist, opts.forward);
+        const out = await forwardRun(client, state, info, messages, persist, { inflightTimeoutMs: INFLIGHT_TIMEOUT_MS, now, ...opts.forward });
         if (out.recovered) console.log(`W&B run ${runId}: reconciled an unfinished send`, JSON.stringify(out.recovered));
-        msgs.forEach((m, i) => (out.verdicts[i] === "ack" ? m.ack() : m.retry({ delaySeconds: GAP_RETRY_DELAY_S })));
+        msgs.forEach((m, i) => (out.verdicts[i] === "ack" ? m.ack() : m.retry({ delaySeconds: heldBackDelay(m.attempts) })));
       } catch (err) {
         const f = describeFailure(err, maxAttempts);
         const message = `${f.retryable ? "" : "not retryable: "}${f.message}`.slice(0, 4000);
