@@ -22,6 +22,7 @@ export default defineConfig(async () => {
     test: {
       include: ["test/worker/**/*.test.ts"],
       setupFiles: ["./test/worker/apply-migrations.ts"],
+      globalSetup: ["./test/worker/wandb-standin.setup.ts"],
     },
   };
 });

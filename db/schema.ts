@@ -173,3 +173,48 @@ export const checkpoints = sqliteTable(
   },
   (t) => [primaryKey({ columns: [t.runId, t.kind, t.step] })],
 );
+
+/** Where a tracked run stands on W&B: "pending" until the W&B run exists, then "live", "finished"; "retrying" after
+ * a failed send; "dead_lettered" once a message gave up; "skipped" when the Worker has no WANDB_API_KEY. */
+export type WandbStatus = "pending" | "live" | "retrying" | "finished" | "dead_lettered" | "skipped";
+
+/** One row per tracked run that the W&B consumer has seen. Holds no secret. */
+export const wandbRuns = sqliteTable(
+  "wandb_runs",
+  {
+    runId: text("run_id")
+      .primaryKey()
+      .references(() => runs.id),
+    /** The W&B run id in URLs (worker/wandb/forward.ts wandbRunName). */
+    name: text("name").notNull(),
+    url: text("url"),
+    status: text("status").$type<WandbStatus>().notNull().default("pending"),
+    /** JSON WandbForwardState (offsets, last step sent, write-ahead record); null until first forwarded. */
+    state: text("state"),
+    /** Compare-and-swap counter: a write applies only where the stored version is the one read. */
+    version: integer("version").notNull().default(0),
+    lastError: text("last_error"),
+    lastErrorAt: integer("last_error_at"),
+    /** Messages of this run the dead-letter queue received. */
+    deadLetters: integer("dead_letters").notNull().default(0),
+    heartbeatAt: integer("heartbeat_at"),
+    updatedAt: integer("updated_at").notNull(),
+  },
+  (t) => [index("wandb_runs_by_status").on(t.status)],
+);
+
+/** Messages that kept failing and reached the dead-letter queue, with the run's error at the time. */
+export const wandbDeadLetters = sqliteTable(
+  "wandb_dead_letters",
+  {
+    id: integer("id").primaryKey({ autoIncrement: true }),
+    runId: text("run_id").notNull(),
+    kind: text("kind").notNull(),
+    /** JSON of the steps a metrics message carried (empty for eval/finish). */
+    steps: text("steps").notNull().default("[]"),
+    attempts: integer("attempts").notNull(),
+    error: text("error"),
+    createdAt: integer("created_at").notNull(),
+  },
+  (t) => [index("wandb_dead_letters_by_run").on(t.runId, t.id)],
+);

@@ -8,6 +8,7 @@ import { claimRoutes } from "./routes/claims";
 import { leaseRoutes } from "./routes/leases";
 import { runRoutes } from "./routes/runs";
 import { sweepRoutes } from "./routes/sweeps";
+import { consumeQueue, heartbeatIdleRuns } from "./wandb/consumer";
 
 export const app = new Hono<{ Bindings: Env }>();
 
@@ -58,4 +59,18 @@ app.onError((err, c) => {
 
 export default {
   fetch: app.fetch,
+  /** sae-swarm-wandb (forward to W&B) and its dead-letter queue sae-swarm-wandb-dlq (record what gave up). */
+  queue: (batch, env) => consumeQueue(batch, env),
+  /**
+   * Cron (wrangler.toml [triggers], every minute): heartbeats for idle live W&B runs, twice 30 s apart, since cron
+   * cannot fire more often and W&B's client heartbeats every 30 s. The wait is idle wall time, not CPU.
+   */
+  scheduled: (_controller, env, ctx) =>
+    ctx.waitUntil(
+      (async () => {
+        await heartbeatIdleRuns(env);
+        await new Promise((resolve) => setTimeout(resolve, 30_000));
+        await heartbeatIdleRuns(env);
+      })(),
+    ),
 } satisfies ExportedHandler<Env>;

@@ -132,7 +132,7 @@ export async function putCheckpoint(leaseId: string, token: string, runId: strin
 
 /** Empties every table, so claims in a test see only that test's sweeps. */
 export async function resetDb() {
-  await env.DB.batch(["checkpoints", "evals", "metrics", "leases", "runs", "groups", "sweeps"].map((t) => env.DB.prepare(`DELETE FROM ${t}`)));
+  await env.DB.batch(["wandb_dead_letters", "wandb_runs", "checkpoints", "evals", "metrics", "leases", "runs", "groups", "sweeps"].map((t) => env.DB.prepare(`DELETE FROM ${t}`)));
   sent.length = 0;
 }
 

@@ -5,6 +5,7 @@ import type { EvalMetrics, StepMetrics } from "../../shaders/config";
 import type { Env } from "../env";
 import { ApiError, badRequest, notFound } from "../errors";
 import { getDb, schema } from "../db";
+import { wandbView } from "../wandb/consumer";
 
 export const runRoutes = new Hono<{ Bindings: Env }>();
 
@@ -45,11 +46,14 @@ async function loadRun(c: Context<{ Bindings: Env }>) {
 runRoutes.get("/:id", async (c) => {
   const run = await loadRun(c);
   const db = getDb(c.env);
-  const [latest, ev, ckpts] = await Promise.all([
+  const [latest, ev, ckpts, wb, dead] = await Promise.all([
     db.select().from(schema.metrics).where(eq(schema.metrics.runId, run.id)).orderBy(desc(schema.metrics.step)).limit(1),
     db.select().from(schema.evals).where(eq(schema.evals.runId, run.id)),
     db.select().from(schema.checkpoints).where(eq(schema.checkpoints.runId, run.id)).orderBy(asc(schema.checkpoints.kind), asc(schema.checkpoints.step)),
+    db.select().from(schema.wandbRuns).where(eq(schema.wandbRuns.runId, run.id)),
+    db.select().from(schema.wandbDeadLetters).where(eq(schema.wandbDeadLetters.runId, run.id)).orderBy(desc(schema.wandbDeadLetters.id)).limit(20),
   ]);
+  const wandb = wandbView(wb[0], run.track, !!c.env.WANDB_API_KEY);
   return c.json({
     run: {
       id: run.id,
@@ -65,6 +69,11 @@ runRoutes.get("/:id", async (c) => {
       latest: latest[0] ? stepMetrics(latest[0]) : null,
       eval: ev[0] ? evalSummary(ev[0]) : null,
       checkpoints: ckpts.map((k) => ({ kind: k.kind, step: k.step, bytes: k.bytes, created_at: k.createdAt })),
+      wandb: wandb && {
+        ...wandb,
+        // The latest 20 messages that reached the dead-letter queue.
+        dead_lettered: dead.map((d) => ({ kind: d.kind, steps: JSON.parse(d.steps) as number[], attempts: d.attempts, error: d.error, at: d.createdAt })),
+      },
     },
   });
 });

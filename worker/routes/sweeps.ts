@@ -6,6 +6,7 @@ import type { SubmitResponse } from "../protocol";
 import type { Env } from "../env";
 import { settings } from "../env";
 import { notFound } from "../errors";
+import { wandbView } from "../wandb/consumer";
 import { getDb, newId, schema } from "../db";
 import { expandSweep, groupKey, parseSweepText, splitCfgs } from "../sweep";
 import { leaseView, progressOf } from "./views";
@@ -111,7 +112,7 @@ sweepRoutes.get("/:id", async (c) => {
   const db = getDb(c.env);
   const s = await db.query.sweeps.findFirst({ where: eq(schema.sweeps.id, id) });
   if (!s) throw notFound(`sweep ${id}`, "id");
-  const [groups, runs, leases, counts] = await Promise.all([
+  const [groups, runs, leases, counts, wandbRows] = await Promise.all([
     db.select().from(schema.groups).where(eq(schema.groups.sweepId, id)).orderBy(asc(schema.groups.idx)),
     db.select().from(schema.runs).where(eq(schema.runs.sweepId, id)).orderBy(asc(schema.runs.idx)),
     db
@@ -120,7 +121,14 @@ sweepRoutes.get("/:id", async (c) => {
       .innerJoin(schema.groups, eq(schema.leases.groupId, schema.groups.id))
       .where(sql`${schema.groups.sweepId} = ${id} AND ${schema.leases.status} = 'active'`),
     runCounts(c, eq(schema.runs.sweepId, id), schema.runs.groupId),
+    db
+      .select({ w: schema.wandbRuns })
+      .from(schema.wandbRuns)
+      .innerJoin(schema.runs, eq(schema.wandbRuns.runId, schema.runs.id))
+      .where(eq(schema.runs.sweepId, id)),
   ]);
+  const wandbByRun = new Map(wandbRows.map((r) => [r.w.runId, r.w]));
+  const hasKey = !!c.env.WANDB_API_KEY;
   const now = Date.now();
   const sweepCounts: Record<string, number> = {};
   for (const m of counts.values()) for (const [k, n] of Object.entries(m)) sweepCounts[k] = (sweepCounts[k] ?? 0) + n;
@@ -137,7 +145,7 @@ sweepRoutes.get("/:id", async (c) => {
       progress: progressOf(counts.get(g.id), g.nRuns),
       leases: leases.filter((l) => l.leases.groupId === g.id).map((l) => leaseView(l.leases, now)),
     })),
-    runs: runs.map((r) => ({ id: r.id, idx: r.idx, group_id: r.groupId, status: r.status, n_steps: r.nSteps, error: r.error, cfg: JSON.parse(r.cfg) })),
+    runs: runs.map((r) => ({ id: r.id, idx: r.idx, group_id: r.groupId, status: r.status, n_steps: r.nSteps, error: r.error, cfg: JSON.parse(r.cfg), wandb: wandbView(wandbByRun.get(r.id), r.track, hasKey) })),
   });
 });
 
