@@ -75,11 +75,15 @@ export async function serveProtocol(): Promise<ProtocolServer> {
       json(res, 200, { ok: true, n: rows.length });
     } else if ((m = /^\/v1\/leases\/([^/]+)\/checkpoints\/([^/]+)$/.exec(url.pathname))) {
       const key = `${m[1]}/${decodeURIComponent(m[2])}`;
+      // Kept as the latest per lease and run, and per step (as the Worker keeps every resume checkpoint).
+      const step = url.searchParams.get("step");
       if (req.method === "PUT") {
-        s.checkpoints.set(key, { query: url.search, bytes: body, leaseToken: req.headers["x-lease-token"] as string | undefined });
+        const stored = { query: url.search, bytes: body, leaseToken: req.headers["x-lease-token"] as string | undefined };
+        s.checkpoints.set(key, stored);
+        if (step !== null) s.checkpoints.set(`${key}@${step}`, stored);
         json(res, 200, { ok: true });
       } else {
-        const c = s.checkpoints.get(key);
+        const c = s.checkpoints.get(step === null ? key : `${key}@${step}`);
         if (!c) return json(res, 404, { error: { code: "not_found", message: "no checkpoint" } });
         res.writeHead(200, { "content-type": "application/octet-stream" }).end(c.bytes);
       }
