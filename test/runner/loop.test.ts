@@ -1,6 +1,7 @@
 /**
  * The runner loop's protocol behaviour, in Node, against the protocol test server and real shards over HTTP, with
- * the RecordingEngine standing in for the WGSL engine (not merged yet).
+ * the RecordingEngine standing in for the WGSL engine (so the protocol is tested exactly, without a GPU; the real
+ * engine is exercised by test/runner/cli.test.ts and test/e2e).
  */
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";

@@ -2,7 +2,7 @@
  * A small HTTP server speaking the runner side of worker/protocol.ts, on 127.0.0.1:0, for testing the client's
  * failure handling: it stores metric rows idempotently per (run, step) in arrival order and can be scripted to
  * fail requests (503, reset the connection before or after storing, 409). It is not the Worker; the end-to-end
- * tests against `wrangler dev` come with the integration.
+ * tests against `wrangler dev` are in test/e2e.
  */
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
