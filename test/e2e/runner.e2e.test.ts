@@ -20,7 +20,8 @@ import { decodeCheckpoint, type DecodedCheckpoint } from "../../runner/safetenso
 import { ROOT, startWorkerDev, type WorkerDev } from "../helpers/worker-dev";
 
 const CHECKPOINT_EVERY = 20;
-const LEASE_TTL_MS = 6000;
+// Short, so a killed runner's group is free again soon; long enough (heartbeats every third) for a loaded 2-core machine.
+const LEASE_TTL_MS = 9000;
 
 // Four groups (data × exp_factor), four runs each (lr × ReLU/JumpReLU): 100 steps of 64, metrics every 10 steps.
 const SWEEP_MAIN = `
