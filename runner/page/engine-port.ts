@@ -1,13 +1,17 @@
 /**
- * ENGINE INTEGRATION POINT — the only module of the runner that touches the WGSL engine (shaders/engine.ts) and the
- * synthetic dataset (runner/data/synthetic.ts), both written on other branches. Everything else in the loop talks
- * to the GroupEngine and BatchSource interfaces below; wiring the real engine in is a change to this file only:
- *   1. createGroupEngine: `import { SaeGroupEngine } from "../../shaders/engine"` and adapt its calls (below, marked).
- *   2. openBatchSource, synthetic branch: construct the synthetic source (it must implement BatchSource).
+ * The runner's one bridge to the WGSL engine (shaders/engine.ts) and the data sources: the loop talks only to the
+ * GroupEngine and BatchSource interfaces below (its protocol tests pass a recording engine instead).
+ *
+ * Checkpoint names vs engine names: the engine trains log θ (`log_threshold`); checkpoints carry θ = exp(log θ) as
+ * `threshold` (SAELens' name), and a resume checkpoint's `adam_m.threshold` / `adam_v.threshold` are the moments of
+ * log θ, the parameter Adam actually updates. ReLU SAEs carry no threshold: their log θ has zero gradient and stays
+ * at its init, so a resume restores it from the config.
  */
 import type { DataConfig, EvalMetrics, StepMetrics, TrainConfig } from "../../shaders/config";
+import { SaeEngine, type SaeParams } from "../../shaders/engine";
 import type { AdamState, Normalization, SaeWeights } from "../safetensors";
 import { ShardSource, type FetchFn } from "../data/shards";
+import { SyntheticSource } from "../data/synthetic-source";
 import type { BatchSource } from "../data/source";
 
 /** The engine as the loop uses it: every SAE of a group in lock-step on one batch. */
@@ -29,27 +33,57 @@ export interface GroupEngine {
   destroy(): void;
 }
 
-export class EngineNotWired extends Error {
-  constructor(what: string) {
-    super(`${what} is not wired into the runner yet (runner/page/engine-port.ts)`);
-    this.name = "EngineNotWired";
-  }
-}
-
-/** ENGINE INTEGRATION: builds the group's engine on this device. */
+/** Builds the group's engine on this device (every SAE of the group in one SaeEngine, lock-step). */
 export async function createGroupEngine(device: GPUDevice, cfgs: TrainConfig[]): Promise<GroupEngine> {
-  void device;
-  void cfgs;
-  // const engine = await SaeGroupEngine.create(device, cfgs);
-  // return { initBDec: (m) => engine.initBDec(m), step: (b) => engine.step(b), get stepsTaken() { return engine.step },
-  //          evaluate: (bs) => engine.evaluate(bs), exportWeights: () => engine.exportWeights(),
-  //          exportState: () => engine.exportState(), importState: (s) => engine.importState(s), destroy: () => engine.destroy() };
-  throw new EngineNotWired("the WGSL engine (shaders/engine.ts)");
+  const engine = SaeEngine.create(device, cfgs);
+  const jump = cfgs.map((c) => c.sae.kind === "jumprelu");
+  const toWeights = (p: SaeParams, k: number, theta: (v: Float32Array) => Float32Array): SaeWeights => ({
+    W_enc: p.W_enc,
+    b_enc: p.b_enc,
+    W_dec: p.W_dec,
+    b_dec: p.b_dec,
+    ...(jump[k] ? { threshold: theta(p.log_threshold) } : {}),
+  });
+  const toParams = (w: SaeWeights, k: number, logTheta: (v: Float32Array) => Float32Array, fill: number): SaeParams => {
+    if (jump[k] && !w.threshold) throw new Error(`resume state of SAE ${k} (JumpReLU) has no threshold`);
+    const n = w.b_enc.length;
+    return { W_enc: w.W_enc, b_enc: w.b_enc, W_dec: w.W_dec, b_dec: w.b_dec, log_threshold: jump[k] ? logTheta(w.threshold!) : new Float32Array(n).fill(fill) };
+  };
+  const exp = (v: Float32Array) => v.map(Math.exp);
+  const same = (v: Float32Array) => v;
+  return {
+    initBDec: async (mean) => engine.setBDec(mean),
+    step: (batch) => engine.step(engine.uploadBatch(batch)),
+    get stepsTaken() {
+      return engine.stepIndex;
+    },
+    evaluate: (batches) => engine.evaluate(batches),
+    exportWeights: () => engine.exportWeights(),
+    exportState: async () => {
+      const state = await engine.exportState();
+      return state.saes.map((s, k) => ({
+        weights: toWeights(s.params, k, exp),
+        adam: { m: toWeights(s.m!, k, same), v: toWeights(s.v!, k, same), step: state.step },
+      }));
+    },
+    importState: async (states) => {
+      const steps = new Set(states.map((s) => s.adam.step));
+      if (steps.size !== 1) throw new Error(`resume states are at different steps (${[...steps].join(", ")}); a group resumes at one step`);
+      engine.importState({
+        step: states[0].adam.step,
+        saes: states.map((s, k) => ({
+          params: toParams(s.weights, k, (v) => v.map(Math.log), Math.log(cfgs[k].sae.init_threshold)),
+          m: toParams(s.adam.m, k, same, 0),
+          v: toParams(s.adam.v, k, same, 0),
+        })),
+      });
+    },
+    destroy: () => engine.destroy(),
+  };
 }
 
 /** A batch source for the group's data config; shards read over HTTP(S) with `fetch` (the page: through the CLI). */
 export async function openBatchSource(data: DataConfig, batchSize: number, normalization?: Normalization, fetch?: FetchFn): Promise<BatchSource> {
   if (data.kind === "shards") return ShardSource.open(data, { batchSize, normalization, fetch });
-  // ENGINE INTEGRATION: return new SyntheticSource(data, batchSize) from ../data/synthetic (implements BatchSource).
-  throw new EngineNotWired("the synthetic dataset (runner/data/synthetic.ts)");
+  return new SyntheticSource(data, batchSize);
 }

@@ -94,10 +94,13 @@ export class RunnerLoop {
       if (lost.signal.aborted || queue.error instanceof LeaseLost) throw queue.error ?? new LeaseLost(lease.id, "heartbeat refused");
     };
     try {
-      // Resume only when every run has a checkpoint at one common step (the runs share one batch stream).
-      const resumeStep = group.resume.length === runIds.length && new Set(group.resume.map((r) => r.step)).size === 1 ? group.resume[0].step : 0;
+      // The runs share one batch stream, so they resume at one step: the latest that every run has a checkpoint
+      // for. A runner killed between the uploads of one round leaves some runs a round ahead; their checkpoints
+      // of the round before are still stored (asked for with &step=), and metrics re-posted from there are
+      // stored once (duplicates change nothing).
+      const resumeStep = group.resume.length === runIds.length ? Math.min(...group.resume.map((r) => r.step)) : 0;
       emit({ kind: "claimed", lease, group_id: group.id, sweep_id: group.sweep_id, runs: runIds, n_steps: total, resume_step: resumeStep, attempt: group.attempt });
-      if (group.resume.length > 0 && resumeStep === 0) emit({ kind: "log", level: "warn", message: `group ${group.id}: resume points are not at one common step for every run; starting fresh` });
+      if (group.resume.length > 0 && resumeStep === 0) emit({ kind: "log", level: "warn", message: `group ${group.id}: not every run has a resume checkpoint; starting fresh` });
 
       let norm: Normalization | undefined;
       let states: Awaited<ReturnType<GroupEngine["exportState"]>> | null = null;
@@ -106,7 +109,7 @@ export class RunnerLoop {
         const byRun = new Map(group.resume.map((r) => [r.run_id, r]));
         states = [];
         for (const id of runIds) {
-          const ck = decodeCheckpoint(await this.o.api.getCheckpoint(lease, byRun.get(id)!.checkpoint_path));
+          const ck = decodeCheckpoint(await this.o.api.getCheckpoint(lease, atStep(byRun.get(id)!.checkpoint_path, resumeStep)));
           if (ck.kind !== "resume" || !ck.adam || ck.step !== resumeStep) throw new Error(`resume checkpoint of run ${id} is not a resume checkpoint at step ${resumeStep}`);
           states.push({ weights: ck.weights, adam: ck.adam });
           norm ??= ck.norm;
@@ -236,6 +239,14 @@ export class RunnerLoop {
       }
     }
   }
+}
+
+/** A claim's checkpoint_path pointed at the resume checkpoint of `step` (same route, `step` query set). */
+export function atStep(checkpointPath: string, step: number): string {
+  const [route, query = ""] = checkpointPath.split("?", 2);
+  const params = new URLSearchParams(query);
+  params.set("step", String(step));
+  return `${route}?${params}`;
 }
 
 const now = () => (typeof performance !== "undefined" ? performance.now() : Date.now());

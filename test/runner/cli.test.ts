@@ -80,9 +80,8 @@ describe("sae-swarm CLI", () => {
     expect(r.stderr).toContain("cannot reach the server at http://127.0.0.1:9/health");
   });
 
-  it("the page claims through the proxy with the adapter report, gives back a group it cannot train, and --once exits when no work waits", async () => {
-    // A shard dataset so the loop gets past the data phase; the engine is not wired yet, so the group fails there
-    // and is given back with the reason. When the engine lands, this group trains instead (see the report).
+  it("the page claims through the proxy with the adapter report, trains a shard group to completion, and --once exits when no work waits", async () => {
+    // A shard dataset read through the CLI's /data proxy, trained by the WGSL engine: 16 steps of batch 256.
     const out = mkdtempSync(path.join(tmpdir(), "sae-swarm-cli-loop-"));
     const gen = await cli(["shards", "--out", out, "--d-vit", "8", "--n-imgs", "16", "--n-patches-per-img", "4"]);
     expect(gen.code, gen.stderr).toBe(0);
@@ -105,11 +104,19 @@ describe("sae-swarm CLI", () => {
       expect(body.runner_id).toBe("test-runner");
       expect(body.adapter).toMatchObject({ isFallbackAdapter: true });
       expect(body.adapter.limits.maxBufferSize).toBeGreaterThan(0);
-      const fail = reqs.find((q) => q.path === "/v1/leases/lease-a/fail");
-      expect(fail, JSON.stringify(reqs.map((q) => q.path))).toBeDefined();
-      expect(JSON.parse(fail!.body)).toMatchObject({ token: "fence-1", error: expect.stringContaining("not wired") });
+      const paths = reqs.map((q) => q.path);
+      expect(paths, JSON.stringify(paths)).not.toContain("/v1/leases/lease-a/fail");
+      // log_every 25 > 16 steps: no metric rows; one eval row, one final checkpoint at step 16, then complete.
+      const evals = reqs.find((q) => q.path === "/v1/leases/lease-a/evals");
+      expect(evals, JSON.stringify(paths)).toBeDefined();
+      const evalRows = (JSON.parse(evals!.body) as { evals: Array<{ run_id: string; mse: number; n_examples: number }> }).evals;
+      expect(evalRows).toHaveLength(1);
+      expect(evalRows[0]).toMatchObject({ run_id: "run-1", n_examples: 64 });
+      expect(Number.isFinite(evalRows[0].mse)).toBe(true);
+      expect(srv.checkpoints.get("lease-a/run-1")?.query).toBe("?kind=final&step=16");
+      expect(paths.indexOf("/v1/leases/lease-a/complete")).toBeGreaterThan(paths.indexOf("/v1/leases/lease-a/evals"));
       expect(r.stdout).toContain("claimed group grp-1 of sweep sw-1: 1 SAEs");
-      expect(r.stdout).toMatch(/group grp-1: failed — EngineNotWired/);
+      expect(r.stdout).toMatch(/group grp-1: completed/);
     } finally {
       await files.close();
       rmSync(out, { recursive: true, force: true });

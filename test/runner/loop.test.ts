@@ -1,6 +1,7 @@
 /**
  * The runner loop's protocol behaviour, in Node, against the protocol test server and real shards over HTTP, with
- * the RecordingEngine standing in for the WGSL engine (not merged yet).
+ * the RecordingEngine standing in for the WGSL engine (so the protocol is tested exactly, without a GPU; the real
+ * engine is exercised by test/runner/cli.test.ts and test/e2e).
  */
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -151,6 +152,28 @@ describe("RunnerLoop", () => {
     }
     const resumedMetrics = leaseRequests("L-res").filter((q) => q.path.endsWith("/metrics")).flatMap((q) => JSON.parse(q.body).rows.map((x: { step: number }) => x.step));
     expect([...new Set(resumedMetrics)]).toEqual([8]);
+  });
+
+  it("resumes at the latest step every run has a checkpoint for when a kill left the runs a round apart", async () => {
+    // L-ab (above) stored resume checkpoints at steps 4 and 6 for both runs; claim as if rb's step-6 upload was lost.
+    const resumed: RecordingEngine[] = [];
+    const events: RunnerEvent[] = [];
+    const r = await newLoop(resumed, events).trainGroup(
+      claim("L-uneven", [
+        { run_id: "ra", step: 6, checkpoint_path: "/v1/leases/L-ab/checkpoints/ra?kind=resume&step=6" },
+        { run_id: "rb", step: 4, checkpoint_path: "/v1/leases/L-ab/checkpoints/rb?kind=resume&step=4" },
+      ]),
+    );
+    expect(r).toBe("completed");
+    expect(events.find((e) => e.kind === "claimed")).toMatchObject({ resume_step: 4 });
+    const gets = srv.requests.filter((q) => q.method === "GET" && q.path.startsWith("/v1/leases/L-ab/checkpoints/"));
+    expect(gets.slice(-2).map((q) => q.path)).toEqual(["/v1/leases/L-ab/checkpoints/ra?kind=resume&step=4", "/v1/leases/L-ab/checkpoints/rb?kind=resume&step=4"]);
+    expect(resumed[0].batchesSeen).toEqual(reference.batchesSeen.slice(4));
+    for (const run of ["ra", "rb"]) {
+      const a = decodeCheckpoint(new Uint8Array(srv.checkpoints.get(`L-full/${run}`)!.bytes));
+      const b = decodeCheckpoint(new Uint8Array(srv.checkpoints.get(`L-uneven/${run}`)!.bytes));
+      expect(b.weights.b_dec).toEqual(a.weights.b_dec);
+    }
   });
 
   it("stops a group at once when the lease is lost (409): nothing more is written under it", async () => {

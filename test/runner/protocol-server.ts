@@ -2,7 +2,7 @@
  * A small HTTP server speaking the runner side of worker/protocol.ts, on 127.0.0.1:0, for testing the client's
  * failure handling: it stores metric rows idempotently per (run, step) in arrival order and can be scripted to
  * fail requests (503, reset the connection before or after storing, 409). It is not the Worker; the end-to-end
- * tests against `wrangler dev` come with the integration.
+ * tests against `wrangler dev` are in test/e2e.
  */
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -75,11 +75,15 @@ export async function serveProtocol(): Promise<ProtocolServer> {
       json(res, 200, { ok: true, n: rows.length });
     } else if ((m = /^\/v1\/leases\/([^/]+)\/checkpoints\/([^/]+)$/.exec(url.pathname))) {
       const key = `${m[1]}/${decodeURIComponent(m[2])}`;
+      // Kept as the latest per lease and run, and per step (as the Worker keeps every resume checkpoint).
+      const step = url.searchParams.get("step");
       if (req.method === "PUT") {
-        s.checkpoints.set(key, { query: url.search, bytes: body, leaseToken: req.headers["x-lease-token"] as string | undefined });
+        const stored = { query: url.search, bytes: body, leaseToken: req.headers["x-lease-token"] as string | undefined };
+        s.checkpoints.set(key, stored);
+        if (step !== null) s.checkpoints.set(`${key}@${step}`, stored);
         json(res, 200, { ok: true });
       } else {
-        const c = s.checkpoints.get(key);
+        const c = s.checkpoints.get(step === null ? key : `${key}@${step}`);
         if (!c) return json(res, 404, { error: { code: "not_found", message: "no checkpoint" } });
         res.writeHead(200, { "content-type": "application/octet-stream" }).end(c.bytes);
       }
