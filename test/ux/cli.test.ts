@@ -8,12 +8,12 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { freePort, startWranglerDev, type WranglerDev } from "./wrangler-dev";
+import { freePort, startWorkerDev, type WorkerDev } from "../helpers/worker-dev";
 import { seedFinishedSweep } from "./seed";
 import type { ClaimResponse } from "../../worker/protocol";
 
 const root = path.resolve(__dirname, "../..");
-let dev: WranglerDev;
+let dev: WorkerDev;
 let tmp: string;
 let finishedId: string;
 
@@ -38,7 +38,7 @@ function cli(args: string[], env: Record<string, string> = {}, cwd = tmp): Promi
 
 beforeAll(async () => {
   tmp = mkdtempSync(path.join(tmpdir(), "sae-swarm-cli-"));
-  dev = await startWranglerDev();
+  dev = await startWorkerDev();
   finishedId = (await seedFinishedSweep(dev)).id; // first: seeding completes every group it can claim
 });
 afterAll(async () => {

@@ -10,19 +10,19 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { launchChrome, type LaunchedChrome } from "../../runner/chrome";
 // @ts-expect-error plain ESM without types
 import { ensureDashboardAssets } from "../../scripts/setup.mjs";
-import { startWranglerDev, type WranglerDev } from "./wrangler-dev";
+import { startWorkerDev, type WorkerDev } from "../helpers/worker-dev";
 import { seedFinishedSweep } from "./seed";
 
 const root = path.resolve(__dirname, "../..");
 const PANELS = ["sweeps", "groups", "pareto", "runs", "loss", "freqs", "means"];
 
-let dev: WranglerDev;
+let dev: WorkerDev;
 let chrome: LaunchedChrome;
 let sweepId: string;
 
 beforeAll(async () => {
   (ensureDashboardAssets as () => void)();
-  [dev, chrome] = await Promise.all([startWranglerDev(), launchChrome()]);
+  [dev, chrome] = await Promise.all([startWorkerDev(), launchChrome()]);
   sweepId = (await seedFinishedSweep(dev)).id;
 });
 afterAll(async () => {

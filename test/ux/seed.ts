@@ -7,7 +7,7 @@
 import { encodeFinalCheckpoint } from "../../runner/safetensors";
 import type { TrainConfig } from "../../shaders/config";
 import type { ClaimResponse, SubmitResponse } from "../../worker/protocol";
-import type { WranglerDev } from "./wrangler-dev";
+import type { WorkerDev } from "../helpers/worker-dev";
 
 export const SEED_SWEEP = `
 data = { kind = "synthetic", d_vit = 16, n_features = 64, sparsity = 0.05, seed = 3 }
@@ -21,7 +21,7 @@ objective = { kind = "vanilla", sparsity_coeff = [1e-3, 4e-3] }
 
 const ADAPTER = { vendor: "test", architecture: "seed", device: "", description: "", isFallbackAdapter: true, features: [], limits: { maxStorageBufferBindingSize: 2 ** 30, maxBufferSize: 2 ** 30 } };
 
-async function call<T>(dev: WranglerDev, token: string, route: string, init: RequestInit & { json?: unknown } = {}): Promise<T> {
+async function call<T>(dev: WorkerDev, token: string, route: string, init: RequestInit & { json?: unknown } = {}): Promise<T> {
   const headers = new Headers(init.headers);
   headers.set("authorization", `Bearer ${token}`);
   let body = init.body;
@@ -41,7 +41,7 @@ function rng(seed: number) {
   return () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32);
 }
 
-export async function seedFinishedSweep(dev: WranglerDev, sweepText = SEED_SWEEP): Promise<SubmitResponse> {
+export async function seedFinishedSweep(dev: WorkerDev, sweepText = SEED_SWEEP): Promise<SubmitResponse> {
   const sweep = await call<SubmitResponse>(dev, dev.submitToken, "/v1/sweeps", { method: "POST", headers: { "content-type": "application/toml" }, body: sweepText });
   const rand = rng(7);
   for (;;) {
