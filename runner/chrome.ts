@@ -45,7 +45,8 @@ export async function launchChrome(extraArgs: string[] = []): Promise<LaunchedCh
     headless: true,
     userDataDir,
     args: [...CHROME_ARGS, ...extraArgs],
-    protocolTimeout: 600_000,
+    // Bounds each DevTools call (the training loop is not one: it reports its end as an event). Tests shorten it.
+    protocolTimeout: Number(process.env.SAE_SWARM_PROTOCOL_TIMEOUT_MS) || 600_000,
   });
   return {
     browser,

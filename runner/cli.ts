@@ -229,11 +229,16 @@ export async function runPage(chrome: LaunchedChrome, url: string, o: PageOption
   const tab = await chrome.browser.newPage();
   let failed: ((why: "crashed" | "device-lost") => void) | null = null;
   const failure = new Promise<"crashed" | "device-lost">((r) => (failed = r));
+  // The loop's end comes as an "exit" event, not as the result of one long `evaluate`: a runner trains for hours,
+  // and a CDP call outlives no protocolTimeout.
+  let exited: ((e: Extract<RunnerEvent, { kind: "exit" }>) => void) | null = null;
+  const exit = new Promise<Extract<RunnerEvent, { kind: "exit" }>>((r) => (exited = r));
   try {
     await tab.exposeFunction(EVENT_BINDING, (json: string) => {
       const e = JSON.parse(json) as RunnerEvent;
       o.onEvent(e);
       if (e.kind === "device-lost") failed?.("device-lost");
+      if (e.kind === "exit") exited?.(e);
     });
     tab.on("console", (m) => o.log(`[page] ${m.text()}`));
     tab.on("pageerror", (e) => o.log(`[page] ${String(e)}`));
@@ -248,9 +253,13 @@ export async function runPage(chrome: LaunchedChrome, url: string, o: PageOption
     }
     if (o.probe) return "probed";
     o.onTab(tab);
-    const run = tab.evaluate((opts) => window.__runner.start(opts), { runnerId: o.runnerId, once: o.once });
-    run.catch(() => {}); // a crash rejects it; `failure` reports that
-    return await Promise.race([run, failure]);
+    await tab.evaluate((opts) => {
+      void window.__runner.start(opts).catch(() => {}); // its end (or error) arrives as the "exit" event
+    }, { runnerId: o.runnerId, once: o.once });
+    const end = await Promise.race([exit, failure]);
+    if (typeof end === "string") return end;
+    if (end.reason === "error") throw new Error(end.message ?? "the runner loop failed");
+    return end.reason;
   } catch (e) {
     // A target that closed under us is a crash; anything else is a real error.
     if (/Target closed|Session closed|crash/i.test(String(e))) return "crashed";

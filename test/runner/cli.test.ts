@@ -80,6 +80,15 @@ describe("sae-swarm CLI", () => {
     expect(r.stderr).toContain("cannot reach the server at http://127.0.0.1:9/health");
   });
 
+  it("a runner outlives any one DevTools call: the loop's end arrives as an event, not as one long evaluate", async () => {
+    // A claim that takes 8 s against a 5 s protocol timeout: were the loop one `evaluate`, the runner would die
+    // with "Runtime.callFunctionOn timed out" (as it did after 10 minutes of training with the default timeout).
+    srv.inject(/^\/v1\/claims$/, "stall");
+    const r = await cli(["runner", "--server", srv.url, "--token", "secret-token", "--allow-software-adapter", "--once"], { SAE_SWARM_PROTOCOL_TIMEOUT_MS: "5000" });
+    expect(r.stderr).not.toMatch(/timed out/);
+    expect(r.code, r.stdout + r.stderr).toBe(0);
+  });
+
   it("the page claims through the proxy with the adapter report, trains a shard group to completion, and --once exits when no work waits", async () => {
     // A shard dataset read through the CLI's /data proxy, trained by the WGSL engine: 16 steps of batch 256.
     const out = mkdtempSync(path.join(tmpdir(), "sae-swarm-cli-loop-"));

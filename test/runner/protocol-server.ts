@@ -7,7 +7,7 @@
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 
-export type Fault = "503" | "500" | "429" | "reset-before" | "reset-after" | "409" | "400" | "slow";
+export type Fault = "503" | "500" | "429" | "reset-before" | "reset-after" | "409" | "400" | "slow" | "stall";
 
 export interface ProtocolServer {
   url: string;
@@ -50,6 +50,7 @@ export async function serveProtocol(): Promise<ProtocolServer> {
     const fault = i >= 0 ? faults.splice(i, 1)[0].fault : null;
     if (fault === "reset-before") return req.socket.destroy();
     if (fault === "slow") await new Promise((r) => setTimeout(r, 3000));
+    if (fault === "stall") await new Promise((r) => setTimeout(r, 8000));
     if (fault === "503" || fault === "500") return json(res, Number(fault), { error: { code: "unavailable", message: "injected" } });
     if (fault === "429") return res.writeHead(429, { "retry-after": "0" }).end("slow down");
     if (fault === "409") return json(res, 409, { error: { code: "stale_lease", message: "lease expired" } });
