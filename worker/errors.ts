@@ -26,6 +26,30 @@ export const badRequest = (code: string, message: string, field?: string, issues
 export const notFound = (what: string, field?: string) => new ApiError(404, "not_found", `${what} not found`, field);
 export const conflict = (code: string, message: string, field?: string) => new ApiError(409, code, message, field);
 
+/** The request's media type ("application/json"), lower case, without parameters; undefined when none was sent. */
+export function mediaType(header: string | undefined): string | undefined {
+  const t = (header ?? "").split(";")[0].trim().toLowerCase();
+  return t || undefined;
+}
+
+/** 415 naming the content type that was sent and the ones this route reads. */
+export const unsupportedMediaType = (expected: string, got: string) =>
+  new ApiError(415, "unsupported_media_type", `expected content-type ${expected}, got ${got}`, "content-type");
+
+/** A query parameter that must be an integer (decimal digits only) in [min, max]; `dflt` when absent. */
+export function intQuery(text: string | undefined, field: string, min: number, max: number, dflt: number): number;
+export function intQuery(text: string | undefined, field: string, min: number, max: number): number | undefined;
+export function intQuery(text: string | undefined, field: string, min: number, max: number, dflt?: number): number | undefined {
+  if (text === undefined) return dflt;
+  const n = /^-?\d{1,16}$/.test(text) ? Number(text) : NaN;
+  if (!Number.isSafeInteger(n) || n < min || n > max) {
+    const unbounded = (v: number) => Math.abs(v) >= Number.MAX_SAFE_INTEGER;
+    const range = unbounded(max) ? (unbounded(min) ? "" : ` >= ${min}`) : ` in [${min}, ${max}]`;
+    throw badRequest("invalid_query", `must be an integer${range}, got ${JSON.stringify(text)}`, field);
+  }
+  return n;
+}
+
 /** "a.b[2].c" from a zod path, prefixed. */
 export function fieldPath(path: PropertyKey[], prefix = ""): string {
   let out = prefix;
@@ -40,7 +64,8 @@ export function zodIssues(err: ZodError, prefix = ""): Issue[] {
     if (iss.code === "unrecognized_keys") {
       for (const k of iss.keys) out.push({ field: fieldPath([...iss.path, k], prefix), message: "unknown key" });
     } else {
-      out.push({ field: fieldPath(iss.path, prefix), message: iss.message });
+      // A problem with the whole body (not an object, say) is the body's.
+      out.push({ field: fieldPath(iss.path, prefix) || "body", message: iss.message });
     }
   }
   return out;

@@ -5,8 +5,9 @@
 import type { AdapterReport } from "../shaders/device";
 import type { DataConfig, EvalMetrics, StepMetrics, TrainConfig } from "../shaders/config";
 
+/** Every 4xx/5xx: `field` names the bad value's path ("rows[1].mse", "sae.exp_factor", "body", "token", …). */
 export interface ErrorBody {
-  error: { code: string; message: string; field?: string };
+  error: { code: string; message: string; field?: string; issues?: Array<{ field: string; message: string }> };
 }
 
 /** POST /v1/claims (runner token). 200 ClaimResponse, or 204 when nothing is waiting. */

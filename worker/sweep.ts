@@ -9,7 +9,7 @@
 import { parse as parseToml, TomlError } from "smol-toml";
 import { z } from "zod";
 import { CANNOT_PARALLELIZE, type DataConfig, type TrainConfig, nSteps } from "../shaders/config";
-import { badRequest, type Issue } from "./errors";
+import { badRequest, mediaType, unsupportedMediaType, type Issue } from "./errors";
 
 /** saev keys that load unchanged but mean nothing here (each gives a warning). They still split groups, as in saev. */
 export const IGNORED_SAEV_KEYS = ["n_workers", "device", "ckpt_path", "slurm_acct", "slurm_partition", "n_hours", "log_to"] as const;
@@ -29,6 +29,18 @@ export interface ExpandedSweep {
 // Parsing
 
 export type SweepFormat = "toml" | "json";
+
+/**
+ * The content types a sweep file may come as: TOML or JSON, text/plain (fetch's default for a string body) or none
+ * (both sniffed). Anything else (a form, multipart, bytes) is refused with 415 before the body is read.
+ */
+export function checkSweepContentType(contentType: string | undefined): void {
+  const t = mediaType(contentType);
+  if (t === undefined || t === "text/plain") return;
+  if (["application/toml", "text/toml", "text/x-toml", "application/x-toml", "application/json", "text/json"].includes(t)) return;
+  if (/^application\/[\w.-]+\+json$/.test(t)) return;
+  throw unsupportedMediaType("application/toml or application/json (a sweep file)", t);
+}
 
 /** TOML when the content type says so (or the body does not look like JSON), else JSON. */
 export function parseSweepText(text: string, contentType: string | undefined): { raw: unknown; format: SweepFormat } {
@@ -66,7 +78,9 @@ function fromWandb(raw: Record<string, unknown>, warnings: string[], issues: Iss
   }
   if (raw.method !== undefined && raw.method !== "grid")
     issues.push({ field: "method", message: `only "grid" sweeps are supported, got ${JSON.stringify(raw.method)}` });
-  const out: Record<string, unknown> = {};
+  // Null-prototype tables: a parameter named "__proto__" becomes an own key (reported as unknown), not a prototype.
+  const table = () => Object.create(null) as Record<string, unknown>;
+  const out = table();
   const walk = (params: unknown, prefix: string, target: Record<string, unknown>) => {
     if (!isTable(params)) {
       issues.push({ field: prefix || "parameters", message: "must be a table of parameters" });
@@ -77,7 +91,7 @@ function fromWandb(raw: Record<string, unknown>, warnings: string[], issues: Iss
       // Dotted names address nested tables: "sae.exp_factor".
       const parts = name.split(".");
       let t = target;
-      for (const p of parts.slice(0, -1)) t = (isTable(t[p]) ? t[p] : (t[p] = {})) as Record<string, unknown>;
+      for (const p of parts.slice(0, -1)) t = (isTable(t[p]) ? t[p] : (t[p] = table())) as Record<string, unknown>;
       const leaf = parts[parts.length - 1];
       if (!isTable(spec)) {
         issues.push({ field: `parameters.${field}`, message: "must be {values: [...]}, {value: x} or {parameters: {...}}" });
@@ -87,7 +101,7 @@ function fromWandb(raw: Record<string, unknown>, warnings: string[], issues: Iss
       } else if ("value" in spec) {
         t[leaf] = spec.value;
       } else if ("parameters" in spec) {
-        walk(spec.parameters, field, (t[leaf] = isTable(t[leaf]) ? t[leaf] : {}) as Record<string, unknown>);
+        walk(spec.parameters, field, (t[leaf] = isTable(t[leaf]) ? t[leaf] : table()) as Record<string, unknown>);
       } else {
         issues.push({ field: `parameters.${field}`, message: "must be {values: [...]}, {value: x} or {parameters: {...}}" });
       }
@@ -102,8 +116,10 @@ function fromWandb(raw: Record<string, unknown>, warnings: string[], issues: Iss
 
 const int = (min: number, what: string) => z.number().int(`must be an integer`).min(min, `must be ${what}`);
 const posNum = z.number().positive("must be > 0").finite("must be finite");
-const str = z.string();
-const bool = z.boolean();
+const str = z.string({ message: "must be a string" });
+const bool = z.boolean({ message: "must be true or false" });
+/** A string of at most `max` characters (bounded: every run's config is stored, and sent to W&B). */
+const text = (max: number) => str.max(max, `must be at most ${max} characters`);
 
 type Leaf = { leaf: z.ZodType; list?: boolean };
 type Tree = { [key: string]: Leaf | { table: Tree } };
@@ -118,7 +134,7 @@ const DATA: Tree = {
   noise: L(z.number().min(0, "must be >= 0").finite()),
   n_examples: L(int(1, ">= 1")),
   // shards (saev's DataLoad; shard_root is read as url)
-  url: L(str.min(1, "must not be empty")),
+  url: L(text(4096).min(1, "must not be empty")),
   layer: L(z.number().int("must be an integer")),
   patches: L(z.enum(["patches", "cls", "meanpool"], { message: 'must be "patches", "cls" or "meanpool"' })),
   scale_mean: L(bool),
@@ -157,10 +173,10 @@ const TRAIN: Tree = {
   seed: L(z.number().int("must be an integer")),
   n_eval: L(int(0, ">= 0")),
   track: L(bool),
-  wandb_project: L(str.min(1, "must not be empty")),
-  wandb_entity: L(z.union([str, z.null()])),
-  tag: L(str),
-  tags: L(z.array(str, { message: "must be a list of strings" }), true),
+  wandb_project: L(text(128).min(1, "must not be empty")),
+  wandb_entity: L(z.string({ message: "must be a string or null" }).max(128, "must be at most 128 characters").nullable()),
+  tag: L(text(256)),
+  tags: L(z.array(z.string({ message: "must be a list of strings" }).max(256, "must be at most 256 characters"), { message: "must be a list of strings" }).max(64, "must hold at most 64 tags"), true),
   sae: { table: SAE },
   objective: { table: OBJECTIVE },
   ...Object.fromEntries(IGNORED_SAEV_KEYS.map((k) => [k, L(z.unknown())])),
@@ -170,11 +186,17 @@ const TRAIN: Tree = {
 const TOP_ALIASES: Record<string, string> = { n_train: "n_patches", batch_size: "sae_batch_size" };
 const DATA_ALIASES: Record<string, string> = { shard_root: "url" };
 
+/** Per table: our name → the alias the file used, so problems are reported under the name the file wrote. */
+const written = new WeakMap<object, Record<string, string>>();
+
 function applyAliases(t: Record<string, unknown>, aliases: Record<string, string>, prefix: string, issues: Issue[]) {
   for (const [alias, name] of Object.entries(aliases)) {
-    if (!(alias in t)) continue;
-    if (name in t) issues.push({ field: prefix + alias, message: `is an alias of ${prefix}${name}; give only one` });
-    else t[name] = t[alias];
+    if (!Object.hasOwn(t, alias)) continue;
+    if (Object.hasOwn(t, name)) issues.push({ field: prefix + alias, message: `is an alias of ${prefix}${name}; give only one` });
+    else {
+      t[name] = t[alias];
+      written.set(t, { ...written.get(t), [name]: alias });
+    }
     delete t[alias];
   }
 }
@@ -184,22 +206,26 @@ interface Axis {
   values: unknown[];
 }
 
-/** Checks every key and value of `raw` against `tree`, and collects the axes (lists) in file order. */
-function walk(raw: Record<string, unknown>, tree: Tree, path: string[], axes: Axis[], issues: Issue[]) {
+/**
+ * Checks every key and value of `raw` against `tree`, and collects the axes (lists) in file order. `shown` is the
+ * path as the file spelled it (aliases, list indices), for messages; `path` is ours, for the axes.
+ */
+function walk(raw: Record<string, unknown>, tree: Tree, path: string[], axes: Axis[], issues: Issue[], shown: string[] = path) {
   for (const [key, value] of Object.entries(raw)) {
-    const field = [...path, key].join(".");
-    const spec = tree[key];
+    const field = [...shown, written.get(raw)?.[key] ?? key].join(".");
+    // Own keys only: "constructor" or "__proto__" are unknown keys, not Object.prototype's.
+    const spec = Object.hasOwn(tree, key) ? tree[key] : undefined;
     if (!spec) {
       issues.push({ field, message: "unknown key" });
       continue;
     }
     if ("table" in spec) {
-      if (isTable(value)) walk(value, spec.table, [...path, key], axes, issues);
+      if (isTable(value)) walk(value, spec.table, [...path, key], axes, issues, [...shown, key]);
       else if (Array.isArray(value) && value.length > 0 && value.every(isTable)) {
         // A list of whole tables (e.g. several datasets) is one axis; its tables may not hold lists themselves.
         value.forEach((v, i) => {
           const inner: Axis[] = [];
-          walk(v as Record<string, unknown>, spec.table, [...path, `${key}[${i}]`], inner, issues);
+          walk(v as Record<string, unknown>, spec.table, [...path, `${key}[${i}]`], inner, issues, [...shown, `${key}[${i}]`]);
           for (const a of inner) issues.push({ field: a.path.join("."), message: "a list inside a list of tables is not supported" });
         });
         axes.push({ path: [...path, key], values: value });

@@ -352,7 +352,7 @@ describe("claims and leases", () => {
     await finishLease(neu);
     expect((await env.DB.prepare(`SELECT count(*) AS n FROM metrics WHERE run_id = ?`).bind(r0).first<{ n: number }>())!.n).toBe(2);
     expect((await json(await call("GET", `/v1/sweeps/${old.group.sweep_id}`), 200)).sweep.status).toBe("done");
-  });
+  }, 30_000); // sleeps out a 3 s lease, then ~20 requests: over the 5 s default on a loaded machine
 
   it("fail puts the group back until MAX_ATTEMPTS, then fails group, runs and sweep with the error", async () => {
     const vars = { MAX_ATTEMPTS: "2" };

@@ -10,7 +10,7 @@ import type { CheckpointResponse, CompleteResponse, FailResponse, HeartbeatRespo
 import { CompleteBody, EvalsBody, FailBody, HeartbeatBody, MetricsBody, jsonBody } from "../bodies";
 import type { Env } from "../env";
 import { settings } from "../env";
-import { ApiError, badRequest, conflict, notFound } from "../errors";
+import { ApiError, badRequest, conflict, intQuery, mediaType, notFound, unsupportedMediaType } from "../errors";
 import { enqueue, fitEval } from "../queue";
 import { getDb, newId, refreshGroup, refreshSweep, schema } from "../db";
 import { eq } from "drizzle-orm";
@@ -200,6 +200,8 @@ leaseRoutes.post("/:id/evals", async (c) => {
     if (e.freqs.length !== run.d_sae) throw badRequest("invalid_eval", `has ${e.freqs.length} entries, the run's d_sae is ${run.d_sae}`, `evals[${i}].freqs`);
     if (e.mean_values.length !== run.d_sae)
       throw badRequest("invalid_eval", `has ${e.mean_values.length} entries, the run's d_sae is ${run.d_sae}`, `evals[${i}].mean_values`);
+    for (const k of ["n_dead", "n_almost_dead", "n_dense"] as const)
+      if (e[k] > run.d_sae) throw badRequest("invalid_eval", `must be <= the run's d_sae (${run.d_sae}), got ${e[k]}`, `evals[${i}].${k}`);
   });
   const insert = c.env.DB.prepare(
     `INSERT INTO evals (run_id, lease_id, ts, l0, l1, mse, fvu, explained_variance, n_dead, n_almost_dead, n_dense, n_examples, freqs, mean_values)
@@ -226,37 +228,73 @@ leaseRoutes.post("/:id/evals", async (c) => {
   return c.json({ stored: stored.length, duplicates: body.evals.length - stored.length } satisfies WriteResponse);
 });
 
-/** safetensors: 8-byte little-endian header length, then that many bytes of JSON starting with "{". */
+/** Bytes per element of each safetensors dtype. */
+const DTYPE_BYTES: Record<string, number> = {
+  BOOL: 1, U8: 1, I8: 1, F8_E5M2: 1, F8_E4M3: 1, I16: 2, U16: 2, F16: 2, BF16: 2, I32: 4, U32: 4, F32: 4, I64: 8, U64: 8, F64: 8,
+};
+
+/**
+ * safetensors: 8-byte little-endian header length N, N bytes of JSON {name: {dtype, shape, data_offsets: [b, e]},
+ * __metadata__?: {string: string}}, then the data. Checked whole (every tensor's dtype, shape and offsets inside the
+ * data, its size matching its shape), so a truncated or garbled upload is refused before it is stored.
+ */
 function checkSafetensors(buf: ArrayBuffer): void {
-  const field = "body";
-  if (buf.byteLength < 10) throw badRequest("invalid_checkpoint", "is not a safetensors file (too short)", field);
+  const bad = (why: string) => badRequest("invalid_checkpoint", `is not a safetensors file (${why})`, "body");
+  if (buf.byteLength < 10) throw bad(`too short: ${buf.byteLength} bytes`);
   const n = new DataView(buf).getBigUint64(0, true);
-  if (n < 2n || n > BigInt(buf.byteLength - 8)) throw badRequest("invalid_checkpoint", `is not a safetensors file (header length ${n})`, field);
-  const head = new TextDecoder().decode(new Uint8Array(buf, 8, Number(n)));
+  if (n < 2n || n > BigInt(buf.byteLength - 8)) throw bad(`header length ${n}, but the file has ${buf.byteLength} bytes`);
+  let header: unknown;
   try {
-    const parsed = JSON.parse(head);
-    if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) throw new Error();
+    header = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(new Uint8Array(buf, 8, Number(n))));
   } catch {
-    throw badRequest("invalid_checkpoint", "is not a safetensors file (its header is not a JSON object)", field);
+    throw bad("its header is not a JSON object");
+  }
+  if (typeof header !== "object" || header === null || Array.isArray(header)) throw bad("its header is not a JSON object");
+  const dataBytes = buf.byteLength - 8 - Number(n);
+  for (const [name, t] of Object.entries(header)) {
+    if (name === "__metadata__") {
+      if (typeof t !== "object" || t === null || Array.isArray(t) || Object.values(t).some((v) => typeof v !== "string"))
+        throw bad("__metadata__ must map names to strings");
+      continue;
+    }
+    const what = `tensor ${JSON.stringify(name)}`;
+    if (typeof t !== "object" || t === null || Array.isArray(t)) throw bad(`${what} is not an object`);
+    const { dtype, shape, data_offsets: off } = t as Record<string, unknown>;
+    const size = typeof dtype === "string" && Object.hasOwn(DTYPE_BYTES, dtype) ? DTYPE_BYTES[dtype] : undefined;
+    if (size === undefined) throw bad(`${what} has an unknown dtype ${JSON.stringify(dtype)}`);
+    if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) throw bad(`${what} has no valid shape`);
+    if (!Array.isArray(off) || off.length !== 2 || !off.every((o) => Number.isSafeInteger(o) && o >= 0) || off[0] > off[1])
+      throw bad(`${what} has no valid data_offsets`);
+    if (off[1] > dataBytes) throw bad(`${what}'s data_offsets [${off[0]}, ${off[1]}] run past the end of the data (${dataBytes} bytes)`);
+    const want = shape.reduce((a: number, d: number) => a * d, 1) * size;
+    if (off[1] - off[0] !== want) throw bad(`${what} of shape [${shape.join(", ")}] ${dtype} needs ${want} bytes, its data_offsets hold ${off[1] - off[0]}`);
   }
 }
 
 function checkpointQuery(c: Context<{ Bindings: Env }>, run: { n_steps: number }, forWrite: boolean) {
   const kind = c.req.query("kind") ?? (forWrite ? undefined : "resume");
   if (kind !== "final" && kind !== "resume") throw badRequest("invalid_query", 'must be "final" or "resume"', "kind");
-  const stepText = c.req.query("step");
-  let step: number | undefined;
-  if (stepText !== undefined) {
-    step = Number(stepText);
-    if (!Number.isInteger(step) || step < 0 || step > run.n_steps) throw badRequest("invalid_query", `must be an integer in [0, ${run.n_steps}]`, "step");
-  } else if (forWrite) {
+  let step = intQuery(c.req.query("step"), "step", 0, run.n_steps);
+  if (step === undefined && forWrite) {
     if (kind === "resume") throw badRequest("invalid_query", "is required for resume checkpoints", "step");
     step = run.n_steps;
   }
   return { kind: kind as "final" | "resume", step };
 }
 
+/**
+ * All or nothing for checkpoints: after a refused or failed D1 write, the object just put goes too, unless D1 holds
+ * its key (an earlier upload of this lease, run, kind and step, which must stay readable).
+ */
+async function dropUnreferenced(c: Context<{ Bindings: Env }>, key: string) {
+  const held = await c.env.DB.prepare(`SELECT 1 FROM checkpoints WHERE key = ?1`).bind(key).first();
+  if (!held) await c.env.CHECKPOINTS.delete(key);
+}
+
 leaseRoutes.put("/:id/checkpoints/:run_id", async (c) => {
+  const type = mediaType(c.req.header("content-type"));
+  if (type !== undefined && type !== "application/octet-stream" && !type.includes("safetensors"))
+    throw unsupportedMediaType("application/octet-stream (a safetensors file)", type);
   const token = c.req.header("x-lease-token") ?? "";
   if (!token) throw badRequest("missing_token", "the x-lease-token header is required", "x-lease-token");
   const lease = await loadLease(c, c.req.param("id"));
@@ -272,15 +310,22 @@ leaseRoutes.put("/:id/checkpoints/:run_id", async (c) => {
   // The lease id in the key: a stale writer can never overwrite what a valid lease stored.
   const key = `${run.sweep_id}/${runId}/${kind}-${step}-${lease.id}.safetensors`;
   await c.env.CHECKPOINTS.put(key, buf, { httpMetadata: { contentType: "application/octet-stream" }, customMetadata: { run_id: runId, kind, step: String(step), lease_id: lease.id } });
-  const r = await c.env.DB.prepare(
-    `INSERT INTO checkpoints (run_id, kind, step, key, bytes, lease_id, created_at)
-     SELECT ?4, ?5, ?6, ?7, ?8, ?1, ?3 WHERE ${valid(1, 2, 3)}
-     ON CONFLICT (run_id, kind, step) DO UPDATE SET key = excluded.key, bytes = excluded.bytes, lease_id = excluded.lease_id, created_at = excluded.created_at`,
-  )
-    .bind(lease.id, token, Date.now(), runId, kind, step, key, buf.byteLength)
-    .run();
-  if (r.meta.changes !== 1) {
-    await c.env.CHECKPOINTS.delete(key);
+  let changes = 0;
+  try {
+    const r = await c.env.DB.prepare(
+      `INSERT INTO checkpoints (run_id, kind, step, key, bytes, lease_id, created_at)
+       SELECT ?4, ?5, ?6, ?7, ?8, ?1, ?3 WHERE ${valid(1, 2, 3)}
+       ON CONFLICT (run_id, kind, step) DO UPDATE SET key = excluded.key, bytes = excluded.bytes, lease_id = excluded.lease_id, created_at = excluded.created_at`,
+    )
+      .bind(lease.id, token, Date.now(), runId, kind, step, key, buf.byteLength)
+      .run();
+    changes = r.meta.changes;
+  } catch (err) {
+    await dropUnreferenced(c, key).catch(() => {});
+    throw err;
+  }
+  if (changes !== 1) {
+    await dropUnreferenced(c, key);
     throw conflict("stale_lease", `lease ${lease.id} is no longer active`, "token");
   }
   return c.json({ run_id: runId, kind, step: step!, bytes: buf.byteLength } satisfies CheckpointResponse, 201);

@@ -3,7 +3,7 @@ import { Hono, type Context } from "hono";
 import { and, asc, desc, eq, gt } from "drizzle-orm";
 import type { EvalMetrics, StepMetrics } from "../../shaders/config";
 import type { Env } from "../env";
-import { ApiError, badRequest, notFound } from "../errors";
+import { ApiError, badRequest, intQuery, notFound } from "../errors";
 import { getDb, schema } from "../db";
 import { wandbView } from "../wandb/consumer";
 
@@ -80,12 +80,8 @@ runRoutes.get("/:id", async (c) => {
 
 runRoutes.get("/:id/metrics", async (c) => {
   const run = await loadRun(c);
-  const sinceText = c.req.query("since");
-  const since = sinceText === undefined ? -1 : Number(sinceText);
-  if (!Number.isInteger(since)) throw badRequest("invalid_query", "must be an integer step", "since");
-  const limitText = c.req.query("limit");
-  const limit = limitText === undefined ? 10_000 : Number(limitText);
-  if (!Number.isInteger(limit) || limit < 1 || limit > 100_000) throw badRequest("invalid_query", "must be an integer in [1, 100000]", "limit");
+  const since = intQuery(c.req.query("since"), "since", -Number.MAX_SAFE_INTEGER, Number.MAX_SAFE_INTEGER, -1);
+  const limit = intQuery(c.req.query("limit"), "limit", 1, 100_000, 10_000);
   const rows = await getDb(c.env)
     .select()
     .from(schema.metrics)

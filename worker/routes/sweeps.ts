@@ -5,17 +5,20 @@ import { dSae, nSteps } from "../../shaders/config";
 import type { SubmitResponse } from "../protocol";
 import type { Env } from "../env";
 import { settings } from "../env";
-import { notFound } from "../errors";
+import { intQuery, notFound } from "../errors";
 import { wandbView } from "../wandb/consumer";
 import { getDb, newId, schema } from "../db";
-import { expandSweep, groupKey, parseSweepText, splitCfgs } from "../sweep";
+import { checkSweepContentType, expandSweep, groupKey, parseSweepText, splitCfgs } from "../sweep";
+import { utf8Body } from "../bodies";
 import { leaseView, progressOf } from "./views";
 
 export const sweepRoutes = new Hono<{ Bindings: Env }>();
 
 sweepRoutes.post("/", async (c) => {
-  // Decoded by hand: workerd warns when .text() reads a body whose type (application/toml) it does not know as text.
-  const text = new TextDecoder().decode(await c.req.arrayBuffer());
+  checkSweepContentType(c.req.header("content-type"));
+  // Decoded by hand (strict UTF-8): workerd warns when .text() reads a body whose type (application/toml) it does
+  // not know as text.
+  const text = await utf8Body(c);
   const { raw, format } = parseSweepText(text, c.req.header("content-type"));
   const { configs, warnings } = expandSweep(raw, settings(c.env).maxSweepRuns);
   const grouped = splitCfgs(configs);
@@ -101,7 +104,7 @@ function sweepView(s: typeof schema.sweeps.$inferSelect, counts: Record<string, 
 
 sweepRoutes.get("/", async (c) => {
   const db = getDb(c.env);
-  const limit = Math.min(Math.max(Number(c.req.query("limit") ?? 100) || 100, 1), 1000);
+  const limit = intQuery(c.req.query("limit"), "limit", 1, 1000, 100);
   const rows = await db.select().from(schema.sweeps).orderBy(desc(schema.sweeps.createdAt)).limit(limit);
   const counts = await runCounts(c, undefined, schema.runs.sweepId);
   return c.json({ sweeps: rows.map((s) => sweepView(s, counts.get(s.id))) });
