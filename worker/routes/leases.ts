@@ -226,19 +226,33 @@ leaseRoutes.post("/:id/evals", async (c) => {
   return c.json({ stored: stored.length, duplicates: body.evals.length - stored.length } satisfies WriteResponse);
 });
 
-/** safetensors: 8-byte little-endian header length, then that many bytes of JSON starting with "{". */
+/**
+ * safetensors: 8-byte little-endian header length, then that many bytes of JSON starting with "{", then exactly the
+ * data its tensors' data_offsets cover (an upload cut short is refused, not stored).
+ */
 function checkSafetensors(buf: ArrayBuffer): void {
   const field = "body";
   if (buf.byteLength < 10) throw badRequest("invalid_checkpoint", "is not a safetensors file (too short)", field);
   const n = new DataView(buf).getBigUint64(0, true);
   if (n < 2n || n > BigInt(buf.byteLength - 8)) throw badRequest("invalid_checkpoint", `is not a safetensors file (header length ${n})`, field);
   const head = new TextDecoder().decode(new Uint8Array(buf, 8, Number(n)));
+  let parsed: Record<string, unknown>;
   try {
-    const parsed = JSON.parse(head);
+    parsed = JSON.parse(head);
     if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) throw new Error();
   } catch {
     throw badRequest("invalid_checkpoint", "is not a safetensors file (its header is not a JSON object)", field);
   }
+  let end = 0;
+  for (const [name, t] of Object.entries(parsed)) {
+    if (name === "__metadata__") continue;
+    const offs = (t as { data_offsets?: unknown } | null)?.data_offsets;
+    if (!Array.isArray(offs) || offs.length !== 2 || !offs.every((o) => Number.isSafeInteger(o) && o >= 0))
+      throw badRequest("invalid_checkpoint", `is not a safetensors file (tensor '${name}' has no valid data_offsets)`, field);
+    end = Math.max(end, offs[1] as number);
+  }
+  const want = 8 + Number(n) + end;
+  if (buf.byteLength !== want) throw badRequest("invalid_checkpoint", `has ${buf.byteLength} bytes, its header describes ${want} (cut short?)`, field);
 }
 
 function checkpointQuery(c: Context<{ Bindings: Env }>, run: { n_steps: number }, forWrite: boolean) {
@@ -269,21 +283,36 @@ leaseRoutes.put("/:id/checkpoints/:run_id", async (c) => {
   const { kind, step } = checkpointQuery(c, run, true);
   const buf = await c.req.arrayBuffer();
   checkSafetensors(buf);
+  // Stored once per (run, kind, step), like metrics and evals: the first upload stays (the eval and metrics stored
+  // came from the same training), and a repeat (this lease's retry after a lost answer, or a later lease's runner
+  // retraining a group whose runner died before it heard the answer) is a duplicate that changes nothing.
+  const db = c.env.DB;
+  const have = db.prepare(`SELECT key, bytes FROM checkpoints WHERE run_id = ?1 AND kind = ?2 AND step = ?3`).bind(runId, kind, step);
+  const duplicate = (row: { bytes: number }) =>
+    c.json({ run_id: runId, kind, step: step!, bytes: row.bytes, duplicate: true } satisfies CheckpointResponse, 200);
+  const before = await have.first<{ key: string; bytes: number }>();
+  if (before) return duplicate(before);
   // The lease id in the key: a stale writer can never overwrite what a valid lease stored.
   const key = `${run.sweep_id}/${runId}/${kind}-${step}-${lease.id}.safetensors`;
   await c.env.CHECKPOINTS.put(key, buf, { httpMetadata: { contentType: "application/octet-stream" }, customMetadata: { run_id: runId, kind, step: String(step), lease_id: lease.id } });
-  const r = await c.env.DB.prepare(
-    `INSERT INTO checkpoints (run_id, kind, step, key, bytes, lease_id, created_at)
-     SELECT ?4, ?5, ?6, ?7, ?8, ?1, ?3 WHERE ${valid(1, 2, 3)}
-     ON CONFLICT (run_id, kind, step) DO UPDATE SET key = excluded.key, bytes = excluded.bytes, lease_id = excluded.lease_id, created_at = excluded.created_at`,
-  )
-    .bind(lease.id, token, Date.now(), runId, kind, step, key, buf.byteLength)
-    .run();
-  if (r.meta.changes !== 1) {
-    await c.env.CHECKPOINTS.delete(key);
-    throw conflict("stale_lease", `lease ${lease.id} is no longer active`, "token");
-  }
-  return c.json({ run_id: runId, kind, step: step!, bytes: buf.byteLength } satisfies CheckpointResponse, 201);
+  // The row kept, read in the insert's transaction: another upload of this checkpoint may have raced this one.
+  const [ins, kept] = await db.batch([
+    db
+      .prepare(
+        `INSERT INTO checkpoints (run_id, kind, step, key, bytes, lease_id, created_at)
+         SELECT ?4, ?5, ?6, ?7, ?8, ?1, ?3 WHERE ${valid(1, 2, 3)}
+         ON CONFLICT (run_id, kind, step) DO NOTHING`,
+      )
+      .bind(lease.id, token, Date.now(), runId, kind, step, key, buf.byteLength),
+    have,
+  ]);
+  if (ins.meta.changes === 1) return c.json({ run_id: runId, kind, step: step!, bytes: buf.byteLength } satisfies CheckpointResponse, 201);
+  const row = kept.results[0] as { key: string; bytes: number } | undefined;
+  // Not stored: drop this upload's object, unless the row kept is this very key (the same lease's racing repeat).
+  if (row?.key !== key) await c.env.CHECKPOINTS.delete(key);
+  await requireStillValid(c, lease, token);
+  if (!row) throw conflict("stale_lease", `lease ${lease.id} is no longer active`, "token");
+  return duplicate(row);
 });
 
 /** The runner fetches resume checkpoints back (ResumePoint.checkpoint_path), under a valid lease that holds the run. */
