@@ -12,6 +12,7 @@ import { WorkerClient } from "./api";
 import { EVENT_BINDING, type RunnerEvent, type StopMode } from "./events";
 import { ProgressDisplay, duration } from "./progress";
 import { apiProxy } from "./proxy";
+import { FAULT_ENV, FaultInjector, parseFault } from "./fault";
 import { sparseFeatureGenerator, writeShards } from "./data/write-shards";
 import type { AdapterReport } from "../shaders/device";
 import type { Lease } from "../worker/protocol";
@@ -97,6 +98,8 @@ async function runner(argv: string[]): Promise<number> {
     return 1;
   }
   console.log(`[runner] server ${server} is healthy`);
+  const fault = parseFault(process.env[FAULT_ENV]);
+  if (fault) console.log(`[runner] fault injection armed: ${FAULT_ENV}=${fault.spec} (this runner kills itself there)`);
 
   const display = new ProgressDisplay();
   const log = (s: string) => display.log(s);
@@ -157,7 +160,7 @@ async function runner(argv: string[]): Promise<number> {
   let chrome: LaunchedChrome | null = null;
   try {
     const key = randomBytes(24).toString("hex");
-    page = await servePage(await bundleForBrowser(path.join(here, "page/main.ts")), "sae-swarm runner", apiProxy({ server, token: values.token, key }));
+    page = await servePage(await bundleForBrowser(path.join(here, "page/main.ts")), "sae-swarm runner", apiProxy({ server, token: values.token, key, fault: fault && new FaultInjector(fault) }));
     chrome = await launchChrome();
     const restarts: number[] = [];
     for (;;) {

@@ -8,8 +8,10 @@
  * so other pages in a browser on this machine cannot use the runner's token or fetch through it: a cross-origin
  * request with a custom header needs a CORS preflight, which this server never grants.
  */
-import type { IncomingMessage, ServerResponse } from "node:http";
+import { request as httpRequest, type IncomingMessage, type ServerResponse } from "node:http";
+import { request as httpsRequest } from "node:https";
 import type { ExtraRoute } from "./serve";
+import { dieHard, type FaultInjector } from "./fault";
 
 import { API_PREFIX, DATA_PATH, KEY_HEADER } from "./proxy-path";
 
@@ -33,6 +35,8 @@ export interface ProxyOptions {
   /** The session key the page must send in x-sae-swarm-key. */
   key: string;
   fetch?: typeof fetch;
+  /** SAE_SWARM_FAULT (runner/fault.ts): the point at which the runner kills itself; tests only. */
+  fault?: FaultInjector | null;
 }
 
 function refuse(res: ServerResponse, status: number, code: string, message: string): void {
@@ -66,8 +70,16 @@ export function apiProxy(o: ProxyOptions): ExtraRoute {
         if (token) headers.set("authorization", `Bearer ${token}`);
         const method = req.method ?? "GET";
         const body = method === "GET" || method === "HEAD" ? undefined : await readBody(req);
-        const target = upstream + url.pathname.slice(API_PREFIX.length) + url.search;
+        const route = url.pathname.slice(API_PREFIX.length);
+        const target = upstream + route + url.search;
+        const fault = o.fault?.before(method, route, body) ?? null;
+        if (fault === "die") dieHard(o.fault!.describe(route));
+        if (fault === "cut") {
+          await sendHalf(target, method, headers, body ?? Buffer.alloc(0));
+          dieHard(`${o.fault!.describe(route)}, half of its ${body?.length ?? 0} bytes sent`);
+        }
         const r = await fetchFn(target, { method, headers, body: body ? new Uint8Array(body) : undefined, redirect: "manual" });
+        if (fault === "watch" && r.ok) dieHard(`${o.fault!.describe(route)}, answered ${r.status}`);
         const out: Record<string, string> = {};
         r.headers.forEach((v, k) => {
           if (!DROP_RES.has(k)) out[k] = v;
@@ -85,6 +97,22 @@ export function apiProxy(o: ProxyOptions): ExtraRoute {
     })();
     return true;
   };
+}
+
+/**
+ * The fault "checkpoint-cut": the request line, the headers (with the full content-length) and the first half of
+ * the body go to the Worker; resolves 300 ms after they left, with the Worker waiting for the rest.
+ */
+function sendHalf(target: string, method: string, headers: Headers, body: Buffer): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const u = new URL(target);
+    const req = (u.protocol === "https:" ? httpsRequest : httpRequest)(u, {
+      method,
+      headers: { ...Object.fromEntries(headers), "content-length": String(body.length) },
+    });
+    req.on("error", reject);
+    req.write(body.subarray(0, body.length >> 1), (err) => (err ? reject(err) : setTimeout(resolve, 300)));
+  });
 }
 
 /** GET (with Range) of an http(s) URL for the page; status, content-range and body passed through. */

@@ -127,12 +127,14 @@ export interface FailResponse {
   repeated?: boolean;
 }
 
-/** 201 to PUT /v1/leases/:id/checkpoints/:run_id. */
+/** 201 to PUT /v1/leases/:id/checkpoints/:run_id; 200 with `duplicate` for a repeat. */
 export interface CheckpointResponse {
   run_id: string;
   kind: CheckpointKind;
   step: number;
   bytes: number;
+  /** 200: a checkpoint of this run, kind and step was already stored; it stays, this upload is dropped. */
+  duplicate?: true;
 }
 
 /** 201 to POST /v1/sweeps (submitter token). */

@@ -6,6 +6,7 @@
  *
  *   const worker = await startWorkerDev({ vars: { LEASE_TTL_MS: "5000" } });
  *   await fetch(worker.url + "/v1/sweeps", { headers: worker.submitAuth, ... });
+ *   await worker.restart({ hard: true });   // same port, same D1/R2 state
  *   await worker.stop();
  */
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
@@ -53,6 +54,20 @@ export interface WorkerDev {
   output(): string;
   /** Stops wrangler (its whole process group) and removes the temp persistence dir if it made one. */
   stop(): Promise<void>;
+  /**
+   * Stops wrangler (SIGTERM, or SIGKILL with `hard`) and starts it again on the same port with the same persistence
+   * directory and tokens (D1 and R2 keep their state); resolves once /health answers again.
+   */
+  restart(opts?: WorkerDevRestart): Promise<void>;
+}
+
+export interface WorkerDevRestart {
+  /** SIGKILL wrangler's process group (workerd included) instead of SIGTERM. */
+  hard?: boolean;
+  /** Vars changed for the new process (merged over the current ones). */
+  vars?: Record<string, string>;
+  /** Runs while the Worker is down, before it is started again. */
+  beforeStart?: () => Promise<void> | void;
 }
 
 /** Applies db/migrations to the local D1 under persistTo (non-interactive). */
@@ -70,60 +85,102 @@ export async function startWorkerDev(opts: WorkerDevOptions = {}): Promise<Worke
   const persistTo = opts.persistTo ?? mkdtempSync(path.join(tmpdir(), "sae-swarm-worker-"));
   const submitToken = `sub_${randomBytes(12).toString("base64url")}`;
   const runnerToken = `run_${randomBytes(12).toString("base64url")}`;
-  const vars = { SUBMIT_TOKEN: submitToken, RUNNER_TOKEN: runnerToken, ...opts.vars };
-  for (const [k, v] of Object.entries(vars))
-    if (!/^[A-Z0-9_]+$/.test(k) || /[\n"]/.test(v)) throw new Error(`worker-dev: var ${k} cannot go in an env file`);
+  let vars: Record<string, string> = { SUBMIT_TOKEN: submitToken, RUNNER_TOKEN: runnerToken, ...opts.vars };
   const envFile = path.join(persistTo, "worker.env");
-  writeFileSync(envFile, Object.entries(vars).map(([k, v]) => `${k}="${v}"\n`).join(""), { mode: 0o600 });
+  const writeEnv = () => {
+    for (const [k, v] of Object.entries(vars))
+      if (!/^[A-Z0-9_]+$/.test(k) || /[\n"]/.test(v)) throw new Error(`worker-dev: var ${k} cannot go in an env file`);
+    writeFileSync(envFile, Object.entries(vars).map(([k, v]) => `${k}="${v}"\n`).join(""), { mode: 0o600 });
+  };
+  writeEnv();
   applyMigrations(persistTo);
 
   const port = await freePort();
   const inspector = await freePort();
   const url = `http://127.0.0.1:${port}`;
   let out = "";
-  const child: ChildProcess = spawn(
-    WRANGLER,
-    ["dev", "--local", "--ip", "127.0.0.1", "--port", String(port), "--inspector-port", String(inspector), "--persist-to", persistTo,
-      "--env-file", envFile, "--show-interactive-dev-session=false", "--live-reload=false"],
-    { cwd: ROOT, env: { ...process.env, ...OFFLINE_ENV, CI: "1" }, detached: true, stdio: ["ignore", "pipe", "pipe"] },
-  );
-  child.stdout!.on("data", (d) => (out += d));
-  child.stderr!.on("data", (d) => (out += d));
-  const exited = new Promise<void>((r) => child.once("exit", () => r()));
+  let child!: ChildProcess;
+  let exited!: Promise<void>;
+  const launch = () => {
+    child = spawn(
+      WRANGLER,
+      ["dev", "--local", "--ip", "127.0.0.1", "--port", String(port), "--inspector-port", String(inspector), "--persist-to", persistTo,
+        "--env-file", envFile, "--show-interactive-dev-session=false", "--live-reload=false"],
+      { cwd: ROOT, env: { ...process.env, ...OFFLINE_ENV, CI: "1" }, detached: true, stdio: ["ignore", "pipe", "pipe"] },
+    );
+    child.stdout!.on("data", (d) => (out += d));
+    child.stderr!.on("data", (d) => (out += d));
+    const c = child;
+    exited = new Promise<void>((r) => c.once("exit", () => r()));
+  };
 
-  const stop = async () => {
-    if (child.exitCode === null && child.signalCode === null) {
+  /** Signals wrangler's whole process group (workerd included) and waits for wrangler to exit; SIGKILL after 5 s. */
+  const halt = async (signal: "SIGTERM" | "SIGKILL") => {
+    const c = child;
+    if (c.exitCode !== null || c.signalCode !== null) return;
+    const kill = (s: NodeJS.Signals) => {
       try {
-        process.kill(-child.pid!, "SIGTERM");
+        process.kill(-c.pid!, s);
       } catch {
         /* already gone */
       }
-      const t = setTimeout(() => {
-        try {
-          process.kill(-child.pid!, "SIGKILL");
-        } catch {
-          /* already gone */
-        }
-      }, 5000);
-      await exited;
-      clearTimeout(t);
-    }
+    };
+    kill(signal);
+    const t = setTimeout(() => kill("SIGKILL"), 5000);
+    await exited;
+    clearTimeout(t);
+  };
+
+  const stop = async () => {
+    await halt("SIGTERM");
     if (ownDir) rmSync(persistTo, { recursive: true, force: true });
   };
 
-  const deadline = Date.now() + (opts.startTimeoutMs ?? 120_000);
-  for (;;) {
-    if (child.exitCode !== null) {
-      await stop();
-      throw new Error(`wrangler dev exited (${child.exitCode}) before answering /health:\n${out}`);
+  const waitHealthy = async () => {
+    const deadline = Date.now() + (opts.startTimeoutMs ?? 120_000);
+    for (;;) {
+      if (child.exitCode !== null) {
+        await stop();
+        throw new Error(`wrangler dev exited (${child.exitCode}) before answering /health:\n${out}`);
+      }
+      const ok = await fetch(`${url}/health`).then((r) => r.ok, () => false);
+      if (ok) return;
+      if (Date.now() > deadline) {
+        await stop();
+        throw new Error(`wrangler dev did not answer ${url}/health in time:\n${out}`);
+      }
+      await new Promise((r) => setTimeout(r, 250));
     }
-    const ok = await fetch(`${url}/health`).then((r) => r.ok, () => false);
-    if (ok) break;
-    if (Date.now() > deadline) {
-      await stop();
-      throw new Error(`wrangler dev did not answer ${url}/health in time:\n${out}`);
+  };
+
+  const restart = async (o: WorkerDevRestart = {}) => {
+    await halt(o.hard ? "SIGKILL" : "SIGTERM");
+    // workerd (same process group) can hold the ports a moment longer than wrangler lives.
+    for (const p of [port, inspector]) await untilFree(p);
+    if (o.vars) {
+      vars = { ...vars, ...o.vars };
+      writeEnv();
     }
-    await new Promise((r) => setTimeout(r, 250));
+    if (o.beforeStart) await o.beforeStart();
+    launch();
+    await waitHealthy();
+  };
+
+  launch();
+  await waitHealthy();
+  return { url, submitToken, runnerToken, submitAuth: { authorization: `Bearer ${submitToken}` }, persistTo, output: () => out, stop, restart };
+}
+
+/** Waits (up to 15 s) until `port` on 127.0.0.1 can be bound again. */
+async function untilFree(port: number): Promise<void> {
+  for (let i = 0; ; i++) {
+    const srv = createServer();
+    const ok = await new Promise<boolean>((resolve) => {
+      srv.once("error", () => resolve(false));
+      srv.listen(port, "127.0.0.1", () => resolve(true));
+    });
+    if (ok) return await new Promise<void>((r) => srv.close(() => r()));
+    if (i >= 300) throw new Error(`worker-dev: port ${port} still busy after wrangler stopped`);
+    await new Promise((r) => setTimeout(r, 50));
   }
-  return { url, submitToken, runnerToken, submitAuth: { authorization: `Bearer ${submitToken}` }, persistTo, output: () => out, stop };
 }

@@ -354,6 +354,38 @@ describe("claims and leases", () => {
     expect((await json(await call("GET", `/v1/sweeps/${old.group.sweep_id}`), 200)).sweep.status).toBe("done");
   }, 30_000); // sleeps out a 3 s lease, then ~20 requests: over the 5 s default on a loaded machine
 
+  it("a checkpoint is stored once: a repeat (same lease, or a later one after a takeover) is a duplicate and leaves no object behind; a body cut short is refused", async () => {
+    const vars = { LEASE_TTL_MS: "3000" };
+    const s = await submit();
+    const old = (await claim("a", 1024, vars))!;
+    const r0 = old.group.cfgs[0].run_id;
+    const objects = async () => (await env.CHECKPOINTS.list({ prefix: `${s.id}/` })).objects.map((o) => o.key);
+    const first = safetensors(4, 1);
+    const cut = await putCheckpoint(old.lease.id, old.lease.token, r0, "kind=final", first.slice(0, first.byteLength - 5), vars);
+    expect((await json(cut, 400)).error).toMatchObject({ code: "invalid_checkpoint", field: "body" });
+    expect(await objects()).toEqual([]);
+    expect(await json(await putCheckpoint(old.lease.id, old.lease.token, r0, "kind=final", first, vars), 201)).toEqual({ run_id: r0, kind: "final", step: 10, bytes: first.byteLength });
+    // The runner's retry after a lost answer.
+    expect(await json(await putCheckpoint(old.lease.id, old.lease.token, r0, "kind=final", first, vars), 200)).toMatchObject({ duplicate: true, bytes: first.byteLength });
+    await json(await putCheckpoint(old.lease.id, old.lease.token, r0, "kind=resume&step=5", safetensors(4, 5), vars), 201);
+    expect(await objects()).toHaveLength(2);
+
+    // The runner dies before it hears the answers; the next one retrains the group and uploads them again.
+    await sleep(Math.max(0, old.lease.expires_at - Date.now()) + 50);
+    const neu = (await claim("b", 1024, { LEASE_TTL_MS: "60000" }))!;
+    expect(neu.group.resume).toEqual([expect.objectContaining({ run_id: r0, step: 5 })]);
+    expect(await json(await putCheckpoint(neu.lease.id, neu.lease.token, r0, "kind=final", safetensors(4, 2)), 200)).toMatchObject({ duplicate: true, bytes: first.byteLength });
+    expect(await json(await putCheckpoint(neu.lease.id, neu.lease.token, r0, "kind=resume&step=5", safetensors(4, 6)), 200)).toMatchObject({ duplicate: true });
+    expect(await objects()).toHaveLength(2);
+    const run = await json(await call("GET", `/v1/runs/${r0}`), 200);
+    expect(run.run.checkpoints.map((k: { kind: string; step: number }) => [k.kind, k.step])).toEqual([["final", 10], ["resume", 5]]);
+    expect(new Uint8Array(await (await call("GET", `/v1/runs/${r0}/checkpoint`)).arrayBuffer())).toEqual(first);
+    // The dead runner's late repeat is refused, and the object it stored stays.
+    expect((await putCheckpoint(old.lease.id, old.lease.token, r0, "kind=final", first)).status).toBe(409);
+    expect(await objects()).toHaveLength(2);
+    expect(new Uint8Array(await (await call("GET", `/v1/runs/${r0}/checkpoint`)).arrayBuffer())).toEqual(first);
+  });
+
   it("fail puts the group back until MAX_ATTEMPTS, then fails group, runs and sweep with the error", async () => {
     const vars = { MAX_ATTEMPTS: "2" };
     const s = await submit();

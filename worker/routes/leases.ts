@@ -251,6 +251,7 @@ function checkSafetensors(buf: ArrayBuffer): void {
   }
   if (typeof header !== "object" || header === null || Array.isArray(header)) throw bad("its header is not a JSON object");
   const dataBytes = buf.byteLength - 8 - Number(n);
+  let end = 0;
   for (const [name, t] of Object.entries(header)) {
     if (name === "__metadata__") {
       if (typeof t !== "object" || t === null || Array.isArray(t) || Object.values(t).some((v) => typeof v !== "string"))
@@ -268,7 +269,10 @@ function checkSafetensors(buf: ArrayBuffer): void {
     if (off[1] > dataBytes) throw bad(`${what}'s data_offsets [${off[0]}, ${off[1]}] run past the end of the data (${dataBytes} bytes)`);
     const want = shape.reduce((a: number, d: number) => a * d, 1) * size;
     if (off[1] - off[0] !== want) throw bad(`${what} of shape [${shape.join(", ")}] ${dtype} needs ${want} bytes, its data_offsets hold ${off[1] - off[0]}`);
+    end = Math.max(end, off[1]);
   }
+  // Exactly the data the tensors cover: an upload cut short (or padded) is refused, not stored.
+  if (end !== dataBytes) throw bad(`${buf.byteLength} bytes, but its header describes ${8 + Number(n) + end} (cut short?)`);
 }
 
 function checkpointQuery(c: Context<{ Bindings: Env }>, run: { n_steps: number }, forWrite: boolean) {
@@ -307,28 +311,42 @@ leaseRoutes.put("/:id/checkpoints/:run_id", async (c) => {
   const { kind, step } = checkpointQuery(c, run, true);
   const buf = await c.req.arrayBuffer();
   checkSafetensors(buf);
+  // Stored once per (run, kind, step), like metrics and evals: the first upload stays (the eval and metrics stored
+  // came from the same training), and a repeat (this lease's retry after a lost answer, or a later lease's runner
+  // retraining a group whose runner died before it heard the answer) is a duplicate that changes nothing.
+  const db = c.env.DB;
+  const have = db.prepare(`SELECT key, bytes FROM checkpoints WHERE run_id = ?1 AND kind = ?2 AND step = ?3`).bind(runId, kind, step);
+  const duplicate = (row: { bytes: number }) =>
+    c.json({ run_id: runId, kind, step: step!, bytes: row.bytes, duplicate: true } satisfies CheckpointResponse, 200);
+  const before = await have.first<{ key: string; bytes: number }>();
+  if (before) return duplicate(before);
   // The lease id in the key: a stale writer can never overwrite what a valid lease stored.
   const key = `${run.sweep_id}/${runId}/${kind}-${step}-${lease.id}.safetensors`;
   await c.env.CHECKPOINTS.put(key, buf, { httpMetadata: { contentType: "application/octet-stream" }, customMetadata: { run_id: runId, kind, step: String(step), lease_id: lease.id } });
-  let changes = 0;
+  // The row kept, read in the insert's transaction: another upload of this checkpoint may have raced this one.
+  let ins: D1Result, kept: D1Result;
   try {
-    const r = await c.env.DB.prepare(
-      `INSERT INTO checkpoints (run_id, kind, step, key, bytes, lease_id, created_at)
-       SELECT ?4, ?5, ?6, ?7, ?8, ?1, ?3 WHERE ${valid(1, 2, 3)}
-       ON CONFLICT (run_id, kind, step) DO UPDATE SET key = excluded.key, bytes = excluded.bytes, lease_id = excluded.lease_id, created_at = excluded.created_at`,
-    )
-      .bind(lease.id, token, Date.now(), runId, kind, step, key, buf.byteLength)
-      .run();
-    changes = r.meta.changes;
+    [ins, kept] = await db.batch([
+    db
+      .prepare(
+        `INSERT INTO checkpoints (run_id, kind, step, key, bytes, lease_id, created_at)
+         SELECT ?4, ?5, ?6, ?7, ?8, ?1, ?3 WHERE ${valid(1, 2, 3)}
+         ON CONFLICT (run_id, kind, step) DO NOTHING`,
+      )
+      .bind(lease.id, token, Date.now(), runId, kind, step, key, buf.byteLength),
+    have,
+  ]);
   } catch (err) {
-    await dropUnreferenced(c, key).catch(() => {});
+    await dropUnreferenced(c, key).catch(() => {}); // nothing points at this upload's object: leave nothing behind
     throw err;
   }
-  if (changes !== 1) {
-    await dropUnreferenced(c, key);
-    throw conflict("stale_lease", `lease ${lease.id} is no longer active`, "token");
-  }
-  return c.json({ run_id: runId, kind, step: step!, bytes: buf.byteLength } satisfies CheckpointResponse, 201);
+  if (ins.meta.changes === 1) return c.json({ run_id: runId, kind, step: step!, bytes: buf.byteLength } satisfies CheckpointResponse, 201);
+  const row = kept.results[0] as { key: string; bytes: number } | undefined;
+  // Not stored: drop this upload's object, unless the row kept is this very key (the same lease's racing repeat).
+  if (row?.key !== key) await c.env.CHECKPOINTS.delete(key);
+  await requireStillValid(c, lease, token);
+  if (!row) throw conflict("stale_lease", `lease ${lease.id} is no longer active`, "token");
+  return duplicate(row);
 });
 
 /** The runner fetches resume checkpoints back (ResumePoint.checkpoint_path), under a valid lease that holds the run. */
