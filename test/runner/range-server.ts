@@ -35,7 +35,8 @@ export async function serveDirWithRanges(dir: string): Promise<RangeServer> {
     const rel = decodeURIComponent(url.pathname).replace(/^\/+/, "");
     const range = req.headers.range ?? null;
     const entry: RangeLogEntry = { path: rel, range, status: 0, bytes: 0 };
-    state.log.push(entry);
+    // Logged once answered: a prefetch still reading its file must not show up half-done (status 0).
+    res.on("finish", () => state.log.push(entry));
     if (failures > 0 && rel.endsWith(".bin")) {
       failures--;
       entry.status = 503;
