@@ -19,9 +19,10 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { nSteps, type TrainConfig } from "../../shaders/config";
+import type { TrainConfig } from "../../shaders/config";
 import { descendants } from "../../runner/fault";
 import { mulberry32, testSeed } from "../helpers/random";
+import { killTree, loggedSteps, until } from "../helpers/e2e";
 import { ROOT, startWorkerDev, type WorkerDev } from "../helpers/worker-dev";
 
 const CHECKPOINT_EVERY = 20;
@@ -112,17 +113,6 @@ function startRunner(name: string, opts: { once?: boolean; fault?: string } = {}
   return r;
 }
 
-/** SIGKILL a runner's process group and every process it started (Chromium and its children). */
-function killTree(pid: number): void {
-  for (const target of [-pid, ...descendants(pid)]) {
-    try {
-      process.kill(target, "SIGKILL");
-    } catch {
-      /* already gone */
-    }
-  }
-}
-
 /** Whether a process still runs (a zombie waiting for its parent counts as gone). */
 function alive(pid: number): boolean {
   try {
@@ -132,19 +122,6 @@ function alive(pid: number): boolean {
     return false;
   }
 }
-
-async function until<T>(what: string, probe: () => Promise<T | null | undefined | false>, timeoutMs: number, everyMs = 250): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, everyMs));
-  }
-}
-
-/** The steps a run logs metrics at: (step + 1) % log_every == 0, 0-based. */
-const loggedSteps = (cfg: TrainConfig) => Array.from({ length: Math.floor(nSteps(cfg) / cfg.log_every) }, (_, i) => (i + 1) * cfg.log_every - 1);
 
 /** Each logged step exactly once, one eval, exactly one final checkpoint (at n_steps), resume checkpoints once each. */
 async function expectRunComplete(r: RunView): Promise<void> {

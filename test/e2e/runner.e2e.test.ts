@@ -11,12 +11,12 @@
  *    configs trained without interruption (sweep "control" of part 1).
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { readdirSync, readFileSync } from "node:fs";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { nSteps, type TrainConfig } from "../../shaders/config";
 import { SyntheticDataset } from "../../runner/data/synthetic";
 import { decodeCheckpoint, type DecodedCheckpoint } from "../../runner/safetensors";
+import { killTree, loggedSteps, until } from "../helpers/e2e";
 import { ROOT, startWorkerDev, type WorkerDev } from "../helpers/worker-dev";
 
 const CHECKPOINT_EVERY = 20;
@@ -108,50 +108,6 @@ function startRunner(id: string, once: boolean): Runner {
   runners.push(r);
   return r;
 }
-
-/** Every process descending from `pid` (Chromium runs in its own process group, so a group kill misses it). */
-function descendants(pid: number): number[] {
-  const children = new Map<number, number[]>();
-  for (const entry of readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
-      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
-      children.set(ppid, [...(children.get(ppid) ?? []), Number(entry)]);
-    } catch {
-      /* gone meanwhile */
-    }
-  }
-  const out: number[] = [];
-  const walk = (p: number) => (children.get(p) ?? []).forEach((c) => (out.push(c), walk(c)));
-  walk(pid);
-  return out;
-}
-
-/** SIGKILL the runner CLI's process group and every process it started (Chromium and its children). */
-function killTree(pid: number): void {
-  const tree = descendants(pid);
-  for (const target of [-pid, ...tree]) {
-    try {
-      process.kill(target, "SIGKILL");
-    } catch {
-      /* already gone */
-    }
-  }
-}
-
-async function until<T>(what: string, probe: () => Promise<T | null | undefined | false>, timeoutMs: number, everyMs = 200): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, everyMs));
-  }
-}
-
-/** The steps a run logs metrics at: (step + 1) % log_every == 0 (SAE.md), 0-based. */
-const loggedSteps = (cfg: TrainConfig) => Array.from({ length: Math.floor(nSteps(cfg) / cfg.log_every) }, (_, i) => (i + 1) * cfg.log_every - 1);
 
 /** Each logged step exactly once, one eval, exactly one final checkpoint (at n_steps). */
 async function expectRunComplete(r: RunView): Promise<void> {
