@@ -4,8 +4,12 @@
  * that no acknowledged row was lost or doubled, no run was held by two live leases at once, and stale tokens got
  * 409. Prints claims/s, metric rows/s, heartbeats/s and latency per route; exits 1 on any violation.
  *
- *   npm run load -- --runners 50 --seconds 60 [--lease-ttl-ms 10000] [--step-ms 40] [--seed 1] [--track] [--keep]
- *                   [--json out/load.json]
+ *   npm run load -- --runners 50 --seconds 60 [--lease-ttl-ms 10000] [--step-ms 40] [--steps 48] [--seed 1]
+ *                   [--track] [--keep] [--json out/load.json] [--wrangler-log FILE]
+ *
+ * --track sends every metric post through the W&B outbox and queue too (no W&B key: the consumer drops them);
+ * --keep keeps the temp persistence dir (D1, R2) and prints where; --json writes the figures; --wrangler-log
+ * writes what wrangler dev printed.
  */
 import { mkdirSync, writeFileSync } from "node:fs";
 import path from "node:path";
@@ -28,7 +32,7 @@ const { values } = parseArgs({
   },
 });
 if (values.help) {
-  console.log("usage: npm run load -- [--runners 50] [--seconds 60] [--lease-ttl-ms 10000] [--step-ms 40] [--steps 48] [--seed 1] [--track] [--keep] [--json FILE]");
+  console.log("usage: npm run load -- [--runners 50] [--seconds 60] [--lease-ttl-ms 10000] [--step-ms 40] [--steps 48] [--seed 1] [--track] [--keep] [--json FILE] [--wrangler-log FILE]");
   process.exit(0);
 }
 const num = (v: string | undefined, d: number, name: string) => {
@@ -47,6 +51,7 @@ const result = await runLoad({
   leaseTtlMs: Math.round(num(values["lease-ttl-ms"], DEFAULT_LOAD.leaseTtlMs, "lease-ttl-ms")),
   stepMs: num(values["step-ms"], DEFAULT_LOAD.stepMs, "step-ms"),
   steps: Math.round(num(values.steps, DEFAULT_LOAD.steps, "steps")),
+  checkpointEvery: values.steps ? Math.max(1, Math.floor(Number(values.steps) / 2)) : DEFAULT_LOAD.checkpointEvery,
   seed: Math.round(num(values.seed, DEFAULT_LOAD.seed, "seed")),
   track: values.track ?? false,
   keep: values.keep ?? false,

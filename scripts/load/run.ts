@@ -7,7 +7,7 @@
  */
 import { spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { cpus, loadavg, tmpdir } from "node:os";
 import path from "node:path";
 import { decodeSafetensors } from "../../runner/safetensors";
 import type { ClaimResponse, SubmitResponse } from "../../worker/protocol";
@@ -79,7 +79,7 @@ export interface RouteStats {
 
 export interface LoadResult {
   options: Omit<LoadOptions, "log">;
-  /** Seconds the runners worked (first claim sent → last runner done). */
+  /** Seconds from the first claim to the last runner done (the load window plus the drain). */
   elapsedS: number;
   figures: {
     claims_per_s: number;
@@ -152,6 +152,7 @@ async function pool<T>(items: T[], n: number, f: (t: T) => Promise<void>): Promi
 
 export async function runLoad(opts: Partial<LoadOptions> = {}): Promise<LoadResult> {
   const o: LoadOptions = { ...DEFAULT_LOAD, ...opts };
+  const load0 = loadavg()[0];
   const persistTo = mkdtempSync(path.join(tmpdir(), "sae-swarm-load-"));
   o.log(`starting wrangler dev (persist ${persistTo}; LEASE_TTL_MS ${o.leaseTtlMs})`);
   const worker = await startWorkerDev({
@@ -262,14 +263,18 @@ export async function runLoad(opts: Partial<LoadOptions> = {}): Promise<LoadResu
     const { violations, facts } = checkInvariants({ log, ttlMs: o.leaseTtlMs, db, api, errors });
     for (const c of adminLog) if (c.status >= 500 || c.status === 0) violations.push(`submitter API: ${c.route} → ${c.status}`);
 
+    // Rates over the load window (the runners' working time, not the drain after it): calls sent inside it.
     const secs = (t1 - t0) / 1000;
-    const count = (f: (c: Call) => boolean) => log.filter(f).length;
+    const inWindow = log.filter((c) => c.t0 < deadline);
+    const win = (deadline - t0) / 1000;
+    const count = (f: (c: Call) => boolean) => inWindow.filter(f).length;
+    const rows = (f: (c: Call) => boolean) => inWindow.filter((c) => c.route.endsWith("/metrics") && c.status === 200 && f(c));
     const figures = {
-      claims_per_s: count((c) => c.route === "POST /v1/claims" && c.status === 200) / secs,
-      metric_rows_per_s: facts.metric_rows_acked / secs,
-      metric_rows_stored_per_s: facts.metric_rows_stored / secs,
-      heartbeats_per_s: count((c) => c.route.endsWith("/heartbeat") && c.status === 200) / secs,
-      requests_per_s: log.length / secs,
+      claims_per_s: count((c) => c.route === "POST /v1/claims" && c.status === 200) / win,
+      metric_rows_per_s: rows(() => true).reduce((n, c) => n + c.req.rows.length, 0) / win,
+      metric_rows_stored_per_s: rows(() => true).reduce((n, c) => n + c.res.stored, 0) / win,
+      heartbeats_per_s: count((c) => c.route.endsWith("/heartbeat") && c.status === 200) / win,
+      requests_per_s: inWindow.length / win,
     };
     const routes = routeTable(log);
     const statusCols = [...new Set(routes.flatMap((r) => Object.keys(r.by)))].sort();
@@ -280,7 +285,8 @@ export async function runLoad(opts: Partial<LoadOptions> = {}): Promise<LoadResu
     const f = (x: number) => x.toFixed(1);
     const { log: _log, ...options } = o;
     const text = [
-      `${o.runners} runners, ${secs.toFixed(1)} s, LEASE_TTL_MS ${o.leaseTtlMs}, ${o.steps} steps × ${o.stepMs} ms per group of ${o.runsPerGroup} runs, metrics every ${o.logEvery} steps`,
+      `${o.runners} runners for ${win.toFixed(0)} s (drained after ${secs.toFixed(1)} s), LEASE_TTL_MS ${o.leaseTtlMs}, ${o.steps} steps × ${o.stepMs} ms per group of ${o.runsPerGroup} runs, metrics every ${o.logEvery} steps`,
+      `machine: ${cpus().length} cores, load average ${load0.toFixed(1)} before, ${loadavg()[0].toFixed(1)} after (1 min)`,
       "",
       table,
       "",
@@ -293,6 +299,7 @@ export async function runLoad(opts: Partial<LoadOptions> = {}): Promise<LoadResu
     result = { options, elapsedS: secs, figures, routes, facts, groups: stats!.groups, sweeps, violations, text, workerOutput };
   } finally {
     if (!o.keep) rmSync(persistTo, { recursive: true, force: true });
+    else o.log(`kept ${persistTo} (wrangler d1 execute DB --local --persist-to ${persistTo} --command "…")`);
   }
   return result;
 }
