@@ -8,14 +8,16 @@
  * - lost rows: every metric row, eval and checkpoint a runner got a 2xx for is stored, with the values it sent;
  * - doubled rows: each (run, step) is stored once (D1 and the read API), and the stored counts the Worker answered
  *   add up to the rows in D1 (no row stored under an answer that said otherwise);
- * - exclusive leases: no run (hence no group: groups are never chunked here) is held by two live leases at once.
+ * - exclusive leases: no run (hence no group: every lease here holds its whole group, which is checked too) is held
+ *   by two live leases at once.
  *   Client side: a lease granted while the previous holder's last known expiry was still ahead (and that holder had
  *   not ended it), or a write under the old lease accepted after the new lease was granted, or after the old
  *   lease's last known expiry, or after its own complete/fail. Server side: the leases D1 holds, per run, with
  *   their windows [created_at, min(expires_at, ended_at)), must not overlap;
  * - stale tokens: writes sent after a lease expired, was taken over or ended got 409; no 409 for a lease that was
  *   certainly live; repeated complete/fail are answered 200 `repeated`;
- * - no 5xx, no network errors, no unexpected 4xx.
+ * - no 5xx from the Worker, no unexpected 4xx (wrangler dev's own proxy 503s and dropped loopback connections are
+ *   counted apart: the runner client retries them, and the checks above must hold all the same).
  */
 import type { Call } from "./swarm";
 
@@ -195,6 +197,13 @@ export function checkInvariants(input: CheckInput): CheckResult {
       }
     }
   }
+
+  // Every lease here holds its whole group (the simulated adapter fits any group), so "no run held by two live
+  // leases" below is also "no group held by two live leases".
+  const groupSize = new Map<string, number>();
+  for (const r of db.runs) groupSize.set(r.group_id, (groupSize.get(r.group_id) ?? 0) + 1);
+  for (const l of leases.values())
+    if (l.runIds.length !== groupSize.get(l.groupId)) add("partial lease", `lease ${l.id} holds ${l.runIds.length} of the ${groupSize.get(l.groupId)} runs of ${l.groupId}`);
 
   // ---- exclusivity, client side: per run, leases in grant order
   const byRun = new Map<string, ClientLease[]>();
