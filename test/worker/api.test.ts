@@ -283,6 +283,19 @@ describe("claims and leases", () => {
     expect((await json(await call("GET", `/v1/sweeps/${s.id}`), 200)).sweep.status).toBe("done");
   });
 
+  it("many claims at once over many groups: each gets its own group, none answers 204 while work waits", async () => {
+    // 12 groups (one per data seed), 2 runs each; 6 runners claim at once. The losers of a race retry among a
+    // widening set of the oldest groups, so all 6 get one (a fixed order made most of them lose every try).
+    const seeds = Array.from({ length: 12 }, (_, i) => `{ kind = "synthetic", d_vit = 16, n_features = 32, sparsity = 0.05, seed = ${i + 1} }`);
+    const s = await submit(`data = [${seeds.join(", ")}]\nn_train = 640\nbatch_size = 64\nlr = [1e-4, 3e-4]\nsae = { exp_factor = 4 }\n`);
+    expect(s.n_groups).toBe(12);
+    const results = await Promise.all(Array.from({ length: 6 }, (_, i) => claim(`r${i}`)));
+    expect(results.every((r) => r !== null)).toBe(true);
+    expect(new Set(results.map((r) => r!.group.id)).size).toBe(6);
+    expect(results.every((r) => r!.group.cfgs.length === 2)).toBe(true);
+    expect(await count("leases")).toBe(6);
+  });
+
   it("two claims racing for one group: exactly one wins", async () => {
     await submit();
     for (let round = 0; round < 3; round++) {

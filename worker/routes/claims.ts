@@ -1,10 +1,10 @@
 /**
  * POST /v1/claims (runner token): lease the oldest claimable chunk of a group to a runner.
  *
- * A run is claimable when it waits, or when the lease holding it is no longer active or has expired. The claim is
- * one D1 batch (one transaction): the new lease is inserted only if every chosen run is still claimable at that
- * moment, and the runs move to it only if that insert happened, so of two claims racing for one group exactly
- * one wins; the loser looks again (and gets another chunk, or 204).
+ * A run is claimable when it waits, or when the lease holding it is no longer active or has expired. The lease is
+ * written in one D1 batch (one transaction) that chooses the chunk's runs itself, among those claimable at that
+ * moment, and moves them to the new lease, so two claims racing for one group never share a run: the loser finds
+ * the group's remaining runs (another chunk), or none and looks at another group (or answers 204).
  */
 import { Hono } from "hono";
 import { maxSaesThatFit } from "../../shaders/fit";
@@ -21,7 +21,20 @@ export const claimRoutes = new Hono<{ Bindings: Env }>();
 /** SQL for "run r is claimable at ?now" (r: runs, l: its lease, left-joined). */
 const CLAIMABLE = `(r.status = 'waiting' OR (r.status = 'leased' AND (l.id IS NULL OR l.status <> 'active' OR l.expires_at <= ?1)))`;
 
-const MAX_TRIES = 5;
+/**
+ * Attempts per claim. An attempt picks a candidate group and leases its claimable runs in one D1 batch; it loses
+ * only when other claims took every claimable run of that group first. The first attempt takes the oldest group;
+ * a claim that lost tries a random one of the next oldest 4, 16, 64, … (re-reading the candidates once when it
+ * has tried them all), so that many runners claiming at once spread over the groups instead of colliding on the
+ * oldest one every time (with a fixed order and five tries, most of 16 claims at once answered 204 while 200 groups
+ * waited).
+ */
+const MAX_TRIES = 8;
+
+/** Candidate groups read per claim (the oldest with a claimable run). */
+const CANDIDATES = 200;
+
+type Candidate = { group_id: string; sweep_id: string; k: number };
 
 claimRoutes.post("/", async (c) => {
   const body = await jsonBody(c, ClaimBody);
@@ -29,88 +42,98 @@ claimRoutes.post("/", async (c) => {
   const limits = body.adapter.limits as unknown as AdapterLimits;
   const db = c.env.DB;
 
-  for (let attempt = 0; attempt < MAX_TRIES; attempt++) {
-    const now = Date.now();
-    // Oldest groups first (sweep order, then group order), each with one claimable run to read its shape from.
-    const { results: candidates } = await db
+  /** The oldest groups (sweep order, then group order) with a claimable run that this adapter can hold. */
+  const readCandidates = async (): Promise<Candidate[]> => {
+    // Only the shape of one claimable run per group, so that a claim reads a few bytes per group, not configs.
+    const { results } = await db
       .prepare(
-        `SELECT * FROM (
-           SELECT g.id AS group_id, g.sweep_id, g.data, g.created_at, g.idx,
-             (SELECT r.cfg FROM runs r LEFT JOIN leases l ON l.id = r.lease_id WHERE r.group_id = g.id AND ${CLAIMABLE} ORDER BY r.idx LIMIT 1) AS cfg
+        `SELECT group_id, sweep_id, shape FROM (
+           SELECT g.id AS group_id, g.sweep_id, g.created_at, g.idx,
+             (SELECT json_array(json_extract(r.cfg, '$.sae.d_vit'), json_extract(r.cfg, '$.sae.exp_factor'), json_extract(r.cfg, '$.sae_batch_size'))
+              FROM runs r LEFT JOIN leases l ON l.id = r.lease_id WHERE r.group_id = g.id AND ${CLAIMABLE} ORDER BY r.idx LIMIT 1) AS shape
            FROM groups g
            WHERE g.status IN ('waiting', 'running'))
-         WHERE cfg IS NOT NULL
+         WHERE shape IS NOT NULL
          ORDER BY created_at, sweep_id, idx
-         LIMIT 200`,
+         LIMIT ${CANDIDATES}`,
       )
-      .bind(now)
-      .all<{ group_id: string; sweep_id: string; data: string; cfg: string | null }>();
-
-    let chosen: { group: (typeof candidates)[number]; runIds: string[]; cfgs: Map<string, TrainConfig> } | null = null;
-    for (const g of candidates) {
-      const cfg = JSON.parse(g.cfg!) as TrainConfig;
-      const k = maxSaesThatFit(limits, { d_vit: cfg.sae.d_vit, d_sae: cfg.sae.d_vit * cfg.sae.exp_factor, batch_size: cfg.sae_batch_size });
-      if (k < 1) continue; // this runner cannot hold even one SAE of this group; leave it for a bigger one
-      const { results: runs } = await db
-        .prepare(`SELECT r.id, r.cfg FROM runs r LEFT JOIN leases l ON l.id = r.lease_id WHERE r.group_id = ?2 AND ${CLAIMABLE} ORDER BY r.idx LIMIT ?3`)
-        .bind(now, g.group_id, k)
-        .all<{ id: string; cfg: string }>();
-      if (!runs.length) continue;
-      chosen = { group: g, runIds: runs.map((r) => r.id), cfgs: new Map(runs.map((r) => [r.id, JSON.parse(r.cfg) as TrainConfig])) };
-      break;
+      .bind(Date.now())
+      .all<{ group_id: string; sweep_id: string; shape: string }>();
+    const out: Candidate[] = [];
+    for (const g of results) {
+      const [d_vit, exp_factor, batch_size] = JSON.parse(g.shape) as number[];
+      const k = maxSaesThatFit(limits, { d_vit, d_sae: d_vit * exp_factor, batch_size });
+      if (k >= 1) out.push({ group_id: g.group_id, sweep_id: g.sweep_id, k }); // else leave it for a bigger runner
     }
-    if (!chosen) return c.body(null, 204);
+    return out;
+  };
 
+  let candidates = await readCandidates();
+  let reread = false;
+  for (let attempt = 0; attempt < MAX_TRIES && candidates.length; attempt++) {
+    const i = Math.floor(Math.random() * Math.min(candidates.length, 4 ** attempt));
+    const g = candidates[i];
     const leaseId = newId("ls_");
     const token = newId("tk_", 18);
-    const expiresAt = now + leaseTtlMs;
-    const ids = JSON.stringify(chosen.runIds);
-    const inChunk = `r.id IN (SELECT value FROM json_each(?2))`;
+    const at = Date.now();
+    const expiresAt = at + leaseTtlMs;
+    // One batch, one transaction: the lease takes the group's claimable runs as they are at this moment (so it
+    // cannot half-succeed or race), the leases it takes runs from are over for good (their tokens now stale), and
+    // the answer's rows are read back. Nothing is written when no run of the group is claimable any more.
+    const chunk = `SELECT value FROM json_each((SELECT run_ids FROM leases WHERE id = ?3))`;
     const won = `EXISTS (SELECT 1 FROM leases WHERE id = ?3)`;
-    const results = await db.batch([
+    const r = await db.batch([
       db
         .prepare(
           `INSERT INTO leases (id, token, group_id, runner_id, adapter, run_ids, status, created_at, expires_at)
-           SELECT ?3, ?4, ?5, ?6, ?7, ?2, 'active', ?1, ?8
-           WHERE (SELECT count(*) FROM runs r LEFT JOIN leases l ON l.id = r.lease_id WHERE ${inChunk} AND ${CLAIMABLE}) = json_array_length(?2)`,
+           SELECT ?3, ?4, ?2, ?5, ?6, ids, 'active', ?1, ?7 FROM (
+             SELECT json_group_array(id) AS ids, count(*) AS n FROM (
+               SELECT r.id FROM runs r LEFT JOIN leases l ON l.id = r.lease_id WHERE r.group_id = ?2 AND ${CLAIMABLE} ORDER BY r.idx LIMIT ?8))
+           WHERE n > 0`,
         )
-        .bind(now, ids, leaseId, token, chosen.group.group_id, body.runner_id, JSON.stringify(body.adapter), expiresAt),
-      // The leases this chunk takes over are over for good: their tokens are now stale.
+        .bind(at, g.group_id, leaseId, token, body.runner_id, JSON.stringify(body.adapter), expiresAt, g.k),
       db
-        .prepare(
-          `UPDATE leases SET status = 'expired', ended_at = ?1
-           WHERE status = 'active' AND expires_at <= ?1 AND id IN (SELECT r.lease_id FROM runs r WHERE ${inChunk}) AND ${won}`,
-        )
-        .bind(now, ids, leaseId),
-      db.prepare(`UPDATE runs SET status = 'leased', lease_id = ?3, attempts = attempts + 1 WHERE id IN (SELECT value FROM json_each(?2)) AND ${won}`).bind(now, ids, leaseId),
-      db.prepare(`UPDATE groups SET status = 'running' WHERE id = ?2 AND status = 'waiting' AND EXISTS (SELECT 1 FROM leases WHERE id = ?1)`).bind(leaseId, chosen.group.group_id),
-      db.prepare(`UPDATE sweeps SET status = 'running' WHERE id = ?2 AND status = 'waiting' AND EXISTS (SELECT 1 FROM leases WHERE id = ?1)`).bind(leaseId, chosen.group.sweep_id),
+        .prepare(`UPDATE leases SET status = 'expired', ended_at = ?1 WHERE status = 'active' AND expires_at <= ?1 AND id IN (SELECT lease_id FROM runs WHERE id IN (${chunk}))`)
+        .bind(at, g.group_id, leaseId),
+      db.prepare(`UPDATE runs SET status = 'leased', lease_id = ?3, attempts = attempts + 1 WHERE id IN (${chunk})`).bind(at, g.group_id, leaseId),
+      db.prepare(`UPDATE groups SET status = 'running' WHERE id = ?2 AND status = 'waiting' AND ${won}`).bind(at, g.group_id, leaseId),
+      db.prepare(`UPDATE sweeps SET status = 'running' WHERE id = ?4 AND status = 'waiting' AND ${won}`).bind(at, g.group_id, leaseId, g.sweep_id),
+      db.prepare(`SELECT id, cfg, attempts FROM runs WHERE id IN (${chunk}) ORDER BY idx`).bind(at, g.group_id, leaseId),
+      db.prepare(`SELECT data FROM groups WHERE id = ?2 AND ${won}`).bind(at, g.group_id, leaseId),
+      db
+        .prepare(`SELECT run_id, max(step) AS step FROM checkpoints WHERE kind = 'resume' AND run_id IN (${chunk}) GROUP BY run_id`)
+        .bind(at, g.group_id, leaseId),
     ]);
-    if (results[0].meta.changes !== 1) continue; // another claim took some of these runs first; look again
-
-    const { results: ckpts } = await db
-      .prepare(`SELECT run_id, max(step) AS step FROM checkpoints WHERE kind = 'resume' AND run_id IN (SELECT value FROM json_each(?1)) GROUP BY run_id`)
-      .bind(ids)
-      .all<{ run_id: string; step: number }>();
-    const resume: ResumePoint[] = ckpts
-      .sort((a, b) => chosen.runIds.indexOf(a.run_id) - chosen.runIds.indexOf(b.run_id))
-      .map((r) => ({ run_id: r.run_id, step: r.step, checkpoint_path: `/v1/leases/${leaseId}/checkpoints/${r.run_id}?kind=resume&step=${r.step}` }));
-    const { results: att } = await db.prepare(`SELECT max(attempts) AS a FROM runs WHERE id IN (SELECT value FROM json_each(?1))`).bind(ids).all<{ a: number }>();
+    if (r[0].meta.changes !== 1) {
+      // Other claims took this group's runs first: try another group (re-reading the candidates once at the end).
+      candidates.splice(i, 1);
+      if (!candidates.length && !reread) {
+        reread = true;
+        candidates = await readCandidates();
+      }
+      continue;
+    }
+    const runs = r[5].results as Array<{ id: string; cfg: string; attempts: number }>;
+    const data = (r[6].results[0] as { data: string }).data;
+    const order = new Map(runs.map((x, j) => [x.id, j]));
+    const resume: ResumePoint[] = (r[7].results as Array<{ run_id: string; step: number }>)
+      .sort((a, b) => order.get(a.run_id)! - order.get(b.run_id)!)
+      .map((x) => ({ run_id: x.run_id, step: x.step, checkpoint_path: `/v1/leases/${leaseId}/checkpoints/${x.run_id}?kind=resume&step=${x.step}` }));
 
     const response: ClaimResponse = {
       lease: { id: leaseId, token, expires_at: expiresAt, heartbeat_ms: Math.max(1, Math.floor(leaseTtlMs / 3)) },
       group: {
-        id: chosen.group.group_id,
-        sweep_id: chosen.group.sweep_id,
-        cfgs: chosen.runIds.map((run_id) => ({ run_id, cfg: chosen.cfgs.get(run_id)! })),
-        data: JSON.parse(chosen.group.data),
+        id: g.group_id,
+        sweep_id: g.sweep_id,
+        cfgs: runs.map((x) => ({ run_id: x.id, cfg: JSON.parse(x.cfg) as TrainConfig })),
+        data: JSON.parse(data),
         resume,
         checkpoint_every: checkpointEvery,
-        attempt: att[0]?.a ?? 1,
+        attempt: Math.max(1, ...runs.map((x) => x.attempts)),
       },
     };
     return c.json(response, 200);
   }
-  // Lost the race every time: the runner should simply claim again.
+  // Nothing claimable this runner can hold, or lost the race every time: the runner should simply claim again.
   return c.body(null, 204);
 });

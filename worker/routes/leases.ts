@@ -4,6 +4,9 @@
  * Every write carries the lease's fencing token and is refused with 409 unless the lease is active and unexpired.
  * The check is repeated inside each write's D1 statement (INSERT … SELECT … WHERE the lease is still valid), so a
  * lease that expires or is taken over between the check and the write stores nothing.
+ *
+ * D1 runs one query at a time per database, so under load every round trip queues behind the others: each route
+ * reads the lease and its runs in one batch, and a heartbeat is one UPDATE when it succeeds.
  */
 import { Hono, type Context } from "hono";
 import type { CheckpointResponse, CompleteResponse, FailResponse, HeartbeatResponse, WandbMessage, WriteResponse } from "../protocol";
@@ -17,16 +20,35 @@ import { eq } from "drizzle-orm";
 
 export const leaseRoutes = new Hono<{ Bindings: Env }>();
 
-type LeaseRow = typeof schema.leases.$inferSelect;
+/** The columns of a lease the routes use. */
+interface LeaseRow {
+  id: string;
+  token: string;
+  groupId: string;
+  /** JSON string[]. */
+  runIds: string;
+  status: string;
+  expiresAt: number;
+}
+
+type RunRow = { id: string; sweep_id: string; track: number; n_steps: number; d_sae: number };
 
 /** The SQL condition "lease ?L with token ?T is active and unexpired at ?N" (numbered parameters of the caller). */
 const validWhere = (l: number, t: number, n: number) => `id = ?${l} AND token = ?${t} AND status = 'active' AND expires_at > ?${n}`;
 const valid = (l: number, t: number, n: number) => `EXISTS (SELECT 1 FROM leases WHERE ${validWhere(l, t, n)})`;
 
-async function loadLease(c: Context<{ Bindings: Env }>, id: string): Promise<LeaseRow> {
-  const lease = await getDb(c.env).query.leases.findFirst({ where: eq(schema.leases.id, id) });
-  if (!lease) throw notFound(`lease ${id}`, "lease_id");
-  return lease;
+/** The lease and its runs (by id), in one D1 round trip; 404 when there is no such lease. */
+async function loadLease(c: Context<{ Bindings: Env }>, id: string): Promise<{ lease: LeaseRow; runs: { ids: string[]; byId: Map<string, RunRow> } }> {
+  const db = c.env.DB;
+  const [l, r] = await db.batch([
+    db.prepare(`SELECT id, token, group_id, run_ids, status, expires_at FROM leases WHERE id = ?1`).bind(id),
+    db.prepare(`SELECT id, sweep_id, track, n_steps, d_sae FROM runs WHERE id IN (SELECT value FROM json_each((SELECT run_ids FROM leases WHERE id = ?1)))`).bind(id),
+  ]);
+  const row = l.results[0] as { id: string; token: string; group_id: string; run_ids: string; status: string; expires_at: number } | undefined;
+  if (!row) throw notFound(`lease ${id}`, "lease_id");
+  const lease: LeaseRow = { id: row.id, token: row.token, groupId: row.group_id, runIds: row.run_ids, status: row.status, expiresAt: row.expires_at };
+  const runs = r.results as RunRow[];
+  return { lease, runs: { ids: JSON.parse(row.run_ids) as string[], byId: new Map(runs.map((x) => [x.id, x])) } };
 }
 
 /** 409 unless `token` is this lease's and the lease is active and unexpired at `now`. */
@@ -36,35 +58,29 @@ function requireValid(lease: LeaseRow, token: string, now: number): void {
   if (lease.expiresAt <= now) throw conflict("stale_lease", `lease ${lease.id} expired at ${new Date(lease.expiresAt).toISOString()}`, "token");
 }
 
-/** The runs of the lease, by id, with their configs. */
-async function leaseRuns(c: Context<{ Bindings: Env }>, lease: LeaseRow) {
-  const ids = JSON.parse(lease.runIds) as string[];
-  const { results } = await c.env.DB.prepare(`SELECT id, sweep_id, track, n_steps, d_sae, cfg FROM runs WHERE id IN (SELECT value FROM json_each(?1))`)
-    .bind(lease.runIds)
-    .all<{ id: string; sweep_id: string; track: number; n_steps: number; d_sae: number; cfg: string }>();
-  return { ids, byId: new Map(results.map((r) => [r.id, r])) };
-}
-
 leaseRoutes.post("/:id/heartbeat", async (c) => {
   const body = await jsonBody(c, HeartbeatBody);
-  const lease = await loadLease(c, c.req.param("id"));
+  const id = c.req.param("id");
   const now = Date.now();
-  requireValid(lease, body.token, now);
   const { leaseTtlMs } = settings(c.env);
   const expiresAt = now + leaseTtlMs;
   const r = await c.env.DB.prepare(`UPDATE leases SET expires_at = ?4, heartbeat_at = ?3, progress = ?5 WHERE ${validWhere(1, 2, 3)}`)
-    .bind(lease.id, body.token, now, expiresAt, JSON.stringify(body.progress))
+    .bind(id, body.token, now, expiresAt, JSON.stringify(body.progress))
     .run();
-  if (r.meta.changes !== 1) throw conflict("stale_lease", `lease ${lease.id} is no longer active`, "token");
-  return c.json({ id: lease.id, expires_at: expiresAt, heartbeat_ms: Math.max(1, Math.floor(leaseTtlMs / 3)) } satisfies HeartbeatResponse);
+  if (r.meta.changes !== 1) {
+    // Say why: 404 for no such lease, else which way the token is stale.
+    const { lease } = await loadLease(c, id);
+    requireValid(lease, body.token, now);
+    throw conflict("stale_lease", `lease ${id} is no longer active`, "token");
+  }
+  return c.json({ id, expires_at: expiresAt, heartbeat_ms: Math.max(1, Math.floor(leaseTtlMs / 3)) } satisfies HeartbeatResponse);
 });
 
 leaseRoutes.post("/:id/metrics", async (c) => {
   const body = await jsonBody(c, MetricsBody);
-  const lease = await loadLease(c, c.req.param("id"));
+  const { lease, runs } = await loadLease(c, c.req.param("id"));
   const now = Date.now();
   requireValid(lease, body.token, now);
-  const runs = await leaseRuns(c, lease);
   body.rows.forEach((row, i) => {
     const run = runs.byId.get(row.run_id);
     if (!run) throw badRequest("unknown_run", `run ${row.run_id} is not a run of lease ${lease.id}`, `rows[${i}].run_id`);
@@ -75,13 +91,16 @@ leaseRoutes.post("/:id/metrics", async (c) => {
      SELECT ?4, ?5, ?1, ?3, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13 WHERE ${valid(1, 2, 3)}
      ON CONFLICT (run_id, step) DO NOTHING RETURNING run_id, step`,
   );
-  const results = await c.env.DB.batch(
-    body.rows.map((r) =>
+  // The batch is one transaction and starts by reading the lease's validity: when it is stale every insert stores
+  // nothing and the answer is 409; when it is valid a row not stored is a duplicate.
+  const [check, ...results] = await c.env.DB.batch([
+    c.env.DB.prepare(`SELECT ${valid(1, 2, 3)} AS ok`).bind(lease.id, body.token, now),
+    ...body.rows.map((r) =>
       insert.bind(lease.id, body.token, now, r.run_id, r.step, r.loss, r.mse, r.l0, r.l1, r.sparsity, r["progress/n_patches_seen"], r["progress/learning_rate"], r["progress/sparsity_coeff"]),
     ),
-  );
+  ]);
+  if (!(check.results[0] as { ok: number }).ok) throw conflict("stale_lease", `lease ${lease.id} is no longer active`, "token");
   const stored = body.rows.filter((_, i) => (results[i].results?.length ?? 0) > 0);
-  if (stored.length < body.rows.length) await requireStillValid(c, lease, body.token);
   // W&B: take the rows of this post not yet on the queue (the new ones, and any whose send failed before).
   const tracked = [...new Set(body.rows.map((r) => r.run_id))].filter((id) => runs.byId.get(id)!.track);
   const take = c.env.DB.prepare(
@@ -182,18 +201,17 @@ async function sendFinishes(c: Context<{ Bindings: Env }>, groupId: string) {
   await sendOrRelease(c, messages, (m) => c.env.DB.prepare(`UPDATE runs SET finish_queued = 0 WHERE id = ?1`).bind(m.run_id));
 }
 
-/** After a write that stored less than asked: if the lease went stale meanwhile, say so (409) instead of "duplicate". */
+/** After a checkpoint upload that was not stored: if the lease went stale meanwhile, say so (409), not "duplicate". */
 async function requireStillValid(c: Context<{ Bindings: Env }>, lease: LeaseRow, token: string) {
-  const fresh = await loadLease(c, lease.id);
+  const { lease: fresh } = await loadLease(c, lease.id);
   requireValid(fresh, token, Date.now());
 }
 
 leaseRoutes.post("/:id/evals", async (c) => {
   const body = await jsonBody(c, EvalsBody);
-  const lease = await loadLease(c, c.req.param("id"));
+  const { lease, runs } = await loadLease(c, c.req.param("id"));
   const now = Date.now();
   requireValid(lease, body.token, now);
-  const runs = await leaseRuns(c, lease);
   body.evals.forEach((e, i) => {
     const run = runs.byId.get(e.run_id);
     if (!run) throw badRequest("unknown_run", `run ${e.run_id} is not a run of lease ${lease.id}`, `evals[${i}].run_id`);
@@ -208,13 +226,15 @@ leaseRoutes.post("/:id/evals", async (c) => {
      SELECT ?4, ?1, ?3, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15 WHERE ${valid(1, 2, 3)}
      ON CONFLICT (run_id) DO NOTHING RETURNING run_id`,
   );
-  const results = await c.env.DB.batch(
-    body.evals.map((e) =>
+  // As for metrics: validity first, in the same transaction as the inserts.
+  const [check, ...results] = await c.env.DB.batch([
+    c.env.DB.prepare(`SELECT ${valid(1, 2, 3)} AS ok`).bind(lease.id, body.token, now),
+    ...body.evals.map((e) =>
       insert.bind(lease.id, body.token, now, e.run_id, e.l0, e.l1, e.mse, e.fvu, e.explained_variance, e.n_dead, e.n_almost_dead, e.n_dense, e.n_examples, JSON.stringify(e.freqs), JSON.stringify(e.mean_values)),
     ),
-  );
+  ]);
+  if (!(check.results[0] as { ok: number }).ok) throw conflict("stale_lease", `lease ${lease.id} is no longer active`, "token");
   const stored = body.evals.filter((_, i) => (results[i].results?.length ?? 0) > 0);
-  if (stored.length < body.evals.length) await requireStillValid(c, lease, body.token);
   const tracked = [...new Set(body.evals.map((e) => e.run_id))].filter((id) => runs.byId.get(id)!.track);
   const take = c.env.DB.prepare(`UPDATE evals SET queued = 1 WHERE run_id = ?1 AND queued = 0 RETURNING *`);
   const taken = tracked.length ? await c.env.DB.batch(tracked.map((id) => take.bind(id))) : [];
@@ -301,10 +321,9 @@ leaseRoutes.put("/:id/checkpoints/:run_id", async (c) => {
     throw unsupportedMediaType("application/octet-stream (a safetensors file)", type);
   const token = c.req.header("x-lease-token") ?? "";
   if (!token) throw badRequest("missing_token", "the x-lease-token header is required", "x-lease-token");
-  const lease = await loadLease(c, c.req.param("id"));
+  const { lease, runs } = await loadLease(c, c.req.param("id"));
   const now = Date.now();
   requireValid(lease, token, now);
-  const runs = await leaseRuns(c, lease);
   const runId = c.req.param("run_id");
   const run = runs.byId.get(runId);
   if (!run) throw badRequest("unknown_run", `run ${runId} is not a run of lease ${lease.id}`, "run_id");
@@ -353,9 +372,8 @@ leaseRoutes.put("/:id/checkpoints/:run_id", async (c) => {
 leaseRoutes.get("/:id/checkpoints/:run_id", async (c) => {
   const token = c.req.header("x-lease-token") ?? "";
   if (!token) throw badRequest("missing_token", "the x-lease-token header is required", "x-lease-token");
-  const lease = await loadLease(c, c.req.param("id"));
+  const { lease, runs } = await loadLease(c, c.req.param("id"));
   requireValid(lease, token, Date.now());
-  const runs = await leaseRuns(c, lease);
   const runId = c.req.param("run_id");
   const run = runs.byId.get(runId);
   if (!run) throw badRequest("unknown_run", `run ${runId} is not a run of lease ${lease.id}`, "run_id");
@@ -373,7 +391,7 @@ leaseRoutes.get("/:id/checkpoints/:run_id", async (c) => {
 
 leaseRoutes.post("/:id/complete", async (c) => {
   const body = await jsonBody(c, CompleteBody);
-  const lease = await loadLease(c, c.req.param("id"));
+  const { lease, runs } = await loadLease(c, c.req.param("id"));
   // A repeated complete (the first answer was lost) is fine.
   if (lease.status === "completed" && lease.token === body.token) {
     await sendFinishes(c, lease.groupId);
@@ -381,7 +399,6 @@ leaseRoutes.post("/:id/complete", async (c) => {
   }
   const now = Date.now();
   requireValid(lease, body.token, now);
-  const runs = await leaseRuns(c, lease);
   const { results: have } = await c.env.DB.prepare(
     `SELECT r.value AS id, EXISTS (SELECT 1 FROM evals e WHERE e.run_id = r.value) AS has_eval,
        EXISTS (SELECT 1 FROM checkpoints k WHERE k.run_id = r.value AND k.kind = 'final') AS has_final
@@ -411,7 +428,7 @@ leaseRoutes.post("/:id/complete", async (c) => {
 
 leaseRoutes.post("/:id/fail", async (c) => {
   const body = await jsonBody(c, FailBody);
-  const lease = await loadLease(c, c.req.param("id"));
+  const { lease, runs } = await loadLease(c, c.req.param("id"));
   const { maxAttempts: max } = settings(c.env);
   if (lease.status === "failed" && lease.token === body.token) {
     // A repeated fail (the first answer was lost) is answered, and changes nothing.
@@ -422,7 +439,6 @@ leaseRoutes.post("/:id/fail", async (c) => {
   const now = Date.now();
   requireValid(lease, body.token, now);
   const { maxAttempts } = settings(c.env);
-  const runs = await leaseRuns(c, lease);
   const nonce = newId("end_");
   const mine = `EXISTS (SELECT 1 FROM leases WHERE id = ?1 AND end_nonce = ?2)`;
   const exhausted = `(SELECT failures FROM groups WHERE id = ?3) >= ?4`;
