@@ -14,8 +14,10 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createServer, type AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
+import { fileURLToPath } from "node:url";
 
-export const ROOT = path.resolve(__dirname, "../..");
+// import.meta.url, not __dirname: scripts run this module as ESM (tsx), where __dirname is not defined.
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const WRANGLER = path.join(ROOT, "node_modules/.bin/wrangler");
 
 /** Wrangler offline: no telemetry, no fetches of Cloudflare's request metadata. */
