@@ -15,8 +15,9 @@
  *
  * SAE-samples/s = Σ over runs of the vectors trained (n_steps · batch_size) / wall time from the first claim to the
  * last completion, both as the Worker stored them (leases.created_at, leases.ended_at in D1). The phase split
- * (data + init, train, eval, checkpoints + complete, gaps between groups) comes from the runner's output, stamped
- * here as it arrives. Not a test: nothing asserts a speed. Printed last: one table, ratios from this one run.
+ * (open data, init + step 1, the other steps, eval, checkpoints + complete, gaps between groups) comes from the
+ * runner's output, stamped here as it arrives (the whole output goes to out/bench-e2e-runner.log); "steps'
+ * SAE-samples/s" is the rate between the first and the last progress line (steady training, no fixed costs). Not a test: nothing asserts a speed. Printed last: one table, ratios from this one run.
  */
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { appendFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -123,7 +124,11 @@ function d1(sql: string): Array<Record<string, unknown>> {
 
 interface GroupTimes {
   claimed?: number;
+  saes?: number;
   phases: Record<string, number>;
+  /** The first and the last progress line: the step reached and when. */
+  first?: { step: number; t: number };
+  last?: { step: number; t: number };
   done?: number;
   outcome?: string;
 }
@@ -147,7 +152,12 @@ async function runRunner(w: WorkerDev, name: string, times: Map<string, GroupTim
     partial = lines.pop()!;
     for (const line of lines) {
       let m: RegExpExecArray | null;
-      if ((m = /^\[runner\] claimed group (\S+) of sweep/.exec(line))) at(m[1]).claimed = now;
+      if ((m = /^\[runner\] claimed group (\S+) of sweep \S+: (\d+) SAEs/.exec(line))) Object.assign(at(m[1]), { claimed: now, saes: Number(m[2]) });
+      else if ((m = /^group (\S+) {2}step (\d+)\//.exec(line))) {
+        const g = at(m[1]);
+        g.last = { step: Number(m[2]), t: now };
+        g.first ??= g.last;
+      }
       else if ((m = /^\[runner\] group (\S+): (completed|failed|lease-lost|abandoned)/.exec(line))) Object.assign(at(m[1]), { done: now, outcome: m[2] });
       else if ((m = /^group (\S+): (\w+)$/.exec(line))) at(m[1]).phases[m[2]] = now;
       if (/^\[runner\] (claimed|group \S+: )/.test(line)) log(`${name}: +${((now - started) / 1000).toFixed(1)} s ${line.slice(9)}`);
@@ -211,10 +221,13 @@ async function main(): Promise<void> {
   // protocol timeout (600 s), which a runner page cannot outlive (see BENCHMARKS.md).
   const times = new Map<string, GroupTimes>();
   let output = "";
+  const fetched = new Map<string, { requests: number; bytes: number }>();
   for (const set of sets) {
     for (const spec of set.specs) set.sweeps.push(await api<Submitted>("POST", "/v1/sweeps", spec));
     log(`submitted ${set.name}: ${set.sweeps.map((w) => `${w.id} (${w.n_runs} runs, ${w.n_groups} groups)`).join(", ")}`);
+    const before = { ...server.stats };
     output += await runRunner(worker, set.name, times);
+    fetched.set(set.key, { requests: server.stats.requests - before.requests, bytes: server.stats.bytes - before.bytes });
   }
 
   // The grouped and the sequential configs must be the same configs, in one group and in K groups.
@@ -228,9 +241,9 @@ async function main(): Promise<void> {
   await worker.stop();
   // Stored times: one lease per group (one runner, no failures), claim = created_at, completion = ended_at.
   const leases = d1("SELECT l.group_id, g.sweep_id, l.status, l.created_at, l.ended_at FROM leases l JOIN groups g ON g.id = l.group_id ORDER BY l.created_at");
-  const header = ["workload", "groups", "runs", "SAE-samples", "wall s", "SAE-samples/s", "data+init s", "train s", "eval s", "ckpt+done s", "between s", "train-only samples/s"];
+  const header = ["workload", "groups", "runs", "SAE-samples", "wall s", "SAE-samples/s", "open data s", "init+first steps s", "later steps s", "eval s", "ckpt+done s", "between s", "steps' SAE-samples/s", "shard GETs"];
   const rows: string[][] = [header];
-  const result: Record<string, { wall: number; rate: number }> = {};
+  const result: Record<string, { wall: number; rate: number; steady: number }> = {};
   for (const set of sets) {
     const ids = new Set(set.sweeps.map((w) => w.id));
     const mine = leases.filter((l) => ids.has(String(l.sweep_id)));
@@ -239,26 +252,32 @@ async function main(): Promise<void> {
     if (runs.some((r) => r.status !== "done")) throw new Error(`${set.name}: not every run is done`);
     const samples = runs.reduce((n, r) => n + r.n_steps * r.cfg.sae_batch_size, 0);
     const wall = (Math.max(...mine.map((l) => Number(l.ended_at))) - Math.min(...mine.map((l) => Number(l.created_at)))) / 1000;
-    // Phase split from the runner's output.
+    // Phase split from the runner's output: claim → "data" (open the source: metadata, normalization) → "init"
+    // (engine, b_dec mean) → the first progress line the CLI printed (after step 1 when it may print, else a later
+    // step: off a TTY it prints one every 10 s) → the last (step n) → "eval" → "checkpoint" (final checkpoints)
+    // → completed.
     const groupIds = views.get(set.key)!.flatMap((v) => v.groups.map((gr) => gr.id));
-    let dataInit = 0, train = 0, evalS = 0, ckpt = 0, between = 0;
+    let open = 0, init = 0, steps = 0, evalS = 0, ckpt = 0, between = 0, steadySamples = 0;
     let prevDone: number | null = null;
     for (const gid of groupIds) {
       const t = times.get(gid);
       const p = t?.phases ?? {};
-      if (!t?.claimed || !t.done || !p.data || !p.init || !p.eval || !p.checkpoint) throw new Error(`${set.name}: no complete phase record for group ${gid}`);
-      // init covers the engine's creation and the b_dec mean (n_reinit_samples examples read in order).
-      dataInit += (p.init - t.claimed) / 1000;
-      // train starts once init is done; the runner prints no line for it, so init's own work sits in "train".
-      train += (p.eval - p.init) / 1000;
+      if (!t?.claimed || !t.done || !t.first || !t.last || !t.saes || !p.init || !p.eval || !p.checkpoint) throw new Error(`${set.name}: no complete phase record for group ${gid}`);
+      const batch = runs.find((r) => r.group_id === gid)!.cfg.sae_batch_size;
+      open += (p.init - t.claimed) / 1000;
+      init += (t.first.t - p.init) / 1000;
+      steps += (t.last.t - t.first.t) / 1000;
+      steadySamples += (t.last.step - t.first.step) * batch * t.saes;
       evalS += (p.checkpoint - p.eval) / 1000;
       ckpt += (t.done - p.checkpoint) / 1000;
       if (prevDone !== null) between += (t.claimed - prevDone) / 1000;
       prevDone = t.done;
     }
     const rate = samples / wall;
-    result[set.name] = { wall, rate };
-    rows.push([set.name, String(groupIds.length), String(runs.length), String(samples), wall.toFixed(1), rate.toFixed(0), dataInit.toFixed(1), train.toFixed(1), evalS.toFixed(1), ckpt.toFixed(1), between.toFixed(1), (samples / train).toFixed(0)]);
+    const steady = steps > 0 ? steadySamples / steps : NaN;
+    result[set.name] = { wall, rate, steady };
+    const f = fetched.get(set.key)!;
+    rows.push([set.name, String(groupIds.length), String(runs.length), String(samples), wall.toFixed(1), rate.toFixed(0), open.toFixed(1), init.toFixed(1), steps.toFixed(1), evalS.toFixed(1), ckpt.toFixed(1), between.toFixed(1), steady.toFixed(0), f.requests ? `${f.requests} (${(f.bytes / 2 ** 20).toFixed(1)} MiB)` : "-"]);
   }
 
   const adapter = /\[runner\] WebGPU adapter: (.*)/.exec(output)?.[1] ?? "?";
@@ -267,7 +286,10 @@ async function main(): Promise<void> {
   const widths = header.map((_, i) => Math.max(...rows.map((r) => r[i].length)));
   for (const r of rows) console.log(r.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join("  "));
   const gr = result[grouped.name], sq = result[sequential.name];
-  console.log(`grouped vs sequential: wall ${sq.wall.toFixed(1)} s / ${gr.wall.toFixed(1)} s = ${(sq.wall / gr.wall).toFixed(2)}× faster grouped; SAE-samples/s ${(gr.rate / sq.rate).toFixed(2)}×`);
+  console.log(
+    `grouped vs sequential: wall ${sq.wall.toFixed(1)} s / ${gr.wall.toFixed(1)} s = ${(sq.wall / gr.wall).toFixed(2)}× (SAE-samples/s ${gr.rate.toFixed(0)} vs ${sq.rate.toFixed(0)}); ` +
+      `training steps alone ${(gr.steady / sq.steady).toFixed(2)}× (${gr.steady.toFixed(0)} vs ${sq.steady.toFixed(0)} SAE-samples/s)`,
+  );
 }
 
 try {

@@ -30,7 +30,10 @@ const { create, globals } = await import("webgpu");
 Object.assign(globalThis, globals);
 // Raw timestamps (Dawn quantizes them by default; the idle measurement wants the GPU's own resolution).
 const gpu = create(["disable-dawn-features=timestamp_quantization"]);
-const { device, report } = await requestSaeDevice(gpu);
+const { device, report } = await requestSaeDevice(gpu).catch((e: Error) => {
+  console.error(`${e.message}\nNode's webgpu (Dawn) found no adapter: it needs a Vulkan loader (libvulkan1) and a driver (the GPU's, or ${ICD} from Debian's chromium, through VK_ICD_FILENAMES)`);
+  process.exit(1);
+});
 device.addEventListener("uncapturederror", (e) => console.error("WebGPU error:", (e as GPUUncapturedErrorEvent).error.message));
 const software = report.isFallbackAdapter;
 console.log(`adapter: ${report.vendor} ${report.architecture} ${report.description} (${software ? "software" : "GPU"})`);
