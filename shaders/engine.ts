@@ -275,8 +275,8 @@ export class SaeEngine {
     return { words, bounds };
   }
 
-  private encodePasses(enc: GPUCommandEncoder, passes: Dispatch[]): void {
-    const pass = enc.beginComputePass();
+  private encodePasses(enc: GPUCommandEncoder, passes: Dispatch[], timestampWrites?: GPUComputePassTimestampWrites): void {
+    const pass = enc.beginComputePass(timestampWrites ? { timestampWrites } : undefined);
     for (const p of passes) {
       pass.setPipeline(p.kernel.pipeline);
       pass.setBindGroup(0, p.bind);
@@ -322,9 +322,10 @@ export class SaeEngine {
   /**
    * One training step of every SAE on `batch` ([batch_size, d_vit]; a Float32Array, or a GPUBuffer such as
    * uploadBatch returns). Resolves to per-SAE StepMetrics on log steps ((step + 1) % log_every == 0, or when
-   * `opts.metrics`), read back once; otherwise to null without waiting for the GPU.
+   * `opts.metrics`), read back once; otherwise to null without waiting for the GPU. `opts.timestampWrites` (a
+   * device with "timestamp-query") stamps the beginning and end of the step's compute pass (benchmarks).
    */
-  async step(batch: Float32Array | GPUBuffer, opts: { metrics?: boolean } = {}): Promise<StepMetrics[] | null> {
+  async step(batch: Float32Array | GPUBuffer, opts: { metrics?: boolean; timestampWrites?: GPUComputePassTimestampWrites } = {}): Promise<StepMetrics[] | null> {
     const t = this.t;
     const bytes = 4 * this.batchSize * this.d_vit;
     const { words, bounds } = this.meta(t, false);
@@ -337,7 +338,7 @@ export class SaeEngine {
       if (batch.size < bytes) throw new Error(`engine: batch buffer holds ${batch.size} bytes, a batch needs ${bytes}`);
       enc.copyBufferToBuffer(batch, 0, this.buf("x"), 0, bytes);
     }
-    this.encodePasses(enc, this.trainPasses);
+    this.encodePasses(enc, this.trainPasses, opts.timestampWrites);
     const log = opts.metrics || (t + 1) % this.cfgs[0].log_every === 0;
     const statsBytes = 4 * this.K * (2 * this.d_sae + this.d_vit);
     if (log) enc.copyBufferToBuffer(this.buf("colStats"), 0, this.staging, 0, statsBytes);

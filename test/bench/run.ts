@@ -1,22 +1,39 @@
 /**
- * `npm run bench`: the training step's throughput for K = 1, 2, 4, 8 SAEs at one fixed shape, against the best
- * plain matmul on the same adapter in the same run (the roofline), through Node's `webgpu` package (Dawn).
- * Shape: BENCH_D (d_vit), BENCH_EXP (exp_factor), BENCH_B (batch); defaults by adapter (small on software ones).
- * Timing: wall clock over `reps` queued steps, ended by onSubmittedWorkDone (batches already on the GPU: the
- * runner uploads the next batch while a step runs). Not a test: nothing here asserts a speed.
+ * `npm run bench`, through Node's `webgpu` package (Dawn) alone (no Chrome, no Worker), so it runs on any machine
+ * with a GPU and Vulkan (or SwiftShader):
+ *
+ * 1. GPU idle time within a training step (idle.ts): the runner's loop with timestamp queries on every step's
+ *    compute pass; batches from memory or from saev-layout shards served over HTTP on 127.0.0.1.
+ *    Shape: BENCH_IDLE_D / BENCH_IDLE_EXP / BENCH_IDLE_B / BENCH_IDLE_K / BENCH_IDLE_STEPS / BENCH_IDLE_LOG_EVERY
+ *    (defaults: d_vit 32, exp 4, batch 1024, K 4, 24 steps, metrics every 8 on a software adapter; the engine
+ *    table's shape, K 4, 100 steps, metrics every 25 on a GPU). BENCH_IDLE=0 skips it.
+ * 2. The engine table, printed last: the training step's throughput for K = 1, 2, 4, 8 SAEs at one fixed shape,
+ *    against the best plain matmul on the same adapter in the same run (the roofline).
+ *    Shape: BENCH_D (d_vit), BENCH_EXP (exp_factor), BENCH_B (batch); defaults by adapter (small on software ones).
+ *    Timing: wall clock over `reps` queued steps, ended by onSubmittedWorkDone (batches already on the GPU: the
+ *    runner uploads the next batch while a step runs).
+ *
+ * `npm run bench:e2e` (e2e.ts) is the end-to-end half: wrangler dev + a Chrome runner. Not a test: nothing here
+ * asserts a speed.
  */
 import { existsSync } from "node:fs";
 import { SaeEngine } from "../../shaders/engine";
 import { createMatmul, MATMUL_VARIANTS } from "../../shaders/matmul";
 import { requestSaeDevice } from "../../shaders/device";
 import { trainConfig } from "../helpers/train-config";
+import { measureIdle, type IdleCase, type IdleResult } from "./idle";
+import { serveStatic, writeBenchShards } from "./shards";
 
 const ICD = "/usr/lib/chromium/vk_swiftshader_icd.json";
 if (!process.env.VK_ICD_FILENAMES && existsSync(ICD) && !existsSync("/dev/nvidia0")) process.env.VK_ICD_FILENAMES = ICD;
 const { create, globals } = await import("webgpu");
 Object.assign(globalThis, globals);
-const gpu = create([]);
-const { device, report } = await requestSaeDevice(gpu);
+// Raw timestamps (Dawn quantizes them by default; the idle measurement wants the GPU's own resolution).
+const gpu = create(["disable-dawn-features=timestamp_quantization"]);
+const { device, report } = await requestSaeDevice(gpu).catch((e: Error) => {
+  console.error(`${e.message}\nNode's webgpu (Dawn) found no adapter: it needs a Vulkan loader (libvulkan1) and a driver (the GPU's, or ${ICD} from Debian's chromium, through VK_ICD_FILENAMES)`);
+  process.exit(1);
+});
 device.addEventListener("uncapturederror", (e) => console.error("WebGPU error:", (e as GPUUncapturedErrorEvent).error.message));
 const software = report.isFallbackAdapter;
 console.log(`adapter: ${report.vendor} ${report.architecture} ${report.description} (${software ? "software" : "GPU"})`);
@@ -77,9 +94,63 @@ for (const K of Ks) {
   engine.destroy();
 }
 
+// GPU idle time within a step (timestamp queries), on the runner's loop.
+const idleRows: string[][] = [];
+let idleNote = "";
+if (process.env.BENCH_IDLE !== "0") {
+  if (!device.features.has("timestamp-query")) idleNote = "GPU idle: skipped (this adapter has no timestamp-query)";
+  else {
+    const shape = {
+      d_vit: env("BENCH_IDLE_D", software ? 32 : d),
+      exp_factor: env("BENCH_IDLE_EXP", software ? 4 : exp),
+      batch: env("BENCH_IDLE_B", software ? 1024 : B),
+      K: env("BENCH_IDLE_K", 4),
+      steps: env("BENCH_IDLE_STEPS", software ? 24 : 100),
+      warmup: 2,
+    };
+    const logEvery = env("BENCH_IDLE_LOG_EVERY", software ? 8 : 25);
+    const imgs = Math.max(256, Math.ceil((4 * shape.batch) / 16)); // 16 patches per image: 4 batches per epoch at least
+    const t0 = performance.now();
+    const shards = await writeBenchShards({ d_vit: shape.d_vit, n_imgs: imgs });
+    const server = await serveStatic(shards.dir);
+    console.log(`\nGPU idle: wrote ${shards.written.shards.length} shards (${(shards.written.bytes / 2 ** 20).toFixed(1)} MiB, ${imgs} images × 16 patches) in ${((performance.now() - t0) / 1000).toFixed(1)} s; serving ${server.url}`);
+    const cases: IdleCase[] = [
+      { label: "memory, no metrics", data: "memory", logEvery: 0 },
+      { label: `memory, metrics every ${logEvery}`, data: "memory", logEvery },
+      { label: "HTTP shards, no metrics", data: "shards", logEvery: 0 },
+      { label: `HTTP shards, metrics every ${logEvery} (runner loop)`, data: "shards", logEvery },
+    ];
+    const pct = (x: number) => `${(100 * x).toFixed(1)} %`;
+    idleRows.push(["loop", "wall ms/step", "GPU-busy ms/step", "idle", "after log", "other", "1 − busy/wall", "data wait ms/step"]);
+    try {
+      for (const c of cases) {
+        let r: IdleResult;
+        try {
+          r = await measureIdle(device, shape, c, server.url);
+        } catch (e) {
+          idleRows.push([c.label, String(e).slice(0, 80), "", "", "", "", "", ""]);
+          continue;
+        }
+        idleRows.push([r.label, r.wallMsPerStep.toFixed(1), r.busyMsPerStep.toFixed(1), pct(r.idle), pct(r.idleAfterLog), pct(r.idleOther), pct(r.idleVsWall), r.dataWaitMsPerStep.toFixed(1)]);
+        console.log(`  ${r.label}: idle ${pct(r.idle)}`);
+      }
+    } finally {
+      await server.close();
+      shards.remove();
+    }
+    idleNote = `GPU idle within a step: d_vit ${shape.d_vit}, d_sae ${shape.d_vit * shape.exp_factor}, batch ${shape.batch}, K ${shape.K}; ${shape.steps} timed steps after ${shape.warmup}`;
+  }
+}
+
+function printTable(rows: string[][], leftCols = 1): void {
+  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
+  for (const r of rows) console.log(r.map((c, i) => (i < leftCols ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join("  "));
+}
+
+if (idleNote) console.log(`\n${idleNote}`);
+if (idleRows.length) printTable(idleRows);
+
 console.log(`\nroofline: matmul ${best.variant} ${best.gflops.toFixed(2)} GFLOP/s ([${B}, ${d}] × [${d}, ${n}])`);
 const header = ["K", "ms/step", "GFLOP/s", "SAE-samples/s", "of matmul", "variant"];
-const table = [header, ...rows];
-const widths = header.map((_, i) => Math.max(...table.map((r) => r[i].length)));
-for (const r of table) console.log(r.map((c, i) => c.padStart(widths[i])).join("  "));
+printTable([header, ...rows], 0);
 device.destroy();

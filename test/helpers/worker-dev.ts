@@ -17,7 +17,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
-// import.meta.url, not __dirname: this helper also runs as plain ESM under tsx (scripts/load.ts).
+// import.meta.url, not __dirname: scripts (scripts/load.ts, test/bench/e2e.ts) run this module as plain ESM under tsx.
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const WRANGLER = path.join(ROOT, "node_modules/.bin/wrangler");
 
