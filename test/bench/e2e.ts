@@ -15,9 +15,10 @@
  *
  * SAE-samples/s = Σ over runs of the vectors trained (n_steps · batch_size) / wall time from the first claim to the
  * last completion, both as the Worker stored them (leases.created_at, leases.ended_at in D1). The phase split
- * (open data, init + step 1, the other steps, eval, checkpoints + complete, gaps between groups) comes from the
- * runner's output, stamped here as it arrives (the whole output goes to out/bench-e2e-runner.log); "steps'
- * SAE-samples/s" is the rate between the first and the last progress line (steady training, no fixed costs). Not a test: nothing asserts a speed. Printed last: one table, ratios from this one run.
+ * (open data, init, steps, eval, checkpoints + complete, gaps between groups) comes from the runner's output,
+ * stamped here as it arrives (the whole output goes to out/bench-e2e-runner.log); "steps' SAE-samples/s" is the
+ * training rate between the first and the last logged step of each group, from the metrics' stored times (steady
+ * training, no fixed costs). Not a test: nothing asserts a speed. Printed last: one table, ratios from this one run.
  */
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { appendFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -124,11 +125,7 @@ function d1(sql: string): Array<Record<string, unknown>> {
 
 interface GroupTimes {
   claimed?: number;
-  saes?: number;
   phases: Record<string, number>;
-  /** The first and the last progress line: the step reached and when. */
-  first?: { step: number; t: number };
-  last?: { step: number; t: number };
   done?: number;
   outcome?: string;
 }
@@ -152,12 +149,7 @@ async function runRunner(w: WorkerDev, name: string, times: Map<string, GroupTim
     partial = lines.pop()!;
     for (const line of lines) {
       let m: RegExpExecArray | null;
-      if ((m = /^\[runner\] claimed group (\S+) of sweep \S+: (\d+) SAEs/.exec(line))) Object.assign(at(m[1]), { claimed: now, saes: Number(m[2]) });
-      else if ((m = /^group (\S+) {2}step (\d+)\//.exec(line))) {
-        const g = at(m[1]);
-        g.last = { step: Number(m[2]), t: now };
-        g.first ??= g.last;
-      }
+      if ((m = /^\[runner\] claimed group (\S+) of sweep/.exec(line))) at(m[1]).claimed = now;
       else if ((m = /^\[runner\] group (\S+): (completed|failed|lease-lost|abandoned)/.exec(line))) Object.assign(at(m[1]), { done: now, outcome: m[2] });
       else if ((m = /^group (\S+): (\w+)$/.exec(line))) at(m[1]).phases[m[2]] = now;
       if (/^\[runner\] (claimed|group \S+: )/.test(line)) log(`${name}: +${((now - started) / 1000).toFixed(1)} s ${line.slice(9)}`);
@@ -241,7 +233,9 @@ async function main(): Promise<void> {
   await worker.stop();
   // Stored times: one lease per group (one runner, no failures), claim = created_at, completion = ended_at.
   const leases = d1("SELECT l.group_id, g.sweep_id, l.status, l.created_at, l.ended_at FROM leases l JOIN groups g ON g.id = l.group_id ORDER BY l.created_at");
-  const header = ["workload", "groups", "runs", "SAE-samples", "wall s", "SAE-samples/s", "open data s", "init+first steps s", "later steps s", "eval s", "ckpt+done s", "between s", "steps' SAE-samples/s", "shard GETs"];
+  // The server's time of each logged step's metrics (posted as soon as the step's statistics are read back).
+  const logged = d1("SELECT r.group_id, m.step, max(m.ts) AS ts FROM metrics m JOIN runs r ON r.id = m.run_id GROUP BY r.group_id, m.step ORDER BY r.group_id, m.step");
+  const header = ["workload", "groups", "runs", "SAE-samples", "wall s", "SAE-samples/s", "open data s", "init s", "steps s", "eval s", "ckpt+done s", "between s", "steps' SAE-samples/s", "shard GETs"];
   const rows: string[][] = [header];
   const result: Record<string, { wall: number; rate: number; steady: number }> = {};
   for (const set of sets) {
@@ -252,29 +246,38 @@ async function main(): Promise<void> {
     if (runs.some((r) => r.status !== "done")) throw new Error(`${set.name}: not every run is done`);
     const samples = runs.reduce((n, r) => n + r.n_steps * r.cfg.sae_batch_size, 0);
     const wall = (Math.max(...mine.map((l) => Number(l.ended_at))) - Math.min(...mine.map((l) => Number(l.created_at)))) / 1000;
-    // Phase split from the runner's output: claim → "data" (open the source: metadata, normalization) → "init"
-    // (engine, b_dec mean) → the first progress line the CLI printed (after step 1 when it may print, else a later
-    // step: off a TTY it prints one every 10 s) → the last (step n) → "eval" → "checkpoint" (final checkpoints)
-    // → completed.
+    // Phases from the runner's output: claim → "data" (open the source: metadata, the normalization passes) →
+    // "init" (engine and pipelines, the b_dec mean, then every step) → "eval" → "checkpoint" (final checkpoints)
+    // → completed. The steps' rate comes from the stored metrics: between the first and the last logged step of a
+    // group; "steps s" is n_steps at that rate and "init s" the rest of "init" → "eval".
     const groupIds = views.get(set.key)!.flatMap((v) => v.groups.map((gr) => gr.id));
-    let open = 0, init = 0, steps = 0, evalS = 0, ckpt = 0, between = 0, steadySamples = 0;
+    let open = 0, init = 0, steps = 0, evalS = 0, ckpt = 0, between = 0, steadySamples = 0, steadyS = 0;
     let prevDone: number | null = null;
     for (const gid of groupIds) {
       const t = times.get(gid);
       const p = t?.phases ?? {};
-      if (!t?.claimed || !t.done || !t.first || !t.last || !t.saes || !p.init || !p.eval || !p.checkpoint) throw new Error(`${set.name}: no complete phase record for group ${gid}`);
-      const batch = runs.find((r) => r.group_id === gid)!.cfg.sae_batch_size;
+      if (!t?.claimed || !t.done || !p.init || !p.eval || !p.checkpoint) throw new Error(`${set.name}: no complete phase record for group ${gid}`);
+      const members = runs.filter((r) => r.group_id === gid);
+      const batch = members[0].cfg.sae_batch_size;
+      const marks = logged.filter((m) => m.group_id === gid).map((m) => ({ step: Number(m.step), ts: Number(m.ts) }));
+      const first = marks[0], last = marks[marks.length - 1];
+      let stepS = NaN;
+      if (first && last && last.step > first.step) {
+        stepS = (last.ts - first.ts) / 1000 / (last.step - first.step);
+        steadySamples += (last.step - first.step) * batch * members.length;
+        steadyS += (last.ts - first.ts) / 1000;
+      }
+      const trainS = (p.eval - p.init) / 1000;
       open += (p.init - t.claimed) / 1000;
-      init += (t.first.t - p.init) / 1000;
-      steps += (t.last.t - t.first.t) / 1000;
-      steadySamples += (t.last.step - t.first.step) * batch * t.saes;
+      steps += members[0].n_steps * stepS;
+      init += trainS - members[0].n_steps * stepS;
       evalS += (p.checkpoint - p.eval) / 1000;
       ckpt += (t.done - p.checkpoint) / 1000;
       if (prevDone !== null) between += (t.claimed - prevDone) / 1000;
       prevDone = t.done;
     }
     const rate = samples / wall;
-    const steady = steps > 0 ? steadySamples / steps : NaN;
+    const steady = steadyS > 0 ? steadySamples / steadyS : NaN;
     result[set.name] = { wall, rate, steady };
     const f = fetched.get(set.key)!;
     rows.push([set.name, String(groupIds.length), String(runs.length), String(samples), wall.toFixed(1), rate.toFixed(0), open.toFixed(1), init.toFixed(1), steps.toFixed(1), evalS.toFixed(1), ckpt.toFixed(1), between.toFixed(1), steady.toFixed(0), f.requests ? `${f.requests} (${(f.bytes / 2 ** 20).toFixed(1)} MiB)` : "-"]);
