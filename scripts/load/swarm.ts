@@ -14,6 +14,7 @@
  */
 import type { FetchFn } from "../../runner/api";
 import { LeaseLost, MetricsQueue, WorkerClient } from "../../runner/api";
+import { mulberry32 } from "../../runner/data/random";
 import { decodeSafetensors, encodeSafetensors, tensor } from "../../runner/safetensors";
 import type { AdapterReport } from "../../shaders/device";
 import type { ClaimResponse, EvalsRequest, Lease, MetricRow } from "../../worker/protocol";
@@ -83,16 +84,6 @@ export const LOAD_ADAPTER: AdapterReport = {
   limits: { maxBufferSize: 2 ** 31, maxStorageBufferBindingSize: 2 ** 31 - 4 } as AdapterReport["limits"],
 };
 
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function hash(s: string): number {
   let h = 2166136261;

@@ -21,10 +21,11 @@
  * training, no fixed costs). Not a test: nothing asserts a speed. Printed last: one table, ratios from this one run.
  */
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { appendFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { appendFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { parse as parseToml } from "smol-toml";
+import { killTree } from "../helpers/e2e";
 import { OFFLINE_ENV, ROOT, startWorkerDev, type WorkerDev } from "../helpers/worker-dev";
 import { serveStatic, writeBenchShards, type BenchShards, type StaticServer } from "./shards";
 
@@ -72,34 +73,9 @@ async function api<T>(method: string, route: string, body?: unknown): Promise<T>
   return JSON.parse(text) as T;
 }
 
-/** Every process descending from `pid` (Chromium runs in its own process group, so a group kill misses it). */
-function descendants(pid: number): number[] {
-  const children = new Map<number, number[]>();
-  for (const entry of readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
-      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
-      children.set(ppid, [...(children.get(ppid) ?? []), Number(entry)]);
-    } catch {
-      /* gone meanwhile */
-    }
-  }
-  const out: number[] = [];
-  const walk = (p: number) => (children.get(p) ?? []).forEach((c) => (out.push(c), walk(c)));
-  walk(pid);
-  return out;
-}
-
 function killRunner(): void {
   if (!runner || runner.exitCode !== null || runner.signalCode !== null) return;
-  for (const target of [-runner.pid!, ...descendants(runner.pid!)]) {
-    try {
-      process.kill(target, "SIGKILL");
-    } catch {
-      /* already gone */
-    }
-  }
+  killTree(runner.pid!);
 }
 
 async function cleanup(): Promise<void> {
