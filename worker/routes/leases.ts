@@ -346,15 +346,15 @@ leaseRoutes.put("/:id/checkpoints/:run_id", async (c) => {
   let ins: D1Result, kept: D1Result;
   try {
     [ins, kept] = await db.batch([
-    db
-      .prepare(
-        `INSERT INTO checkpoints (run_id, kind, step, key, bytes, lease_id, created_at)
-         SELECT ?4, ?5, ?6, ?7, ?8, ?1, ?3 WHERE ${valid(1, 2, 3)}
-         ON CONFLICT (run_id, kind, step) DO NOTHING`,
-      )
-      .bind(lease.id, token, Date.now(), runId, kind, step, key, buf.byteLength),
-    have,
-  ]);
+      db
+        .prepare(
+          `INSERT INTO checkpoints (run_id, kind, step, key, bytes, lease_id, created_at)
+           SELECT ?4, ?5, ?6, ?7, ?8, ?1, ?3 WHERE ${valid(1, 2, 3)}
+           ON CONFLICT (run_id, kind, step) DO NOTHING`,
+        )
+        .bind(lease.id, token, Date.now(), runId, kind, step, key, buf.byteLength),
+      have,
+    ]);
   } catch (err) {
     await dropUnreferenced(c, key).catch(() => {}); // nothing points at this upload's object: leave nothing behind
     throw err;
