@@ -27,7 +27,8 @@ import path from "node:path";
 import { parse as parseToml } from "smol-toml";
 import { killTree } from "../helpers/e2e";
 import { OFFLINE_ENV, ROOT, startWorkerDev, type WorkerDev } from "../helpers/worker-dev";
-import { serveStatic, writeBenchShards, type BenchShards, type StaticServer } from "./shards";
+import { serveDirWithRanges, servedStats, type RangeServer } from "../runner/range-server";
+import { writeBenchShards, type BenchShards } from "./shards";
 
 const env = (k: string, d: number) => (process.env[k] ? Number(process.env[k]) : d);
 const DEMO_SCALE = env("BENCH_DEMO_SCALE", 1 / 8);
@@ -55,7 +56,7 @@ interface SweepView {
 
 let worker: WorkerDev | null = null;
 let shards: BenchShards | null = null;
-let server: StaticServer | null = null;
+let server: RangeServer | null = null;
 let runner: ChildProcess | null = null;
 let persistTo: string | null = null;
 
@@ -151,7 +152,7 @@ async function main(): Promise<void> {
   mkdirSync(path.dirname(RUNNER_LOG), { recursive: true });
   writeFileSync(RUNNER_LOG, "");
   shards = await writeBenchShards({ d_vit: D_VIT, n_imgs: 256, imgsPerShard: 64 });
-  server = await serveStatic(shards.dir);
+  server = await serveDirWithRanges(shards.dir);
   log(`shards: ${shards.written.shards.length} files, ${(shards.written.bytes / 2 ** 20).toFixed(1)} MiB (${shards.written.metadata.n_imgs} images × 16 patches + CLS, d_vit ${D_VIT}) at ${server.url}`);
   // Our own persistence directory, so that D1 can be read after wrangler dev has stopped (no second writer).
   persistTo = mkdtempSync(path.join(tmpdir(), "sae-swarm-bench-worker-"));
@@ -193,9 +194,9 @@ async function main(): Promise<void> {
   for (const set of sets) {
     for (const spec of set.specs) set.sweeps.push(await api<Submitted>("POST", "/v1/sweeps", spec));
     log(`submitted ${set.name}: ${set.sweeps.map((w) => `${w.id} (${w.n_runs} runs, ${w.n_groups} groups)`).join(", ")}`);
-    const before = { ...server.stats };
+    const before = server.log.length;
     output += await runRunner(worker, set.name, times);
-    fetched.set(set.key, { requests: server.stats.requests - before.requests, bytes: server.stats.bytes - before.bytes });
+    fetched.set(set.key, servedStats(server.log.slice(before)));
   }
 
   // The grouped and the sequential configs must be the same configs, in one group and in K groups.

@@ -22,7 +22,8 @@ import { createMatmul, MATMUL_VARIANTS } from "../../shaders/matmul";
 import { requestSaeDevice } from "../../shaders/device";
 import { trainConfig } from "../helpers/train-config";
 import { measureIdle, type IdleCase, type IdleResult } from "./idle";
-import { serveStatic, writeBenchShards } from "./shards";
+import { serveDirWithRanges } from "../runner/range-server";
+import { writeBenchShards } from "./shards";
 
 const ICD = "/usr/lib/chromium/vk_swiftshader_icd.json";
 if (!process.env.VK_ICD_FILENAMES && existsSync(ICD) && !existsSync("/dev/nvidia0")) process.env.VK_ICD_FILENAMES = ICD;
@@ -112,7 +113,7 @@ if (process.env.BENCH_IDLE !== "0") {
     const imgs = Math.max(256, Math.ceil((4 * shape.batch) / 16)); // 16 patches per image: 4 batches per epoch at least
     const t0 = performance.now();
     const shards = await writeBenchShards({ d_vit: shape.d_vit, n_imgs: imgs });
-    const server = await serveStatic(shards.dir);
+    const server = await serveDirWithRanges(shards.dir);
     console.log(`\nGPU idle: wrote ${shards.written.shards.length} shards (${(shards.written.bytes / 2 ** 20).toFixed(1)} MiB, ${imgs} images × 16 patches) in ${((performance.now() - t0) / 1000).toFixed(1)} s; serving ${server.url}`);
     const cases: IdleCase[] = [
       { label: "memory, no metrics", data: "memory", logEvery: 0 },

@@ -1,7 +1,11 @@
-/** A static file server on 127.0.0.1:0 that honours single Range requests, logs them, and can inject failures. */
+/**
+ * A static file server on 127.0.0.1:0 that honours single Range requests by reading only the requested bytes (as a
+ * real file server or bucket does), logs every answer, and can inject failures. The runner tests and the
+ * benchmarks (test/bench) both serve shards with it.
+ */
 import { createServer, type IncomingMessage } from "node:http";
 import type { AddressInfo } from "node:net";
-import { readFile } from "node:fs/promises";
+import { open } from "node:fs/promises";
 import path from "node:path";
 
 export interface RangeLogEntry {
@@ -12,13 +16,21 @@ export interface RangeLogEntry {
 }
 
 export interface RangeServer {
+  /** Base URL, ending in "/". */
   url: string;
+  /** One entry per answered request, in the order they were answered. */
   log: RangeLogEntry[];
   /** Answer the next n shard requests with 503. */
   failNext(n: number): void;
   /** Answer every request with the whole file (HTTP 200), as a server without Range support does. */
   ignoreRange: boolean;
   close(): Promise<void>;
+}
+
+/** Requests answered with data (200 or 206) among `entries`, and their bytes. */
+export function servedStats(entries: RangeLogEntry[]): { requests: number; bytes: number } {
+  const served = entries.filter((e) => e.status === 200 || e.status === 206);
+  return { requests: served.length, bytes: served.reduce((s, e) => s + e.bytes, 0) };
 }
 
 export async function serveDirWithRanges(dir: string): Promise<RangeServer> {
@@ -43,35 +55,40 @@ export async function serveDirWithRanges(dir: string): Promise<RangeServer> {
       res.writeHead(503).end("injected failure");
       return;
     }
-    let body: Buffer;
+    let file: Awaited<ReturnType<typeof open>>;
     try {
-      body = await readFile(path.join(dir, path.normalize(rel)));
+      file = await open(path.join(dir, path.normalize(rel)), "r");
     } catch {
       entry.status = 404;
       res.writeHead(404).end();
       return;
     }
-    const m = range && !state.ignoreRange ? /^bytes=(\d+)-(\d+)$/.exec(range) : null;
-    if (!m) {
-      entry.status = 200;
+    try {
+      const size = (await file.stat()).size;
+      const m = range && !state.ignoreRange ? /^bytes=(\d+)-(\d+)$/.exec(range) : null;
+      const begin = m ? Number(m[1]) : 0;
+      const end = m ? Math.min(Number(m[2]), size - 1) : size - 1;
+      if (m && begin >= size) {
+        entry.status = 416;
+        res.writeHead(416, { "content-range": `bytes */${size}` }).end();
+        return;
+      }
+      const body = Buffer.alloc(end - begin + 1);
+      await file.read(body, 0, body.length, begin);
+      entry.status = m ? 206 : 200;
       entry.bytes = body.length;
-      res.writeHead(200, { "content-length": body.length, "accept-ranges": "bytes" }).end(body);
-      return;
+      const headers: Record<string, string | number> = { "content-length": body.length, "accept-ranges": "bytes" };
+      if (m) headers["content-range"] = `bytes ${begin}-${end}/${size}`;
+      res.writeHead(entry.status, headers).end(body);
+    } finally {
+      await file.close();
     }
-    const begin = Number(m[1]);
-    const end = Math.min(Number(m[2]), body.length - 1);
-    if (begin >= body.length) {
-      entry.status = 416;
-      res.writeHead(416, { "content-range": `bytes */${body.length}` }).end();
-      return;
-    }
-    const part = body.subarray(begin, end + 1);
-    entry.status = 206;
-    entry.bytes = part.length;
-    res.writeHead(206, { "content-range": `bytes ${begin}-${end}/${body.length}`, "content-length": part.length }).end(part);
   });
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
   state.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/`;
-  state.close = () => new Promise<void>((r) => server.close(() => r()));
+  state.close = async () => {
+    server.closeAllConnections();
+    await new Promise<void>((r) => server.close(() => r()));
+  };
   return state;
 }
