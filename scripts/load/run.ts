@@ -13,32 +13,24 @@ import { decodeSafetensors } from "../../runner/safetensors";
 import type { ClaimResponse, SubmitResponse } from "../../worker/protocol";
 import { OFFLINE_ENV, ROOT, startWorkerDev } from "../../test/helpers/worker-dev";
 import { checkInvariants, type Db } from "./checks";
-import { loggingFetch, runSwarm, type Behaviour, type Call, type SwarmStats } from "./swarm";
+import { loggingFetch, runSwarm, type Call, type SwarmOptions, type SwarmStats } from "./swarm";
 
-export interface LoadOptions {
-  runners: number;
+/** The swarm's own knobs (runners, step time, seed, misbehaviour odds, forced first behaviours), and the test's. */
+type SwarmKnobs = "runners" | "stepMs" | "seed" | "pVanish" | "pZombie" | "pAbandon" | "pDouble" | "pLate" | "force";
+
+export interface LoadOptions extends Pick<SwarmOptions, SwarmKnobs> {
   /** How long the runners work (then they stop where they are; the read-back and checks follow). */
   seconds: number;
   /** The Worker's LEASE_TTL_MS: short, so that leases of vanished runners expire and are taken over. */
   leaseTtlMs: number;
-  /** Simulated training time per step, and steps per run. */
-  stepMs: number;
+  /** Steps per run. */
   steps: number;
   logEvery: number;
   checkpointEvery: number;
   /** Groups per submitted sweep. */
   groupsPerSweep: number;
-  seed: number;
   /** track = true: every metric post also goes through the W&B outbox and queue (no W&B key: dropped there). */
   track: boolean;
-  pVanish: number;
-  pZombie: number;
-  pAbandon: number;
-  pDouble: number;
-  pLate: number;
-  /** The first group of runner i misbehaves as force[i] says, right away (takeovers, stale writes and give-backs
-   * even in a short run). */
-  force: Behaviour[];
   /** Runs per group: 1, 2 (two learning rates) or 4 (× two sparsity coefficients). */
   runsPerGroup: 1 | 2 | 4;
   /** Keep the persistence dir (D1, R2) for inspection. */
