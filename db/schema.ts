@@ -11,7 +11,8 @@ import { index, integer, primaryKey, real, sqliteTable, text } from "drizzle-orm
 export type SweepStatus = "waiting" | "running" | "done" | "failed";
 export type GroupStatus = "waiting" | "running" | "done" | "failed";
 export type RunStatus = "waiting" | "leased" | "done" | "failed";
-export type LeaseStatus = "active" | "completed" | "failed" | "expired" | "cancelled";
+/** released: given back by its runner (stopping, page or device lost), which is not a failure. */
+export type LeaseStatus = "active" | "completed" | "failed" | "released" | "expired" | "cancelled";
 
 export const sweeps = sqliteTable("sweeps", {
   id: text("id").primaryKey(),
@@ -43,8 +44,10 @@ export const groups = sqliteTable(
     /** JSON DataConfig shared by the group's runs. */
     data: text("data").notNull(),
     nRuns: integer("n_runs").notNull(),
-    /** Failed leases so far; at MAX_ATTEMPTS the group fails. */
+    /** Distinct runners whose lease of this group failed (since the last retry); at MAX_ATTEMPTS the group fails. */
     failures: integer("failures").notNull().default(0),
+    /** When the group was last re-queued (POST /v1/groups/:id/retry): failures and expirations count from here. */
+    retriedAt: integer("retried_at"),
     lastError: text("last_error"),
     finishedAt: integer("finished_at"),
   },

@@ -106,6 +106,8 @@ interface RequestSpec {
   /** The lease this write is under: a 409 becomes LeaseLost. */
   leaseId?: string;
   retry?: Partial<RetryPolicy>;
+  /** Aborts this request and its retries (besides the client's own signal). */
+  signal?: AbortSignal;
 }
 
 class Retryable extends Error {}
@@ -122,8 +124,8 @@ export class WorkerClient {
   }
 
   /** POST /v1/claims: a lease on a group, or null when nothing is waiting (204). */
-  async claim(req: ClaimRequest): Promise<ClaimResponse | null> {
-    const res = await this.request({ method: "POST", path: "/v1/claims", json: req });
+  async claim(req: ClaimRequest, signal?: AbortSignal): Promise<ClaimResponse | null> {
+    const res = await this.request({ method: "POST", path: "/v1/claims", json: req, signal });
     if (res.status === 204) return null;
     return (await res.json()) as ClaimResponse;
   }
@@ -169,7 +171,15 @@ export class WorkerClient {
     await this.request({ method: "POST", path: `/v1/leases/${enc(lease.id)}/complete`, json: { token: lease.token }, leaseId: lease.id });
   }
 
-  /** POST /v1/leases/:id/fail: gives the group back (abandon on purpose, or after an error). */
+  /**
+   * POST /v1/leases/:id/release: gives the group back without counting a failure (the runner stops, its page or its
+   * device was lost); its runs are claimable at once and resume from their checkpoints.
+   */
+  async release(lease: Lease, reason: string, retry?: Partial<RetryPolicy>): Promise<void> {
+    await this.request({ method: "POST", path: `/v1/leases/${enc(lease.id)}/release`, json: { token: lease.token, reason }, leaseId: lease.id, retry });
+  }
+
+  /** POST /v1/leases/:id/fail: the group itself failed here (counted once per runner toward MAX_ATTEMPTS). */
   async fail(lease: Lease, error: string, retry?: Partial<RetryPolicy>): Promise<void> {
     await this.request({ method: "POST", path: `/v1/leases/${enc(lease.id)}/fail`, json: { token: lease.token, error }, leaseId: lease.id, retry });
   }
@@ -186,12 +196,13 @@ export class WorkerClient {
       body = spec.body as unknown as BodyInit;
     }
     const what = `${spec.method} ${spec.path.split("?")[0]}`;
+    const signal = spec.signal && this.opts.signal ? AbortSignal.any([spec.signal, this.opts.signal]) : (spec.signal ?? this.opts.signal);
     for (let attempt = 1; ; attempt++) {
-      if (this.opts.signal?.aborted) throw new Aborted();
+      if (signal?.aborted) throw new Aborted();
       let retryAfterMs = 0;
       let reason: string;
       try {
-        const res = await this.fetchFn(this.base + spec.path, { method: spec.method, headers, body, signal: this.opts.signal });
+        const res = await this.fetchFn(this.base + spec.path, { method: spec.method, headers, body, signal });
         if (res.ok) return res;
         const err = await readError(res);
         if (res.status === 409 && spec.leaseId) throw new LeaseLost(spec.leaseId, err.message);
@@ -203,13 +214,13 @@ export class WorkerClient {
         throw new ApiError(res.status, err.code, `${what}: HTTP ${res.status}: ${err.message}`, err.field);
       } catch (e) {
         if (e instanceof LeaseLost || e instanceof ApiError) throw e;
-        if (this.opts.signal?.aborted) throw new Aborted();
+        if (signal?.aborted) throw new Aborted();
         reason = e instanceof Error ? e.message : String(e);
       }
       if (attempt >= policy.maxAttempts) throw new Error(`${what}: gave up after ${attempt} attempts: ${reason}`);
       const delay = Math.max(retryAfterMs, backoffMs(policy, attempt));
       this.opts.onRetry?.(what, attempt, delay, reason);
-      await sleep(delay, this.opts.signal);
+      await sleep(delay, signal);
     }
   }
 }

@@ -37,13 +37,24 @@ export interface LaunchedChrome {
   close(): Promise<void>;
 }
 
-/** A headless Chrome with a fresh profile that is deleted on close. */
+/**
+ * A headless Chrome with a fresh profile that is deleted on close.
+ *
+ * DevTools runs over a pipe, not a TCP port: when the runner dies, even by SIGKILL, the pipe closes and Chrome
+ * ends with it (no port for other local users to reach either). Puppeteer's own signal handlers are off: on
+ * SIGTERM they closed Chrome under the runner while it was still checkpointing the group to give it back, and on
+ * SIGINT they exited the process before the lease was given back; the runner handles its signals itself.
+ */
 export async function launchChrome(extraArgs: string[] = []): Promise<LaunchedChrome> {
   const userDataDir = mkdtempSync(path.join(tmpdir(), "sae-swarm-chrome-"));
   const browser = await puppeteer.launch({
     executablePath: chromePath(),
     headless: true,
     userDataDir,
+    pipe: true,
+    handleSIGINT: false,
+    handleSIGTERM: false,
+    handleSIGHUP: false,
     args: [...CHROME_ARGS, ...extraArgs],
     // Bounds each DevTools call (the training loop is not one: it reports its end as an event). Tests shorten it.
     protocolTimeout: Number(process.env.SAE_SWARM_PROTOCOL_TIMEOUT_MS) || 600_000,

@@ -17,9 +17,12 @@ export type RunnerEvent =
   | { kind: "progress"; group_id: string; step: number; n_steps: number; samples_per_s: number; eta_s: number | null; saes: SaeProgress[] }
   | { kind: "done"; group_id: string; lease_id: string; outcome: "completed" | "lease-lost" | "abandoned" | "failed"; message?: string }
   | { kind: "idle"; wait_ms: number }
+  /** Groups failed here `failures` times in a row: the loop waits before it claims again. */
+  | { kind: "backoff"; failures: number; wait_ms: number }
   | { kind: "log"; level: "info" | "warn" | "error"; message: string }
   | { kind: "device-lost"; message: string }
-  | { kind: "exit"; reason: "no-work" | "stopped" | "error"; message?: string };
+  /** failing: groups kept failing here, so the loop stopped claiming (message says why). */
+  | { kind: "exit"; reason: "no-work" | "stopped" | "failing" | "error"; message?: string };
 
 /** Name of the function the CLI exposes on the page. */
 export const EVENT_BINDING = "__saeSwarmEvent";

@@ -99,6 +99,7 @@ export const EvalsBody = object({
 
 export const CompleteBody = object({ token });
 export const FailBody = object({ token, error: z.string(typed("a string")).min(1, "is required").max(20_000, "must be at most 20000 characters") });
+export const ReleaseBody = object({ token, reason: z.string(typed("a string")).max(20_000, "must be at most 20000 characters").optional() });
 
 /** application/json or any application/*+json; a request without a content type is read as JSON too. */
 export function requireJson(c: Context): void {

@@ -12,8 +12,10 @@ export interface Env {
   WANDB_BASE_URL: string;
   /** Lease time-to-live in ms without a heartbeat (default 60000); tests set a short one. */
   LEASE_TTL_MS?: string;
-  /** Failed leases a group may have before it is marked failed (default 3). */
+  /** Distinct runners whose lease of a group may fail before the group is marked failed (default 3). */
   MAX_ATTEMPTS?: string;
+  /** Expired leases (runners that vanished holding it) a group may have before it is marked failed (default 10). */
+  MAX_EXPIRATIONS?: string;
   /** Steps between resume checkpoints, sent with each claim (default 1000). */
   CHECKPOINT_EVERY?: string;
   /** Most runs one sweep may expand to (default 4096). */
@@ -29,6 +31,7 @@ export function settings(env: Env) {
   return {
     leaseTtlMs: num(env.LEASE_TTL_MS, 60_000),
     maxAttempts: num(env.MAX_ATTEMPTS, 3),
+    maxExpirations: num(env.MAX_EXPIRATIONS, 10),
     checkpointEvery: num(env.CHECKPOINT_EVERY, 1000),
     maxSweepRuns: num(env.MAX_SWEEP_RUNS, 4096),
   };

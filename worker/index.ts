@@ -5,6 +5,7 @@ import { requireToken } from "./auth";
 import type { Env } from "./env";
 import { ApiError, errorResponse } from "./errors";
 import { claimRoutes } from "./routes/claims";
+import { groupRoutes } from "./routes/groups";
 import { leaseRoutes } from "./routes/leases";
 import { runRoutes } from "./routes/runs";
 import { sweepRoutes } from "./routes/sweeps";
@@ -32,6 +33,7 @@ app.get("/health", (c) => c.json({ ok: true }));
 app.use("/v1/sweeps", requireToken("submit"));
 app.use("/v1/sweeps/*", requireToken("submit"));
 app.use("/v1/runs/*", requireToken("submit"));
+app.use("/v1/groups/*", requireToken("submit"));
 app.use("/v1/claims", requireToken("runner"));
 app.use("/v1/leases/*", requireToken("runner"));
 
@@ -40,6 +42,8 @@ app.post("/v1/claims", limit(BODY_LIMITS.small));
 app.post("/v1/leases/:id/heartbeat", limit(BODY_LIMITS.small));
 app.post("/v1/leases/:id/complete", limit(BODY_LIMITS.small));
 app.post("/v1/leases/:id/fail", limit(BODY_LIMITS.small));
+app.post("/v1/leases/:id/release", limit(BODY_LIMITS.small));
+app.post("/v1/groups/:id/retry", limit(BODY_LIMITS.small));
 app.post("/v1/leases/:id/metrics", limit(BODY_LIMITS.metrics));
 app.post("/v1/leases/:id/evals", limit(BODY_LIMITS.evals));
 app.put("/v1/leases/:id/checkpoints/:run_id", limit(BODY_LIMITS.checkpoint));
@@ -48,6 +52,7 @@ app.route("/v1/sweeps", sweepRoutes);
 app.route("/v1/claims", claimRoutes);
 app.route("/v1/leases", leaseRoutes);
 app.route("/v1/runs", runRoutes);
+app.route("/v1/groups", groupRoutes);
 
 app.notFound((c) => errorResponse(c, new ApiError(404, "not_found", `no route ${c.req.method} ${new URL(c.req.url).pathname}`, "path")));
 app.onError((err, c) => {

@@ -111,6 +111,28 @@ export interface CompleteResponse {
   repeated?: boolean;
 }
 
+/** POST /v1/leases/:id/release — gives the group back without counting a failure. */
+export interface ReleaseRequest {
+  token: string;
+  /** Why (for the lease's record): "runner stopped", "GPU device lost", … */
+  reason?: string;
+}
+
+export interface ReleaseResponse {
+  id: string;
+  status: "released";
+  group_status: "waiting" | "running" | "done" | "failed";
+  repeated?: boolean;
+}
+
+/** POST /v1/groups/:id/retry (submitter token) — re-queues a failed group; its runs resume from their checkpoints. */
+export interface RetryResponse {
+  id: string;
+  status: "waiting" | "running" | "done" | "failed";
+  /** Runs put back to waiting. */
+  requeued: number;
+}
+
 /** POST /v1/leases/:id/fail — puts the group back, up to a retry limit. */
 export interface FailRequest {
   token: string;

@@ -13,13 +13,15 @@ import { apiProxy } from "../proxy";
 import { FAULT_ENV, FaultInjector, parseFault } from "../fault";
 import type { AdapterReport } from "../../shaders/device";
 import type { Lease } from "../../worker/protocol";
+import { devVar } from "./server";
 
 const here = path.dirname(new URL(import.meta.url).pathname);
 
-export const RUNNER_USAGE = `usage: sae-swarm runner --server URL [--token T] [options]
+export const RUNNER_USAGE = `usage: sae-swarm runner --server URL [options]
 
   --server URL               the sae-swarm Worker (env SAE_SWARM_SERVER; default http://127.0.0.1:8787)
-  --token T                  the runner token (env SAE_SWARM_RUNNER_TOKEN)
+  --token T                  the runner token; better from env SAE_SWARM_RUNNER_TOKEN or RUNNER_TOKEN in ./.dev.vars,
+                             which \`ps\` does not show
   --allow-software-adapter   train even on a software (CPU-emulated) WebGPU adapter such as SwiftShader
   --once                     exit when no group is waiting, instead of polling for more
   --runner-id ID             how this runner names itself to the server (default host-pid)
@@ -28,6 +30,9 @@ export const RUNNER_USAGE = `usage: sae-swarm runner --server URL [--token T] [o
 
 Ctrl-C once: finish the current group, then exit. Twice: checkpoint the group and give it back now.
 Three times (or SIGTERM twice): give the lease back and exit at once. SIGTERM: like Ctrl-C twice.
+A give-back is not a failure: the group is claimable at once and resumes from its last checkpoint. A stop that
+takes longer than SAE_SWARM_STOP_GRACE_MS (default 20000) gives the lease back from here and exits.
+Groups that fail here several times in a row make the runner back off, then stop claiming (exit 1).
 Chrome: CHROME_PATH, else /usr/bin/chromium.`;
 
 export function describeReport(r: AdapterReport): string {
@@ -40,7 +45,10 @@ export function describeReport(r: AdapterReport): string {
 const MAX_RESTARTS = 5;
 const RESTART_WINDOW_MS = 10 * 60_000;
 
-export type PageOutcome = "no-work" | "stopped" | "crashed" | "device-lost" | "refused" | "probed";
+/** How long an abandon (SIGTERM, Ctrl-C twice) may take in the page before the CLI gives the lease back itself. */
+const stopGraceMs = () => Number(process.env.SAE_SWARM_STOP_GRACE_MS) || 20_000;
+
+export type PageOutcome = "no-work" | "stopped" | "failing" | "crashed" | "device-lost" | "refused" | "probed";
 
 export async function runner(argv: string[]): Promise<number> {
   const { values } = parseArgs({
@@ -60,6 +68,7 @@ export async function runner(argv: string[]): Promise<number> {
     return 0;
   }
   const server = values.server!.replace(/\/$/, "");
+  const token = values.token ?? devVar("RUNNER_TOKEN");
   const health = await fetch(`${server}/health`).catch((e) => e as Error);
   if (health instanceof Error || !health.ok) {
     console.error(`[runner] cannot reach the server at ${server}/health: ${health instanceof Error ? health.message : health.status}`);
@@ -71,29 +80,33 @@ export async function runner(argv: string[]): Promise<number> {
 
   const display = new ProgressDisplay();
   const log = (s: string) => display.log(s);
-  // Node's own client: gives a lease back when the page that held it died.
-  const api = new WorkerClient({ server, token: values.token, retry: { maxAttempts: 5 } });
+  // Node's own client: gives a lease back when the page that held it died or did not stop in time.
+  const api = new WorkerClient({ server, token, retry: { maxAttempts: 5 } });
   let lease: Lease | null = null;
   let stopMode: StopMode | null = null;
   let activeTab: Page | null = null;
   let signals = 0;
-  let hardExit: (() => void) | null = null;
-  const hardExitP = new Promise<"hard">((r) => (hardExit = () => r("hard")));
+  let hardExit: ((why: string) => void) | null = null;
+  const hardExitP = new Promise<{ hard: string }>((r) => (hardExit = (why) => r({ hard: why })));
+  let grace: NodeJS.Timeout | null = null;
 
   const onSignal = (sig: NodeJS.Signals) => {
     signals++;
-    const mode: StopMode | "hard" = sig === "SIGTERM" ? (signals === 1 ? "abandon" : "hard") : signals === 1 ? "drain" : signals === 2 ? "abandon" : "hard";
+    const mode: StopMode | "hard" = sig === "SIGINT" ? (signals === 1 ? "drain" : signals === 2 ? "abandon" : "hard") : signals === 1 ? "abandon" : "hard";
     if (mode === "hard") {
       log(`[runner] ${sig}: giving the lease back and exiting now`);
-      hardExit?.();
+      hardExit?.("runner killed");
       return;
     }
     stopMode = mode;
     log(mode === "drain" ? `[runner] ${sig}: finishing the current group, then exiting (Ctrl-C again to abandon it)` : `[runner] ${sig}: checkpointing the current group and giving it back`);
+    // An abandon is bounded: a page stuck in a data fetch or a long eval does not hold the runner up.
+    if (mode === "abandon" && !grace) grace = setTimeout(() => hardExit?.("runner stopped (the page did not stop in time)"), stopGraceMs());
     void activeTab?.evaluate((m) => window.__runner.stop(m), mode).catch(() => {});
   };
   process.on("SIGINT", onSignal);
   process.on("SIGTERM", onSignal);
+  process.on("SIGHUP", onSignal);
 
   const onEvent = (e: RunnerEvent) => {
     switch (e.kind) {
@@ -115,6 +128,9 @@ export async function runner(argv: string[]): Promise<number> {
       case "idle":
         display.status(`[runner] no group waiting; next claim in ${duration(e.wait_ms / 1000)}`, true);
         break;
+      case "backoff":
+        log(`[runner] ${e.failures} group${e.failures > 1 ? "s" : ""} failed here in a row; next claim in ${duration(e.wait_ms / 1000)}`);
+        break;
       case "log":
         (e.level === "error" ? console.error : log)(`[page] ${e.message}`);
         break;
@@ -128,10 +144,18 @@ export async function runner(argv: string[]): Promise<number> {
   let chrome: LaunchedChrome | null = null;
   try {
     const key = randomBytes(24).toString("hex");
-    page = await servePage(await bundleForBrowser(path.join(here, "../page/main.ts")), "sae-swarm runner", apiProxy({ server, token: values.token, key, fault: fault && new FaultInjector(fault) }));
-    chrome = await launchChrome();
+    page = await servePage(await bundleForBrowser(path.join(here, "../page/main.ts")), "sae-swarm runner", apiProxy({ server, token, key, fault: fault && new FaultInjector(fault) }));
     const restarts: number[] = [];
     for (;;) {
+      if (stopMode === "abandon") return 130;
+      // A Chrome that died under us (killed, out of memory) is started again; a live one keeps serving pages.
+      if (!chrome?.browser.connected) {
+        await chrome?.close();
+        chrome = null;
+        const launched = await Promise.race([launchChrome(), hardExitP]);
+        if ("hard" in launched) return 130;
+        chrome = launched;
+      }
       const outcome = await Promise.race([
         runPage(chrome, `${page.url}#k=${key}`, {
           runnerId: values["runner-id"]!,
@@ -144,21 +168,25 @@ export async function runner(argv: string[]): Promise<number> {
             activeTab = t;
             if (stopMode) void t.evaluate((m) => window.__runner.stop(m), stopMode).catch(() => {});
           },
-        }),
+        }).catch((e: unknown) => (stopMode ? "stopped" : Promise.reject(e))),
         hardExitP,
       ]);
       activeTab = null;
-      if (outcome === "hard") {
-        await giveBack(api, lease, "runner killed", log);
+      if (typeof outcome === "object") {
+        await giveBack(api, lease, outcome.hard, log);
         return 130;
       }
       if (outcome === "refused") return 2;
       if (outcome === "probed" || outcome === "no-work") return 0;
-      if (outcome === "stopped") return stopMode ? 130 : 0;
+      if (outcome === "failing") return 1;
+      if (outcome === "stopped") {
+        await giveBack(api, lease, "runner stopped", log); // only when the page could not (it normally has)
+        return stopMode ? 130 : 0;
+      }
       // crashed or device-lost: give the group back at once (a second runner resumes it), then a fresh page.
       await giveBack(api, lease, outcome === "crashed" ? "runner page crashed" : "GPU device lost", log);
       lease = null;
-      if (stopMode) return 1;
+      if (stopMode) return 130;
       const t = Date.now();
       restarts.push(t);
       while (restarts.length && t - restarts[0] > RESTART_WINDOW_MS) restarts.shift();
@@ -169,17 +197,20 @@ export async function runner(argv: string[]): Promise<number> {
       log(`[runner] ${outcome === "crashed" ? "page crashed" : "GPU device lost"}; restarting the page`);
     }
   } finally {
+    if (grace) clearTimeout(grace);
     display.clear();
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
+    process.off("SIGHUP", onSignal);
     await chrome?.close();
     await page?.close();
   }
 }
 
+/** Releases the lease this runner still holds (not a failure: the group is claimable at once). */
 async function giveBack(api: WorkerClient, lease: Lease | null, why: string, log: (s: string) => void): Promise<void> {
   if (!lease) return;
-  await api.fail(lease, why).then(
+  await api.release(lease, why).then(
     () => log(`[runner] gave lease ${lease.id} back (${why})`),
     (e) => log(`[runner] could not give lease ${lease.id} back (${(e as Error).message}); it expires on its own`),
   );
@@ -199,6 +230,7 @@ export interface PageOptions {
 export async function runPage(chrome: LaunchedChrome, url: string, o: PageOptions): Promise<PageOutcome> {
   const tab = await chrome.browser.newPage();
   let failed: ((why: "crashed" | "device-lost") => void) | null = null;
+  const gone = () => failed?.("crashed");
   const failure = new Promise<"crashed" | "device-lost">((r) => (failed = r));
   // The loop's end comes as an "exit" event, not as the result of one long `evaluate`: a runner trains for hours,
   // and a CDP call outlives no protocolTimeout.
@@ -214,6 +246,9 @@ export async function runPage(chrome: LaunchedChrome, url: string, o: PageOption
     tab.on("console", (m) => o.log(`[page] ${m.text()}`));
     tab.on("pageerror", (e) => o.log(`[page] ${String(e)}`));
     tab.on("error", () => failed?.("crashed")); // the renderer crashed
+    // Chrome itself gone (killed, out of memory): no event from the page will ever come.
+    chrome.browser.once("disconnected", gone);
+    if (!chrome.browser.connected) gone();
     await tab.goto(url);
     await tab.waitForFunction(() => window.__runner !== undefined);
     const report = (await tab.evaluate(() => window.__runner.ready)) as AdapterReport;
@@ -230,12 +265,14 @@ export async function runPage(chrome: LaunchedChrome, url: string, o: PageOption
     const end = await Promise.race([exit, failure]);
     if (typeof end === "string") return end;
     if (end.reason === "error") throw new Error(end.message ?? "the runner loop failed");
+    if (end.reason === "failing") console.error(`[runner] ${end.message}`);
     return end.reason;
   } catch (e) {
     // A target that closed under us is a crash; anything else is a real error.
-    if (/Target closed|Session closed|crash/i.test(String(e))) return "crashed";
+    if (/Target closed|Session closed|Connection closed|crash/i.test(String(e))) return "crashed";
     throw e;
   } finally {
+    chrome.browser.off("disconnected", gone);
     await tab.close().catch(() => {});
   }
 }

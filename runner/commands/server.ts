@@ -10,9 +10,14 @@ export const DEFAULT_SERVER = "http://127.0.0.1:8787";
 
 /** SUBMIT_TOKEN from .dev.vars in `dir` (the local secrets `npm start` writes), or undefined. */
 export function devVarsSubmitToken(dir = process.cwd()): string | undefined {
+  return devVar("SUBMIT_TOKEN", dir);
+}
+
+/** The variable `name` from .dev.vars in `dir`, or undefined. */
+export function devVar(name: string, dir = process.cwd()): string | undefined {
   const file = path.join(dir, ".dev.vars");
   if (!existsSync(file)) return undefined;
-  const m = readFileSync(file, "utf8").match(/^\s*SUBMIT_TOKEN\s*=\s*"?([^"\n]*)"?\s*$/m);
+  const m = readFileSync(file, "utf8").match(new RegExp(`^\\s*${name}\\s*=\\s*"?([^"\\n]*)"?\\s*$`, "m"));
   return m?.[1] || undefined;
 }
 

@@ -30,6 +30,10 @@ export interface LoopOptions {
   /** Backoff while nothing waits (ms). */
   idleMinMs?: number;
   idleMaxMs?: number;
+  /** Groups failing here this many times in a row stop the loop ("failing"); before that it backs off. */
+  maxConsecutiveFailures?: number;
+  /** First backoff after a failed group (ms); doubles per failure in a row. */
+  failureBackoffMs?: number;
   /** Progress events at most this often (ms). */
   progressEveryMs?: number;
   /** Default: engine-port.ts (the WGSL engine and the data sources); tests of the loop's protocol pass their own. */
@@ -42,6 +46,10 @@ export type GroupOutcome = "completed" | "lease-lost" | "abandoned" | "failed";
 export class RunnerLoop {
   private stopMode: StopMode | null = null;
   private wake: (() => void) | null = null;
+  /** Aborts a claim in flight when the runner stops (a claim retries while the Worker is unreachable). */
+  private claiming: AbortController | null = null;
+  /** Why the loop stopped claiming on its own (groups kept failing here), for the exit event. */
+  failing: string | null = null;
 
   constructor(private readonly o: LoopOptions) {}
 
@@ -49,29 +57,67 @@ export class RunnerLoop {
   stop(mode: StopMode): void {
     if (this.stopMode !== "abandon") this.stopMode = mode;
     this.wake?.();
+    this.claiming?.abort();
   }
 
-  async run(): Promise<"no-work" | "stopped"> {
+  async run(): Promise<"no-work" | "stopped" | "failing"> {
     const min = this.o.idleMinMs ?? 1000;
     const max = this.o.idleMaxMs ?? 30_000;
+    const maxFailures = this.o.maxConsecutiveFailures ?? 3;
     let idle = 0;
+    let failures = 0;
+    let lastError = "";
     while (!this.stopMode) {
-      const claim = await this.o.api.claim({ runner_id: this.o.runnerId, adapter: this.o.adapter });
+      this.claiming = new AbortController();
+      let claim: ClaimResponse | null;
+      try {
+        claim = await this.o.api.claim({ runner_id: this.o.runnerId, adapter: this.o.adapter }, this.claiming.signal);
+      } catch (e) {
+        if (e instanceof Aborted && this.stopMode) break;
+        throw e;
+      } finally {
+        this.claiming = null;
+      }
       if (!claim) {
         if (this.o.once) return "no-work";
-        const wait = Math.min(max, min * 2 ** idle++) * (0.5 + Math.random() / 2);
-        this.o.emit({ kind: "idle", wait_ms: Math.round(wait) });
-        await new Promise<void>((r) => {
-          this.wake = r;
-          setTimeout(r, wait);
-        });
-        this.wake = null;
+        await this.pause(Math.min(max, min * 2 ** idle++) * (0.5 + Math.random() / 2), (wait_ms) => ({ kind: "idle", wait_ms }));
         continue;
       }
       idle = 0;
-      await this.trainGroup(claim);
+      const outcome = await this.trainGroup(claim);
+      if (outcome !== "failed") {
+        failures = 0;
+        continue;
+      }
+      // Failing group after group is most likely this machine's fault (its data host, its GPU): back off, and
+      // after a few in a row stop claiming rather than spend every group's failures.
+      failures++;
+      lastError = this.lastFailure ?? "";
+      if (failures >= maxFailures) {
+        this.failing = `${failures} groups failed here in a row (last: ${lastError}); stopped claiming — check this machine, then start the runner again`;
+        return "failing";
+      }
+      const base = this.o.failureBackoffMs ?? 5000;
+      await this.pause(base * 2 ** (failures - 1) * (0.5 + Math.random() / 2), (wait_ms) => ({ kind: "backoff", failures, wait_ms }));
     }
     return "stopped";
+  }
+
+  private lastFailure: string | null = null;
+
+  /** A method, not a field read: the runner's stop arrives while trainGroup awaits (TypeScript would narrow a read). */
+  private abandoning(): boolean {
+    return this.stopMode === "abandon";
+  }
+
+  /** Waits `ms` (announced with `event`), or less when the runner stops. */
+  private async pause(ms: number, event: (wait_ms: number) => RunnerEvent): Promise<void> {
+    this.o.emit(event(Math.round(ms)));
+    await new Promise<void>((r) => {
+      this.wake = r;
+      setTimeout(r, ms);
+    });
+    this.wake = null;
   }
 
   /** Trains one claimed group to its end (or until the lease is lost or the runner stops). */
@@ -122,6 +168,8 @@ export class RunnerLoop {
       norm = source.normalization;
       check();
 
+      if (this.abandoning()) return await this.release(lease, group.id, queue);
+
       phase("init");
       engine = await (this.o.createEngine ?? createGroupEngine)(this.o.device, cfgs);
       if (states) {
@@ -132,6 +180,7 @@ export class RunnerLoop {
       }
       check();
 
+      const trainedFrom = step;
       phase("train");
       const every = group.checkpoint_every > 0 ? group.checkpoint_every : Infinity;
       const progressEvery = this.o.progressEveryMs ?? 1000;
@@ -139,7 +188,14 @@ export class RunnerLoop {
       let rateFrom = { t: now(), step };
       let rate = 0;
       for (; step < total; ) {
-        if (this.stopMode === "abandon") return await this.abandon(lease, group.id, engine, queue, runIds, cfgs, norm, step);
+        if (this.abandoning()) {
+          // Nothing trained since the claim: its checkpoints are the ones it resumed from.
+          if (step > trainedFrom) {
+            phase("checkpoint");
+            await this.resumeCheckpoints(lease, engine, queue, runIds, cfgs, norm, step);
+          }
+          return await this.release(lease, group.id, queue);
+        }
         check();
         const batch = await source.next();
         const metrics = await engine.step(batch);
@@ -188,8 +244,10 @@ export class RunnerLoop {
       }
       if (e instanceof Aborted) throw e;
       const message = e instanceof Error ? `${e.name}: ${e.message}` : String(e);
+      this.lastFailure = message;
       emit({ kind: "done", group_id: group.id, lease_id: lease.id, outcome: "failed", message });
-      // Give the group back at once rather than letting the lease run out; it may be this machine's fault.
+      // Reported as a failure of the group (the Worker counts it once per runner, so a machine with a local fault
+      // cannot fail a group alone); the run loop backs off, and stops after a few in a row.
       await this.o.api.fail(lease, message, { maxAttempts: 5 }).catch(() => {});
       return "failed";
     } finally {
@@ -210,11 +268,11 @@ export class RunnerLoop {
     }
   }
 
-  private async abandon(lease: Lease, groupId: string, engine: GroupEngine, queue: MetricsQueue, runIds: string[], cfgs: TrainConfig[], norm: Normalization, step: number): Promise<GroupOutcome> {
+  /** Gives the group back (not a failure): flushes the metrics, then releases the lease. */
+  private async release(lease: Lease, groupId: string, queue: MetricsQueue): Promise<GroupOutcome> {
     this.o.emit({ kind: "phase", group_id: groupId, phase: "abandon" });
-    if (step > 0) await this.resumeCheckpoints(lease, engine, queue, runIds, cfgs, norm, step);
-    else await queue.flush();
-    await this.o.api.fail(lease, "runner stopped (abandoned on purpose)", { maxAttempts: 5 });
+    await queue.flush();
+    await this.o.api.release(lease, "runner stopped (gave the group back on purpose)", { maxAttempts: 5 });
     this.o.emit({ kind: "done", group_id: groupId, lease_id: lease.id, outcome: "abandoned" });
     return "abandoned";
   }

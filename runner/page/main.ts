@@ -15,7 +15,7 @@ declare global {
   interface Window {
     __runner: {
       ready: Promise<AdapterReport>;
-      start(opts: StartOptions): Promise<"no-work" | "stopped">;
+      start(opts: StartOptions): Promise<"no-work" | "stopped" | "failing">;
       stop(mode: StopMode): void;
     };
     [EVENT_BINDING]?: (json: string) => Promise<void>;
@@ -57,7 +57,7 @@ window.__runner = {
     loop = new RunnerLoop({ api, dataFetch, device: gpu!.device, adapter: gpu!.report, runnerId: opts.runnerId, emit, once: opts.once });
     try {
       const reason = await loop.run();
-      emit({ kind: "exit", reason });
+      emit({ kind: "exit", reason, ...(loop.failing ? { message: loop.failing } : {}) });
       return reason;
     } catch (e) {
       if (e instanceof Aborted) {

@@ -15,6 +15,7 @@ import { ClaimBody, jsonBody } from "../bodies";
 import type { Env } from "../env";
 import { settings } from "../env";
 import { newId } from "../db";
+import { expirationLimit } from "./groups";
 
 export const claimRoutes = new Hono<{ Bindings: Env }>();
 
@@ -38,7 +39,7 @@ type Candidate = { group_id: string; sweep_id: string; k: number };
 
 claimRoutes.post("/", async (c) => {
   const body = await jsonBody(c, ClaimBody);
-  const { leaseTtlMs, checkpointEvery } = settings(c.env);
+  const { leaseTtlMs, checkpointEvery, maxExpirations } = settings(c.env);
   const limits = body.adapter.limits as unknown as AdapterLimits;
   const db = c.env.DB;
 
@@ -82,7 +83,10 @@ claimRoutes.post("/", async (c) => {
     // the answer's rows are read back. Nothing is written when no run of the group is claimable any more.
     const chunk = `SELECT value FROM json_each((SELECT run_ids FROM leases WHERE id = ?3))`;
     const won = `EXISTS (SELECT 1 FROM leases WHERE id = ?3)`;
-    const r = await db.batch([
+    // First, a group whose leases expired too often fails here, and the insert below then finds nothing claimable.
+    const limited = expirationLimit(db, at, g.group_id, g.sweep_id, maxExpirations);
+    const all = await db.batch([
+      ...limited,
       db
         .prepare(
           `INSERT INTO leases (id, token, group_id, runner_id, adapter, run_ids, status, created_at, expires_at)
@@ -104,6 +108,7 @@ claimRoutes.post("/", async (c) => {
         .prepare(`SELECT run_id, max(step) AS step FROM checkpoints WHERE kind = 'resume' AND run_id IN (${chunk}) GROUP BY run_id`)
         .bind(at, g.group_id, leaseId),
     ]);
+    const r = all.slice(limited.length);
     if (r[0].meta.changes !== 1) {
       // Other claims took this group's runs first: try another group (re-reading the candidates once at the end).
       candidates.splice(i, 1);

@@ -1,5 +1,5 @@
 /**
- * The runner protocol under a lease (runner token): heartbeat, metrics, evals, checkpoints, complete, fail.
+ * The runner protocol under a lease (runner token): heartbeat, metrics, evals, checkpoints, complete, fail, release.
  *
  * Every write carries the lease's fencing token and is refused with 409 unless the lease is active and unexpired.
  * The check is repeated inside each write's D1 statement (INSERT … SELECT … WHERE the lease is still valid), so a
@@ -9,8 +9,8 @@
  * reads the lease and its runs in one batch, and a heartbeat is one UPDATE when it succeeds.
  */
 import { Hono, type Context } from "hono";
-import type { CheckpointResponse, CompleteResponse, FailResponse, HeartbeatResponse, WandbMessage, WriteResponse } from "../protocol";
-import { CompleteBody, EvalsBody, FailBody, HeartbeatBody, MetricsBody, jsonBody } from "../bodies";
+import type { CheckpointResponse, CompleteResponse, FailResponse, HeartbeatResponse, ReleaseResponse, WandbMessage, WriteResponse } from "../protocol";
+import { CompleteBody, EvalsBody, FailBody, HeartbeatBody, MetricsBody, ReleaseBody, jsonBody } from "../bodies";
 import type { Env } from "../env";
 import { settings } from "../env";
 import { ApiError, badRequest, conflict, intQuery, mediaType, notFound, unsupportedMediaType } from "../errors";
@@ -426,28 +426,36 @@ leaseRoutes.post("/:id/complete", async (c) => {
   return c.json({ id: lease.id, status: "completed", group_status: group?.status } satisfies CompleteResponse);
 });
 
+/** "Since the group was last re-queued" for leases of group ?G (numbered parameter of the caller). */
+export const sinceRetry = (g: number) => `created_at >= (SELECT coalesce(retried_at, 0) FROM groups WHERE id = ?${g})`;
+
+/**
+ * The group itself failed under this lease. Counted once per distinct runner since the last retry: one runner with
+ * a local fault (its data host unreachable, its GPU out of memory) cannot fail a group by failing it again and again.
+ */
 leaseRoutes.post("/:id/fail", async (c) => {
   const body = await jsonBody(c, FailBody);
   const { lease, runs } = await loadLease(c, c.req.param("id"));
-  const { maxAttempts: max } = settings(c.env);
+  const { maxAttempts } = settings(c.env);
   if (lease.status === "failed" && lease.token === body.token) {
     // A repeated fail (the first answer was lost) is answered, and changes nothing.
     await sendFinishes(c, lease.groupId);
     const g = (await getDb(c.env).query.groups.findFirst({ where: eq(schema.groups.id, lease.groupId) }))!;
-    return c.json({ id: lease.id, status: "failed", group_status: g.status, failures: g.failures, max_attempts: max, repeated: true } satisfies FailResponse);
+    return c.json({ id: lease.id, status: "failed", group_status: g.status, failures: g.failures, max_attempts: maxAttempts, repeated: true } satisfies FailResponse);
   }
   const now = Date.now();
   requireValid(lease, body.token, now);
-  const { maxAttempts } = settings(c.env);
   const nonce = newId("end_");
   const mine = `EXISTS (SELECT 1 FROM leases WHERE id = ?1 AND end_nonce = ?2)`;
   const exhausted = `(SELECT failures FROM groups WHERE id = ?3) >= ?4`;
+  const firstOfRunner = `NOT EXISTS (SELECT 1 FROM leases o WHERE o.group_id = ?3 AND o.id <> ?1 AND o.status = 'failed'
+    AND o.runner_id = (SELECT runner_id FROM leases WHERE id = ?1) AND o.${sinceRetry(3)})`;
   const db = c.env.DB;
   const results = await db.batch([
     db
       .prepare(`UPDATE leases SET status = 'failed', ended_at = ?3, end_nonce = ?4, error = ?5 WHERE ${validWhere(1, 2, 3)}`)
       .bind(lease.id, body.token, now, nonce, body.error),
-    db.prepare(`UPDATE groups SET failures = failures + 1, last_error = ?5 WHERE id = ?3 AND ${mine}`).bind(lease.id, nonce, lease.groupId, maxAttempts, body.error),
+    db.prepare(`UPDATE groups SET failures = failures + (${firstOfRunner}), last_error = ?5 WHERE id = ?3 AND ${mine}`).bind(lease.id, nonce, lease.groupId, maxAttempts, body.error),
     // Retries left: this chunk's runs wait for the next claim (which resumes them from their checkpoints).
     db.prepare(`UPDATE runs SET status = 'waiting' WHERE lease_id = ?1 AND status = 'leased' AND ${mine} AND NOT ${exhausted}`).bind(lease.id, nonce, lease.groupId, maxAttempts),
     // None left: the whole group fails with this error, and its other chunks' leases end.
@@ -463,3 +471,29 @@ leaseRoutes.post("/:id/fail", async (c) => {
   return c.json({ id: lease.id, status: "failed", group_status: group.status, failures: group.failures, max_attempts: maxAttempts } satisfies FailResponse);
 });
 
+/**
+ * The runner gives the group back (it stops, its page crashed, its device was lost): not a failure. The lease ends,
+ * its runs wait for the next claim at once, which resumes them from their checkpoints.
+ */
+leaseRoutes.post("/:id/release", async (c) => {
+  const body = await jsonBody(c, ReleaseBody);
+  const { lease, runs } = await loadLease(c, c.req.param("id"));
+  const groupStatus = async () => (await getDb(c.env).query.groups.findFirst({ where: eq(schema.groups.id, lease.groupId) }))!.status;
+  if (lease.status === "released" && lease.token === body.token) {
+    return c.json({ id: lease.id, status: "released", group_status: await groupStatus(), repeated: true } satisfies ReleaseResponse);
+  }
+  const now = Date.now();
+  requireValid(lease, body.token, now);
+  const nonce = newId("end_");
+  const db = c.env.DB;
+  const results = await db.batch([
+    db
+      .prepare(`UPDATE leases SET status = 'released', ended_at = ?3, end_nonce = ?4, error = ?5 WHERE ${validWhere(1, 2, 3)}`)
+      .bind(lease.id, body.token, now, nonce, body.reason ?? null),
+    db.prepare(`UPDATE runs SET status = 'waiting' WHERE lease_id = ?1 AND status = 'leased' AND EXISTS (SELECT 1 FROM leases WHERE id = ?1 AND end_nonce = ?2)`).bind(lease.id, nonce),
+    refreshGroup(db, lease.groupId, now),
+    refreshSweep(db, runs.byId.values().next().value!.sweep_id, now),
+  ]);
+  if (results[0].meta.changes !== 1) throw conflict("stale_lease", `lease ${lease.id} is no longer active`, "token");
+  return c.json({ id: lease.id, status: "released", group_status: await groupStatus() } satisfies ReleaseResponse);
+});
