@@ -39,6 +39,16 @@ export interface ProxyOptions {
   fault?: FaultInjector | null;
 }
 
+/** Aborts when the page's request goes away unanswered (the page or Chrome closed, the runner stops): an upstream
+ * fetch to a Worker or a data host that hangs must not outlive it and keep the runner from exiting. */
+function abortOnClose(res: ServerResponse): AbortSignal {
+  const ac = new AbortController();
+  res.on("close", () => {
+    if (!res.writableFinished) ac.abort();
+  });
+  return ac.signal;
+}
+
 function refuse(res: ServerResponse, status: number, code: string, message: string): void {
   res.writeHead(status, { "content-type": "application/json" }).end(JSON.stringify({ error: { code, message } }));
 }
@@ -78,7 +88,7 @@ export function apiProxy(o: ProxyOptions): ExtraRoute {
           await sendHalf(target, method, headers, body ?? Buffer.alloc(0));
           dieHard(`${o.fault!.describe(route)}, half of its ${body?.length ?? 0} bytes sent`);
         }
-        const r = await fetchFn(target, { method, headers, body: body ? new Uint8Array(body) : undefined, redirect: "manual" });
+        const r = await fetchFn(target, { method, headers, body: body ? new Uint8Array(body) : undefined, redirect: "manual", signal: abortOnClose(res) });
         if (fault === "watch" && r.ok) dieHard(`${o.fault!.describe(route)}, answered ${r.status}`);
         const out: Record<string, string> = {};
         r.headers.forEach((v, k) => {
@@ -123,7 +133,7 @@ async function proxyData(url: URL, req: IncomingMessage, res: ServerResponse, fe
   try {
     const headers: Record<string, string> = {};
     if (req.headers.range) headers.range = req.headers.range;
-    const r = await fetchFn(target, { headers });
+    const r = await fetchFn(target, { headers, signal: abortOnClose(res) });
     const out: Record<string, string> = {};
     for (const h of ["content-type", "content-range", "accept-ranges", "etag", "last-modified"]) {
       const v = r.headers.get(h);

@@ -48,6 +48,11 @@ export async function servePage(bundle: string, title = "sae-swarm", extra?: Ext
   return {
     url: `http://127.0.0.1:${port}/`,
     server,
-    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+    // Open connections (a page's request still waiting on the Worker or a data host) end now, not when they finish.
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
   };
 }

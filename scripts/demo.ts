@@ -1,7 +1,7 @@
 /**
  * The demo half of `npm start`: submits a sweep file, follows it to the end, and prints one row per run
  * (L0, MSE, FVU, dead/dense counts, and feature recovery against the synthetic ground truth).
- *   node --import tsx scripts/demo.ts --server URL --token SUBMIT_TOKEN SWEEP.toml
+ *   SAE_SWARM_TOKEN=SUBMIT_TOKEN node --import tsx scripts/demo.ts --server URL SWEEP.toml   (or --token T)
  * Exits 0 when the sweep finished, 1 when it failed.
  */
 import { readFileSync } from "node:fs";
@@ -17,8 +17,10 @@ const { values, positionals } = parseArgs({
 });
 const server = (values.server ?? "http://127.0.0.1:8787").replace(/\/$/, "");
 const file = positionals[0];
+// The token from the environment (npm start passes it so), not the command line that `ps` shows.
+values.token ??= process.env.SAE_SWARM_TOKEN;
 if (!file || !values.token) {
-  console.error("usage: demo.ts --server URL --token SUBMIT_TOKEN SWEEP.toml");
+  console.error("usage: SAE_SWARM_TOKEN=SUBMIT_TOKEN demo.ts --server URL SWEEP.toml");
   process.exit(2);
 }
 const auth = { authorization: `Bearer ${values.token}` };

@@ -12,10 +12,10 @@
  *   by two live leases at once.
  *   Client side: a lease granted while the previous holder's last known expiry was still ahead (and that holder had
  *   not ended it), or a write under the old lease accepted after the new lease was granted, or after the old
- *   lease's last known expiry, or after its own complete/fail. Server side: the leases D1 holds, per run, with
+ *   lease's last known expiry, or after its own complete/fail/release. Server side: the leases D1 holds, per run, with
  *   their windows [created_at, min(expires_at, ended_at)), must not overlap;
  * - stale tokens: writes sent after a lease expired, was taken over or ended got 409; no 409 for a lease that was
- *   certainly live; repeated complete/fail are answered 200 `repeated`;
+ *   certainly live; repeated complete/fail/release are answered 200 `repeated`;
  * - no 5xx from the Worker, no unexpected 4xx (wrangler dev's own proxy 503s and dropped loopback connections are
  *   counted apart: the runner client retries them, and the checks above must hold all the same).
  */
@@ -93,7 +93,7 @@ interface ClientLease {
   expiries: Array<{ t0: number; t1: number; exp: number; call: Call }>;
   maxExpiry: number;
   calls: Call[];
-  /** The first 2xx complete/fail that was not a repeat. */
+  /** The first 2xx complete/fail/release that was not a repeat. */
   end?: Call;
 }
 
@@ -102,8 +102,8 @@ const ok = (c: Call) => c.status >= 200 && c.status < 300;
 export const isProxy503 = (c: Call) => c.status === 503 && typeof c.res?.text === "string" && c.res.text.startsWith("Your worker restarted mid-request");
 /** Answered without the Worker's word: the request may or may not have been applied. */
 const unanswered = (c: Call) => c.status === 0 || isProxy503(c);
-const isEnd = (c: Call) => c.route.endsWith("/complete") || c.route.endsWith("/fail");
-/** A 2xx that the Worker counted as a write under the lease (a repeated complete/fail is an answer, not a write). */
+const isEnd = (c: Call) => c.route.endsWith("/complete") || c.route.endsWith("/fail") || c.route.endsWith("/release");
+/** A 2xx that the Worker counted as a write under the lease (a repeated complete/fail/release is an answer, not a write). */
 const acceptedWrite = (c: Call) => ok(c) && c.res?.repeated !== true;
 
 export function checkInvariants(input: CheckInput): CheckResult {
@@ -248,9 +248,9 @@ export function checkInvariants(input: CheckInput): CheckResult {
         const a = ls[i];
         const b = ls[j];
         if (b.created_at >= liveEnd(a)) continue;
-        // An explicitly ended lease (fail) may carry an ended_at a few ms after the next claim's start time when
+        // An explicitly ended lease (fail, release) may carry an ended_at a few ms after the next claim's start time when
         // the two requests ran side by side; it is a violation only if the next grant was answered before it.
-        const explicit = a.status === "failed" || a.status === "completed" || a.status === "cancelled";
+        const explicit = a.status === "failed" || a.status === "released" || a.status === "completed" || a.status === "cancelled";
         const bRecv = leases.get(b.id)?.claim.t1;
         if (explicit && a.ended_at !== null && bRecv !== undefined && bRecv >= a.ended_at) continue;
         add("two live leases (D1)", `run ${run}: ${a.id} [${a.created_at}, ${liveEnd(a)}) ${a.status} overlaps ${b.id} from ${b.created_at}`);

@@ -343,15 +343,15 @@ export async function runSwarm(o: SwarmOptions, log: Call[]): Promise<SwarmStats
         return "zombie";
       }
       if (behaviour === "abandon") {
-        // Gives the group back, as the real runner on Ctrl-C twice: flush, resume checkpoints at this step, fail.
+        // Gives the group back, as the real runner on Ctrl-C twice: flush, resume checkpoints at this step, release.
         await queue.flush();
         if (step > 0) for (const run of runIds) await main.api.putCheckpoint(lease, run, "resume", step, checkpointBytes(run, "resume", step, lease.id));
         await stopHeartbeats();
         checkLost();
-        await main.api.fail(lease, "load test: abandoned on purpose", { maxAttempts: 5 });
+        await main.api.release(lease, "load test: abandoned on purpose", { maxAttempts: 5 });
         if (rand() < o.pLate) {
-          await tagged("repeat", () => main.api.fail(lease, "load test: abandoned on purpose (repeat)", { maxAttempts: 5 }));
-          await expectLost("metrics after fail", () => main.api.postMetrics(lease, runIds.map((run) => metricRow(run, 0, cfg.sae_batch_size))));
+          await tagged("repeat", () => main.api.release(lease, "load test: abandoned on purpose (repeat)", { maxAttempts: 5 }));
+          await expectLost("metrics after release", () => main.api.postMetrics(lease, runIds.map((run) => metricRow(run, 0, cfg.sae_batch_size))));
         }
         return "abandoned";
       }

@@ -130,8 +130,9 @@ describe("RunnerLoop", () => {
     expect(await stopped).toBe("abandoned");
     const reqs = leaseRequests("L-ab");
     expect(reqs.filter((r) => r.method === "PUT").map((r) => r.path.split("/").pop())).toEqual(["ra?kind=resume&step=4", "rb?kind=resume&step=4", "ra?kind=resume&step=6", "rb?kind=resume&step=6"]);
-    expect(JSON.parse(reqs.at(-1)!.body)).toMatchObject({ error: expect.stringContaining("abandoned") });
-    expect(reqs.at(-1)!.path).toBe("/v1/leases/L-ab/fail");
+    // A give-back, not a failure.
+    expect(JSON.parse(reqs.at(-1)!.body)).toMatchObject({ reason: expect.stringContaining("gave the group back") });
+    expect(reqs.at(-1)!.path).toBe("/v1/leases/L-ab/release");
 
     const resumed: RecordingEngine[] = [];
     const r = await newLoop(resumed).trainGroup(

@@ -88,7 +88,7 @@ export async function serveProtocol(): Promise<ProtocolServer> {
         if (!c) return json(res, 404, { error: { code: "not_found", message: "no checkpoint" } });
         res.writeHead(200, { "content-type": "application/octet-stream" }).end(c.bytes);
       }
-    } else if (/^\/v1\/leases\/[^/]+\/(heartbeat|evals|complete|fail)$/.test(url.pathname)) {
+    } else if (/^\/v1\/leases\/[^/]+\/(heartbeat|evals|complete|fail|release)$/.test(url.pathname)) {
       json(res, 200, { ok: true, lease: { expires_at: Date.now() + 60_000 } });
     } else {
       json(res, 404, { error: { code: "not_found", message: url.pathname } });
