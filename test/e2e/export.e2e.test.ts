@@ -187,11 +187,12 @@ describe("sae-swarm download → a SAELens directory that reproduces the run's e
       headers: { "content-type": "application/toml" },
       body: `
 data = { kind = "shards", url = "${data.url}", layer = -1 }
-n_train = 4096
+n_train = 8192
 batch_size = 64
-log_every = 16
+log_every = 32
 n_eval = ${N_EVAL}
-lr = 3e-3
+lr = 1e-2
+objective = { sparsity_coeff = 5e-3 }
 sae = { d_vit = ${D}, exp_factor = 4, kind = ["relu", "jumprelu"], init_threshold = 0.05, bandwidth = 0.05 }
 `,
     });

@@ -118,6 +118,13 @@ describe(`safetensors (TEST_SEED=${seed})`, () => {
     });
   }
 
+  it("records the data's origin (layer, vit_ckpt) in a final checkpoint's metadata when given", () => {
+    const origin = { layer: 11, vit_ckpt: "hf-hub:timm/vit", vit_family: "clip" };
+    const bytes = encodeFinalCheckpoint({ run_id: "r", cfg: trainConfig(), step: 1, data_origin: origin }, weights(8, 32, false), { mean: randF32(8), scale: 1 });
+    expect(JSON.parse(decodeSafetensors(bytes).metadata.data_origin)).toEqual(origin);
+    expect(decodeSafetensors(encodeFinalCheckpoint({ run_id: "r", cfg: trainConfig(), step: 1 }, weights(8, 32, false), { mean: randF32(8), scale: 1 })).metadata.data_origin).toBeUndefined();
+  });
+
   it("refuses a JumpReLU checkpoint without threshold and mismatched shapes", () => {
     const cfg = trainConfig({ kind: "jumprelu" });
     expect(() => encodeFinalCheckpoint({ run_id: "r", cfg, step: 1 }, weights(8, 32, false), { mean: randF32(8), scale: 1 })).toThrow(/threshold/);
