@@ -118,5 +118,6 @@ export async function download(argv: string[]): Promise<number> {
   const skipped = runs.filter((r) => r.status !== "done");
   for (const r of skipped) console.log(`${r.id}  skipped: ${r.status}, not finished`);
   console.log(`downloaded ${finished.length} of ${runs.length} run${runs.length === 1 ? "" : "s"} of ${what} to ${out} (${values.format})`);
+  if (values.format === "saelens" && finished.length > 0) console.log(`load one in Python: from sae_lens import SAE; sae = SAE.load_from_disk("${path.join(out, finished[0].id)}")`);
   return skipped.length > 0 ? 1 : 0;
 }
