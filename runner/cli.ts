@@ -2,6 +2,7 @@
  * `sae-swarm <command>`: the CLI a user types. The dispatcher only: each command lives in its own module under
  * runner/commands/ and has --help. To add one, import it and add one line to COMMANDS.
  */
+import { download } from "./commands/download";
 import { retry } from "./commands/retry";
 import { runner } from "./commands/runner";
 import { shards } from "./commands/shards";
@@ -17,6 +18,7 @@ export interface Command {
 export const COMMANDS: Record<string, Command> = {
   submit: { summary: "submit a sweep file (TOML or JSON) to a sae-swarm server", run: submit },
   status: { summary: "show sweeps, or one sweep's groups, leases and runs with their latest metrics", run: status },
+  download: { summary: "download finished runs: SAELens directories (default) or the native checkpoints", run: download },
   runner: { summary: "train groups from a sae-swarm server on this machine's GPU, in headless Chrome", run: runner },
   retry: { summary: "re-queue a failed group, or every failed group of a sweep", run: retry },
   shards: { summary: "write synthetic activation shards in saev's layout (metadata.json + acts*.bin)", run: shards },
