@@ -4,7 +4,7 @@ import { hostname } from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import type { Page } from "puppeteer-core";
-import { launchChrome, type LaunchedChrome } from "../chrome";
+import { launchChrome, launchProfiles, type LaunchedChrome, type LaunchProfile } from "../chrome";
 import { bundleForBrowser, servePage, type PageServer } from "../serve";
 import { WorkerClient } from "../api";
 import { EVENT_BINDING, type RunnerEvent, type StopMode } from "../events";
@@ -145,19 +145,34 @@ export async function runner(argv: string[]): Promise<number> {
   try {
     const key = randomBytes(24).toString("hex");
     page = await servePage(await bundleForBrowser(path.join(here, "../page/main.ts")), "sae-swarm runner", apiProxy({ server, token, key, fault: fault && new FaultInjector(fault) }));
+    const pageUrl = `${page.url}#k=${key}`;
+    const picked = await Promise.race([chooseChrome(pageUrl, launchProfiles(), values["allow-software-adapter"]!, values.probe!, log), hardExitP]);
+    if ("hard" in picked) return 130;
+    chrome = picked.chrome;
+    if (!chrome) {
+      console.error(
+        picked.sawSoftware
+          ? "[runner] refusing to train on a software adapter (no launch profile found a GPU); pass --allow-software-adapter to use it anyway"
+          : "[runner] no launch profile gave a WebGPU adapter",
+      );
+      return 2;
+    }
+    log(`[runner] Chrome launch profile: ${chrome.profile.name}`);
+    if (values.probe) return 0;
     const restarts: number[] = [];
     for (;;) {
       if (stopMode === "abandon") return 130;
       // A Chrome that died under us (killed, out of memory) is started again; a live one keeps serving pages.
       if (!chrome?.browser.connected) {
+        const profile: LaunchProfile = chrome!.profile;
         await chrome?.close();
         chrome = null;
-        const launched = await Promise.race([launchChrome(), hardExitP]);
+        const launched = await Promise.race([launchChrome([], profile), hardExitP]);
         if ("hard" in launched) return 130;
         chrome = launched;
       }
       const outcome = await Promise.race([
-        runPage(chrome, `${page.url}#k=${key}`, {
+        runPage(chrome, pageUrl, {
           runnerId: values["runner-id"]!,
           once: values.once!,
           probe: values.probe!,
@@ -204,6 +219,61 @@ export async function runner(argv: string[]): Promise<number> {
     process.off("SIGHUP", onSignal);
     await chrome?.close();
     await page?.close();
+  }
+}
+
+/**
+ * Launches Chrome with each profile in turn until one gives a hardware adapter, and returns that Chrome (kept
+ * open). With none, the first one that gave a software adapter when `allowSoftware`, else null. Logs each try.
+ */
+export async function chooseChrome(
+  url: string,
+  profiles: LaunchProfile[],
+  allowSoftware: boolean,
+  probe: boolean,
+  log: (s: string) => void,
+): Promise<{ chrome: LaunchedChrome | null; sawSoftware: boolean }> {
+  let fallback: LaunchedChrome | null = null;
+  let sawSoftware = false;
+  for (const profile of profiles) {
+    let chrome: LaunchedChrome | null = null;
+    try {
+      chrome = await launchChrome([], profile);
+      const report = await adapterOf(chrome, url);
+      log(`[runner] launch profile ${profile.name}: ${describeReport(report)}`);
+      if (!report.isFallbackAdapter) {
+        await fallback?.close();
+        return { chrome, sawSoftware };
+      }
+      sawSoftware = true;
+      if (allowSoftware && !fallback) {
+        fallback = chrome; // kept, in case no later profile finds a GPU
+        chrome = null;
+      }
+    } catch (e) {
+      log(`[runner] launch profile ${profile.name}: no adapter (${(e as Error).message.split("\n")[0]})`);
+    }
+    await chrome?.close();
+  }
+  if (probe && !fallback && sawSoftware) log("[runner] only software adapters; a runner would need --allow-software-adapter");
+  return { chrome: fallback, sawSoftware };
+}
+
+/** The adapter a runner page reports in this Chrome (bounded: a profile that hangs is a profile that failed). */
+async function adapterOf(chrome: LaunchedChrome, url: string): Promise<AdapterReport> {
+  const tab = await chrome.browser.newPage();
+  try {
+    const deadline = new Promise<never>((_, reject) => setTimeout(() => reject(new Error("no answer within 60 s")), 60_000).unref());
+    return await Promise.race([
+      (async () => {
+        await tab.goto(url);
+        await tab.waitForFunction(() => window.__runner !== undefined);
+        return (await tab.evaluate(() => window.__runner.ready)) as AdapterReport;
+      })(),
+      deadline,
+    ]);
+  } finally {
+    await tab.close().catch(() => {});
   }
 }
 

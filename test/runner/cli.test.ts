@@ -69,9 +69,29 @@ describe("sae-swarm CLI", () => {
   it("refuses to train on a software adapter without --allow-software-adapter", async () => {
     const r = await cli(["runner", "--server", srv.url, "--token", "t"]);
     expect(r.code, r.stderr).toBe(2);
-    expect(r.stdout).toMatch(/WebGPU adapter: .*software adapter \(CPU emulation\)/);
+    expect(r.stdout).toMatch(/launch profile default: .*software adapter \(CPU emulation\)/);
     expect(r.stderr).toContain("refusing to train on a software adapter");
     expect(srv.requests.some((q) => q.path === "/v1/claims")).toBe(false);
+  });
+
+  it("--probe prints every launch profile it tried with the adapter it found, in order, and which one it keeps", async () => {
+    const { launchProfiles } = await import("../../runner/chrome");
+    const r = await cli(["runner", "--server", srv.url, "--probe", "--allow-software-adapter"]);
+    expect(r.code, r.stdout + r.stderr).toBe(0);
+    const tried = [...r.stdout.matchAll(/launch profile (\S+): /g)].map((m) => m[1]);
+    // No GPU here: every profile is tried (none finds hardware), the software one kept.
+    expect(tried).toEqual(launchProfiles().map((p) => p.name));
+    expect(r.stdout).toMatch(/launch profile default: .*swiftshader.*software adapter/i);
+    expect(r.stdout).toMatch(/Chrome launch profile: (vulkan|default)/);
+    expect(srv.requests.some((q) => q.path === "/v1/claims")).toBe(false);
+  });
+
+  it("launch profiles: Linux tries Vulkan, then Vulkan headful under Xvfb when Xvfb exists, then the defaults; elsewhere the defaults", async () => {
+    const { launchProfiles, VULKAN_ARGS } = await import("../../runner/chrome");
+    expect(launchProfiles("linux", null).map((p) => [p.name, p.args, !!p.xvfb])).toEqual([["vulkan", VULKAN_ARGS, false], ["default", [], false]]);
+    expect(launchProfiles("linux", "/usr/bin/Xvfb").map((p) => [p.name, !!p.xvfb])).toEqual([["vulkan", false], ["xvfb-vulkan", true], ["default", false]]);
+    expect(launchProfiles("darwin", "/usr/bin/Xvfb").map((p) => p.name)).toEqual(["default"]);
+    expect(VULKAN_ARGS).toEqual(["--enable-features=Vulkan", "--use-vulkan=native", "--use-angle=vulkan", "--ignore-gpu-blocklist"]);
   });
 
   it("names an unreachable server", async () => {
