@@ -60,6 +60,15 @@ export function launchProfiles(platform: NodeJS.Platform = process.platform, xvf
   return [{ name: "vulkan", args: VULKAN_ARGS }, ...(xvfb ? [{ name: "xvfb-vulkan", args: VULKAN_ARGS, xvfb: true }] : []), plain];
 }
 
+/** Chrome may still be writing its profile as it ends: retry, and never let the cleanup mask what went wrong. */
+function removeProfileDir(dir: string): void {
+  try {
+    rmSync(dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 100 });
+  } catch {
+    /* a temp dir left behind is not worth an error */
+  }
+}
+
 /** The first executable `name` on PATH, or null. */
 export function which(name: string): string | null {
   for (const dir of (process.env.PATH ?? "").split(path.delimiter)) {
@@ -127,7 +136,7 @@ export async function launchChrome(extraArgs: string[] = [], profile: LaunchProf
     });
   } catch (e) {
     xvfb?.stop();
-    rmSync(userDataDir, { recursive: true, force: true });
+    removeProfileDir(userDataDir);
     throw e;
   }
   return {
@@ -136,7 +145,7 @@ export async function launchChrome(extraArgs: string[] = [], profile: LaunchProf
     async close() {
       await browser.close().catch(() => {});
       xvfb?.stop();
-      rmSync(userDataDir, { recursive: true, force: true });
+      removeProfileDir(userDataDir);
     },
   };
 }

@@ -25,7 +25,9 @@ export const RUNNER_USAGE = `usage: sae-swarm runner --server URL [options]
   --allow-software-adapter   train even on a software (CPU-emulated) WebGPU adapter such as SwiftShader
   --once                     exit when no group is waiting, instead of polling for more
   --runner-id ID             how this runner names itself to the server (default host-pid)
-  --probe                    check the server and the GPU adapter, print them, and exit
+  --probe                    check the server and the GPU adapter of each launch profile, print them, and exit
+  --launch-profile NAME      launch Chrome only this way (env SAE_SWARM_LAUNCH_PROFILE): vulkan, xvfb-vulkan or
+                             default; without it, each is tried in that order until one gives a GPU
   -h, --help                 this help
 
 Ctrl-C once: finish the current group, then exit. Twice: checkpoint the group and give it back now.
@@ -60,6 +62,7 @@ export async function runner(argv: string[]): Promise<number> {
       once: { type: "boolean", default: false },
       "runner-id": { type: "string", default: `${hostname()}-${process.pid}` },
       probe: { type: "boolean", default: false },
+      "launch-profile": { type: "string", default: process.env.SAE_SWARM_LAUNCH_PROFILE || undefined },
       help: { type: "boolean", short: "h", default: false },
     },
   });
@@ -68,6 +71,14 @@ export async function runner(argv: string[]): Promise<number> {
     return 0;
   }
   const server = values.server!.replace(/\/$/, "");
+  let profiles = launchProfiles();
+  if (values["launch-profile"]) {
+    profiles = profiles.filter((p) => p.name === values["launch-profile"]);
+    if (!profiles.length) {
+      console.error(`[runner] --launch-profile must be one of ${launchProfiles().map((p) => p.name).join(", ")} on this machine (got '${values["launch-profile"]}')`);
+      return 1;
+    }
+  }
   const token = values.token ?? devVar("RUNNER_TOKEN");
   const health = await fetch(`${server}/health`).catch((e) => e as Error);
   if (health instanceof Error || !health.ok) {
@@ -146,7 +157,7 @@ export async function runner(argv: string[]): Promise<number> {
     const key = randomBytes(24).toString("hex");
     page = await servePage(await bundleForBrowser(path.join(here, "../page/main.ts")), "sae-swarm runner", apiProxy({ server, token, key, fault: fault && new FaultInjector(fault) }));
     const pageUrl = `${page.url}#k=${key}`;
-    const picked = await Promise.race([chooseChrome(pageUrl, launchProfiles(), values["allow-software-adapter"]!, values.probe!, log), hardExitP]);
+    const picked = await Promise.race([chooseChrome(pageUrl, profiles, values["allow-software-adapter"]!, values.probe!, log), hardExitP]);
     if ("hard" in picked) return 130;
     chrome = picked.chrome;
     if (!chrome) {

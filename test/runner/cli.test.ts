@@ -91,6 +91,9 @@ describe("sae-swarm CLI", () => {
     expect(launchProfiles("linux", null).map((p) => [p.name, p.args, !!p.xvfb])).toEqual([["vulkan", VULKAN_ARGS, false], ["default", [], false]]);
     expect(launchProfiles("linux", "/usr/bin/Xvfb").map((p) => [p.name, !!p.xvfb])).toEqual([["vulkan", false], ["xvfb-vulkan", true], ["default", false]]);
     expect(launchProfiles("darwin", "/usr/bin/Xvfb").map((p) => p.name)).toEqual(["default"]);
+    const bad = await cli(["runner", "--server", srv.url, "--launch-profile", "nope"]);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toMatch(/--launch-profile must be one of vulkan, .*default on this machine \(got 'nope'\)/);
     expect(VULKAN_ARGS).toEqual(["--enable-features=Vulkan", "--use-vulkan=native", "--use-angle=vulkan", "--ignore-gpu-blocklist"]);
   });
 
@@ -104,7 +107,7 @@ describe("sae-swarm CLI", () => {
     // A claim that takes 8 s against a 5 s protocol timeout: were the loop one `evaluate`, the runner would die
     // with "Runtime.callFunctionOn timed out" (as it did after 10 minutes of training with the default timeout).
     srv.inject(/^\/v1\/claims$/, "stall");
-    const r = await cli(["runner", "--server", srv.url, "--token", "secret-token", "--allow-software-adapter", "--once"], { SAE_SWARM_PROTOCOL_TIMEOUT_MS: "5000" });
+    const r = await cli(["runner", "--server", srv.url, "--token", "secret-token", "--allow-software-adapter", "--once"], { SAE_SWARM_PROTOCOL_TIMEOUT_MS: "5000", SAE_SWARM_LAUNCH_PROFILE: "default" });
     expect(r.stderr).not.toMatch(/timed out/);
     expect(r.code, r.stdout + r.stderr).toBe(0);
   });

@@ -206,4 +206,47 @@ describe("RunnerLoop", () => {
     expect(events.find((e) => e.kind === "done")).toMatchObject({ group_id: "g1", outcome: "completed" });
     expect(leaseRequests("L-next").at(-1)!.path).toBe("/v1/leases/L-next/complete");
   });
+
+  it("a group failing here is reported with fail; failures in a row back off, then stop claiming and say why", async () => {
+    srv.claimQueue.push(claim("L-f1"), claim("L-f2"), claim("L-f3"), claim("L-never"));
+    const events: RunnerEvent[] = [];
+    const api = new WorkerClient({ server: srv.url, token: "t", retry: { baseMs: 1, maxMs: 5 } });
+    const loop = new RunnerLoop({
+      api, adapter, runnerId: "loop-fail", device: {} as GPUDevice, emit: (e) => events.push(e), failureBackoffMs: 20, maxConsecutiveFailures: 3,
+      createEngine: async () => {
+        throw new Error("out of GPU memory");
+      },
+    });
+    expect(await loop.run()).toBe("failing");
+    expect(loop.failing).toMatch(/3 groups failed here in a row \(last: Error: out of GPU memory\); stopped claiming/);
+    for (const id of ["L-f1", "L-f2", "L-f3"]) {
+      expect(leaseRequests(id).at(-1)!.path).toBe(`/v1/leases/${id}/fail`);
+      expect(JSON.parse(leaseRequests(id).at(-1)!.body)).toMatchObject({ error: "Error: out of GPU memory" });
+    }
+    // Backoffs between the failures (doubling), none after the last; the fourth group was never claimed.
+    const backoffs = events.filter((e): e is Extract<RunnerEvent, { kind: "backoff" }> => e.kind === "backoff");
+    expect(backoffs.map((b) => b.failures)).toEqual([1, 2]);
+    expect(backoffs[0].wait_ms).toBeGreaterThanOrEqual(10);
+    expect(backoffs[1].wait_ms).toBeGreaterThanOrEqual(20);
+    expect(srv.claimQueue).toHaveLength(1);
+    srv.claimQueue.length = 0;
+  });
+
+  it("a stop during the backoff after a failed group ends the loop at once", async () => {
+    srv.claimQueue.push(claim("L-g1"));
+    const events: RunnerEvent[] = [];
+    const api = new WorkerClient({ server: srv.url, token: "t", retry: { baseMs: 1, maxMs: 5 } });
+    const loop = new RunnerLoop({
+      api, adapter, runnerId: "loop-fail2", device: {} as GPUDevice, emit: (e) => events.push(e), failureBackoffMs: 60_000, maxConsecutiveFailures: 3,
+      createEngine: async () => {
+        throw new Error("boom");
+      },
+    });
+    const run = loop.run();
+    while (!events.some((e) => e.kind === "backoff")) await new Promise((r) => setTimeout(r, 5));
+    const t0 = Date.now();
+    loop.stop("drain");
+    expect(await run).toBe("stopped");
+    expect(Date.now() - t0).toBeLessThan(5000);
+  });
 });
