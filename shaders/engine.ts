@@ -127,6 +127,9 @@ export class SaeEngine {
       ] as const)
         if (a !== b) throw new Error(`engine: config ${i} has ${key} = ${a} but config 0 has ${b}; a group must share it`);
       if (c.objective.kind === "matryoshka" && c.objective.n_prefixes < 1) throw new Error(`engine: config ${i}: objective.n_prefixes must be ≥ 1`);
+      // Until the engine runs shaders/topk.ts (issue 13), refuse rather than train these wrongly.
+      if (c.sae.kind === "topk" || c.sae.kind === "batchtopk" || (c.max_grad_norm ?? null) !== null)
+        throw new Error(`engine: config ${i}: ${c.max_grad_norm != null ? "max_grad_norm" : `sae.kind = "${c.sae.kind}"`} is not yet supported by the engine (issue 13)`);
       if (c.sae.kind === "jumprelu" && !(c.sae.bandwidth > 0 && c.sae.init_threshold > 0))
         throw new Error(`engine: config ${i}: JumpReLU needs sae.bandwidth > 0 and sae.init_threshold > 0`);
     }
