@@ -426,6 +426,20 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
 }
 `;
 
+/**
+ * Restarts the count of ties kept (dispatch (1, K)), so the apply sweep can run again over the same batch with the
+ * same T (a forward-only sweep first, e.g. for AuxK's denominator, then the training sweep). Bindings: dims,
+ * topkMeta, batchState.
+ */
+export const BATCH_RESTART = /* wgsl */ `${HEADER}${BATCH_HEADER}
+@group(0) @binding(2) var<storage, read_write> batchState: array<u32>;
+
+@compute @workgroup_size(1)
+fn main(@builtin(workgroup_id) wg: vec3u) {
+  if (kTotalOf(wg.y) > 0u) { batchState[stateAt(wg.y, 3u)] = 0u; }
+}
+`;
+
 // ---------------------------------------------------------------------------------------------------------------
 // AuxK bookkeeping
 

@@ -77,6 +77,8 @@ export interface BatchInput {
   h: number[];
   /** [K, BATCH_STATE_WORDS] as it stands before the step (θ and "θ set"). */
   state: number[];
+  /** Apply sweeps over the chunks (BATCH_RESTART between them); f is the last sweep's. */
+  sweeps: number;
 }
 
 export const topkCases: Record<string, GpuCase> = {
@@ -113,6 +115,7 @@ export const topkCases: Record<string, GpuCase> = {
       ties: await kernel(device, "batch_ties", T.BATCH_TIES),
       apply: await kernel(device, "batch_apply", T.BATCH_APPLY),
       advance: await kernel(device, "batch_advance", T.BATCH_ADVANCE),
+      restart: await kernel(device, "batch_restart", T.BATCH_RESTART),
     };
     const h = Uint32Array.from(input.h);
     /** Stands in for the encode of chunk c: its rows of every SAE into H [K, chunkRows, n]. */
@@ -134,14 +137,17 @@ export const topkCases: Record<string, GpuCase> = {
       }
       run((enc) => dispatch(device, enc, k.resolve[p], [dims, meta, hist, state], [1, K, 1]));
     }
-    for (let c = 0; c < chunks; c++) {
-      const rows = encodeChunk(c);
-      run((enc) => {
-        dispatch(device, enc, k.ties, [dims, meta, H, state, rowTies], [rows, K, 1]);
-        dispatch(device, enc, k.apply, [dims, meta, H, state, rowTies], [rows, K, 1]);
-        dispatch(device, enc, k.advance, [dims, meta, state, rowTies], [1, K, 1]);
-        for (let s = 0; s < K; s++) enc.copyBufferToBuffer(H, 4 * s * chunkRows * n, f, 4 * (s * B + c * chunkRows) * n, 4 * rows * n);
-      });
+    for (let sweep = 0; sweep < input.sweeps; sweep++) {
+      if (sweep > 0) run((enc) => dispatch(device, enc, k.restart, [dims, meta, state], [1, K, 1]));
+      for (let c = 0; c < chunks; c++) {
+        const rows = encodeChunk(c);
+        run((enc) => {
+          dispatch(device, enc, k.ties, [dims, meta, H, state, rowTies], [rows, K, 1]);
+          dispatch(device, enc, k.apply, [dims, meta, H, state, rowTies], [rows, K, 1]);
+          dispatch(device, enc, k.advance, [dims, meta, state, rowTies], [1, K, 1]);
+          for (let s = 0; s < K; s++) enc.copyBufferToBuffer(H, 4 * s * chunkRows * n, f, 4 * (s * B + c * chunkRows) * n, 4 * rows * n);
+        });
+      }
     }
     const result = { f: f32(await read(device, f)), state: u32(await read(device, state)), hist: u32(await read(device, hist)).some((v) => v !== 0) };
     for (const b of [dims, meta, H, hist, state, rowTies, f]) b.destroy();

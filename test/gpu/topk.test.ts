@@ -119,6 +119,9 @@ for (const [name, open, skip] of backends) {
       tiesCut += await checkRows(seed, 200, 7, [{ kRow: 5 }, {}, { kRow: 200 }, { kRow: 1 }], { kWord: 0, deadOnly: false, inPlace: true });
       tiesCut += await checkRows(seed + 1, 300, 3, [{ kRow: 17 }, { kRow: 150 }], { kWord: 0, deadOnly: false, inPlace: true }, 1);
       tiesCut += await checkRows(seed + 2, 33, 5, [{ kRow: 12 }], { kWord: 0, deadOnly: false, inPlace: true });
+      // Rows of one repeated value (with −0 beside +0 in the second SAE): exactly the first k indices are kept.
+      const flat = (rand: () => number, len: number) => Array.from({ length: len }, (_, i) => (i < len / 2 ? 0.25 : i % 2 ? -0 : 0));
+      tiesCut += await checkRows(seed + 3, 40, 2, [{ kRow: 7 }, { kRow: 3 }], { kWord: 0, deadOnly: false, inPlace: true }, 0, flat);
       // The planted ties must actually have been cut somewhere, or the tie rule went untested.
       expect(tiesCut, `seed ${seed}`).toBeGreaterThan(0);
     }, 120_000);
@@ -144,7 +147,7 @@ for (const [name, open, skip] of backends) {
       expect(tiesCut, `seed ${seed}`).toBeGreaterThan(0);
     }, 300_000);
 
-    it("BatchTopK over row chunks: the k·B largest of ReLU(h), ties by example then latent; θ moves", async () => {
+    it("BatchTopK over row chunks: the k·B largest of ReLU(h), ties by example then latent; θ moves; a second sweep repeats", async () => {
       const seed = testSeed();
       const rand = mulberry32(seed);
       const n = 48, B = 37, chunkRows = 16;
@@ -157,7 +160,7 @@ for (const [name, open, skip] of backends) {
         state[s * BATCH_STATE_WORDS + 4] = toBits(s === 2 ? 0.5 : 0);
         state[s * BATCH_STATE_WORDS + 5] = s === 2 ? 1 : 0;
       }
-      const input: BatchInput = { n, B, chunkRows, K, meta: metaWords(specs), h: h.map(toBits), state: Array.from(state) };
+      const input: BatchInput = { n, B, chunkRows, K, meta: metaWords(specs), h: h.map(toBits), state: Array.from(state), sweeps: 2 };
       const got = await gpu.run<{ f: (number | null)[]; state: number[]; hist: boolean }>("topk.batch", input);
       expect(got.hist, "the histogram is left cleared").toBe(false);
       for (const s of [0, 2]) {
