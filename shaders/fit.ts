@@ -151,9 +151,9 @@ function layout(s: SaeShape, rowsPerChunk: number, binding: number, available: n
   const saesPerSlab = Math.floor(binding / biggest);
   let maxSaes = 0;
   if (saesPerSlab >= 1 && available > 0) {
-    // K SAEs need K·persist + min(K, saesPerSlab)·working
-    const inOneSlab = Math.floor(available / (persist + working));
-    maxSaes = inOneSlab <= saesPerSlab ? inOneSlab : Math.floor((available - saesPerSlab * working) / persist);
+    // K SAEs need K·persist + min(K, saesPerSlab)·working: fewer than one full slab, or full slabs' working set
+    const belowOneSlab = Math.floor(available / (persist + working));
+    maxSaes = belowOneSlab < saesPerSlab ? belowOneSlab : Math.floor((available - saesPerSlab * working) / persist);
   }
   return { rowsPerChunk, saesPerSlab, working, maxSaes };
 }
