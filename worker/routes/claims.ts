@@ -50,7 +50,7 @@ claimRoutes.post("/", async (c) => {
     // bounds any chunk's), so that a claim reads a few bytes per group, not configs.
     const { results } = await db
       .prepare(
-        `SELECT group_id, sweep_id, shape FROM (
+        `SELECT group_id, sweep_id, shape, n_prefixes FROM (
            SELECT g.id AS group_id, g.sweep_id, g.created_at, g.idx,
              (SELECT json_array(json_extract(r.cfg, '$.sae.d_vit'), json_extract(r.cfg, '$.sae.exp_factor'), json_extract(r.cfg, '$.sae_batch_size'))
               FROM runs r LEFT JOIN leases l ON l.id = r.lease_id WHERE r.group_id = g.id AND ${CLAIMABLE} ORDER BY r.idx LIMIT 1) AS shape,
