@@ -11,13 +11,15 @@
  *    against the best plain matmul on the same adapter in the same run (the roofline).
  *    Shape: BENCH_D (d_vit), BENCH_EXP (exp_factor), BENCH_B (batch); defaults by adapter (small on software ones).
  *    Timing: wall clock over `reps` queued steps, ended by onSubmittedWorkDone (batches already on the GPU: the
- *    runner uploads the next batch while a step runs).
+ *    runner uploads the next batch while a step runs). Then chunking's cost: K = BENCH_CHUNKED_K (4) once more in
+ *    one pass, in BENCH_CHUNKS (4) row chunks, and in as many row chunks over one slab per SAE.
  *
  * `npm run bench:e2e` (e2e.ts) is the end-to-end half: wrangler dev + a Chrome runner. Not a test: nothing here
  * asserts a speed.
  */
 import { existsSync } from "node:fs";
-import { SaeEngine } from "../../shaders/engine";
+import { SaeEngine, type EngineOptions } from "../../shaders/engine";
+import { persistentTensors, workingTensors } from "../../shaders/fit";
 import { createMatmul, MATMUL_VARIANTS } from "../../shaders/matmul";
 import { requestSaeDevice } from "../../shaders/device";
 import { trainConfig } from "../helpers/train-config";
@@ -76,23 +78,43 @@ for (const variant of MATMUL_VARIANTS) {
 const best = roof.reduce((a, b) => (b.gflops > a.gflops ? b : a));
 
 const rows: string[][] = [];
-for (const K of Ks) {
+/** Times the step of K SAEs; `options` beyond the budget force a layout (the chunked rows). */
+async function engineRow(K: number, options: EngineOptions = {}, label = String(K)): Promise<number | null> {
   const cfgs = Array.from({ length: K }, (_, k) =>
     trainConfig({ sae_batch_size: B, log_every: 1_000_000, seed: k, sae: { d_vit: d, exp_factor: exp }, objective: { sparsity_coeff: 4e-4 } }),
   );
   let engine: SaeEngine;
   try {
-    engine = SaeEngine.create(device, cfgs, { memoryBudget: software ? 8 * 2 ** 30 : 100 * 2 ** 30 });
+    engine = SaeEngine.create(device, cfgs, { memoryBudget: software ? 8 * 2 ** 30 : 100 * 2 ** 30, ...options });
   } catch (e) {
-    rows.push([String(K), "-", "-", "-", "-", String(e).slice(0, 60)]);
-    continue;
+    rows.push([label, "-", "-", "-", "-", String(e).slice(0, 60)]);
+    return null;
   }
   const batch = engine.uploadBatch(rand(B * d));
   const secs = await timeIt(() => void engine.step(batch), reps);
   const flops = 10 * B * d * n * K; // encode, decode, dL/df, dL/dW_enc, dL/dW_dec: 2·B·d·n each
   const gflops = flops / secs / 1e9;
-  rows.push([String(K), (secs * 1000).toFixed(1), gflops.toFixed(2), ((K * B) / secs).toFixed(0), `${((100 * gflops) / best.gflops).toFixed(0)} %`, engine.matmulVariant]);
+  const { rowChunks, rowsPerChunk, slabs } = engine.plan;
+  const layout = `${rowChunks} × ${rowsPerChunk} rows, ${slabs} slab${slabs > 1 ? "s" : ""}`;
+  rows.push([label, (secs * 1000).toFixed(1), gflops.toFixed(2), ((K * B) / secs).toFixed(0), `${((100 * gflops) / best.gflops).toFixed(0)} %`, `${engine.matmulVariant}, ${layout}`]);
   engine.destroy();
+  return secs;
+}
+for (const K of Ks) await engineRow(K);
+// Chunking's cost: the same step streamed in BENCH_CHUNKS row chunks (default 4), and over one slab per SAE.
+const chunks = env("BENCH_CHUNKS", 4);
+const chunkedK = env("BENCH_CHUNKED_K", 4);
+const chunkNotes: string[] = [];
+{
+  const whole = await engineRow(chunkedK, {}, `${chunkedK} (again)`);
+  const rowsPerChunk = Math.ceil(B / chunks);
+  const chunked = await engineRow(chunkedK, { minRowsPerChunk: 1, maxRowsPerChunk: rowsPerChunk }, `${chunkedK}, ${chunks} chunks`);
+  // one slab per SAE: the binding just holds the batch and one SAE's largest tensor at that chunk size
+  const shape = { d_vit: d, d_sae: n, batch_size: B };
+  const maxBindingSize = 4 * Math.max(B * d, ...Object.values(persistentTensors(shape)), ...Object.values(workingTensors(shape, rowsPerChunk)));
+  const slabbed = await engineRow(chunkedK, { minRowsPerChunk: 1, maxRowsPerChunk: rowsPerChunk, maxBindingSize }, `${chunkedK}, ${chunks} chunks, slabs`);
+  const pct = (x: number | null) => (x && whole ? `${((100 * (x - whole)) / whole).toFixed(1)} %` : "-");
+  chunkNotes.push(`chunking's cost at K ${chunkedK}: ${chunks} row chunks ${pct(chunked)}, ${chunks} row chunks over ${chunkedK} slabs ${pct(slabbed)} (step time vs one pass)`);
 }
 
 // GPU idle time within a step (timestamp queries), on the runner's loop.
@@ -154,4 +176,5 @@ if (idleRows.length) printTable(idleRows);
 console.log(`\nroofline: matmul ${best.variant} ${best.gflops.toFixed(2)} GFLOP/s ([${B}, ${d}] × [${d}, ${n}])`);
 const header = ["K", "ms/step", "GFLOP/s", "SAE-samples/s", "of matmul", "variant"];
 printTable([header, ...rows], 0);
+for (const line of chunkNotes) console.log(line);
 device.destroy();
