@@ -100,7 +100,11 @@ interface Dispatch {
   size: [number, number, number];
 }
 
-/** The dispatches of one slab's step, in order (see the file comment). */
+/**
+ * The dispatches of one slab's step, in order (see the file comment). Each chunk's backward needs only its own
+ * forward. A selection over the whole batch (BatchTopK's threshold) would run every chunk's encode and a
+ * statistics pass first, resolve the threshold, then each chunk's forward (encode again: H is per chunk) and backward.
+ */
 interface SlabStep {
   prologue: Dispatch[];
   chunks: Array<{ forward: Dispatch[]; backward: Dispatch[] }>;
