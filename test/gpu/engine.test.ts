@@ -119,7 +119,7 @@ const kernelGroups: Array<{ label: string; B: number; cfgs: TrainConfig[]; chunk
     ],
   },
   {
-    label: "d_vit 33, d_sae 66, batch 300 (two row chunks, several tiles), K 2 (jumprelu vanilla, relu matryoshka)",
+    label: "d_vit 33, d_sae 66, batch 300 (two partial sums, several tiles), K 2 (jumprelu vanilla, relu matryoshka)",
     B: 300,
     cfgs: [
       trainConfig({ sae_batch_size: 300, sae: { d_vit: 33, exp_factor: 2, kind: "jumprelu", bandwidth: 0.2, seed: 5, normalize_w_dec: false }, objective: { sparsity_coeff: 1e-2 } }),
