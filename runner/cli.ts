@@ -3,6 +3,7 @@
  * runner/commands/ and has --help. To add one, import it and add one line to COMMANDS.
  */
 import { download } from "./commands/download";
+import { fit } from "./commands/fit";
 import { retry } from "./commands/retry";
 import { runner } from "./commands/runner";
 import { shards } from "./commands/shards";
@@ -21,6 +22,7 @@ export const COMMANDS: Record<string, Command> = {
   download: { summary: "download finished runs: SAELens directories (default) or the native checkpoints", run: download },
   runner: { summary: "train groups from a sae-swarm server on this machine's GPU, in headless Chrome", run: runner },
   retry: { summary: "re-queue a failed group, or every failed group of a sweep", run: retry },
+  fit: { summary: "how many SAEs of a shape fit one runner's GPU (plan a sweep)", run: fit },
   shards: { summary: "write synthetic activation shards in saev's layout (metadata.json + acts*.bin)", run: shards },
 };
 

@@ -14,6 +14,7 @@ import { FAULT_ENV, FaultInjector, parseFault } from "../fault";
 import type { AdapterReport } from "../../shaders/device";
 import type { Lease } from "../../worker/protocol";
 import { devVar } from "./server";
+import { detectGpuMemory, describeGpuMemory, GPU_MEMORY_ENV, type GpuMemory } from "../gpu-memory";
 
 const here = path.dirname(new URL(import.meta.url).pathname);
 
@@ -25,6 +26,8 @@ export const RUNNER_USAGE = `usage: sae-swarm runner --server URL [options]
   --allow-software-adapter   train even on a software (CPU-emulated) WebGPU adapter such as SwiftShader
   --once                     exit when no group is waiting, instead of polling for more
   --runner-id ID             how this runner names itself to the server (default host-pid)
+  --gpu-memory GB            device memory the engine may use, in GB of 10^9 bytes (env ${GPU_MEMORY_ENV};
+                             default: 90 % of the free memory nvidia-smi or rocm-smi reports, else 2 GiB)
   --probe                    check the server and the GPU adapter of each launch profile, print them, and exit
   --launch-profile NAME      launch Chrome only this way (env SAE_SWARM_LAUNCH_PROFILE): vulkan, xvfb-vulkan or
                              default; without it, each is tried in that order until one gives a GPU
@@ -62,6 +65,7 @@ export async function runner(argv: string[]): Promise<number> {
       once: { type: "boolean", default: false },
       "runner-id": { type: "string", default: `${hostname()}-${process.pid}` },
       probe: { type: "boolean", default: false },
+      "gpu-memory": { type: "string" },
       "launch-profile": { type: "string", default: process.env.SAE_SWARM_LAUNCH_PROFILE || undefined },
       help: { type: "boolean", short: "h", default: false },
     },
@@ -70,6 +74,7 @@ export async function runner(argv: string[]): Promise<number> {
     console.log(RUNNER_USAGE);
     return 0;
   }
+  const memory = await detectGpuMemory(values["gpu-memory"]);
   const server = values.server!.replace(/\/$/, "");
   let profiles = launchProfiles();
   if (values["launch-profile"]) {
@@ -188,6 +193,7 @@ export async function runner(argv: string[]): Promise<number> {
           once: values.once!,
           probe: values.probe!,
           allowSoftware: values["allow-software-adapter"]!,
+          memory,
           onEvent,
           log,
           onTab: (t) => {
@@ -302,6 +308,8 @@ export interface PageOptions {
   once: boolean;
   probe: boolean;
   allowSoftware: boolean;
+  /** Device memory the engine may use; it goes with every claim. */
+  memory?: GpuMemory;
   onEvent(e: RunnerEvent): void;
   log(s: string): void;
   onTab(tab: Page): void;
@@ -334,6 +342,7 @@ export async function runPage(chrome: LaunchedChrome, url: string, o: PageOption
     await tab.waitForFunction(() => window.__runner !== undefined);
     const report = (await tab.evaluate(() => window.__runner.ready)) as AdapterReport;
     o.log(`[runner] WebGPU adapter: ${describeReport(report)}`);
+    if (o.memory) o.log(`[runner] GPU memory budget: ${describeGpuMemory(o.memory)}`);
     if (report.isFallbackAdapter && !o.allowSoftware) {
       console.error("[runner] refusing to train on a software adapter; pass --allow-software-adapter to use it anyway");
       return "refused";
@@ -342,7 +351,7 @@ export async function runPage(chrome: LaunchedChrome, url: string, o: PageOption
     o.onTab(tab);
     await tab.evaluate((opts) => {
       void window.__runner.start(opts).catch(() => {}); // its end (or error) arrives as the "exit" event
-    }, { runnerId: o.runnerId, once: o.once });
+    }, { runnerId: o.runnerId, once: o.once, memoryBudget: o.memory?.bytes, memorySource: o.memory?.source });
     const end = await Promise.race([exit, failure]);
     if (typeof end === "string") return end;
     if (end.reason === "error") throw new Error(end.message ?? "the runner loop failed");

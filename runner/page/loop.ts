@@ -171,7 +171,7 @@ export class RunnerLoop {
       if (this.abandoning()) return await this.release(lease, group.id, queue);
 
       phase("init");
-      engine = await (this.o.createEngine ?? createGroupEngine)(this.o.device, cfgs);
+      engine = await (this.o.createEngine ?? createGroupEngine)(this.o.device, cfgs, { memoryBudget: this.o.adapter.memoryBudget });
       if (states) {
         await engine.importState(states);
         source.skip(resumeStep);
