@@ -6,6 +6,7 @@ import type { Env } from "../env";
 import { ApiError, badRequest, intQuery, notFound } from "../errors";
 import { getDb, schema } from "../db";
 import { wandbView } from "../wandb/consumer";
+import { runConfig } from "../run-config";
 
 export const runRoutes = new Hono<{ Bindings: Env }>();
 
@@ -65,7 +66,7 @@ runRoutes.get("/:id", async (c) => {
       attempts: run.attempts,
       error: run.error,
       finished_at: run.finishedAt,
-      cfg: JSON.parse(run.cfg),
+      cfg: await runConfig(c.env.DB, run.id),
       latest: latest[0] ? stepMetrics(latest[0]) : null,
       eval: ev[0] ? evalSummary(ev[0]) : null,
       checkpoints: ckpts.map((k) => ({ kind: k.kind, step: k.step, bytes: k.bytes, created_at: k.createdAt })),

@@ -10,6 +10,7 @@ import { wandbView } from "../wandb/consumer";
 import { getDb, newId, schema } from "../db";
 import { checkSweepContentType, expandSweep, groupKey, parseSweepText, splitCfgs } from "../sweep";
 import { utf8Body } from "../bodies";
+import { fullConfig, splitShared } from "../run-config";
 import { leaseView, progressOf } from "./views";
 
 export const sweepRoutes = new Hono<{ Bindings: Env }>();
@@ -28,12 +29,14 @@ sweepRoutes.post("/", async (c) => {
   const runRows: (typeof schema.runs.$inferInsert)[] = [];
   const groupRows: (typeof schema.groups.$inferInsert)[] = [];
   const position = new Map(configs.map((cfg, i) => [cfg, i]));
+  // Each run stores only where it differs from the sweep's shared keys; its group stores the data (run-config.ts).
+  const { shared, deltas } = splitShared(configs.map((c) => c.cfg));
   grouped.forEach((members, g) => {
     const groupId = `${id}-g${g}`;
     groupRows.push({ id: groupId, sweepId: id, idx: g, createdAt: now, key: groupKey(members[0]), data: JSON.stringify(members[0].cfg.data), nRuns: members.length });
     for (const m of members) {
       const i = position.get(m)!;
-      runRows.push({ id: `${id}-r${i}`, sweepId: id, groupId, idx: i, cfg: JSON.stringify(m.cfg), track: m.cfg.track, nSteps: nSteps(m.cfg), dSae: dSae(m.cfg) });
+      runRows.push({ id: `${id}-r${i}`, sweepId: id, groupId, idx: i, cfg: JSON.stringify(deltas[i]), track: m.cfg.track, nSteps: nSteps(m.cfg), dSae: dSae(m.cfg) });
     }
   });
   // One batch: D1 runs it as one transaction, so a failure leaves nothing. Rows travel as JSON arrays expanded by
@@ -41,8 +44,8 @@ sweepRoutes.post("/", async (c) => {
   const d1 = c.env.DB;
   const stmts: D1PreparedStatement[] = [
     d1
-      .prepare(`INSERT INTO sweeps (id, created_at, status, spec, format, warnings, n_runs, n_groups) VALUES (?1, ?2, 'waiting', ?3, ?4, ?5, ?6, ?7)`)
-      .bind(id, now, text, format, JSON.stringify(warnings), configs.length, grouped.length),
+      .prepare(`INSERT INTO sweeps (id, created_at, status, spec, format, warnings, n_runs, n_groups, cfg_shared) VALUES (?1, ?2, 'waiting', ?3, ?4, ?5, ?6, ?7, ?8)`)
+      .bind(id, now, text, format, JSON.stringify(warnings), configs.length, grouped.length, JSON.stringify(shared)),
   ];
   for (const part of jsonChunks(groupRows)) {
     stmts.push(
@@ -131,6 +134,7 @@ sweepRoutes.get("/:id", async (c) => {
       .where(eq(schema.runs.sweepId, id)),
   ]);
   const wandbByRun = new Map(wandbRows.map((r) => [r.w.runId, r.w]));
+  const dataOf = new Map(groups.map((g) => [g.id, g.data]));
   const hasKey = !!c.env.WANDB_API_KEY;
   const now = Date.now();
   const sweepCounts: Record<string, number> = {};
@@ -148,7 +152,7 @@ sweepRoutes.get("/:id", async (c) => {
       progress: progressOf(counts.get(g.id), g.nRuns),
       leases: leases.filter((l) => l.leases.groupId === g.id).map((l) => leaseView(l.leases, now)),
     })),
-    runs: runs.map((r) => ({ id: r.id, idx: r.idx, group_id: r.groupId, status: r.status, n_steps: r.nSteps, error: r.error, cfg: JSON.parse(r.cfg), wandb: wandbView(wandbByRun.get(r.id), r.track, hasKey) })),
+    runs: runs.map((r) => ({ id: r.id, idx: r.idx, group_id: r.groupId, status: r.status, n_steps: r.nSteps, error: r.error, cfg: fullConfig({ shared: s.cfgShared, cfg: r.cfg, data: dataOf.get(r.groupId)! }), wandb: wandbView(wandbByRun.get(r.id), r.track, hasKey) })),
   });
 });
 
