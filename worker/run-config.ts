@@ -16,44 +16,53 @@ type Table = { [k: string]: Json };
 
 const isTable = (v: unknown): v is Table => typeof v === "object" && v !== null && !Array.isArray(v);
 
-/** Leaves of a config by dotted path (arrays are leaves), as JSON text for comparison. */
-function leaves(t: Table, prefix: string, out: Map<string, string>) {
-  for (const [k, v] of Object.entries(t)) {
+/** Leaves of a config as [dotted path, value] (arrays are leaves), in key order. */
+function leaves(t: Table, prefix: string, out: Array<[string, Json]>) {
+  for (const k in t) {
+    const v = t[k];
     if (isTable(v)) leaves(v, `${prefix}${k}.`, out);
-    else out.set(prefix + k, JSON.stringify(v));
+    else out.push([prefix + k, v]);
   }
   return out;
+}
+
+/** Equal leaves: the same scalar, or arrays of the same scalars (TrainConfig's only arrays are tags). */
+function same(a: Json | undefined, b: Json | undefined): boolean {
+  if (a === b) return true;
+  if (!Array.isArray(a) || !Array.isArray(b) || a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i] && JSON.stringify(a[i]) !== JSON.stringify(b[i])) return false;
+  return true;
 }
 
 function setLeaf(t: Table, path: string, value: Json) {
   const parts = path.split(".");
   let at = t;
-  for (const p of parts.slice(0, -1)) at = (isTable(at[p]) ? at[p] : (at[p] = {})) as Table;
+  for (let i = 0; i < parts.length - 1; i++) at = (isTable(at[parts[i]]) ? at[parts[i]] : (at[parts[i]] = {})) as Table;
   at[parts[parts.length - 1]] = value;
 }
 
 /**
  * Splits a sweep's configs (data left out: it goes to its group) into what every config shares and what each sets
- * differently. Linear in the configs' total size.
+ * differently. Linear in the number of configs times their leaves; values are compared, never serialized.
  */
 export function splitShared(cfgs: TrainConfig[]): { shared: Table; deltas: Table[] } {
   const flats = cfgs.map((c) => {
     const { data: _data, ...rest } = c;
-    return leaves(rest as unknown as Table, "", new Map());
+    return new Map(leaves(rest as unknown as Table, "", []));
   });
   const shared: Table = {};
-  const sharedPaths = new Set<string>();
+  const varying: string[] = [];
   if (flats.length) {
-    for (const [path, json] of flats[0]) {
-      if (flats.every((f) => f.get(path) === json)) {
-        sharedPaths.add(path);
-        setLeaf(shared, path, JSON.parse(json) as Json);
-      }
+    for (const [path, v] of flats[0]) {
+      if (flats.every((f) => same(f.get(path), v))) setLeaf(shared, path, v);
+      else varying.push(path);
     }
+    // Keys only some configs have (none today: resolve fills every key) differ too.
+    for (const f of flats) for (const path of f.keys()) if (!flats[0].has(path) && !varying.includes(path)) varying.push(path);
   }
   const deltas = flats.map((f) => {
     const d: Table = {};
-    for (const [path, json] of f) if (!sharedPaths.has(path)) setLeaf(d, path, JSON.parse(json) as Json);
+    for (const path of varying) if (f.has(path)) setLeaf(d, path, f.get(path)!);
     return d;
   });
   return { shared, deltas };

@@ -48,6 +48,8 @@ export function parseSweepText(text: string, contentType: string | undefined): {
   const json = ct.includes("json") || (!ct.includes("toml") && /^\s*\{/.test(text));
   if (!text.trim()) throw badRequest("empty_body", "the sweep file is empty", "body");
   if (json) {
+    // Refused before JSON.parse builds it: half a million nested arrays cost ~1 s of CPU to parse.
+    if (jsonDepth(text) > MAX_DEPTH) throw badRequest("too_deep", `nested more than ${MAX_DEPTH} levels deep (a sweep file needs at most 7)`, "body");
     try {
       return { raw: JSON.parse(text), format: "json" };
     } catch (e) {
@@ -55,12 +57,29 @@ export function parseSweepText(text: string, contentType: string | undefined): {
     }
   }
   try {
-    return { raw: parseToml(text), format: "toml" };
+    // Its inline nesting capped as JSON's is (smol-toml refuses deeper inline arrays and tables as it reads them).
+    return { raw: parseToml(text, { maxDepth: MAX_DEPTH }), format: "toml" };
   } catch (e) {
     const where = e instanceof TomlError ? ` (line ${e.line}, column ${e.column})` : "";
     const first = (e as Error).message.split("\n")[0];
     throw badRequest("invalid_toml", `the sweep file is not valid TOML${where}: ${first}`, "body");
   }
+}
+
+/** Deepest bracket nesting of JSON text (strings skipped), stopping early past MAX_DEPTH. One pass, no allocation. */
+function jsonDepth(text: string): number {
+  let depth = 0;
+  let max = 0;
+  for (let i = 0; i < text.length; i++) {
+    const ch = text.charCodeAt(i);
+    if (ch === 0x22) {
+      // a string: skip to its closing quote, over escapes
+      for (i++; i < text.length && text.charCodeAt(i) !== 0x22; i++) if (text.charCodeAt(i) === 0x5c) i++;
+    } else if (ch === 0x5b || ch === 0x7b) {
+      if (++depth > max && (max = depth) > MAX_DEPTH) return max;
+    } else if (ch === 0x5d || ch === 0x7d) depth--;
+  }
+  return max;
 }
 
 const isTable = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
@@ -275,14 +294,25 @@ function walk(raw: Record<string, unknown>, tree: Tree, path: string[], axes: Ax
 export const MAX_DEPTH = 10;
 
 function checkDepth(v: unknown): void {
-  const stack: Array<[unknown, number, string]> = [[v, 0, ""]];
-  while (stack.length) {
-    const [x, depth, at] = stack.pop()!;
-    if (typeof x !== "object" || x === null) continue;
-    if (depth >= MAX_DEPTH) throw badRequest("too_deep", `nested more than ${MAX_DEPTH} levels deep (a sweep file needs at most 7)`, at || "body");
-    if (Array.isArray(x)) for (let i = x.length - 1; i >= 0; i--) stack.push([x[i], depth + 1, `${at}[${i}]`]);
-    else for (const k of Object.keys(x)) stack.push([(x as Record<string, unknown>)[k], depth + 1, at ? `${at}.${k}` : k]);
-  }
+  // Recursion is safe here: it never goes deeper than MAX_DEPTH. The path is built only on the way out of a failure.
+  const tooDeep = (x: unknown, depth: number): string[] | null => {
+    if (typeof x !== "object" || x === null) return null;
+    if (depth >= MAX_DEPTH) return [];
+    if (Array.isArray(x)) {
+      for (let i = 0; i < x.length; i++) {
+        const at = typeof x[i] === "object" && x[i] !== null ? tooDeep(x[i], depth + 1) : null;
+        if (at) return [`[${i}]`, ...at];
+      }
+    } else {
+      for (const k in x) {
+        const at = tooDeep((x as Record<string, unknown>)[k], depth + 1);
+        if (at) return [`.${k}`, ...at];
+      }
+    }
+    return null;
+  };
+  const at = tooDeep(v, 0);
+  if (at) throw badRequest("too_deep", `nested more than ${MAX_DEPTH} levels deep (a sweep file needs at most 7)`, at.join("").replace(/^\./, "") || "body");
 }
 
 /**
