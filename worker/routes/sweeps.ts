@@ -1,4 +1,4 @@
-/** POST /v1/sweeps (submit), GET /v1/sweeps, GET /v1/sweeps/:id (read). Submitter token. */
+/** POST /v1/sweeps (submit), GET /v1/sweeps, GET /v1/sweeps/:id (read), DELETE /v1/sweeps/:id. Submitter token. */
 import { Hono } from "hono";
 import { asc, desc, eq, sql } from "drizzle-orm";
 import { dSae, nSteps } from "../../shaders/config";
@@ -12,6 +12,7 @@ import { checkSweepContentType, expandSweep, groupKey, parseSweepText, splitCfgs
 import { utf8Body } from "../bodies";
 import { fullConfig, splitShared } from "../run-config";
 import { leaseView, progressOf } from "./views";
+import { deleteSweep } from "../retention";
 
 export const sweepRoutes = new Hono<{ Bindings: Env }>();
 
@@ -154,6 +155,19 @@ sweepRoutes.get("/:id", async (c) => {
     })),
     runs: runs.map((r) => ({ id: r.id, idx: r.idx, group_id: r.groupId, status: r.status, n_steps: r.nSteps, error: r.error, cfg: fullConfig({ shared: s.cfgShared, cfg: r.cfg, data: dataOf.get(r.groupId)! }), wandb: wandbView(wandbByRun.get(r.id), r.track, hasKey) })),
   });
+});
+
+/**
+ * Deletes a sweep: cancels it (its leases end; runners stop at their next write, refused with 409), then removes
+ * its D1 rows and its R2 objects. Bounded work per call: 200 once the sweep is gone, 202 when there is more to
+ * delete (call again; `npx sae-swarm delete` does).
+ */
+sweepRoutes.delete("/:id", async (c) => {
+  const id = c.req.param("id");
+  const exists = await c.env.DB.prepare(`SELECT 1 FROM sweeps WHERE id = ?1`).bind(id).first();
+  if (!exists) throw notFound(`sweep ${id}`, "id");
+  const progress = await deleteSweep(c.env, id);
+  return c.json({ id, ...progress }, progress.done ? 200 : 202);
 });
 
 /** Rows as JSON arrays of at most ~512 KB each (D1 caps one bound value at 2 MB). */
