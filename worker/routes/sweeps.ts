@@ -11,7 +11,7 @@ import { getDb, newId, schema } from "../db";
 import { checkSweepContentType, expandSweep, groupKey, parseSweepText, splitCfgs } from "../sweep";
 import { utf8Body } from "../bodies";
 import { fullConfig, splitShared } from "../run-config";
-import { leaseView, progressOf } from "./views";
+import { evalSummary, leaseView, progressOf, stepMetrics } from "./views";
 import { deleteSweep } from "../retention";
 
 export const sweepRoutes = new Hono<{ Bindings: Env }>();
@@ -119,7 +119,10 @@ sweepRoutes.get("/:id", async (c) => {
   const db = getDb(c.env);
   const s = await db.query.sweeps.findFirst({ where: eq(schema.sweeps.id, id) });
   if (!s) throw notFound(`sweep ${id}`, "id");
-  const [groups, runs, leases, counts, wandbRows] = await Promise.all([
+  // The dashboard's one read per refresh: each run comes with its latest metric row and its eval's scalars, in
+  // a constant number of queries (a max(step) per run through the (run_id, step) key), not one request per run.
+  const runsOf = sql`(SELECT id FROM runs WHERE sweep_id = ${id})`;
+  const [groups, runs, leases, counts, wandbRows, latest, evals] = await Promise.all([
     db.select().from(schema.groups).where(eq(schema.groups.sweepId, id)).orderBy(asc(schema.groups.idx)),
     db.select().from(schema.runs).where(eq(schema.runs.sweepId, id)).orderBy(asc(schema.runs.idx)),
     db
@@ -133,7 +136,29 @@ sweepRoutes.get("/:id", async (c) => {
       .from(schema.wandbRuns)
       .innerJoin(schema.runs, eq(schema.wandbRuns.runId, schema.runs.id))
       .where(eq(schema.runs.sweepId, id)),
+    db
+      .select({ m: schema.metrics })
+      .from(schema.runs)
+      .innerJoin(schema.metrics, sql`${schema.metrics.runId} = ${schema.runs.id} AND ${schema.metrics.step} = (SELECT max(step) FROM metrics WHERE run_id = ${schema.runs.id})`)
+      .where(eq(schema.runs.sweepId, id)),
+    db
+      .select({
+        runId: schema.evals.runId,
+        l0: schema.evals.l0,
+        l1: schema.evals.l1,
+        mse: schema.evals.mse,
+        fvu: schema.evals.fvu,
+        explainedVariance: schema.evals.explainedVariance,
+        nDead: schema.evals.nDead,
+        nAlmostDead: schema.evals.nAlmostDead,
+        nDense: schema.evals.nDense,
+        nExamples: schema.evals.nExamples,
+      })
+      .from(schema.evals)
+      .where(sql`${schema.evals.runId} IN ${runsOf}`),
   ]);
+  const latestByRun = new Map(latest.map((r) => [r.m.runId, stepMetrics(r.m)]));
+  const evalByRun = new Map(evals.map((e) => [e.runId, evalSummary(e)]));
   const wandbByRun = new Map(wandbRows.map((r) => [r.w.runId, r.w]));
   const dataOf = new Map(groups.map((g) => [g.id, g.data]));
   const hasKey = !!c.env.WANDB_API_KEY;
@@ -153,7 +178,11 @@ sweepRoutes.get("/:id", async (c) => {
       progress: progressOf(counts.get(g.id), g.nRuns),
       leases: leases.filter((l) => l.leases.groupId === g.id).map((l) => leaseView(l.leases, now)),
     })),
-    runs: runs.map((r) => ({ id: r.id, idx: r.idx, group_id: r.groupId, status: r.status, n_steps: r.nSteps, error: r.error, cfg: fullConfig({ shared: s.cfgShared, cfg: r.cfg, data: dataOf.get(r.groupId)! }), wandb: wandbView(wandbByRun.get(r.id), r.track, hasKey) })),
+    runs: runs.map((r) => ({ id: r.id, idx: r.idx, group_id: r.groupId, status: r.status, n_steps: r.nSteps, error: r.error, cfg: fullConfig({ shared: s.cfgShared, cfg: r.cfg, data: dataOf.get(r.groupId)! }),
+      latest: latestByRun.get(r.id) ?? null,
+      eval: evalByRun.get(r.id) ?? null,
+      wandb: wandbView(wandbByRun.get(r.id), r.track, hasKey),
+    })),
   });
 });
 
