@@ -5,6 +5,7 @@ import { requireToken } from "./auth";
 import type { Env } from "./env";
 import { ApiError, errorResponse } from "./errors";
 import { claimRoutes } from "./routes/claims";
+import { exportRoutes } from "./routes/export";
 import { leaseRoutes } from "./routes/leases";
 import { runRoutes } from "./routes/runs";
 import { sweepRoutes } from "./routes/sweeps";
@@ -52,6 +53,7 @@ app.route("/v1/sweeps", sweepRoutes);
 app.route("/v1/claims", claimRoutes);
 app.route("/v1/leases", leaseRoutes);
 app.route("/v1/runs", runRoutes);
+app.route("/v1/runs", exportRoutes);
 app.route("/v1/usage", usageRoutes);
 
 app.notFound((c) => errorResponse(c, new ApiError(404, "not_found", `no route ${c.req.method} ${new URL(c.req.url).pathname}`, "path")));
