@@ -296,6 +296,9 @@ function walk(raw: Record<string, unknown>, tree: Tree, path: string[], axes: Ax
  */
 export const MAX_DEPTH = 10;
 
+/** Most keys one table of a sweep file may have (saev's largest, the top level, has about 30). */
+export const MAX_TABLE_KEYS = 256;
+
 function checkDepth(v: unknown): void {
   // Recursion is safe here: it never goes deeper than MAX_DEPTH. The path is built only on the way out of a failure.
   const tooDeep = (x: unknown, depth: number): string[] | null => {
@@ -307,6 +310,9 @@ function checkDepth(v: unknown): void {
         if (at) return [`[${i}]`, ...at];
       }
     } else {
+      // No table of a sweep file has more than a few dozen keys: 100 000 of them are refused by their count.
+      const n = Object.keys(x).length;
+      if (n > MAX_TABLE_KEYS) throw badRequest("too_many_keys", `a table with ${n} keys; a sweep file's tables have at most ${MAX_TABLE_KEYS}`, "body");
       for (const k in x) {
         const at = tooDeep((x as Record<string, unknown>)[k], depth + 1);
         if (at) return [`.${k}`, ...at];
