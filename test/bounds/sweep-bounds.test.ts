@@ -19,8 +19,9 @@ const dir = mkdtempSync(path.join(tmpdir(), "sweep-bounds-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 // The budget is ~50 ms on a Worker; this 2-core machine shared by several test suites runs the same code several
-// times slower, so the assertion allows 10×: still far below the seconds the unbounded expansion cost.
-const CPU_MS = 500;
+// times slower (0.3–0.7 s seen for the accepted bodies at the cap under load), so the assertion is a regression
+// guard, not a benchmark: 2 s (4 s at the cap), still far below the 35 s the unbounded expansion cost.
+const CPU_MS = 2000;
 const HEAP_MIB = 32;
 
 interface Measured {
