@@ -354,19 +354,6 @@ for (const [name, open, skip] of backends) {
         expect(relError(got, want), `seed ${seed}`).toBeLessThanOrEqual(F32_TOL);
       });
 
-    it("refuses what of issue 13 it does not train yet (BatchTopK, AuxK, max_grad_norm), naming the key", async () => {
-      const base = { sae_batch_size: 8, sae: { d_vit: 4, exp_factor: 2, k: 2 } };
-      const cases: Array<[TrainConfig, RegExp]> = [
-        [trainConfig({ ...base, sae: { ...base.sae, kind: "batchtopk", aux_coeff: 0 } }), /sae\.kind = "batchtopk" is not yet supported/],
-        [trainConfig({ ...base, sae: { ...base.sae, kind: "topk" } }), /sae\.aux_coeff = 0\.03125: AuxK is not yet supported/],
-        [trainConfig({ ...base, max_grad_norm: 1, sae: { ...base.sae, kind: "topk", aux_coeff: 0 } }), /max_grad_norm is not yet supported/],
-      ];
-      for (const [cfg, message] of cases) {
-        const out = await gpu.run<{ error: string | null }>("engineTooBig", { cfgs: [trainConfig(base), cfg] });
-        expect(out.error).toMatch(message);
-      }
-    });
-
     it("refuses a group that does not fit the device, naming the limit", async () => {
       const cfgs = Array.from({ length: 4 }, () => trainConfig({ sae_batch_size: 16384, sae: { d_vit: 1024, exp_factor: 64 } }));
       const out = await gpu.run<{ error: string | null }>("engineTooBig", { cfgs });
