@@ -2,6 +2,7 @@
  * `sae-swarm <command>`: the CLI a user types. The dispatcher only: each command lives in its own module under
  * runner/commands/ and has --help. To add one, import it and add one line to COMMANDS.
  */
+import { deleteCommand } from "./commands/delete";
 import { download } from "./commands/download";
 import { fit } from "./commands/fit";
 import { retry } from "./commands/retry";
@@ -20,6 +21,7 @@ export const COMMANDS: Record<string, Command> = {
   submit: { summary: "submit a sweep file (TOML or JSON) to a sae-swarm server", run: submit },
   status: { summary: "show sweeps, or one sweep's groups, leases and runs with their latest metrics", run: status },
   download: { summary: "download finished runs: SAELens directories (default) or the native checkpoints", run: download },
+  delete: { summary: "cancel a sweep and delete its runs, metrics, evals and checkpoints from the server", run: deleteCommand },
   runner: { summary: "train groups from a sae-swarm server on this machine's GPU, in headless Chrome", run: runner },
   retry: { summary: "re-queue a failed group, or every failed group of a sweep", run: retry },
   fit: { summary: "how many SAEs of a shape fit one runner's GPU (plan a sweep)", run: fit },

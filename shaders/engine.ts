@@ -23,6 +23,7 @@ import type { EvalMetrics, StepMetrics, TrainConfig } from "./config";
 import { ALMOST_DEAD_THRESHOLD, DENSE_THRESHOLD } from "./config";
 import { DEFAULT_MEMORY_BUDGET, persistentTensors, planMemory, workingTensors, type MemoryPlan, type SaeShape } from "./fit";
 import * as K from "./kernels";
+import { rowSelectKernel, TOPK_META_WORDS as TOPK_META_WORDS_PER_SAE, topkDims, topkMetaWords } from "./topk";
 import { adamScalars, initWeights, learningRate, prefixBounds, sparsityCoeff } from "./schedule";
 
 export const PARAM_NAMES = ["W_enc", "b_enc", "W_dec", "b_dec", "log_threshold"] as const;
@@ -169,9 +170,11 @@ export class SaeEngine {
       ] as const)
         if (a !== b) throw new Error(`engine: config ${i} has ${key} = ${a} but config 0 has ${b}; a group must share it`);
       if (c.objective.kind === "matryoshka" && c.objective.n_prefixes < 1) throw new Error(`engine: config ${i}: objective.n_prefixes must be ≥ 1`);
-      // Until the engine runs shaders/topk.ts (issue 13), refuse rather than train these wrongly.
-      if (c.sae.kind === "topk" || c.sae.kind === "batchtopk" || (c.max_grad_norm ?? null) !== null)
-        throw new Error(`engine: config ${i}: ${c.max_grad_norm != null ? "max_grad_norm" : `sae.kind = "${c.sae.kind}"`} is not yet supported by the engine (issue 13)`);
+      // What of issue 13 the engine does not run yet is refused rather than trained wrongly.
+      if (c.sae.kind === "batchtopk") throw new Error(`engine: config ${i}: sae.kind = "batchtopk" is not yet supported by the engine (issue 13); "topk" is`);
+      if (c.sae.kind === "topk" && c.sae.aux_coeff > 0)
+        throw new Error(`engine: config ${i}: sae.aux_coeff = ${c.sae.aux_coeff}: AuxK is not yet supported by the engine (issue 13); set sae.aux_coeff = 0 to train TopK without it`);
+      if ((c.max_grad_norm ?? null) !== null) throw new Error(`engine: config ${i}: max_grad_norm is not yet supported by the engine (issue 13); leave it null`);
       if (c.sae.kind === "jumprelu" && !(c.sae.bandwidth > 0 && c.sae.init_threshold > 0))
         throw new Error(`engine: config ${i}: JumpReLU needs sae.bandwidth > 0 and sae.init_threshold > 0`);
     }
@@ -212,10 +215,20 @@ export class SaeEngine {
     add("evalMeta", 4 * this.metaWords());
     const uniform = GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST;
     for (const slab of this.slabs) {
+      if (this.selects(slab)) {
+        // TopK's selection (shaders/topk.ts): its constants per SAE of the slab, and its own Dims per row chunk
+        add(`topkMeta#${slab.index}`, 4 * slab.count * TOPK_META_WORDS_PER_SAE);
+        device.queue.writeBuffer(this.buf(`topkMeta#${slab.index}`), 0, topkMetaWords(cfgs.slice(slab.sae0, slab.sae0 + slab.count), B));
+      }
       for (let c = 0; c < rowChunks; c++) {
         add(`dims#${slab.index}/${c}`, 4 * DIMS_WORDS, uniform);
         add(`evalDims#${slab.index}/${c}`, 4 * DIMS_WORDS, uniform);
         device.queue.writeBuffer(this.buf(`dims#${slab.index}/${c}`), 0, this.dims(slab, c, B));
+        if (this.selects(slab)) {
+          add(`topkDims#${slab.index}/${c}`, 4 * DIMS_WORDS, uniform);
+          add(`evalTopkDims#${slab.index}/${c}`, 4 * DIMS_WORDS, uniform);
+          device.queue.writeBuffer(this.buf(`topkDims#${slab.index}/${c}`), 0, this.selectDims(slab, c, B));
+        }
       }
       for (const p of PARAM_NAMES) {
         add(`dims#${slab.index}.${p}`, 4 * DIMS_WORDS, uniform);
@@ -245,6 +258,8 @@ export class SaeEngine {
       adam: k("adam", K.ADAM_KERNEL),
       evalLatent: k("eval_latent", K.EVAL_LATENT),
       evalResid: k("eval_resid", K.EVAL_RESID),
+      // TopK: f = ReLU(h) on each row's k largest, written over H, so the ReLU kernels (θ = 0) then run unchanged
+      rowSelect: k("row_select", rowSelectKernel({ kWord: 0, deadOnly: false, inPlace: true })),
     };
     const T = K.TILE;
     const rowsOf = (c: number) => Math.min(C, B - c * C);
@@ -270,10 +285,13 @@ export class SaeEngine {
       const thresholds = (names: string[]) => dispatch(kn.thresholds, [...names, "log_threshold", "theta"], [ceil(n, 64), 1, Ks]);
       const encode = (names: string[], c: number) => dispatch(kn.encode, [...names, "x", "b_dec", "W_enc", "b_enc", "H"], [ceil(n, T), ceil(rowsOf(c), T), Ks]);
       const decode = (names: string[], c: number) => dispatch(kn.decode, [...names, "x", "b_dec", "W_dec", "H", "theta", "R"], [ceil(d, T), ceil(rowsOf(c), T), Ks]);
+      // encode, then (a slab with TopK SAEs) the selection in place: the other kinds' rows are left as they are
+      const encodeAndSelect = (names: string[], c: number, dimsName: string) =>
+        this.selects(slab) ? [encode(names, c), dispatch(kn.rowSelect, [`${dimsName}#${slab.index}/${c}`, `topkMeta#${slab.index}`, "H", "cut"], [rowsOf(c), Ks, 1])] : [encode(names, c)];
       this.stepPasses.push({
         prologue: [normalize, thresholds(tr(0))],
         chunks: Array.from({ length: rowChunks }, (_, c) => ({
-          forward: [encode(tr(c), c), decode(tr(c), c), dispatch(kn.resid, [...tr(c), "R", "residPart"], [ceil(d, 64), partialsOf(c), Ks])],
+          forward: [...encodeAndSelect(tr(c), c, "topkDims"), decode(tr(c), c), dispatch(kn.resid, [...tr(c), "R", "residPart"], [ceil(d, 64), partialsOf(c), Ks])],
           backward: [
             dispatch(kn.gradF, [...tr(c), "R", "W_dec", "H", "G"], [ceil(n, T), ceil(rowsOf(c), T), Ks]),
             dispatch(kn.latent, [...tr(c), "H", "theta", "G", "latentPart"], [ceil(n, 64), partialsOf(c), Ks]),
@@ -294,7 +312,7 @@ export class SaeEngine {
       this.evalPasses.push({
         prologue: [thresholds(ev(0))],
         chunks: Array.from({ length: rowChunks }, (_, c) => [
-          encode(ev(c), c),
+          ...encodeAndSelect(ev(c), c, "evalTopkDims"),
           decode(ev(c), c),
           dispatch(kn.evalLatent, [...ev(c), "H", "theta", "evalCount", "evalSum"], [ceil(n, 64), 1, Ks]),
           dispatch(kn.evalResid, [...ev(c), "R", "x", "mu0", "evalResid", "xStats"], [ceil(d, 64), 1, Ks]),
@@ -326,6 +344,19 @@ export class SaeEngine {
     return { slab, i: k - slab.sae0 };
   }
 
+  /** Whether a slab holds a TopK SAE (and so runs the selection after each encode). */
+  private selects(slab: Slab): boolean {
+    return this.cfgs.slice(slab.sae0, slab.sae0 + slab.count).some((c) => c.sae.kind === "topk");
+  }
+
+  /** shaders/topk.ts's Dims of one slab and row chunk c of a batch of `rows` rows (H's rows are the chunk's). */
+  private selectDims(slab: Slab, c: number, rows: number): Uint32Array<ArrayBuffer> {
+    const chunkRows = Math.max(0, Math.min(this.plan.rowsPerChunk, rows - c * this.plan.rowsPerChunk));
+    const words = new Uint32Array(DIMS_WORDS);
+    words.set(topkDims({ rows: chunkRows, n: this.d_sae, K: slab.count, B: rows }));
+    return words;
+  }
+
   private metaWords(): number {
     return this.K * K.META_WORDS + this.K * (this.maxPrefixes + 1);
   }
@@ -340,6 +371,11 @@ export class SaeEngine {
     ]);
   }
 
+  /** The sparsity coefficient in effect at step t: TopK selects instead of penalizing (SAE.md), so 0. */
+  private coeffAt(c: TrainConfig, t: number): number {
+    return c.sae.kind === "topk" ? 0 : sparsityCoeff(c, t);
+  }
+
   /** Per-SAE step constants and prefix bounds for step t (eval: one full prefix, no loss terms). */
   private meta(t: number, evaluation: boolean): { words: Uint32Array<ArrayBuffer>; bounds: number[][] } {
     const words = new Uint32Array(this.metaWords());
@@ -352,7 +388,7 @@ export class SaeEngine {
       const o = k * K.META_WORDS;
       words[o] = (c.sae.kind === "jumprelu" ? K.FLAG_JUMPRELU : 0) | (c.sae.normalize_w_dec ? K.FLAG_NORMALIZE : 0) | (c.sae.remove_parallel_grads ? K.FLAG_REMOVE_PARALLEL : 0);
       words[o + 1] = P;
-      f[o + 2] = evaluation ? 0 : sparsityCoeff(c, t);
+      f[o + 2] = evaluation ? 0 : this.coeffAt(c, t);
       f[o + 3] = c.sae.bandwidth;
       // the whole batch's normalizations: every row chunk adds its share of the full-batch gradient
       f[o + 4] = 2 / (this.batchSize * P * this.d_vit);
@@ -467,9 +503,9 @@ export class SaeEngine {
       }
       for (let col = 0; col < d; col++) sq += stats[base + 2 * slab.count * n + i * d + col];
       const P = bounds[k].length - 1;
-      const coeff = sparsityCoeff(c, t);
+      const coeff = this.coeffAt(c, t);
       const mse = sq / (B * P * d);
-      const sparsity = coeff * (c.sae.kind === "relu" ? l1 / B : l0 / B);
+      const sparsity = coeff * (c.sae.kind === "jumprelu" ? l0 / B : l1 / B);
       return {
         loss: mse + sparsity,
         mse,
@@ -581,7 +617,11 @@ export class SaeEngine {
           mu0 = Float64Array.from(Float32Array.from(mu0)); // the shift the GPU uses
         }
         const chunks = ceil(rows, this.plan.rowsPerChunk);
-        for (const slab of this.slabs) for (let c = 0; c < chunks; c++) device.queue.writeBuffer(this.buf(`evalDims#${slab.index}/${c}`), 0, this.dims(slab, c, rows));
+        for (const slab of this.slabs)
+          for (let c = 0; c < chunks; c++) {
+            device.queue.writeBuffer(this.buf(`evalDims#${slab.index}/${c}`), 0, this.dims(slab, c, rows));
+            if (this.selects(slab)) device.queue.writeBuffer(this.buf(`evalTopkDims#${slab.index}/${c}`), 0, this.selectDims(slab, c, rows));
+          }
         device.queue.writeBuffer(this.buf("x"), 0, x.buffer, x.byteOffset, x.byteLength);
         const enc = device.createCommandEncoder();
         this.encodePasses(enc, this.evalPasses.flatMap((s) => [...s.prologue, ...s.chunks.slice(0, chunks).flat()]));

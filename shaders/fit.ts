@@ -105,6 +105,7 @@ export function workingTensors(s: SaeShape, rowsPerChunk: number): Record<string
     R: prefixes(s) * rowsPerChunk * d, // per-prefix residuals, then their suffix sums
     latentPart: 4 * partials * n, // per partial of the whole batch: Σ dL/dh, Σ dL/dθ, #{f > 0}, Σ f
     residPart: 2 * partials * d, // per partial: Σ e², Σ R_0
+    cut: 2 * rowsPerChunk, // TopK: each row's selection threshold and tie cut (shaders/topk.ts)
   };
 }
 

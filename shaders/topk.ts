@@ -143,6 +143,7 @@ var<workgroup> eligible: atomic<u32>;
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: u32) {
   let row = wg.x;
   let sae = wg.y;
+  if (row >= dims.rows) { return; } // a shorter batch than the dispatch was built for (evaluate's last batch)
   let n = dims.n;
   let base = (sae * dims.rowStride + row) * n;
   let deadAfter = metaWord(sae, 4u);

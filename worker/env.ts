@@ -20,6 +20,8 @@ export interface Env {
   CHECKPOINT_EVERY?: string;
   /** Most runs one sweep may expand to (default 4096). */
   MAX_SWEEP_RUNS?: string;
+  /** How long an R2 object may lack its D1 row before the cron deletes it, in ms (default 3600000). */
+  ORPHAN_GRACE_MS?: string;
 }
 
 /** The numeric knobs above, parsed with their defaults. */
@@ -34,5 +36,6 @@ export function settings(env: Env) {
     maxExpirations: num(env.MAX_EXPIRATIONS, 10),
     checkpointEvery: num(env.CHECKPOINT_EVERY, 1000),
     maxSweepRuns: num(env.MAX_SWEEP_RUNS, 4096),
+    orphanGraceMs: num(env.ORPHAN_GRACE_MS, 3_600_000),
   };
 }

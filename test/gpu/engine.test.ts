@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { meanMaxCosine, SyntheticDataset } from "../../runner/data/synthetic";
 import type { EvalMetrics, StepMetrics, SyntheticData, TrainConfig } from "../../shaders/config";
-import { dSae } from "../../shaders/config";
+import { dSae, isSelectKind } from "../../shaders/config";
 import { MATMUL_VARIANTS } from "../../shaders/matmul";
 import { persistentTensors, planMemory, workingTensors, type MemoryPlan, type SaeShape } from "../../shaders/fit";
 import type { EngineOptions } from "../../shaders/engine";
@@ -15,6 +15,7 @@ import { dawnUnavailable, openChrome, openDawn, type GpuBackend } from "../helpe
 import { mulberry32, testSeed } from "../helpers/random";
 import { trainConfig } from "../helpers/train-config";
 import * as ref from "../reference/sae";
+import { selectorFor, trainStepSelect } from "../reference/topk";
 import type { JsonState } from "./engine-cases";
 
 const dawnSkip = await dawnUnavailable();
@@ -136,7 +137,26 @@ const kernelGroups: Array<{ label: string; B: number; cfgs: TrainConfig[]; chunk
       trainConfig({ sae_batch_size: 2048, n_lr_warmup: 5, sae: { d_vit: 8, exp_factor: 2, seed: 9 }, objective: { kind: "matryoshka", n_prefixes: 2 } }),
     ],
   },
+  {
+    label: "d_vit 12, d_sae 36, batch 29, K 3 (topk k 5 vanilla, relu matryoshka, topk k 7 matryoshka 6; no AuxK)",
+    B: 29,
+    chunkRows: 8,
+    cfgs: [
+      trainConfig({ sae_batch_size: 29, lr: 2e-3, sae: { d_vit: 12, exp_factor: 3, kind: "topk", k: 5, aux_coeff: 0, seed: 31 }, objective: { sparsity_coeff: 3e-2 } }),
+      trainConfig({ sae_batch_size: 29, sae: { d_vit: 12, exp_factor: 3, seed: 32 }, objective: { kind: "matryoshka", n_prefixes: 3, sparsity_coeff: 2e-2 } }),
+      trainConfig({ sae_batch_size: 29, n_lr_warmup: 10, sae: { d_vit: 12, exp_factor: 3, kind: "topk", k: 7, aux_coeff: 0, seed: 33 }, objective: { kind: "matryoshka", n_prefixes: 6 } }),
+    ],
+  },
 ];
+
+/** The reference's step of any kind (TopK through test/reference/topk.ts, AuxK off); mutates state. */
+function referenceStep(state: ref.State, cfg: TrainConfig, x: ArrayLike<number>, B: number): ref.StepResult {
+  if (!isSelectKind(cfg.sae.kind)) return ref.trainStep(state, cfg, x, B);
+  // the same params/moments arrays, so `state` sees the update
+  const r = trainStepSelect({ ...state, counters: new Float64Array(dSae(cfg)), theta: null }, cfg, x, B);
+  state.step++;
+  return r;
+}
 
 for (const [name, open, skip] of backends) {
   describe.skipIf(skip !== null)(`SAE engine on ${name}`, () => {
@@ -175,13 +195,15 @@ for (const [name, open, skip] of backends) {
         const errors: Record<string, number> = {};
         const note = (label: string, e: number) => (errors[label] = Math.max(errors[label] ?? 0, e));
         // the reference's step (it updates refs[k] in place: parameters and moments after Adam)
-        const results = cfgs.map((cfg, k) => ref.trainStep(refs[k], cfg, x, B));
+        const results = cfgs.map((cfg, k) => referenceStep(refs[k], cfg, x, B));
+        // TopK's selection runs in place: H then holds f = ReLU(h) on each row's k largest
+        const hWant = (k: number) => (cfgs[k].sae.kind === "topk" ? results[k].forward.f : results[k].forward.h);
         cfgs.forEach((_, k) => {
           const r = results[k];
           const P = r.hyper.bounds.length - 1;
           if (chunked) return; // H, G and R hold only the last slab's last chunk, compared below
           // forward
-          note("H (pre-activations)", relError(slice(out.buffers.H, k, B * n), r.forward.h));
+          note("H (pre-activations, TopK: f)", relError(slice(out.buffers.H, k, B * n), hWant(k)));
           // residual suffix sums R_q = Σ_{r ≥ q} e_r, per prefix
           const R = slice(out.buffers.R, k, Pmax * B * d);
           for (let q = 0; q < P; q++) {
@@ -197,7 +219,7 @@ for (const [name, open, skip] of backends) {
             // the working set after the step: the last slab (this SAE alone) and the last row chunk
             const rows = B - (out.plan.rowChunks - 1) * out.plan.rowsPerChunk;
             const first = B - rows;
-            note("H (pre-activations, last chunk)", relError(out.buffers.H.slice(0, rows * n), r.forward.h.slice(first * n, B * n)));
+            note("H (pre-activations, TopK: f, last chunk)", relError(out.buffers.H.slice(0, rows * n), hWant(k).slice(first * n, B * n)));
             note("G (dL/df, last chunk)", relError(out.buffers.G.slice(0, rows * n), r.gf.slice(first * n, B * n)));
           }
           for (const p of ref.PARAM_NAMES) {
@@ -208,14 +230,19 @@ for (const [name, open, skip] of backends) {
             note(`param ${p} after Adam`, relError(slice(out.buffers[p], k, size), refs[k].params[p]));
           }
           const m = out.metrics[k];
-          for (const key of ["loss", "mse", "l0", "l1", "sparsity"] as const) note(`metric ${key}`, Math.abs(m[key] - r.forward[key]) / Math.abs(r.forward[key]));
+          for (const key of ["loss", "mse", "l0", "l1", "sparsity"] as const) note(`metric ${key}`, Math.abs(m[key] - r.forward[key]) / (Math.abs(r.forward[key]) || 1));
+          if (cfgs[k].sae.kind === "topk") {
+            // no sparsity penalty; at most k latents per example (exactly k where ≥ k pre-activations are positive)
+            expect([m.sparsity, m["progress/sparsity_coeff"]]).toEqual([0, 0]);
+            expect(m.l0).toBeLessThanOrEqual(cfgs[k].sae.k!);
+          }
           expect(m["progress/n_patches_seen"]).toBe((t + 1) * B);
         });
         console.log(`[${name}] seed ${seed} ${matmul}${chunked ? " chunked" : ""} ${group.label}: max relative errors`, errors);
         for (const [label, e] of Object.entries(errors)) expect(e, `${label} (seed ${seed})`).toBeLessThanOrEqual(F32_TOL);
         // the JumpReLU θ pseudo-gradient must actually be exercised by the random inputs
         const jumpK = cfgs.findIndex((c) => c.sae.kind === "jumprelu");
-        expect(slice(out.buffers["grad.log_threshold"], jumpK, n).some((v) => v !== 0)).toBe(true);
+        if (jumpK >= 0) expect(slice(out.buffers["grad.log_threshold"], jumpK, n).some((v) => v !== 0)).toBe(true);
       });
 
     it("evaluate matches the float64 reference (freqs, mean values, dead/dense counts, FVU)", async () => {
@@ -247,6 +274,34 @@ for (const [name, open, skip] of backends) {
           else expect(Math.abs(got[k].mean_values[j]! - v)).toBeLessThanOrEqual(F32_TOL * Math.abs(v));
         });
       });
+    });
+
+    it("evaluate of TopK SAEs (next to a ReLU one) matches the float64 reference, the last batch short", async () => {
+      const seed = testSeed();
+      const rand = mulberry32(seed);
+      const B = 21, d = 10;
+      const cfgs = [
+        trainConfig({ sae_batch_size: B, sae: { d_vit: d, exp_factor: 3, kind: "topk", k: 4, aux_coeff: 0 } }),
+        trainConfig({ sae_batch_size: B, sae: { d_vit: d, exp_factor: 3 } }),
+        trainConfig({ sae_batch_size: B, sae: { d_vit: d, exp_factor: 3, kind: "topk", k: 9, aux_coeff: 0 } }),
+      ];
+      const n = dSae(cfgs[0]);
+      const { json, refs } = randomState(rand, cfgs, 0);
+      const rows = [B, B, 13];
+      const batches = rows.map((r) => Array.from({ length: r * d }, () => Math.fround(rand() * 2 - 0.5)));
+      const got = await gpu.run<EvalMetrics[]>("engineEval", { cfgs, state: json, batches });
+      cfgs.forEach((cfg, k) => {
+        const select = selectorFor(cfg.sae.kind, cfg.sae.k ?? 0, n);
+        // the reference takes equal batches: evaluate row by row, then weigh the means by rows
+        const perRow = batches.flatMap((b) => Array.from({ length: b.length / d }, (_, r) => b.slice(r * d, (r + 1) * d)));
+        const want = ref.evaluate(refs[k].params, cfg, perRow, 1, select);
+        for (const key of ["l0", "l1", "mse", "fvu"] as const)
+          expect(Math.abs(got[k][key] - want[key]), `${key} SAE ${k} seed ${seed}`).toBeLessThanOrEqual(F32_TOL * Math.abs(want[key]));
+        expect(got[k].n_examples).toBe(2 * B + 13);
+        expect(got[k].freqs).toEqual(want.freqs); // exact counts
+        if (cfg.sae.kind === "topk") expect(got[k].l0).toBeLessThanOrEqual(cfg.sae.k!);
+      });
+      expect(got[0].l0).toBeLessThan(got[1].l0); // the selection really ran
     });
 
     it("resumes exactly: exportState → importState in a fresh engine continues bit for bit", async () => {

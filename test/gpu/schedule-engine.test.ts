@@ -61,9 +61,9 @@ for (const [name, open, skip] of backends) {
       for (const g of gaps) expect(g).toBeLessThan(2e-2);
     }, 300_000);
 
-    it("refuses TopK, BatchTopK and max_grad_norm until it runs them, naming the key", async () => {
+    it("refuses AuxK, BatchTopK and max_grad_norm until it runs them, naming the key", async () => {
       for (const [over, what] of [
-        [{ sae: { kind: "topk", k: 4 } }, /sae\.kind = "topk" is not yet supported/],
+        [{ sae: { kind: "topk", k: 4 } }, /sae\.aux_coeff = 0\.03125: AuxK is not yet supported/],
         [{ sae: { kind: "batchtopk", k: 4 } }, /sae\.kind = "batchtopk" is not yet supported/],
         [{ max_grad_norm: 1 }, /max_grad_norm is not yet supported/],
       ] as const) {

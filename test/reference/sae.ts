@@ -220,11 +220,11 @@ export function adamUpdate(state: State, cfg: TrainConfig, g: Params): void {
   state.step++;
 }
 
-/** evaluate (SAE.md): means over all examples, full reconstruction. */
-export function evaluate(p: Params, cfg: TrainConfig, batches: ArrayLike<number>[], B: number): EvalMetrics {
+/** evaluate (SAE.md): means over all examples, full reconstruction; `select`: TopK's selection (./topk.ts). */
+export function evaluate(p: Params, cfg: TrainConfig, batches: ArrayLike<number>[], B: number, select?: Hyper["select"]): EvalMetrics {
   const d = cfg.sae.d_vit;
   const n = d * cfg.sae.exp_factor;
-  const hp: Hyper = { kind: cfg.sae.kind, d, n, coeff: 0, bandwidth: cfg.sae.bandwidth, bounds: [0, n] };
+  const hp: Hyper = { kind: cfg.sae.kind, d, n, coeff: 0, bandwidth: cfg.sae.bandwidth, bounds: [0, n], select };
   const counts = new Float64Array(n);
   const sums = new Float64Array(n);
   let N = 0, sq = 0, l0 = 0, l1 = 0;
