@@ -13,6 +13,8 @@
  *    Timing: wall clock over `reps` queued steps, ended by onSubmittedWorkDone (batches already on the GPU: the
  *    runner uploads the next batch while a step runs). Then chunking's cost: K = BENCH_CHUNKED_K (4) once more in
  *    one pass, in BENCH_CHUNKS (4) row chunks, and in as many row chunks over one slab per SAE.
+ *    Beside each K: saev's step in PyTorch (scripts/torch_step.py) at the same shape, where python3 imports torch
+ *    (BENCH_TORCH=0 skips it), and the engine/PyTorch ratio. The last line is a one-line summary at K 8.
  *
  * `npm run bench:e2e` (e2e.ts) is the end-to-end half: wrangler dev + a Chrome runner. Not a test: nothing here
  * asserts a speed.
@@ -26,6 +28,7 @@ import { trainConfig } from "../helpers/train-config";
 import { measureIdle, type IdleCase, type IdleResult } from "./idle";
 import { serveDirWithRanges } from "../runner/range-server";
 import { writeBenchShards } from "./shards";
+import { torchStep, torchUnavailable } from "./torch";
 
 const ICD = "/usr/lib/chromium/vk_swiftshader_icd.json";
 if (!process.env.VK_ICD_FILENAMES && existsSync(ICD) && !existsSync("/dev/nvidia0")) process.env.VK_ICD_FILENAMES = ICD;
@@ -77,26 +80,45 @@ for (const variant of MATMUL_VARIANTS) {
 }
 const best = roof.reduce((a, b) => (b.gflops > a.gflops ? b : a));
 
+const torchSkip = torchUnavailable();
+let torchDevice = "";
+const byK = new Map<number, { pct: number; ratio: string }>();
 const rows: string[][] = [];
 const benchConfigs = (K: number) =>
   Array.from({ length: K }, (_, k) => trainConfig({ sae_batch_size: B, log_every: 1_000_000, seed: k, sae: { d_vit: d, exp_factor: exp }, objective: { sparsity_coeff: 4e-4 } }));
 const budget = software ? 8 * 2 ** 30 : 100 * 2 ** 30;
 const layoutOf = (e: SaeEngine) => `${e.plan.rowChunks} × ${e.plan.rowsPerChunk} rows, ${e.plan.slabs} slab${e.plan.slabs > 1 ? "s" : ""}`;
-function engineRow(label: string, K: number, secs: number, engine: SaeEngine): void {
+function engineRow(label: string, K: number, secs: number, engine: SaeEngine, torch: { ms: string; ratio: string } = { ms: "-", ratio: "-" }): number {
   const flops = 10 * B * d * n * K; // encode, decode, dL/df, dL/dW_enc, dL/dW_dec: 2·B·d·n each
   const gflops = flops / secs / 1e9;
-  rows.push([label, (secs * 1000).toFixed(1), gflops.toFixed(2), ((K * B) / secs).toFixed(0), `${((100 * gflops) / best.gflops).toFixed(0)} %`, `${engine.matmulVariant}, ${layoutOf(engine)}`]);
+  const pct = (100 * gflops) / best.gflops;
+  rows.push([label, (secs * 1000).toFixed(1), gflops.toFixed(2), ((K * B) / secs).toFixed(0), `${pct.toFixed(0)} %`, torch.ms, torch.ratio, `${engine.matmulVariant}, ${layoutOf(engine)}`]);
+  return pct;
+}
+// saev's step in PyTorch, same shape and K, right after the engine's (so both see about the same machine load)
+function torchBeside(K: number, secs: number): { ms: string; ratio: string } {
+  if (torchSkip) return { ms: "-", ratio: "-" };
+  try {
+    const t = torchStep({ d, n, B, K, reps });
+    torchDevice = `${t.device}, ${t.threads} threads, torch ${t.torch}`;
+    return { ms: t.ms_per_step.toFixed(1), ratio: ((secs * 1000) / t.ms_per_step).toFixed(2) };
+  } catch (e) {
+    console.error(String(e));
+    return { ms: "error", ratio: "-" };
+  }
 }
 for (const K of Ks) {
   let engine: SaeEngine;
   try {
     engine = SaeEngine.create(device, benchConfigs(K), { memoryBudget: budget });
   } catch (e) {
-    rows.push([String(K), "-", "-", "-", "-", String(e).slice(0, 60)]);
+    rows.push([String(K), "-", "-", "-", "-", "-", "-", String(e).slice(0, 60)]);
     continue;
   }
   const batch = engine.uploadBatch(rand(B * d));
-  engineRow(String(K), K, await timeIt(() => void engine.step(batch), reps), engine);
+  const secs = await timeIt(() => void engine.step(batch), reps);
+  const torch = torchBeside(K, secs);
+  byK.set(K, { pct: engineRow(String(K), K, secs, engine, torch), ratio: torch.ratio });
   engine.destroy();
 }
 
@@ -187,7 +209,12 @@ if (idleNote) console.log(`\n${idleNote}`);
 if (idleRows.length) printTable(idleRows);
 
 console.log(`\nroofline: matmul ${best.variant} ${best.gflops.toFixed(2)} GFLOP/s ([${B}, ${d}] × [${d}, ${n}])`);
-const header = ["K", "ms/step", "GFLOP/s", "SAE-samples/s", "of matmul", "variant"];
+const header = ["K", "ms/step", "GFLOP/s", "SAE-samples/s", "of matmul", "PyTorch ms/step", "engine/PyTorch", "variant"];
 printTable([header, ...rows], 0);
 for (const line of chunkNotes) console.log(line);
+console.log(torchSkip ? `PyTorch: skipped: ${torchSkip}` : `PyTorch: scripts/torch_step.py on ${torchDevice} (saev's ReLU/Vanilla step, same shape and K)`);
 device.destroy();
+const k8 = byK.get(8);
+const p8 = k8 ? `${k8.pct.toFixed(0)}%` : "n/a%";
+const r8 = k8 && k8.ratio !== "-" ? k8.ratio : "n/a";
+console.log(`summary: step at ${p8} of the best matmul (K 8); engine/PyTorch step time ${r8} (K 8) at d_vit ${d}, d_sae ${n}, batch ${B}`);
