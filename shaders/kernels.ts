@@ -17,6 +17,9 @@
  *     The normalizations (scale, 1/B) are the whole batch's: the chunks sum to SAE.md's full-batch step.
  */
 
+import { choiceFor, DEFAULT_CHOICE, matmul, type MatmulChoice, type MatmulSpec } from "./matmul-template";
+
+export type { MatmulChoice, MatmulSpec };
 export const TILE = 64; // output tile of the matmuls (TILE × TILE, 16 × 16 threads, 4 × 4 outputs per thread)
 export const META_WORDS = 16;
 export const FLAG_JUMPRELU = 1;
@@ -63,128 +66,14 @@ fn kadd(s: vec2f, v: f32) -> vec2f {
 
 const META = `@group(0) @binding(1) var<storage, read> saeMeta: array<u32>;`;
 
-interface MatmulSpec {
-  bindings: string;
-  M: string;
-  N: string;
-  KD: string;
-  /** A(gm, gk) given gm < M and gk in range; aKFast: consecutive k are contiguous in memory. */
-  loadA: string;
-  aKFast: boolean;
-  loadB: string;
-  bNFast: boolean;
-  /** plain: one pass. kSegments: the K loop runs block by block and the epilogue runs after each block (cumulative).
-   *  nBlocks / mBlocks: the output column / row j belongs to block q; A or B are read for that q. */
-  mode: "plain" | "kSegments" | "nBlocks" | "mBlocks";
-  /** Statement run per output (m, nn) with acc value `v` (and `q` in kSegments mode). */
-  epilogue: string;
-}
-
-function matmul(s: MatmulSpec, direct: boolean): string {
-  const aIdx = s.aKFast ? "let am = e / 16u; let ak = e % 16u;" : "let am = e % 64u; let ak = e / 64u;";
-  const bIdx = s.bNFast ? "let bk = e / 64u; let bn = e % 64u;" : "let bk = e % 16u; let bn = e / 16u;";
-  const aMask = s.mode === "mBlocks" ? " && gm >= rLo && gm < rHi" : "";
-  const bMask = s.mode === "nBlocks" ? " && gn >= rLo && gn < rHi" : "";
-  const tileLoop = (kLo: string, kHi: string) => /* wgsl */ `
-    {
-      let kHi = ${kHi};
-      var k0 = ${kLo};
-      loop {
-        if (k0 >= kHi) { break; }
-        for (var r = 0u; r < 4u; r++) {
-          let e = lid + 256u * r;
-          ${aIdx}
-          let gm = m0 + am; let gk = k0 + ak;
-          var av = 0.0;
-          if (gm < M && gk < kHi${aMask}) { av = ${s.loadA}; }
-          As[ak * 64u + am] = av;
-          ${bIdx}
-          let gn = n0 + bn; let gkb = k0 + bk;
-          var bv = 0.0;
-          if (gn < N && gkb < kHi${bMask}) { bv = ${s.loadB.replaceAll("gk", "gkb")}; }
-          Bs[bk * 64u + bn] = bv;
-        }
-        workgroupBarrier();
-        for (var kk = 0u; kk < 16u; kk++) {
-          let ab = kk * 64u + ty; let bb = kk * 64u + tx;
-          let b = vec4f(Bs[bb], Bs[bb + 16u], Bs[bb + 32u], Bs[bb + 48u]);
-          acc0 = fma(vec4f(As[ab]), b, acc0);
-          acc1 = fma(vec4f(As[ab + 16u]), b, acc1);
-          acc2 = fma(vec4f(As[ab + 32u]), b, acc2);
-          acc3 = fma(vec4f(As[ab + 48u]), b, acc3);
-        }
-        workgroupBarrier();
-        k0 += 16u;
-      }
-    }`;
-  // Without workgroup memory or barriers: each thread reads its 4 A values and 4 B values per k straight from
-  // memory. Software adapters (SwiftShader runs barriers as fiber switches) are several times faster this way.
-  const lanes = [0, 1, 2, 3];
-  // out-of-range reads are clamped by WGSL's robust access and then discarded by select: no branches
-  const step = (k: string) => `{
-          let a = vec4f(${lanes.map((i) => `select(0.0, ${s.loadA.replaceAll("gm", `gm${i}`).replaceAll("gk", "kk")}, okA${i})`).join(", ")});
-          let b = vec4f(${lanes.map((j) => `select(0.0, ${s.loadB.replaceAll("gn", `gn${j}`).replaceAll("gk", "kk")}, okB${j})`).join(", ")});
-          acc0 = fma(vec4f(a.x), b, acc0); acc1 = fma(vec4f(a.y), b, acc1); acc2 = fma(vec4f(a.z), b, acc2); acc3 = fma(vec4f(a.w), b, acc3);
-        }`.replace("{", `{ let kk = ${k};`);
-  const directLoop = (kLo: string, kHi: string) => /* wgsl */ `
-    {
-      let kHi = ${kHi};
-      ${lanes.map((i) => `let gm${i} = m0 + ty + ${16 * i}u; let okA${i} = gm${i} < M${aMask.replaceAll("gm", `gm${i}`)};`).join("\n      ")}
-      ${lanes.map((j) => `let gn${j} = n0 + tx + ${16 * j}u; let okB${j} = gn${j} < N${bMask.replaceAll("gn", `gn${j}`)};`).join("\n      ")}
-      var gk = ${kLo};
-      // four k per iteration while they last (less loop overhead), then one at a time
-      for (; gk + 4u <= kHi; gk += 4u) {
-        ${[0, 1, 2, 3].map((u) => step(`gk + ${u}u`)).join("\n        ")}
-      }
-      for (; gk < kHi; gk++) { ${step("gk")} }
-    }`;
-  const loop = direct ? directLoop : tileLoop;
-  const epilogue = /* wgsl */ `
-    let accs = array<vec4f, 4>(acc0, acc1, acc2, acc3);
-    for (var i = 0u; i < 4u; i++) {
-      let m = m0 + ty + 16u * i;
-      if (m >= M) { continue; }
-      let row = accs[i];
-      for (var j = 0u; j < 4u; j++) {
-        let nn = n0 + tx + 16u * j;
-        if (nn >= N) { continue; }
-        let v = row[j];
-        ${s.epilogue}
-      }
-    }`;
-  let body: string;
-  if (s.mode === "plain") body = loop("0u", "KD") + epilogue;
-  else if (s.mode === "kSegments")
-    body = `for (var q = 0u; q < nPrefixes(sae); q++) { ${loop("bound(sae, q)", "bound(sae, q + 1u)")} ${epilogue} }`;
-  else {
-    const first = s.mode === "nBlocks" ? "n0" : "m0";
-    const last = s.mode === "nBlocks" ? "min(n0 + 63u, N - 1u)" : "min(m0 + 63u, M - 1u)";
-    body = `for (var q = blockOf(sae, ${first}); q <= blockOf(sae, ${last}); q++) {
-      let rLo = bound(sae, q); let rHi = bound(sae, q + 1u);
-      ${loop("0u", "KD")}
-    }
-    ${epilogue}`;
-  }
-  return /* wgsl */ `${HEADER}
-${s.bindings}
-var<workgroup> As: array<f32, 1024>;
-var<workgroup> Bs: array<f32, 1024>;
-@compute @workgroup_size(16, 16)
-fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) lid: u32, @builtin(local_invocation_id) lxy: vec3u) {
-  let sae = wg.z;
-  let tx = lxy.x; let ty = lxy.y;
-  let m0 = wg.y * 64u; let n0 = wg.x * 64u;
-  let M = ${s.M}; let N = ${s.N}; let KD = ${s.KD};
-  var acc0 = vec4f(0.0); var acc1 = vec4f(0.0); var acc2 = vec4f(0.0); var acc3 = vec4f(0.0);
-  ${body}
-}`;
-}
+export { HEADER as KERNEL_HEADER };
 
 const rw = (b: number, name: string) => `@group(0) @binding(${b}) var<storage, read_write> ${name}: array<f32>;`;
 const ro = (b: number, name: string) => `@group(0) @binding(${b}) var<storage, read> ${name}: array<f32>;`;
+const ro4 = (b: number, name: string) => `@group(0) @binding(${b}) var<storage, read> ${name}: array<vec4f>;`;
 
 /** h = (x − b_dec) W_enc + b_enc. */
-const ENCODE: MatmulSpec = ({
+export const ENCODE: MatmulSpec = ({
   bindings: [META, ro(2, "x"), ro(3, "b_dec"), ro(4, "W_enc"), ro(5, "b_enc"), rw(6, "H")].join("\n"),
   M: "dims.B", N: "dims.n", KD: "dims.d",
   loadA: "x[(dims.row0 + gm) * dims.d + gk] - b_dec[sae * dims.d + gk]", aKFast: true,
@@ -194,7 +83,7 @@ const ENCODE: MatmulSpec = ({
 });
 
 /** e_q = b_dec + Σ_{j < p_q} f_j W_dec[j] − x for every prefix q (cumulative over blocks). */
-const DECODE: MatmulSpec = ({
+export const DECODE: MatmulSpec = ({
   bindings: [META, ro(2, "x"), ro(3, "b_dec"), ro(4, "W_dec"), ro(5, "H"), ro(6, "theta"), rw(7, "R")].join("\n"),
   M: "dims.B", N: "dims.d", KD: "dims.n",
   loadA: "act(H[(sae * dims.B + gm) * dims.n + gk], theta[sae * dims.n + gk])", aKFast: true,
@@ -204,7 +93,7 @@ const DECODE: MatmulSpec = ({
 });
 
 /** dL/df_j = scale·R_{block(j)}·W_dec[j] (+ coeff/B where h > 0, ReLU's L1 term). */
-const GRAD_F: MatmulSpec = ({
+export const GRAD_F: MatmulSpec = ({
   bindings: [META, ro(2, "R"), ro(3, "W_dec"), ro(4, "H"), rw(5, "G")].join("\n"),
   M: "dims.B", N: "dims.n", KD: "dims.d",
   loadA: "R[((sae * dims.Pmax + q) * dims.B + gm) * dims.d + gk]", aKFast: true,
@@ -225,7 +114,7 @@ const accumulate = (target: string, value: string) => /* wgsl */ `{
       }`;
 
 /** dL/dW_enc = (x − b_dec)ᵀ · (G ⊙ act'(h)), this chunk's rows. */
-const GRAD_W_ENC: MatmulSpec = ({
+export const GRAD_W_ENC: MatmulSpec = ({
   bindings: [META, ro(2, "x"), ro(3, "b_dec"), ro(4, "G"), ro(5, "H"), ro(6, "theta"), rw(7, "gW_enc")].join("\n"),
   M: "dims.d", N: "dims.n", KD: "dims.B",
   loadA: "x[(dims.row0 + gk) * dims.d + gm] - b_dec[sae * dims.d + gm]", aKFast: false,
@@ -236,7 +125,7 @@ const GRAD_W_ENC: MatmulSpec = ({
 });
 
 /** dL/dW_dec[j] = scale·Σ_b f_bj R_{block(j)}[b], this chunk's rows. */
-const GRAD_W_DEC: MatmulSpec = ({
+export const GRAD_W_DEC: MatmulSpec = ({
   bindings: [META, ro(2, "H"), ro(3, "theta"), ro(4, "R"), rw(5, "gW_dec")].join("\n"),
   M: "dims.n", N: "dims.d", KD: "dims.B",
   loadA: "act(H[(sae * dims.B + gk) * dims.n + gm], theta[sae * dims.n + gm])", aKFast: false,
@@ -471,29 +360,48 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   }
 }`;
 
-/** The five matmul-shaped kernels of a step; `direct` picks the barrier-free variant (software adapters). */
-export function matmulKernels(direct: boolean) {
-  return {
-    ENCODE: matmul(ENCODE, direct),
-    DECODE: matmul(DECODE, direct),
-    GRAD_F: matmul(GRAD_F, direct),
-    GRAD_W_ENC: matmul(GRAD_W_ENC, direct),
-    GRAD_W_DEC: matmul(GRAD_W_DEC, direct),
-  };
+/** The five matmul-shaped kernels of a step, by name (the autotuner times each one with its own bindings). */
+export const MATMUL_SPECS = { ENCODE, DECODE, GRAD_F, GRAD_W_ENC, GRAD_W_DEC } as const;
+export type MatmulName = keyof typeof MATMUL_SPECS;
+export const MATMUL_NAMES = Object.keys(MATMUL_SPECS) as MatmulName[];
+
+/** Output rows, columns and reduction length of each step matmul at a shape (the autotuner's and the grid's sizes). */
+export function matmulShape(name: MatmulName, s: { d: number; n: number; B: number }): { M: number; N: number; KD: number } {
+  const { d, n, B } = s;
+  return { ENCODE: { M: B, N: n, KD: d }, DECODE: { M: B, N: d, KD: n }, GRAD_F: { M: B, N: n, KD: d }, GRAD_W_ENC: { M: d, N: n, KD: B }, GRAD_W_DEC: { M: n, N: d, KD: B } }[name];
+}
+
+/** One choice for all five, or a choice per matmul (missing ones take DEFAULT_CHOICE); `direct` is the old boolean. */
+export type MatmulChoices = Partial<Record<MatmulName, MatmulChoice>>;
+
+/**
+ * The five matmul-shaped kernels of a step. `choices`: true/false (the barrier-free direct variant or the tiled one,
+ * 64 × 64, 4 × 4, BK 16, as before the tuner), or a MatmulChoice per matmul (the tuner's). `shape` lets vec4
+ * choices use their vec4 paths where the spec has them.
+ */
+export function matmulKernels(choices: boolean | MatmulChoices, shape?: { d: number; n: number; B: number }): Record<MatmulName, string> {
+  const out = {} as Record<MatmulName, string>;
+  for (const name of MATMUL_NAMES) {
+    const c = typeof choices === "boolean" ? choiceFor(choices) : (choices[name] ?? DEFAULT_CHOICE);
+    out[name] = matmul(MATMUL_SPECS[name], c, HEADER, shape && matmulShape(name, shape));
+  }
+  return out;
 }
 
 /** A plain C[M, N] = A[M, K]·B[K, N] from the same generator (dims.B = M, dims.d = K, dims.n = N): a roofline
- *  candidate for the benchmark that shares the step matmuls' code shape. */
-export function plainMatmul(direct: boolean): string {
-  return matmul(
-    {
-      bindings: [META, ro(2, "A"), ro(3, "Bm"), rw(4, "C")].join("\n"),
-      M: "dims.B", N: "dims.n", KD: "dims.d",
-      loadA: "A[gm * dims.d + gk]", aKFast: true,
-      loadB: "Bm[gk * dims.n + gn]", bNFast: true,
-      mode: "plain",
-      epilogue: "C[m * dims.n + nn] = v;",
-    },
-    direct,
-  );
+ *  candidate for the benchmark that shares the step matmuls' code shape. A4 and Bm4 are vec4 views of A and Bm
+ *  (bindings 5 and 6; bind the same buffers), used by vec4 choices. */
+export const PLAIN_MATMUL: MatmulSpec = {
+  bindings: [META, ro(2, "A"), ro(3, "Bm"), rw(4, "C"), ro4(5, "A4"), ro4(6, "Bm4")].join("\n"),
+  M: "dims.B", N: "dims.n", KD: "dims.d",
+  loadA: "A[gm * dims.d + gk]", aKFast: true,
+  loadB: "Bm[gk * dims.n + gn]", bNFast: true,
+  mode: "plain",
+  epilogue: "C[m * dims.n + nn] = v;",
+  loadA4: "A4[(gm * dims.d + gk) / 4u]",
+  loadB4: "Bm4[(gk * dims.n + gn) / 4u]",
+};
+
+export function plainMatmul(choice: boolean | MatmulChoice, shape?: { N: number; KD: number }): string {
+  return matmul(PLAIN_MATMUL, choice, HEADER, shape);
 }

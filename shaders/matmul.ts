@@ -1,15 +1,20 @@
 /**
  * Plain C = A·B matmuls (row-major f32) that serve as the roofline for the benchmark: the best of these on an
- * adapter is the rate the training step's matmuls are measured against. Both are register-blocked (4 × 4 outputs
- * per thread) with vec4 loads; "tiled" stages 64 × 16 / 16 × 64 tiles in workgroup memory (GPUs), "direct" reads
- * straight from memory without barriers (software adapters). Shapes: M % 64 = N % 64 = K % 16 = 0.
+ * adapter is the rate the training step's matmuls are measured against. "tiled" and "direct" are hand-written,
+ * register-blocked (4 × 4 outputs per thread) with vec4 loads; "tiled" stages 64 × 16 / 16 × 64 tiles in workgroup
+ * memory (GPUs), "direct" reads straight from memory without barriers (software adapters); their shapes:
+ * M % 64 = N % 64 = K % 16 = 0. "gen:<choice>" is kernels.ts's generator (matmul-template.ts) for that choice, on
+ * any shape: the same code the step's matmuls are built from.
  */
 import { makeKernel } from "./engine";
 import { plainMatmul } from "./kernels";
+import { choiceFor, choiceId, matmulGrid, parseChoiceId, type MatmulChoice } from "./matmul-template";
 
-/** tiled / direct: the vec4 kernels below; generated-tiled / generated-direct: kernels.ts's generator (scalar loads). */
-export type MatmulVariant = "tiled" | "direct" | "generated-tiled" | "generated-direct";
-export const MATMUL_VARIANTS: MatmulVariant[] = ["tiled", "direct", "generated-tiled", "generated-direct"];
+export type MatmulVariant = "tiled" | "direct" | `gen:${string}`;
+/** The hand-written pair and the generator's two pre-tuner defaults. */
+export const MATMUL_VARIANTS: MatmulVariant[] = ["tiled", "direct", `gen:${choiceId(choiceFor(false))}`, `gen:${choiceId(choiceFor(true))}`];
+
+export const generatedVariant = (c: MatmulChoice): MatmulVariant => `gen:${choiceId(c)}`;
 
 const PARAMS = /* wgsl */ `
 struct Dims { M: u32, N: u32, K: u32, pad: u32 }
@@ -69,34 +74,39 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
 }`;
 
 export interface Matmul {
-  /** Queues `repeats` C = A·B dispatches. */
-  encode(enc: GPUCommandEncoder, repeats: number): void;
+  /** Queues `repeats` C = A·B dispatches in one compute pass (stamped at its ends when timestampWrites is given). */
+  encode(enc: GPUCommandEncoder, repeats: number, timestampWrites?: GPUComputePassTimestampWrites): void;
   readC(): Promise<Float32Array>;
+  /** Fills C with NaN (tests: an element the kernel fails to write stays NaN). */
+  poisonC(): void;
   destroy(): void;
 }
 
 export function createMatmul(device: GPUDevice, variant: MatmulVariant, M: number, N: number, K: number, a: Float32Array<ArrayBuffer>, b: Float32Array<ArrayBuffer>): Matmul {
-  if (M % 64 || N % 64 || K % 16) throw new Error(`matmul: M and N must be multiples of 64 and K of 16, got ${M}×${N}×${K}`);
+  const choice = variant.startsWith("gen:") ? parseChoiceId(variant.slice(4)) : null;
+  if (variant.startsWith("gen:") && !choice) throw new Error(`matmul: unknown variant ${variant}`);
+  if (!choice && (M % 64 || N % 64 || K % 16)) throw new Error(`matmul: M and N must be multiples of 64 and K of 16, got ${M}×${N}×${K}`);
   const storage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
-  const A = device.createBuffer({ size: 4 * M * K, usage: storage });
-  const B = device.createBuffer({ size: 4 * K * N, usage: storage });
-  const C = device.createBuffer({ size: 4 * M * N, usage: storage });
+  // vec4 views read whole vec4s: round the operands up to one (the padding is never used)
+  const padded = (n: number) => 4 * Math.ceil(n / 4) * 4;
+  const A = device.createBuffer({ size: padded(M * K), usage: storage });
+  const B = device.createBuffer({ size: padded(K * N), usage: storage });
+  const C = device.createBuffer({ size: padded(M * N), usage: storage });
   device.queue.writeBuffer(A, 0, a);
   device.queue.writeBuffer(B, 0, b);
-  const generated = variant.startsWith("generated");
   const dims = device.createBuffer({ size: 64, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
   // generated kernels read the engine's Dims (B, d, n, K, Pmax, S, chunk, size, row0, part0, sae0, Kall, accumulate,
   // 3 pads) and a (here unused) meta buffer
-  device.queue.writeBuffer(dims, 0, generated ? new Uint32Array([M, K, N, 1, 1, 1, 256, 0, 0, 0, 0, 1, 0, 0, 0, 0]) : new Uint32Array([M, N, K, 0, 0, 0, 0, 0]));
+  device.queue.writeBuffer(dims, 0, choice ? new Uint32Array([M, K, N, 1, 1, 1, 256, 0, 0, 0, 0, 1, 0, 0, 0, 0]) : new Uint32Array([M, N, K, 0, 0, 0, 0, 0]));
   const meta = device.createBuffer({ size: 4 * 32, usage: storage });
   let pipeline: GPUComputePipeline;
   let layout: GPUBindGroupLayout;
   let buffers: GPUBuffer[];
-  if (generated) {
-    const kernel = makeKernel(device, variant, plainMatmul(variant === "generated-direct"));
+  if (choice) {
+    const kernel = makeKernel(device, variant, plainMatmul(choice, { N, KD: K }));
     pipeline = kernel.pipeline;
     layout = kernel.layout;
-    buffers = [dims, meta, A, B, C];
+    buffers = [dims, meta, A, B, C, A, B];
   } else {
     const module = device.createShaderModule({ code: variant === "tiled" ? MATMUL_TILED : MATMUL_DIRECT });
     pipeline = device.createComputePipeline({ layout: "auto", compute: { module, entryPoint: "main" } });
@@ -104,14 +114,17 @@ export function createMatmul(device: GPUDevice, variant: MatmulVariant, M: numbe
     buffers = [dims, A, B, C];
   }
   const bind = device.createBindGroup({ layout, entries: buffers.map((buffer, binding) => ({ binding, resource: { buffer } })) });
-  const size: [number, number] = variant === "direct" ? [Math.ceil(N / 4 / 8), Math.ceil(M / 4 / 8)] : [N / 64, M / 64];
+  const size: [number, number, number] = choice ? matmulGrid(choice, M, N, 1) : variant === "direct" ? [Math.ceil(N / 4 / 8), Math.ceil(M / 4 / 8), 1] : [N / 64, M / 64, 1];
   return {
-    encode(enc, repeats) {
-      const pass = enc.beginComputePass();
+    encode(enc, repeats, timestampWrites) {
+      const pass = enc.beginComputePass(timestampWrites ? { timestampWrites } : undefined);
       pass.setPipeline(pipeline);
       pass.setBindGroup(0, bind);
       for (let i = 0; i < repeats; i++) pass.dispatchWorkgroups(...size);
       pass.end();
+    },
+    poisonC() {
+      device.queue.writeBuffer(C, 0, new Float32Array(C.size / 4).fill(NaN));
     },
     async readC() {
       const rb = device.createBuffer({ size: C.size, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
@@ -119,7 +132,7 @@ export function createMatmul(device: GPUDevice, variant: MatmulVariant, M: numbe
       enc.copyBufferToBuffer(C, 0, rb, 0, C.size);
       device.queue.submit([enc.finish()]);
       await rb.mapAsync(GPUMapMode.READ);
-      const out = new Float32Array(rb.getMappedRange().slice(0));
+      const out = new Float32Array(rb.getMappedRange().slice(0, 4 * M * N));
       rb.destroy();
       return out;
     },

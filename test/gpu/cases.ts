@@ -4,6 +4,7 @@
  */
 import { runAxpy } from "../../shaders/axpy";
 import { engineCases } from "./engine-cases";
+import { matmulCases } from "./matmul-cases";
 import { topkCases } from "./topk-cases";
 
 export type GpuCase = (device: GPUDevice, input: any) => Promise<unknown>;
@@ -14,5 +15,6 @@ export const cases: Record<string, GpuCase> = {
     return Array.from(out);
   },
   ...engineCases,
+  ...matmulCases,
   ...topkCases,
 };
