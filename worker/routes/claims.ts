@@ -38,7 +38,7 @@ type Candidate = { group_id: string; sweep_id: string; k: number };
 
 claimRoutes.post("/", async (c) => {
   const body = await jsonBody(c, ClaimBody);
-  const { leaseTtlMs, checkpointEvery } = settings(c.env);
+  const { leaseTtlMs, checkpointEvery, evalsBytes, partBytes } = settings(c.env);
   const limits = body.adapter.limits as unknown as AdapterLimits;
   const db = c.env.DB;
 
@@ -122,6 +122,7 @@ claimRoutes.post("/", async (c) => {
 
     const response: ClaimResponse = {
       lease: { id: leaseId, token, expires_at: expiresAt, heartbeat_ms: Math.max(1, Math.floor(leaseTtlMs / 3)) },
+      limits: { max_body_bytes: evalsBytes, part_bytes: partBytes },
       group: {
         id: g.group_id,
         sweep_id: g.sweep_id,
