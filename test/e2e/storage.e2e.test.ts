@@ -16,7 +16,8 @@ import { killTree, until } from "../helpers/e2e";
 import { ROOT, startWorkerDev, type WorkerDev } from "../helpers/worker-dev";
 
 const MiB = 1 << 20;
-const LEASE_TTL_MS = 12_000;
+// Long enough that a loaded machine heartbeats through the uploads of a checkpoint round (12 s was not, here).
+const LEASE_TTL_MS = 30_000;
 const N_STEPS = 20;
 const CHECKPOINT_EVERY = 10;
 const SWEEP = `
@@ -86,6 +87,7 @@ it("checkpoints several times a 1 MiB body limit: a runner killed mid-upload, th
 
   const a = startRunner("cut", `part-cut:${CUT_PART}`);
   const aExit = await a.exit;
+  console.log(`[storage] the killed runner's log:\n${a.log()}`);
   expect(aExit.signal, `the runner should have died at its fault:\n${a.log()}`).toBe("SIGKILL");
   expect(a.log()).toContain(`[fault] SAE_SWARM_FAULT=part-cut:${CUT_PART}`);
 
