@@ -18,6 +18,7 @@ import type { AdapterReport } from "../shaders/device";
 import type { Lease } from "../worker/protocol";
 import { submit } from "./commands/submit";
 import { status } from "./commands/status";
+import { download } from "./commands/download";
 
 const here = path.dirname(new URL(import.meta.url).pathname);
 
@@ -26,6 +27,7 @@ const USAGE = `usage: sae-swarm <command> [options]
 commands:
   submit    submit a sweep file (TOML or JSON) to a sae-swarm server
   status    show sweeps, or one sweep's groups, leases and runs with their latest metrics
+  download  download finished runs: SAELens directories (default) or the native checkpoints
   runner    train groups from a sae-swarm server on this machine's GPU, in headless Chrome
   shards    write synthetic activation shards in saev's layout (metadata.json + acts*.bin)
 
@@ -331,7 +333,7 @@ async function shards(argv: string[]): Promise<number> {
   return 0;
 }
 
-const commands: Record<string, (argv: string[]) => Promise<number>> = { submit, status, runner, shards };
+const commands: Record<string, (argv: string[]) => Promise<number>> = { submit, status, download, runner, shards };
 
 export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;

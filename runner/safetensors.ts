@@ -7,6 +7,7 @@
  * (offsets relative to the start of the data, tensors packed back to back, little-endian, C order).
  */
 import type { TrainConfig } from "../shaders/config";
+import type { DataOrigin } from "../worker/protocol";
 
 export type Dtype = "F32" | "F64" | "I32" | "I64" | "U8";
 
@@ -189,6 +190,8 @@ export interface CheckpointInfo {
   cfg: TrainConfig;
   /** Steps trained when the checkpoint was taken. */
   step: number;
+  /** Final checkpoints: the layer and model of the data, when it says (metadata `data_origin`, read by the export). */
+  data_origin?: DataOrigin;
 }
 
 function paramShapes(cfg: TrainConfig): Record<(typeof PARAM_NAMES)[number], number[]> {
@@ -237,6 +240,7 @@ function metadataFor(info: CheckpointInfo, kind: "final" | "resume"): Metadata {
     step: String(info.step),
     config: JSON.stringify(info.cfg),
     cfg: JSON.stringify(saeLensConfig(info.cfg)),
+    ...(info.data_origin ? { data_origin: JSON.stringify(info.data_origin) } : {}),
   };
 }
 
@@ -342,34 +346,4 @@ export function decodeCheckpoint(bytes: Uint8Array): DecodedCheckpoint {
     out.adam = { m: takeParams(t, cfg, "adam_m."), v: takeParams(t, cfg, "adam_v."), step: adamStep };
   }
   return out;
-}
-
-/**
- * Folds the normalization into the weights, giving an SAE on raw activations: with x_n = (x − μ)/s,
- * h = (x_n − b_dec) W_enc + b_enc = (x − b_dec′) W_enc′ + b_enc with W_enc′ = W_enc / s, b_dec′ = s·b_dec + μ;
- * and s·x̂_n + μ = f (s·W_dec) + b_dec′, so W_dec′ = s·W_dec. b_enc and threshold act on h and stay. Exact up to
- * float32 rounding (the ±1e5 clamp aside). Rows of W_dec′ have norm s, not 1.
- */
-export function foldNormalization(w: SaeWeights, norm: Normalization): SaeWeights {
-  const s = norm.scale;
-  const d = w.b_dec.length;
-  const b_dec = new Float32Array(d);
-  for (let j = 0; j < d; j++) b_dec[j] = s * w.b_dec[j] + (norm.mean.length === d ? norm.mean[j] : 0);
-  return {
-    W_enc: w.W_enc.map((v) => v / s),
-    b_enc: w.b_enc.slice(),
-    W_dec: w.W_dec.map((v) => v * s),
-    b_dec,
-    ...(w.threshold ? { threshold: w.threshold.slice() } : {}),
-  };
-}
-
-/**
- * SAELens's layout (sae_weights.safetensors of `SAE.save_model`): only W_enc, W_dec, b_enc, b_dec (and threshold),
- * with the normalization folded in so the SAE takes raw activations; pair it with `saeLensConfig(cfg)` as cfg.json
- * (also in the metadata as `cfg`). For loaders that refuse unknown tensors.
- */
-export function encodeSaeLensCheckpoint(info: CheckpointInfo, weights: SaeWeights, norm: Normalization): Uint8Array {
-  const meta = metadataFor(info, "final");
-  return encodeSafetensors(paramTensors(foldNormalization(weights, norm), info.cfg), { format: "pt", cfg: meta.cfg, config: meta.config, run_id: meta.run_id, normalization: "folded" });
 }

@@ -8,6 +8,7 @@ import { createMiddleware } from "hono/factory";
 import { MAX_EVALS_BYTES, settings } from "./env";
 import { checkpointRoutes } from "./routes/checkpoints";
 import { claimRoutes } from "./routes/claims";
+import { exportRoutes } from "./routes/export";
 import { leaseRoutes } from "./routes/leases";
 import { runRoutes } from "./routes/runs";
 import { sweepRoutes } from "./routes/sweeps";
@@ -60,6 +61,7 @@ app.route("/v1/claims", claimRoutes);
 app.route("/v1/leases", leaseRoutes);
 app.route("/v1/leases", checkpointRoutes);
 app.route("/v1/runs", runRoutes);
+app.route("/v1/runs", exportRoutes);
 
 app.notFound((c) => errorResponse(c, new ApiError(404, "not_found", `no route ${c.req.method} ${new URL(c.req.url).pathname}`, "path")));
 app.onError((err, c) => {

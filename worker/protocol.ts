@@ -223,3 +223,59 @@ export type WandbMessage =
    */
   | { kind: "eval"; run_id: string; ts: number; eval: EvalMetrics; arrays_omitted?: boolean }
   | { kind: "finish"; run_id: string; ts: number; exit_code: number };
+
+/**
+ * What the runner knows of a run's data and the Worker does not (the shards' metadata.json): written by the runner
+ * as JSON into the final checkpoint's safetensors metadata under `data_origin`, read by the SAELens export.
+ */
+export interface DataOrigin {
+  /** The ViT layer the activations come from (metadata.layers[data.layer]); null for synthetic data. */
+  layer: number | null;
+  /** The shards' `vit_ckpt` and `vit_family` (metadata.json), null when not given or synthetic. */
+  vit_ckpt: string | null;
+  vit_family: string | null;
+}
+
+/** GET /v1/runs/:id/export/saelens/:file (submitter token): one run as a SAELens v6 directory, file by file. */
+export type SaeLensFile = "cfg.json" | "sae_weights.safetensors" | "sparsity.safetensors";
+
+/**
+ * cfg.json of the export (SAELens ≥ 6 `SAEConfig.to_dict()` plus `k` for TopK): for raw activations, the
+ * normalization folded into the weights, so `normalize_activations` is "none".
+ */
+export interface SaeLensCfg {
+  /** "standard" (ReLU), "jumprelu" (JumpReLU, and BatchTopK with its threshold), "topk" (with `k`). */
+  architecture: "standard" | "jumprelu" | "topk";
+  d_in: number;
+  d_sae: number;
+  dtype: "float32";
+  device: "cpu";
+  apply_b_dec_to_input: true;
+  normalize_activations: "none";
+  reshape_activations: "none";
+  /** TopK only. */
+  k?: number;
+  /** TopK only: false, the activations are not rescaled by decoder norms. */
+  rescale_acts_by_decoder_norm?: false;
+  metadata: {
+    /** ≥ "6.0.0": older versions make SAELens rewrite the config as a pre-6 one. */
+    sae_lens_version: string;
+    /** "blocks.<layer>.hook_resid_post" for shards (the residual stream after that ViT block), null for synthetic. */
+    hook_name: string | null;
+    hook_layer: number | null;
+    /** The shards' vit_ckpt when known. */
+    model_name: string | null;
+    model_class_name: string | null;
+    /** The shards' URL, or a description of the synthetic data. */
+    dataset_path: string;
+    run_id: string;
+    sweep_id: string;
+    group_id: string;
+    /** Steps trained. */
+    step: number;
+    /** The run's full TrainConfig. */
+    train_config: TrainConfig;
+    /** The normalization the SAE was trained under ((x − mean)/scale), already folded into the weights. */
+    normalization: { mean: number[]; scale: number; folded: true };
+  };
+}

@@ -59,8 +59,8 @@ export async function describeFailure(res: Response, t: Target, what: string): P
   return lines.join("\n");
 }
 
-/** fetch with the submitter token; network failures and non-2xx answers become CliError. */
-export async function apiFetch(t: Target, route: string, init: RequestInit = {}, what = `${init.method ?? "GET"} ${route}`): Promise<Response> {
+/** fetch with the submitter token; network failures and non-2xx answers (but the `allowed` statuses) become CliError. */
+export async function apiFetch(t: Target, route: string, init: RequestInit = {}, what = `${init.method ?? "GET"} ${route}`, allowed: number[] = []): Promise<Response> {
   const headers = new Headers(init.headers);
   if (t.token) headers.set("authorization", `Bearer ${t.token}`);
   let res: Response;
@@ -72,7 +72,7 @@ export async function apiFetch(t: Target, route: string, init: RequestInit = {},
       `cannot reach the server at ${t.server} (${cause?.code ?? cause?.message ?? (e as Error).message}). Is it running (npm start)? Pass --server or set SAE_SWARM_SERVER.`,
     );
   }
-  if (!res.ok) throw new CliError(await describeFailure(res, t, what));
+  if (!res.ok && !allowed.includes(res.status)) throw new CliError(await describeFailure(res, t, what));
   return res;
 }
 

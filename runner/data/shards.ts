@@ -12,6 +12,7 @@
  */
 import type { ShardData } from "../../shaders/config";
 import type { Normalization } from "../safetensors";
+import type { DataOrigin } from "../../worker/protocol";
 import { mixSeed, mulberry32, permutation } from "./random";
 import { Prefetcher, type BatchSource } from "./source";
 
@@ -186,6 +187,7 @@ export class ShardSource implements BatchSource {
   readonly layout: ShardLayout;
   readonly stats: FetchStats = { requests: 0, bytes: 0 };
   normalization: Normalization = { mean: new Float32Array(0), scale: 1 };
+  readonly origin: DataOrigin;
   private readonly base: string;
   private readonly fetchFn: FetchFn;
   private readonly layerIdx: number;
@@ -211,6 +213,8 @@ export class ShardSource implements BatchSource {
     this.layout = new ShardLayout(meta);
     this.d_vit = meta.d_vit;
     this.layerIdx = layerIndex(meta, cfg.layer);
+    const text = (v: unknown) => (typeof v === "string" && v !== "" ? v : null);
+    this.origin = { layer: meta.layers[this.layerIdx], vit_ckpt: text(meta.vit_ckpt), vit_family: text(meta.vit_family) };
     const P = meta.n_patches_per_img;
     if (cfg.patches === "cls") {
       if (!meta.cls_token) throw new Error("data.patches = 'cls' but these shards have no CLS token (cls_token = false)");

@@ -4,6 +4,7 @@
  * already trained (resume), and the normalization that goes into every checkpoint.
  */
 import type { Normalization } from "../safetensors";
+import type { DataOrigin } from "../../worker/protocol";
 
 export interface BatchSource {
   readonly d_vit: number;
@@ -11,6 +12,8 @@ export interface BatchSource {
   readonly nExamples: number;
   /** μ and s applied to every example (μ = 0, s = 1 when the data is not normalized). */
   readonly normalization: Normalization;
+  /** The layer and model the activations come from, when the data says (shards); goes into final checkpoints. */
+  readonly origin?: DataOrigin;
   /** The next training batch, Float32Array [batchSize, d_vit], row-major; the one after is already being fetched. */
   next(): Promise<Float32Array>;
   /** Advances the order by n batches without reading them (resuming at step n). Call before the first next(). */

@@ -192,7 +192,7 @@ export class RunnerLoop {
       phase("checkpoint");
       const weights = await engine.exportWeights();
       for (let i = 0; i < runIds.length; i++) {
-        const bytes = encodeFinalCheckpoint({ run_id: runIds[i], cfg: cfgs[i], step: total }, weights[i], norm);
+        const bytes = encodeFinalCheckpoint({ run_id: runIds[i], cfg: cfgs[i], step: total, data_origin: source.origin }, weights[i], norm);
         await this.o.api.uploadCheckpoint(lease, runIds[i], "final", total, bytes, claim.limits);
       }
 

@@ -118,32 +118,16 @@ describe(`safetensors (TEST_SEED=${seed})`, () => {
     });
   }
 
+  it("records the data's origin (layer, vit_ckpt) in a final checkpoint's metadata when given", () => {
+    const origin = { layer: 11, vit_ckpt: "hf-hub:timm/vit", vit_family: "clip" };
+    const bytes = encodeFinalCheckpoint({ run_id: "r", cfg: trainConfig(), step: 1, data_origin: origin }, weights(8, 32, false), { mean: randF32(8), scale: 1 });
+    expect(JSON.parse(decodeSafetensors(bytes).metadata.data_origin)).toEqual(origin);
+    expect(decodeSafetensors(encodeFinalCheckpoint({ run_id: "r", cfg: trainConfig(), step: 1 }, weights(8, 32, false), { mean: randF32(8), scale: 1 })).metadata.data_origin).toBeUndefined();
+  });
+
   it("refuses a JumpReLU checkpoint without threshold and mismatched shapes", () => {
     const cfg = trainConfig({ kind: "jumprelu" });
     expect(() => encodeFinalCheckpoint({ run_id: "r", cfg, step: 1 }, weights(8, 32, false), { mean: randF32(8), scale: 1 })).toThrow(/threshold/);
     expect(() => encodeFinalCheckpoint({ run_id: "r", cfg: trainConfig(), step: 1 }, weights(8, 16, false), { mean: randF32(8), scale: 1 })).toThrow(/W_enc|holds/);
-  });
-});
-
-describe(`SAELens export (TEST_SEED=${seed})`, () => {
-  it("folds μ and s into the weights: same latents and s·x̂_n + μ on raw inputs, SAELens tensors only", async () => {
-    const { foldNormalization, encodeSaeLensCheckpoint } = await import("../../runner/safetensors");
-    const d = 8, k = 16;
-    const cfg = trainConfig({ d_vit: d, exp_factor: 2, kind: "jumprelu" });
-    const w = weights(d, k, true);
-    const norm = { mean: randF32(d), scale: 2.5 };
-    const f = foldNormalization(w, norm);
-    const x = Array.from({ length: d }, () => (rand() * 2 - 1) * 5);
-    const xn = x.map((v, j) => (v - norm.mean[j]) / norm.scale);
-    const encode = (W: SaeWeights, input: number[]) =>
-      Array.from({ length: k }, (_, c) => input.reduce((s, v, j) => s + (v - W.b_dec[j]) * W.W_enc[j * k + c], 0) + W.b_enc[c]);
-    const decode = (W: SaeWeights, h: number[]) => Array.from({ length: d }, (_, j) => h.reduce((s, v, c) => s + v * W.W_dec[c * d + j], 0) + W.b_dec[j]);
-    const hn = encode(w, xn), hr = encode(f, x);
-    hr.forEach((v, c) => expect(v).toBeCloseTo(hn[c], 4));
-    const xr = decode(f, hr), xnHat = decode(w, hn);
-    xr.forEach((v, j) => expect(v).toBeCloseTo(norm.scale * xnHat[j] + norm.mean[j], 3));
-    const st = decodeSafetensors(encodeSaeLensCheckpoint({ run_id: "r", cfg, step: 3 }, w, norm));
-    expect(Object.keys(st.tensors).sort()).toEqual(["W_dec", "W_enc", "b_dec", "b_enc", "threshold"]);
-    expect(JSON.parse(st.metadata.cfg)).toMatchObject({ architecture: "jumprelu", d_in: d, d_sae: k });
   });
 });

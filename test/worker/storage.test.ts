@@ -6,7 +6,7 @@ import { env } from "cloudflare:test";
 import { beforeEach, describe, expect, it, vi } from "vitest";
 import type { Env } from "../../worker/env";
 import type { ClaimResponse, UploadInitResponse, WandbMessage } from "../../worker/protocol";
-import { finalCheckpoint } from "../../worker/routes/checkpoints";
+import { latestCheckpoint } from "../../worker/routes/runs";
 import { EVAL_CHUNK } from "../../worker/eval-store";
 import { MAX_MESSAGE_BYTES } from "../../worker/queue";
 import { call, checkpointFor, evalBody, json, metricRow, putCheckpoint, resetDb, sent, sleep, submit } from "./helpers";
@@ -110,7 +110,7 @@ describe("checkpoint uploads in parts", () => {
     expect(new Uint8Array(await user.arrayBuffer())).toEqual(file);
   });
 
-  it("a final checkpoint in parts completes the lease, and finalCheckpoint() gives its one R2 object", async () => {
+  it("a final checkpoint in parts completes the lease, and is one R2 object under the key D1 holds (what the export reads)", async () => {
     const s = await submit(SWEEP);
     const c = await claimAll();
     const up = uploads(c);
@@ -126,13 +126,13 @@ describe("checkpoint uploads in parts", () => {
     await json(await call("POST", `/v1/leases/${c.lease.id}/evals`, { json: { token: c.lease.token, evals: c.group.cfgs.map(({ run_id }) => evalBody(run_id, 1024)) }, vars: SMALL_BODY }), 200);
     await json(await call("POST", `/v1/leases/${c.lease.id}/complete`, { json: { token: c.lease.token }, vars: SMALL_BODY }), 200);
     await expectAgreement(s.id);
+    // What the SAELens export reads: the final checkpoint's one R2 object, by the key D1 holds.
     for (const [run_id, file] of files) {
-      const f = (await finalCheckpoint(env as unknown as Env, run_id))!;
-      expect(f).toMatchObject({ step: 10, bytes: file.byteLength });
-      expect(f.key.startsWith(`${s.id}/${run_id}/final-10-`)).toBe(true);
-      expect(new Uint8Array(await f.object.arrayBuffer())).toEqual(file);
+      const k = await latestCheckpoint(env as unknown as Env, run_id, "final");
+      expect(k).toMatchObject({ step: 10, bytes: file.byteLength });
+      expect(k.key.startsWith(`${s.id}/${run_id}/final-10-`)).toBe(true);
+      expect(new Uint8Array(await (await env.CHECKPOINTS.get(k.key))!.arrayBuffer())).toEqual(file);
     }
-    expect(await finalCheckpoint(env as unknown as Env, "sw_nope-r0")).toBeNull();
   });
 
   it("a runner killed mid-upload: the next lease restarts the upload, the dead one's parts go, and it cannot write any more", async () => {

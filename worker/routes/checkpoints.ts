@@ -34,20 +34,6 @@ export const checkpointKey = (sweepId: string, runId: string, kind: CheckpointKi
 /** Part n of an upload to `key`, an R2 object of its own until complete (under the sweep's prefix, like the rest). */
 export const partKey = (key: string, n: number) => `${key}.part-${n}`;
 
-/**
- * For readers outside the runner protocol (the SAELens export): the R2 key and object of a run's final checkpoint,
- * or null when it has none. The object streams (`.body`); nothing is read into memory here.
- */
-export async function finalCheckpoint(env: Env, runId: string): Promise<{ key: string; step: number; bytes: number; object: R2ObjectBody } | null> {
-  const row = await env.DB.prepare(`SELECT key, step, bytes FROM checkpoints WHERE run_id = ?1 AND kind = 'final' ORDER BY step DESC LIMIT 1`)
-    .bind(runId)
-    .first<{ key: string; step: number; bytes: number }>();
-  if (!row) return null;
-  const object = await env.CHECKPOINTS.get(row.key);
-  if (!object) throw new ApiError(500, "missing_object", `checkpoint ${row.key} is in D1 but not in R2`);
-  return { ...row, object };
-}
-
 /** A run's TrainConfig (every default filled in), for checking its checkpoints. */
 async function runCfg(c: Ctx, runId: string): Promise<TrainConfig> {
   const row = await c.env.DB.prepare(`SELECT cfg FROM runs WHERE id = ?1`).bind(runId).first<{ cfg: string }>();

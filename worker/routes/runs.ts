@@ -37,7 +37,7 @@ const evalSummary = (e: EvalRow) => ({
   n_examples: e.nExamples,
 });
 
-async function loadRun(c: Context<{ Bindings: Env }>) {
+export async function loadRun(c: Context<{ Bindings: Env }>) {
   const id = c.req.param("id")!;
   const run = await getDb(c.env).query.runs.findFirst({ where: eq(schema.runs.id, id) });
   if (!run) throw notFound(`run ${id}`, "id");
@@ -100,17 +100,23 @@ runRoutes.get("/:id/eval", async (c) => {
   return c.json(body);
 });
 
+/** The stored checkpoint of a run: the latest of `kind` (a run has one `final`); 404 when there is none. */
+export async function latestCheckpoint(env: Env, runId: string, kind: "final" | "resume") {
+  const [k] = await getDb(env)
+    .select()
+    .from(schema.checkpoints)
+    .where(and(eq(schema.checkpoints.runId, runId), eq(schema.checkpoints.kind, kind)))
+    .orderBy(desc(schema.checkpoints.step))
+    .limit(1);
+  if (!k) throw notFound(`${kind} checkpoint of run ${runId}`, "id");
+  return k;
+}
+
 runRoutes.get("/:id/checkpoint", async (c) => {
   const run = await loadRun(c);
   const kind = c.req.query("kind") ?? "final";
   if (kind !== "final" && kind !== "resume") throw badRequest("invalid_query", 'must be "final" or "resume"', "kind");
-  const [k] = await getDb(c.env)
-    .select()
-    .from(schema.checkpoints)
-    .where(and(eq(schema.checkpoints.runId, run.id), eq(schema.checkpoints.kind, kind)))
-    .orderBy(desc(schema.checkpoints.step))
-    .limit(1);
-  if (!k) throw notFound(`${kind} checkpoint of run ${run.id}`, "id");
+  const k = await latestCheckpoint(c.env, run.id, kind);
   const obj = await c.env.CHECKPOINTS.get(k.key);
   if (!obj) throw new ApiError(500, "missing_object", `checkpoint ${k.key} is in D1 but not in R2`);
   return new Response(obj.body, {
