@@ -93,6 +93,8 @@ export const leases = sqliteTable(
     runnerId: text("runner_id").notNull(),
     /** JSON AdapterReport the runner claimed with. */
     adapter: text("adapter").notNull(),
+    /** Device memory (bytes) the chunk was sized for: the runner's reported budget, else the default. */
+    memoryBudget: integer("memory_budget"),
     /** JSON string[]: the runs of this chunk. */
     runIds: text("run_ids").notNull(),
     status: text("status").$type<LeaseStatus>().notNull().default("active"),

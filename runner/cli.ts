@@ -19,6 +19,8 @@ import type { Lease } from "../worker/protocol";
 import { submit } from "./commands/submit";
 import { status } from "./commands/status";
 import { download } from "./commands/download";
+import { fit } from "./commands/fit";
+import { detectGpuMemory, describeGpuMemory, GPU_MEMORY_ENV, type GpuMemory } from "./gpu-memory";
 
 const here = path.dirname(new URL(import.meta.url).pathname);
 
@@ -30,6 +32,7 @@ commands:
   download  download finished runs: SAELens directories (default) or the native checkpoints
   runner    train groups from a sae-swarm server on this machine's GPU, in headless Chrome
   shards    write synthetic activation shards in saev's layout (metadata.json + acts*.bin)
+  fit       how many SAEs of a shape fit one runner's GPU (plan a sweep)
 
 run 'sae-swarm <command> --help' for a command's options`;
 
@@ -40,6 +43,8 @@ const RUNNER_USAGE = `usage: sae-swarm runner --server URL [--token T] [options]
   --allow-software-adapter   train even on a software (CPU-emulated) WebGPU adapter such as SwiftShader
   --once                     exit when no group is waiting, instead of polling for more
   --runner-id ID             how this runner names itself to the server (default host-pid)
+  --gpu-memory GB            device memory the engine may use, in GB of 10^9 bytes (env ${GPU_MEMORY_ENV};
+                             default: 90 % of the free memory nvidia-smi or rocm-smi reports, else 2 GiB)
   --probe                    check the server and the GPU adapter, print them, and exit
   -h, --help                 this help
 
@@ -86,6 +91,7 @@ async function runner(argv: string[]): Promise<number> {
       once: { type: "boolean", default: false },
       "runner-id": { type: "string", default: `${hostname()}-${process.pid}` },
       probe: { type: "boolean", default: false },
+      "gpu-memory": { type: "string" },
       help: { type: "boolean", short: "h", default: false },
     },
   });
@@ -93,6 +99,7 @@ async function runner(argv: string[]): Promise<number> {
     console.log(RUNNER_USAGE);
     return 0;
   }
+  const memory = await detectGpuMemory(values["gpu-memory"]);
   const server = values.server!.replace(/\/$/, "");
   const health = await fetch(`${server}/health`).catch((e) => e as Error);
   if (health instanceof Error || !health.ok) {
@@ -172,6 +179,7 @@ async function runner(argv: string[]): Promise<number> {
           once: values.once!,
           probe: values.probe!,
           allowSoftware: values["allow-software-adapter"]!,
+          memory,
           onEvent,
           log,
           onTab: (t) => {
@@ -224,6 +232,8 @@ export interface PageOptions {
   once: boolean;
   probe: boolean;
   allowSoftware: boolean;
+  /** Device memory the engine may use; it goes with every claim. */
+  memory?: GpuMemory;
   onEvent(e: RunnerEvent): void;
   log(s: string): void;
   onTab(tab: Page): void;
@@ -252,6 +262,7 @@ export async function runPage(chrome: LaunchedChrome, url: string, o: PageOption
     await tab.waitForFunction(() => window.__runner !== undefined);
     const report = (await tab.evaluate(() => window.__runner.ready)) as AdapterReport;
     o.log(`[runner] WebGPU adapter: ${describeReport(report)}`);
+    if (o.memory) o.log(`[runner] GPU memory budget: ${describeGpuMemory(o.memory)}`);
     if (report.isFallbackAdapter && !o.allowSoftware) {
       console.error("[runner] refusing to train on a software adapter; pass --allow-software-adapter to use it anyway");
       return "refused";
@@ -260,7 +271,7 @@ export async function runPage(chrome: LaunchedChrome, url: string, o: PageOption
     o.onTab(tab);
     await tab.evaluate((opts) => {
       void window.__runner.start(opts).catch(() => {}); // its end (or error) arrives as the "exit" event
-    }, { runnerId: o.runnerId, once: o.once });
+    }, { runnerId: o.runnerId, once: o.once, memoryBudget: o.memory?.bytes, memorySource: o.memory?.source });
     const end = await Promise.race([exit, failure]);
     if (typeof end === "string") return end;
     if (end.reason === "error") throw new Error(end.message ?? "the runner loop failed");
@@ -333,7 +344,7 @@ async function shards(argv: string[]): Promise<number> {
   return 0;
 }
 
-const commands: Record<string, (argv: string[]) => Promise<number>> = { submit, status, download, runner, shards };
+const commands: Record<string, (argv: string[]) => Promise<number>> = { submit, status, download, runner, shards, fit };
 
 export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;

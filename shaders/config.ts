@@ -37,8 +37,14 @@ export interface ShardData {
 
 export type DataConfig = SyntheticData | ShardData;
 
+/** "topk" keeps the k largest pre-activations per example, "batchtopk" the k·B largest over the batch (SAE.md). */
+export type SaeKind = "relu" | "jumprelu" | "topk" | "batchtopk";
+export const SELECT_KINDS: readonly SaeKind[] = ["topk", "batchtopk"];
+/** True for the kinds that select latents (TopK, BatchTopK): no sparsity penalty, AuxK for dead latents. */
+export const isSelectKind = (kind: SaeKind): kind is "topk" | "batchtopk" => kind === "topk" || kind === "batchtopk";
+
 export interface SaeConfig {
-  kind: "relu" | "jumprelu";
+  kind: SaeKind;
   d_vit: number;
   exp_factor: number;
   normalize_w_dec: boolean;
@@ -51,6 +57,16 @@ export interface SaeConfig {
   bandwidth: number;
   /** Examples averaged for the b_dec init. */
   n_reinit_samples: number;
+  /** TopK/BatchTopK: latents kept per example (BatchTopK: k·B over the batch); null for ReLU/JumpReLU. */
+  k: number | null;
+  /** BatchTopK only: θ ← β·θ + (1 − β)·min_kept each step. */
+  threshold_beta: number;
+  /** TopK/BatchTopK: AuxK reconstructs the residual from the top min(k_aux, #dead) dead latents. */
+  k_aux: number;
+  /** TopK/BatchTopK: loss = mse + aux_coeff·aux (0: no AuxK). */
+  aux_coeff: number;
+  /** TopK/BatchTopK: a latent is dead after this many consecutive training examples without firing. */
+  dead_after: number;
 }
 
 export interface ObjectiveConfig {
@@ -67,6 +83,12 @@ export interface TrainConfig {
   sae_batch_size: number;
   lr: number;
   n_lr_warmup: number;
+  /** "warmup" (linear warmup, then lr) or "warmup_cosine" (then a cosine decay to lr_final at the last step). */
+  lr_schedule: "warmup" | "warmup_cosine";
+  /** warmup_cosine only: the lr the cosine reaches at the run's end. */
+  lr_final: number;
+  /** Per SAE: the global L2 norm of its gradients is clipped to this (torch's clip_grad_norm_); null: no clipping. */
+  max_grad_norm: number | null;
   n_sparsity_warmup: number;
   log_every: number;
   seed: number;
@@ -80,6 +102,22 @@ export interface TrainConfig {
   tag: string;
   tags: string[];
 }
+
+/** SAE.md's defaults of the TopK/BatchTopK/AuxK keys (k has none: TopK and BatchTopK must name it). */
+export const SELECT_DEFAULTS: Pick<SaeConfig, "k" | "threshold_beta" | "k_aux" | "aux_coeff" | "dead_after"> = {
+  k: null,
+  threshold_beta: 0.999,
+  k_aux: 512,
+  aux_coeff: 1 / 32,
+  dead_after: 10_000_000,
+};
+
+/** SAE.md's defaults of the schedule keys: today's linear warmup, no clipping. */
+export const SCHEDULE_DEFAULTS: Pick<TrainConfig, "lr_schedule" | "lr_final" | "max_grad_norm"> = {
+  lr_schedule: "warmup",
+  lr_final: 0,
+  max_grad_norm: null,
+};
 
 /** d_sae = d_vit · exp_factor. */
 export const dSae = (cfg: TrainConfig): number => cfg.sae.d_vit * cfg.sae.exp_factor;

@@ -22,6 +22,10 @@ export const LIMIT_NAMES = [
 export type LimitName = (typeof LIMIT_NAMES)[number];
 export type AdapterLimits = Record<LimitName, number>;
 
+/** Where a runner's memory budget came from (runner/gpu-memory.ts). */
+export const MEMORY_SOURCES = ["flag", "env", "nvidia-smi", "rocm-smi", "default"] as const;
+export type MemorySource = (typeof MEMORY_SOURCES)[number];
+
 /** What a runner reports about its adapter with every claim, and what is stored with every group it trains. */
 export interface AdapterReport {
   vendor: string;
@@ -32,6 +36,12 @@ export interface AdapterReport {
   isFallbackAdapter: boolean;
   features: string[];
   limits: AdapterLimits;
+  /**
+   * Device memory the engine may use, in bytes (WebGPU does not expose it; the runner's CLI finds it, see
+   * runner/gpu-memory.ts). The Worker sizes the group chunk with it; absent: DEFAULT_MEMORY_BUDGET (shaders/fit.ts).
+   */
+  memoryBudget?: number;
+  memorySource?: MemorySource;
 }
 
 const SOFTWARE_HINTS = /swiftshader|llvmpipe|lavapipe|softpipe|warp|microsoft basic render|cpu/i;

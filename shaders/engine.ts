@@ -3,6 +3,14 @@
  * ReLU/JumpReLU, Vanilla/Matryoshka, lr, sparsity_coeff, warmups, seeds) trained in lock-step on one batch with the
  * WGSL kernels of kernels.ts, computing SAE.md exactly. Runtime-agnostic: give it a GPUDevice (Chrome or Dawn).
  *
+ * Memory (shaders/fit.ts `planMemory`, which the Worker's chunking and `sae-swarm fit` use too): the SAEs are spread
+ * over slabs, each a set of buffers no larger than one storage binding; a step runs slab by slab, and streams the
+ * batch through each slab in row chunks, so the activations exist for one slab and one chunk only. Per slab:
+ *   prologue (normalize W_dec, θ) → for each row chunk: forward (encode, decode, residual columns) and backward
+ *   (dL/df, latent columns, dW_enc and dW_dec accumulated over the chunks) → epilogue (sum the partials of the whole
+ *   batch, dL/db_enc, dL/dθ, dL/db_dec, parallel removal, Adam).
+ * The normalizations are the whole batch's, so the chunks add up to SAE.md's full-batch step.
+ *
  *   const engine = SaeEngine.create(device, cfgs);
  *   engine.initBDec(sample);                      // or setBDec(mean)
  *   for (let t = 0; t < steps; t++) {
@@ -13,7 +21,7 @@
  */
 import type { EvalMetrics, StepMetrics, TrainConfig } from "./config";
 import { ALMOST_DEAD_THRESHOLD, DENSE_THRESHOLD } from "./config";
-import { maxSaesThatFit, perSaeTensors, DEFAULT_MEMORY_BUDGET, ROWS_PER_CHUNK, type SaeShape } from "./fit";
+import { DEFAULT_MEMORY_BUDGET, persistentTensors, planMemory, workingTensors, type MemoryPlan, type SaeShape } from "./fit";
 import * as K from "./kernels";
 import { adamScalars, initWeights, learningRate, prefixBounds, sparsityCoeff } from "./schedule";
 
@@ -38,8 +46,14 @@ export interface EngineState {
 }
 
 export interface EngineOptions {
-  /** Device-memory budget in bytes for maxSaesThatFit (default DEFAULT_MEMORY_BUDGET). */
+  /** Device-memory budget in bytes for the memory plan (default DEFAULT_MEMORY_BUDGET). */
   memoryBudget?: number;
+  /** Largest buffer a slab may use, below the device's maxStorageBufferBindingSize (tests: force several slabs). */
+  maxBindingSize?: number;
+  /** Fewest rows per row chunk (default MIN_ROWS_PER_CHUNK; tests lower it to force several chunks). */
+  minRowsPerChunk?: number;
+  /** Most rows per row chunk (default the whole batch; benchmarks set it to measure chunking). */
+  maxRowsPerChunk?: number;
   /**
    * Matmul variant: "tiled" (workgroup-memory tiles, for GPUs) or "direct" (no barriers; several times faster on
    * software adapters such as SwiftShader, which run barriers as fiber switches). Default: by the adapter.
@@ -86,7 +100,32 @@ interface Dispatch {
   size: [number, number, number];
 }
 
+/**
+ * The dispatches of one slab's step, in order (see the file comment). Each chunk's backward needs only its own
+ * forward. A selection over the whole batch (BatchTopK's threshold) would run every chunk's encode and a
+ * statistics pass first, resolve the threshold, then each chunk's forward (encode again: H is per chunk) and backward.
+ */
+interface SlabStep {
+  prologue: Dispatch[];
+  chunks: Array<{ forward: Dispatch[]; backward: Dispatch[] }>;
+  epilogue: Dispatch[];
+}
+
+/** The dispatches of one slab's evaluation of one batch: θ, then per row chunk encode, decode, statistics. */
+interface SlabEval {
+  prologue: Dispatch[];
+  chunks: Dispatch[][];
+}
+
+interface Slab {
+  index: number;
+  /** First SAE of the group in this slab, and how many it holds. */
+  sae0: number;
+  count: number;
+}
+
 const ceil = (a: number, b: number) => Math.ceil(a / b);
+const DIMS_WORDS = 16;
 
 export class SaeEngine {
   readonly K: number;
@@ -95,16 +134,19 @@ export class SaeEngine {
   readonly batchSize: number;
   readonly maxPrefixes: number;
   readonly matmulVariant: "tiled" | "direct";
+  /** Row chunks and slabs, as planned from the device limits and the memory budget. */
+  readonly plan: MemoryPlan;
   private t = 0;
   private decoderDirty = false;
-  private readonly S: number;
   private readonly sizes: Record<ParamName, number>;
+  private readonly perSae: Set<string>;
+  private readonly slabs: Slab[];
   private readonly buffers = new Map<string, GPUBuffer>();
   private readonly uploads: GPUBuffer[];
   private uploadIndex = 0;
-  private readonly trainPasses: Dispatch[];
-  private readonly normalizePass: Dispatch;
-  private readonly evalPasses: Dispatch[];
+  private readonly stepPasses: SlabStep[];
+  private readonly normalizePasses: Dispatch[];
+  private readonly evalPasses: SlabEval[];
   private readonly staging: GPUBuffer;
 
   static create(device: GPUDevice, cfgs: TrainConfig[], options: EngineOptions = {}): SaeEngine {
@@ -127,6 +169,9 @@ export class SaeEngine {
       ] as const)
         if (a !== b) throw new Error(`engine: config ${i} has ${key} = ${a} but config 0 has ${b}; a group must share it`);
       if (c.objective.kind === "matryoshka" && c.objective.n_prefixes < 1) throw new Error(`engine: config ${i}: objective.n_prefixes must be ≥ 1`);
+      // Until the engine runs shaders/topk.ts (issue 13), refuse rather than train these wrongly.
+      if (c.sae.kind === "topk" || c.sae.kind === "batchtopk" || (c.max_grad_norm ?? null) !== null)
+        throw new Error(`engine: config ${i}: ${c.max_grad_norm != null ? "max_grad_norm" : `sae.kind = "${c.sae.kind}"`} is not yet supported by the engine (issue 13)`);
       if (c.sae.kind === "jumprelu" && !(c.sae.bandwidth > 0 && c.sae.init_threshold > 0))
         throw new Error(`engine: config ${i}: JumpReLU needs sae.bandwidth > 0 and sae.init_threshold > 0`);
     }
@@ -135,37 +180,50 @@ export class SaeEngine {
     this.d_sae = c0.sae.d_vit * c0.sae.exp_factor;
     this.batchSize = c0.sae_batch_size;
     this.maxPrefixes = Math.max(...cfgs.map((c) => prefixBounds(c, 0).length - 1));
-    this.S = ceil(this.batchSize, ROWS_PER_CHUNK);
     const shape: SaeShape = { d_vit: this.d_vit, d_sae: this.d_sae, batch_size: this.batchSize, n_prefixes: this.maxPrefixes };
-    const fit = maxSaesThatFit(device.limits, shape, options.memoryBudget ?? DEFAULT_MEMORY_BUDGET);
-    if (this.K > fit)
+    const budget = options.memoryBudget ?? DEFAULT_MEMORY_BUDGET;
+    const limits = {
+      maxStorageBufferBindingSize: Math.min(device.limits.maxStorageBufferBindingSize, options.maxBindingSize ?? Infinity),
+      maxBufferSize: device.limits.maxBufferSize,
+    };
+    this.plan = planMemory(limits, shape, { memoryBudget: budget, minRowsPerChunk: options.minRowsPerChunk, maxRowsPerChunk: options.maxRowsPerChunk, saes: this.K });
+    if (!this.plan.fits)
       throw new Error(
         `engine: ${this.K} SAEs of d_vit ${this.d_vit}, d_sae ${this.d_sae}, batch ${this.batchSize}, ${this.maxPrefixes} prefixes ` +
-          `do not fit this device: at most ${fit} (maxStorageBufferBindingSize ${device.limits.maxStorageBufferBindingSize}, ` +
-          `maxBufferSize ${device.limits.maxBufferSize}, memory budget ${options.memoryBudget ?? DEFAULT_MEMORY_BUDGET} bytes); split the group`,
+          `do not fit this device: at most ${this.plan.maxSaes} (maxStorageBufferBindingSize ${limits.maxStorageBufferBindingSize}, ` +
+          `maxBufferSize ${limits.maxBufferSize}, memory budget ${budget} bytes); split the group`,
       );
+    const { rowsPerChunk: C, rowChunks, saesPerSlab } = this.plan;
 
     const d = this.d_vit, n = this.d_sae, B = this.batchSize;
     this.sizes = { W_enc: d * n, b_enc: n, W_dec: n * d, b_dec: d, log_threshold: n };
+    this.slabs = Array.from({ length: this.plan.slabs }, (_, index) => ({ index, sae0: index * saesPerSlab, count: Math.min(saesPerSlab, this.K - index * saesPerSlab) }));
     const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
-    for (const [name, size] of Object.entries(perSaeTensors(shape)))
-      this.buffers.set(name, device.createBuffer({ label: name, size: Math.max(16, 4 * this.K * size), usage }));
     const add = (name: string, bytes: number, u = usage) => this.buffers.set(name, device.createBuffer({ label: name, size: Math.max(16, bytes), usage: u }));
+    const persistent = persistentTensors(shape);
+    this.perSae = new Set(Object.keys(persistent));
+    for (const slab of this.slabs) for (const [name, size] of Object.entries(persistent)) add(this.slabName(name, slab), 4 * slab.count * size);
+    // the working set: one slab's SAEs, one row chunk, reused by every chunk and slab
+    for (const [name, size] of Object.entries(workingTensors(shape, C))) add(name, 4 * saesPerSlab * size);
     add("x", 4 * B * d);
     add("mu0", 4 * d);
-    this.buffers.get("evalResid")!.destroy();
-    add("evalResid", 4 * (2 * this.K * d + 4 * d));
+    add("xStats", 4 * 4 * d);
     add("meta", 4 * this.metaWords());
     add("evalMeta", 4 * this.metaWords());
     const uniform = GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST;
-    add("dims", 32, uniform);
-    add("evalDims", 32, uniform);
-    for (const p of PARAM_NAMES) add(`dims.${p}`, 32, uniform);
+    for (const slab of this.slabs) {
+      for (let c = 0; c < rowChunks; c++) {
+        add(`dims#${slab.index}/${c}`, 4 * DIMS_WORDS, uniform);
+        add(`evalDims#${slab.index}/${c}`, 4 * DIMS_WORDS, uniform);
+        device.queue.writeBuffer(this.buf(`dims#${slab.index}/${c}`), 0, this.dims(slab, c, B));
+      }
+      for (const p of PARAM_NAMES) {
+        add(`dims#${slab.index}.${p}`, 4 * DIMS_WORDS, uniform);
+        device.queue.writeBuffer(this.buf(`dims#${slab.index}.${p}`), 0, this.dims(slab, 0, B, this.sizes[p]));
+      }
+    }
     this.uploads = [0, 1].map((i) => device.createBuffer({ label: `upload${i}`, size: 4 * B * d, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC }));
-    this.staging = device.createBuffer({ label: "staging", size: Math.max(16, 4 * this.K * Math.max(2 * n + d, 2 * n + n + 2 * d) + 16 * d), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
-
-    device.queue.writeBuffer(this.buf("dims"), 0, this.dims(B));
-    for (const p of PARAM_NAMES) device.queue.writeBuffer(this.buf(`dims.${p}`), 0, this.dims(B, this.sizes[p]));
+    this.staging = device.createBuffer({ label: "staging", size: Math.max(16, 4 * this.K * (2 * n + d)), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
 
     // Kernels and their bind groups (train: dims + meta; eval: evalDims + evalMeta).
     const k = (label: string, code: string) => makeKernel(device, label, code);
@@ -188,44 +246,61 @@ export class SaeEngine {
       evalLatent: k("eval_latent", K.EVAL_LATENT),
       evalResid: k("eval_resid", K.EVAL_RESID),
     };
-    const T = K.TILE, Kc = this.K, S = this.S;
-    const dispatch = (kernel: Kernel, names: string[], size: [number, number, number]): Dispatch => {
-      if (names.length !== kernel.count) throw new Error(`engine: ${kernel.pipeline.label} takes ${kernel.count} bindings, got ${names.length}`);
-      const bind = device.createBindGroup({
-        layout: kernel.layout,
-        entries: names.map((name, binding) => ({ binding, resource: { buffer: this.buf(name) } })),
+    const T = K.TILE;
+    const rowsOf = (c: number) => Math.min(C, B - c * C);
+    const partialsOf = (c: number) => ceil(rowsOf(c), this.plan.rowsPerPartial);
+    this.stepPasses = [];
+    this.evalPasses = [];
+    this.normalizePasses = [];
+    for (const slab of this.slabs) {
+      // names: per-SAE tensors resolve to this slab's buffers, the rest are shared
+      const dispatch = (kernel: Kernel, names: string[], size: [number, number, number]): Dispatch => {
+        if (names.length !== kernel.count) throw new Error(`engine: ${kernel.pipeline.label} takes ${kernel.count} bindings, got ${names.length}`);
+        const bind = device.createBindGroup({
+          layout: kernel.layout,
+          entries: names.map((name, binding) => ({ binding, resource: { buffer: this.buf(this.perSae.has(name) ? this.slabName(name, slab) : name) } })),
+        });
+        return { kernel, bind, size };
+      };
+      const Ks = slab.count;
+      const tr = (c: number) => [`dims#${slab.index}/${c}`, "meta"];
+      const ev = (c: number) => [`evalDims#${slab.index}/${c}`, "evalMeta"];
+      const normalize = dispatch(kn.normalize, [...tr(0), "W_dec"], [ceil(n, 64), 1, Ks]);
+      this.normalizePasses.push(normalize);
+      const thresholds = (names: string[]) => dispatch(kn.thresholds, [...names, "log_threshold", "theta"], [ceil(n, 64), 1, Ks]);
+      const encode = (names: string[], c: number) => dispatch(kn.encode, [...names, "x", "b_dec", "W_enc", "b_enc", "H"], [ceil(n, T), ceil(rowsOf(c), T), Ks]);
+      const decode = (names: string[], c: number) => dispatch(kn.decode, [...names, "x", "b_dec", "W_dec", "H", "theta", "R"], [ceil(d, T), ceil(rowsOf(c), T), Ks]);
+      this.stepPasses.push({
+        prologue: [normalize, thresholds(tr(0))],
+        chunks: Array.from({ length: rowChunks }, (_, c) => ({
+          forward: [encode(tr(c), c), decode(tr(c), c), dispatch(kn.resid, [...tr(c), "R", "residPart"], [ceil(d, 64), partialsOf(c), Ks])],
+          backward: [
+            dispatch(kn.gradF, [...tr(c), "R", "W_dec", "H", "G"], [ceil(n, T), ceil(rowsOf(c), T), Ks]),
+            dispatch(kn.latent, [...tr(c), "H", "theta", "G", "latentPart"], [ceil(n, 64), partialsOf(c), Ks]),
+            dispatch(kn.gradWEnc, [...tr(c), "x", "b_dec", "G", "H", "theta", "grad.W_enc"], [ceil(n, T), ceil(d, T), Ks]),
+            dispatch(kn.gradWDec, [...tr(c), "H", "theta", "R", "grad.W_dec"], [ceil(d, T), ceil(n, T), Ks]),
+          ],
+        })),
+        epilogue: [
+          dispatch(kn.latentFinish, [...tr(0), "theta", "latentPart", "grad.b_enc", "grad.log_threshold", "colStats"], [ceil(n, 64), 1, Ks]),
+          dispatch(kn.gradBDec, [...tr(0), "residPart", "W_enc", "grad.b_enc", "grad.b_dec", "colStats"], [ceil(d, 64), 1, Ks]),
+          dispatch(kn.removeParallel, [...tr(0), "W_dec", "grad.W_dec"], [ceil(n, 64), 1, Ks]),
+          ...PARAM_NAMES.map((p) => {
+            const wgs = ceil(this.sizes[p], 256);
+            return dispatch(kn.adam, [`dims#${slab.index}.${p}`, "meta", p, `grad.${p}`, `m.${p}`, `v.${p}`], [Math.min(wgs, 65535), ceil(wgs, 65535), Ks]);
+          }),
+        ],
       });
-      return { kernel, bind, size };
-    };
-    const tr = ["dims", "meta"];
-    this.normalizePass = dispatch(kn.normalize, [...tr, "W_dec"], [ceil(n, 64), 1, Kc]);
-    const thresholds = (names: string[]) => dispatch(kn.thresholds, [...names, "log_threshold", "theta"], [ceil(n, 64), 1, Kc]);
-    this.trainPasses = [
-      this.normalizePass,
-      thresholds(tr),
-      dispatch(kn.encode, [...tr, "x", "b_dec", "W_enc", "b_enc", "H"], [ceil(n, T), ceil(B, T), Kc]),
-      dispatch(kn.decode, [...tr, "x", "b_dec", "W_dec", "H", "theta", "R"], [ceil(d, T), ceil(B, T), Kc]),
-      dispatch(kn.resid, [...tr, "R", "residPart"], [ceil(d, 64), S, Kc]),
-      dispatch(kn.gradF, [...tr, "R", "W_dec", "H", "G"], [ceil(n, T), ceil(B, T), Kc]),
-      dispatch(kn.latent, [...tr, "H", "theta", "G", "latentPart"], [ceil(n, 64), S, Kc]),
-      dispatch(kn.latentFinish, [...tr, "theta", "latentPart", "grad.b_enc", "grad.log_threshold", "colStats"], [ceil(n, 64), 1, Kc]),
-      dispatch(kn.gradBDec, [...tr, "residPart", "W_enc", "grad.b_enc", "grad.b_dec", "colStats"], [ceil(d, 64), 1, Kc]),
-      dispatch(kn.gradWEnc, [...tr, "x", "b_dec", "G", "H", "theta", "grad.W_enc"], [ceil(n, T), ceil(d, T), Kc]),
-      dispatch(kn.gradWDec, [...tr, "H", "theta", "R", "grad.W_dec"], [ceil(d, T), ceil(n, T), Kc]),
-      dispatch(kn.removeParallel, [...tr, "W_dec", "grad.W_dec"], [ceil(n, 64), 1, Kc]),
-      ...PARAM_NAMES.map((p) => {
-        const wgs = ceil(this.sizes[p], 256);
-        return dispatch(kn.adam, [`dims.${p}`, "meta", p, `grad.${p}`, `m.${p}`, `v.${p}`], [Math.min(wgs, 65535), ceil(wgs, 65535), Kc]);
-      }),
-    ];
-    const ev = ["evalDims", "evalMeta"];
-    this.evalPasses = [
-      thresholds(ev),
-      dispatch(kn.encode, [...ev, "x", "b_dec", "W_enc", "b_enc", "H"], [ceil(n, T), ceil(B, T), Kc]),
-      dispatch(kn.decode, [...ev, "x", "b_dec", "W_dec", "H", "theta", "R"], [ceil(d, T), ceil(B, T), Kc]),
-      dispatch(kn.evalLatent, [...ev, "H", "theta", "evalCount", "evalSum"], [ceil(n, 64), 1, Kc]),
-      dispatch(kn.evalResid, [...ev, "R", "x", "mu0", "evalResid"], [ceil(d, 64), 1, Kc]),
-    ];
+      this.evalPasses.push({
+        prologue: [thresholds(ev(0))],
+        chunks: Array.from({ length: rowChunks }, (_, c) => [
+          encode(ev(c), c),
+          decode(ev(c), c),
+          dispatch(kn.evalLatent, [...ev(c), "H", "theta", "evalCount", "evalSum"], [ceil(n, 64), 1, Ks]),
+          dispatch(kn.evalResid, [...ev(c), "R", "x", "mu0", "evalResid", "xStats"], [ceil(d, 64), 1, Ks]),
+        ]),
+      });
+    }
 
     // Weights from each SAE's own seed (SAE.md init); Adam moments start at zero.
     this.importState({ step: 0, saes: cfgs.map((c) => ({ params: initWeights(c) })) });
@@ -242,12 +317,27 @@ export class SaeEngine {
     return b;
   }
 
+  private slabName(name: string, slab: Slab): string {
+    return `${name}#${slab.index}`;
+  }
+
+  private slabOf(k: number): { slab: Slab; i: number } {
+    const slab = this.slabs[Math.floor(k / this.plan.saesPerSlab)];
+    return { slab, i: k - slab.sae0 };
+  }
+
   private metaWords(): number {
     return this.K * K.META_WORDS + this.K * (this.maxPrefixes + 1);
   }
 
-  private dims(B: number, size = 0): ArrayBuffer {
-    return new Uint32Array([B, this.d_vit, this.d_sae, this.K, this.maxPrefixes, this.S, ROWS_PER_CHUNK, size]).buffer;
+  /** The Dims uniform of one slab and row chunk c of a batch of `rows` rows (`size`: Adam's tensor size). */
+  private dims(slab: Slab, c: number, rows: number, size = 0): Uint32Array<ArrayBuffer> {
+    const C = this.plan.rowsPerChunk;
+    const row0 = c * C;
+    return new Uint32Array([
+      Math.max(0, Math.min(C, rows - row0)), this.d_vit, this.d_sae, slab.count, this.maxPrefixes, this.plan.partials, this.plan.rowsPerPartial, size,
+      row0, row0 / this.plan.rowsPerPartial, slab.sae0, this.K, c > 0 ? 1 : 0, 0, 0, 0,
+    ]);
   }
 
   /** Per-SAE step constants and prefix bounds for step t (eval: one full prefix, no loss terms). */
@@ -264,6 +354,7 @@ export class SaeEngine {
       words[o + 1] = P;
       f[o + 2] = evaluation ? 0 : sparsityCoeff(c, t);
       f[o + 3] = c.sae.bandwidth;
+      // the whole batch's normalizations: every row chunk adds its share of the full-batch gradient
       f[o + 4] = 2 / (this.batchSize * P * this.d_vit);
       f[o + 5] = stepSize;
       f[o + 6] = sqrtBias2;
@@ -275,7 +366,8 @@ export class SaeEngine {
     return { words, bounds };
   }
 
-  private encodePasses(enc: GPUCommandEncoder, passes: Dispatch[], timestampWrites?: GPUComputePassTimestampWrites): void {
+  /** Records dispatches into one compute pass (one pass per step: each dispatch sees the previous one's writes). */
+  private encodePasses(enc: GPUCommandEncoder, passes: Iterable<Dispatch>, timestampWrites?: GPUComputePassTimestampWrites): void {
     const pass = enc.beginComputePass(timestampWrites ? { timestampWrites } : undefined);
     for (const p of passes) {
       pass.setPipeline(p.kernel.pipeline);
@@ -283,6 +375,18 @@ export class SaeEngine {
       pass.dispatchWorkgroups(...p.size);
     }
     pass.end();
+  }
+
+  /** A step's dispatches: slab by slab, the prologue, each row chunk's forward then backward, the epilogue. */
+  private *stepDispatches(): Generator<Dispatch> {
+    for (const s of this.stepPasses) {
+      yield* s.prologue;
+      for (const c of s.chunks) {
+        yield* c.forward;
+        yield* c.backward;
+      }
+      yield* s.epilogue;
+    }
   }
 
   /**
@@ -314,9 +418,11 @@ export class SaeEngine {
   /** b_dec of every SAE ← mean (for callers that stream the sample themselves). */
   setBDec(mean: ArrayLike<number>): void {
     if (mean.length !== this.d_vit) throw new Error(`engine: setBDec needs ${this.d_vit} values, got ${mean.length}`);
-    const all = new Float32Array(this.K * this.d_vit);
-    for (let k = 0; k < this.K; k++) for (let c = 0; c < this.d_vit; c++) all[k * this.d_vit + c] = mean[c];
-    this.device.queue.writeBuffer(this.buf("b_dec"), 0, all);
+    for (const slab of this.slabs) {
+      const all = new Float32Array(slab.count * this.d_vit);
+      for (let k = 0; k < slab.count; k++) for (let c = 0; c < this.d_vit; c++) all[k * this.d_vit + c] = mean[c];
+      this.device.queue.writeBuffer(this.buf(this.slabName("b_dec", slab)), 0, all);
+    }
   }
 
   /**
@@ -338,24 +444,28 @@ export class SaeEngine {
       if (batch.size < bytes) throw new Error(`engine: batch buffer holds ${batch.size} bytes, a batch needs ${bytes}`);
       enc.copyBufferToBuffer(batch, 0, this.buf("x"), 0, bytes);
     }
-    this.encodePasses(enc, this.trainPasses, opts.timestampWrites);
+    this.encodePasses(enc, this.stepDispatches(), opts.timestampWrites);
     const log = opts.metrics || (t + 1) % this.cfgs[0].log_every === 0;
-    const statsBytes = 4 * this.K * (2 * this.d_sae + this.d_vit);
-    if (log) enc.copyBufferToBuffer(this.buf("colStats"), 0, this.staging, 0, statsBytes);
+    const { d_sae: n, d_vit: d } = this;
+    const statsBytes = 4 * this.K * (2 * n + d);
+    if (log) for (const slab of this.slabs) enc.copyBufferToBuffer(this.buf(this.slabName("colStats", slab)), 0, this.staging, 4 * slab.sae0 * (2 * n + d), 4 * slab.count * (2 * n + d));
     this.device.queue.submit([enc.finish()]);
     this.t++;
     this.decoderDirty = true;
     if (!log) return null;
 
     const stats = await this.readStaging(statsBytes);
-    const { d_sae: n, d_vit: d, K: Kc, batchSize: B } = this;
+    const B = this.batchSize;
     return this.cfgs.map((c, k) => {
+      // colStats of a slab: [L0 count: count × n][L1 sum: count × n][Σ e²: count × d]
+      const { slab, i } = this.slabOf(k);
+      const base = slab.sae0 * (2 * n + d);
       let l0 = 0, l1 = 0, sq = 0;
       for (let j = 0; j < n; j++) {
-        l0 += stats[k * n + j];
-        l1 += stats[(Kc + k) * n + j];
+        l0 += stats[base + i * n + j];
+        l1 += stats[base + (slab.count + i) * n + j];
       }
-      for (let col = 0; col < d; col++) sq += stats[2 * Kc * n + k * d + col];
+      for (let col = 0; col < d; col++) sq += stats[base + 2 * slab.count * n + i * d + col];
       const P = bounds[k].length - 1;
       const coeff = sparsityCoeff(c, t);
       const mse = sq / (B * P * d);
@@ -380,23 +490,52 @@ export class SaeEngine {
     return out;
   }
 
-  /** Reads a whole internal buffer (tests and checkpoints). */
-  async readBuffer(name: string): Promise<Float32Array> {
-    const b = this.buf(name);
-    const rb = this.device.createBuffer({ size: b.size, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+  /** Copies byte ranges of buffers into one read-back buffer and returns each as a Float32Array. */
+  private async readRanges(ranges: Array<{ buffer: GPUBuffer; offset: number; bytes: number }>): Promise<Float32Array[]> {
+    const total = ranges.reduce((a, r) => a + r.bytes, 0);
+    const rb = this.device.createBuffer({ size: Math.max(16, total), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
     const enc = this.device.createCommandEncoder();
-    enc.copyBufferToBuffer(b, 0, rb, 0, b.size);
+    let at = 0;
+    for (const r of ranges) {
+      enc.copyBufferToBuffer(r.buffer, r.offset, rb, at, r.bytes);
+      at += r.bytes;
+    }
     this.device.queue.submit([enc.finish()]);
     await rb.mapAsync(GPUMapMode.READ);
-    const out = new Float32Array(rb.getMappedRange().slice(0));
+    const all = rb.getMappedRange();
+    at = 0;
+    const out = ranges.map((r) => {
+      const a = new Float32Array(all.slice(at, at + r.bytes));
+      at += r.bytes;
+      return a;
+    });
     rb.unmap();
     rb.destroy();
     return out;
   }
 
+  /**
+   * Reads a whole internal buffer (tests and checkpoints). A per-SAE tensor comes back for all SAEs in group order
+   * (its slabs concatenated); the working set (H, G, R, partials) holds the last slab's last row chunk.
+   */
+  async readBuffer(name: string): Promise<Float32Array> {
+    const buffers = this.perSae.has(name) ? this.slabs.map((s) => this.buf(this.slabName(name, s))) : [this.buf(name)];
+    const parts = await this.readRanges(buffers.map((buffer) => ({ buffer, offset: 0, bytes: buffer.size })));
+    if (parts.length === 1) return parts[0];
+    const out = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
+    let at = 0;
+    for (const p of parts) {
+      out.set(p, at);
+      at += p.length;
+    }
+    return out;
+  }
+
   /** Fills every intermediate and gradient buffer with NaN, so a test sees any element a kernel failed to write. */
   poison(): void {
-    for (const name of ["H", "G", "R", "latentPart", "residPart", "colStats", ...PARAM_NAMES.map((p) => `grad.${p}`)]) {
+    const names = ["H", "G", "R", "latentPart", "residPart"];
+    for (const slab of this.slabs) for (const p of ["colStats", ...PARAM_NAMES.map((p) => `grad.${p}`)]) names.push(this.slabName(p, slab));
+    for (const name of names) {
       const b = this.buf(name);
       this.device.queue.writeBuffer(b, 0, new Float32Array(b.size / 4).fill(NaN));
     }
@@ -406,7 +545,7 @@ export class SaeEngine {
   normalizeDecoder(): void {
     this.writeMeta("meta", this.t);
     const enc = this.device.createCommandEncoder();
-    this.encodePasses(enc, [this.normalizePass]);
+    this.encodePasses(enc, this.normalizePasses);
     this.device.queue.submit([enc.finish()]);
     this.decoderDirty = false;
   }
@@ -417,14 +556,16 @@ export class SaeEngine {
 
   /**
    * EvalMetrics per SAE over every example of `batches` (each [rows ≤ batch_size, d_vit]); the decoder is
-   * normalized first when a step has run since. Counts are exact (u32), sums compensated, totals in float64.
+   * normalized first when a step has run since. Streams each batch through the SAEs in the step's row chunks and
+   * slabs. Counts are exact (u32), sums compensated, totals in float64.
    */
   async evaluate(batches: Iterable<Float32Array> | AsyncIterable<Float32Array>): Promise<EvalMetrics[]> {
     if (this.decoderDirty) this.normalizeDecoder();
-    const { device, d_vit: d, d_sae: n, K: Kc, batchSize: B } = this;
+    const { device, d_vit: d, d_sae: n, batchSize: B } = this;
     this.writeMeta("evalMeta", this.t);
     const enc0 = device.createCommandEncoder();
-    for (const name of ["evalCount", "evalSum", "evalResid"]) enc0.clearBuffer(this.buf(name));
+    enc0.clearBuffer(this.buf("xStats"));
+    for (const slab of this.slabs) for (const name of ["evalCount", "evalSum", "evalResid"]) enc0.clearBuffer(this.buf(this.slabName(name, slab)));
     device.queue.submit([enc0.finish()]);
     let N = 0;
     let mu0: Float64Array | null = null;
@@ -439,22 +580,22 @@ export class SaeEngine {
           device.queue.writeBuffer(this.buf("mu0"), 0, Float32Array.from(mu0));
           mu0 = Float64Array.from(Float32Array.from(mu0)); // the shift the GPU uses
         }
-        device.queue.writeBuffer(this.buf("evalDims"), 0, this.dims(rows));
+        const chunks = ceil(rows, this.plan.rowsPerChunk);
+        for (const slab of this.slabs) for (let c = 0; c < chunks; c++) device.queue.writeBuffer(this.buf(`evalDims#${slab.index}/${c}`), 0, this.dims(slab, c, rows));
         device.queue.writeBuffer(this.buf("x"), 0, x.buffer, x.byteOffset, x.byteLength);
         const enc = device.createCommandEncoder();
-        this.encodePasses(enc, this.evalPasses);
+        this.encodePasses(enc, this.evalPasses.flatMap((s) => [...s.prologue, ...s.chunks.slice(0, chunks).flat()]));
         device.queue.submit([enc.finish()]);
         N += rows;
       }
     }
     if (N === 0) throw new Error("engine: evaluate got no examples");
-    const [countF, sums, resid] = await Promise.all(["evalCount", "evalSum", "evalResid"].map((b) => this.readBuffer(b)));
+    const [countF, sums, resid, xStats] = await Promise.all(["evalCount", "evalSum", "evalResid", "xStats"].map((b) => this.readBuffer(b)));
     const counts = new Uint32Array(countF.buffer);
     let total = 0;
     for (let c = 0; c < d; c++) {
-      const o = 2 * Kc * d + 4 * c;
-      const s1 = resid[o] + resid[o + 1];
-      const s2 = resid[o + 2] + resid[o + 3];
+      const s1 = xStats[4 * c] + xStats[4 * c + 1];
+      const s2 = xStats[4 * c + 2] + xStats[4 * c + 3];
       total += s2 - (s1 * s1) / N;
     }
     return this.cfgs.map((_, k) => {
@@ -487,13 +628,20 @@ export class SaeEngine {
     });
   }
 
+  /** One SAE's parameters (or Adam moments: prefix "m." / "v."), read in one copy. */
+  private async readSae(prefix: string, k: number): Promise<SaeParams> {
+    const { slab, i } = this.slabOf(k);
+    const parts = await this.readRanges(
+      PARAM_NAMES.map((p) => ({ buffer: this.buf(this.slabName(prefix + p, slab)), offset: 4 * i * this.sizes[p], bytes: 4 * this.sizes[p] })),
+    );
+    return Object.fromEntries(PARAM_NAMES.map((p, j) => [p, parts[j]])) as SaeParams;
+  }
+
+  /** Every SAE's parameters (or moments), one SAE at a time, so no read-back is larger than one SAE. */
   private async readParams(prefix: string): Promise<SaeParams[]> {
-    const all = await Promise.all(PARAM_NAMES.map((p) => this.readBuffer(prefix + p)));
-    return this.cfgs.map((_, k) => {
-      const out = {} as SaeParams;
-      PARAM_NAMES.forEach((p, i) => (out[p] = all[i].slice(k * this.sizes[p], (k + 1) * this.sizes[p])));
-      return out;
-    });
+    const out: SaeParams[] = [];
+    for (let k = 0; k < this.K; k++) out.push(await this.readSae(prefix, k));
+    return out;
   }
 
   /** Trained weights per SAE (the decoder normalized first when a step has run since, SAE.md). */
@@ -511,25 +659,33 @@ export class SaeEngine {
 
   /** Parameters, Adam moments and the step, exactly as they are (for resume checkpoints). */
   async exportState(): Promise<EngineState> {
-    const [params, m, v] = await Promise.all([this.readParams(""), this.readParams("m."), this.readParams("v.")]);
+    const [params, m, v] = [await this.readParams(""), await this.readParams("m."), await this.readParams("v.")];
     return { step: this.t, saes: params.map((p, k) => ({ params: p, m: m[k], v: v[k] })) };
   }
 
   /** Restores parameters (and Adam moments, zero when absent) and the step count. */
   importState(state: EngineState): void {
     if (state.saes.length !== this.K) throw new Error(`engine: state has ${state.saes.length} SAEs, the engine ${this.K}`);
-    for (const kind of ["", "m.", "v."] as const)
-      for (const p of PARAM_NAMES) {
-        const size = this.sizes[p];
-        const all = new Float32Array(this.K * size);
-        state.saes.forEach((s, k) => {
-          const src = kind === "" ? s.params : kind === "m." ? s.m : s.v;
-          if (!src) return;
-          if (src[p].length !== size) throw new Error(`engine: state of SAE ${k}: ${kind}${p} has ${src[p].length} values, expected ${size}`);
-          all.set(src[p], k * size);
-        });
-        this.device.queue.writeBuffer(this.buf(kind + p), 0, all);
+    const kinds = ["", "m.", "v."] as const;
+    const source = (s: EngineState["saes"][number], kind: (typeof kinds)[number]) => (kind === "" ? s.params : kind === "m." ? s.m : s.v);
+    // check everything before writing anything
+    for (const [k, s] of state.saes.entries())
+      for (const kind of kinds)
+        for (const p of PARAM_NAMES) {
+          const src = source(s, kind);
+          if (src && src[p].length !== this.sizes[p]) throw new Error(`engine: state of SAE ${k}: ${kind}${p} has ${src[p].length} values, expected ${this.sizes[p]}`);
+        }
+    for (const [k, s] of state.saes.entries()) {
+      const { slab, i } = this.slabOf(k);
+      for (const kind of kinds) {
+        const src = source(s, kind);
+        for (const p of PARAM_NAMES) {
+          const size = this.sizes[p];
+          const values = src ? src[p] : new Float32Array(size);
+          this.device.queue.writeBuffer(this.buf(this.slabName(kind + p, slab)), 4 * i * size, values.buffer, values.byteOffset, values.byteLength);
+        }
       }
+    }
     this.t = state.step;
     this.decoderDirty = false;
   }

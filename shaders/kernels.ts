@@ -1,38 +1,48 @@
 /**
  * The WGSL kernels of one training step and of evaluate, one explicit kernel per formula of SAE.md (llm.c style).
- * K SAEs of one shape are stacked in one buffer per tensor; workgroup_id.z (or .y) is the SAE index, so one
- * dispatch serves all K and the batch x is read by all of them from one buffer.
+ * The SAEs of one slab (shaders/fit.ts) are stacked in one buffer per tensor; workgroup_id.z (or .y) is the SAE
+ * index within the slab, so one dispatch serves the slab and the batch x is read by all of them from one buffer.
+ * A step streams the batch through in row chunks: dims.B rows starting at batch row dims.row0.
  *
- * Shared layout (all row-major, f32):
- *   x [B, d]; W_enc [K, d, n]; b_enc [K, n]; W_dec [K, n, d]; b_dec [K, d]; log_threshold [K, n]
- *   H [K, B, n] pre-activations (f = act(h) is recomputed where needed, so it is never stored)
+ * Layout (all row-major, f32; K = SAEs of the slab, B = rows of the chunk):
+ *   x [batch, d] (the whole batch); W_enc [K, d, n]; b_enc [K, n]; W_dec [K, n, d]; b_dec [K, d]; log_threshold [K, n]
+ *   H [K, B, n] pre-activations of the chunk (f = act(h) is recomputed where needed, so it is never stored)
  *   G [K, B, n] dL/df (ReLU: the L1 term included; JumpReLU: the L0 term reaches θ only)
  *   R [K, Pmax, B, d]: first e_q = x̂_q − x per prefix q, then, in place, the suffix sums R_q = Σ_{r ≥ q} e_r
  *     (latent j of block q feeds every x̂_r with r ≥ q, so dL/df_j = scale·R_q·W_dec[j])
- *   meta (u32): per SAE 16 words [flags, P, coeff, bandwidth, scale, stepSize, sqrtBias2, 1/B, ...],
- *     then the block bounds [K, Pmax + 1] (Vanilla: [0, n]).
+ *   latentPart, residPart: per partial (dims.chunk rows) of the whole batch, written by the chunk holding it and
+ *     summed (compensated) once all chunks ran; the weight gradients accumulate over the chunks (dims.accumulate).
+ *   meta (u32): per SAE of the group 16 words [flags, P, coeff, bandwidth, scale, stepSize, sqrtBias2, 1/B, ...],
+ *     then the block bounds [Kall, Pmax + 1] (Vanilla: [0, n]); SAE `sae` of the slab is dims.sae0 + sae there.
+ *     The normalizations (scale, 1/B) are the whole batch's: the chunks sum to SAE.md's full-batch step.
  */
 
 export const TILE = 64; // output tile of the matmuls (TILE × TILE, 16 × 16 threads, 4 × 4 outputs per thread)
-export const CHUNK = 256; // rows per partial sum in the column reductions
 export const META_WORDS = 16;
 export const FLAG_JUMPRELU = 1;
 export const FLAG_NORMALIZE = 2;
 export const FLAG_REMOVE_PARALLEL = 4;
 
 const HEADER = /* wgsl */ `
-struct Dims { B: u32, d: u32, n: u32, K: u32, Pmax: u32, S: u32, chunk: u32, size: u32 }
+// B: rows of this chunk, starting at batch row row0; K: SAEs of this slab, the first being SAE sae0 of Kall;
+// S: partials of the whole batch, chunk rows each, the first of this chunk being part0; accumulate: 0 on a step's
+// first chunk (the weight gradients are written), 1 after (they are added to).
+struct Dims {
+  B: u32, d: u32, n: u32, K: u32, Pmax: u32, S: u32, chunk: u32, size: u32,
+  row0: u32, part0: u32, sae0: u32, Kall: u32, accumulate: u32, pad0: u32, pad1: u32, pad2: u32,
+}
 @group(0) @binding(0) var<uniform> dims: Dims;
-fn flags(sae: u32) -> u32 { return saeMeta[sae * ${META_WORDS}u]; }
-fn nPrefixes(sae: u32) -> u32 { return saeMeta[sae * ${META_WORDS}u + 1u]; }
-fn coeff(sae: u32) -> f32 { return bitcast<f32>(saeMeta[sae * ${META_WORDS}u + 2u]); }
-fn bandwidth(sae: u32) -> f32 { return bitcast<f32>(saeMeta[sae * ${META_WORDS}u + 3u]); }
-fn lossScale(sae: u32) -> f32 { return bitcast<f32>(saeMeta[sae * ${META_WORDS}u + 4u]); }
-fn stepSize(sae: u32) -> f32 { return bitcast<f32>(saeMeta[sae * ${META_WORDS}u + 5u]); }
-fn sqrtBias2(sae: u32) -> f32 { return bitcast<f32>(saeMeta[sae * ${META_WORDS}u + 6u]); }
-fn invB(sae: u32) -> f32 { return bitcast<f32>(saeMeta[sae * ${META_WORDS}u + 7u]); }
+fn metaWord(sae: u32, i: u32) -> u32 { return saeMeta[(dims.sae0 + sae) * ${META_WORDS}u + i]; }
+fn flags(sae: u32) -> u32 { return metaWord(sae, 0u); }
+fn nPrefixes(sae: u32) -> u32 { return metaWord(sae, 1u); }
+fn coeff(sae: u32) -> f32 { return bitcast<f32>(metaWord(sae, 2u)); }
+fn bandwidth(sae: u32) -> f32 { return bitcast<f32>(metaWord(sae, 3u)); }
+fn lossScale(sae: u32) -> f32 { return bitcast<f32>(metaWord(sae, 4u)); }
+fn stepSize(sae: u32) -> f32 { return bitcast<f32>(metaWord(sae, 5u)); }
+fn sqrtBias2(sae: u32) -> f32 { return bitcast<f32>(metaWord(sae, 6u)); }
+fn invB(sae: u32) -> f32 { return bitcast<f32>(metaWord(sae, 7u)); }
 fn isJump(sae: u32) -> bool { return (flags(sae) & ${FLAG_JUMPRELU}u) != 0u; }
-fn bound(sae: u32, q: u32) -> u32 { return saeMeta[dims.K * ${META_WORDS}u + sae * (dims.Pmax + 1u) + q]; }
+fn bound(sae: u32, q: u32) -> u32 { return saeMeta[dims.Kall * ${META_WORDS}u + (dims.sae0 + sae) * (dims.Pmax + 1u) + q]; }
 fn blockOf(sae: u32, j: u32) -> u32 {
   var q = 0u;
   loop { if (q + 1u >= nPrefixes(sae) || j < bound(sae, q + 1u)) { break; } q++; }
@@ -177,7 +187,7 @@ const ro = (b: number, name: string) => `@group(0) @binding(${b}) var<storage, r
 const ENCODE: MatmulSpec = ({
   bindings: [META, ro(2, "x"), ro(3, "b_dec"), ro(4, "W_enc"), ro(5, "b_enc"), rw(6, "H")].join("\n"),
   M: "dims.B", N: "dims.n", KD: "dims.d",
-  loadA: "x[gm * dims.d + gk] - b_dec[sae * dims.d + gk]", aKFast: true,
+  loadA: "x[(dims.row0 + gm) * dims.d + gk] - b_dec[sae * dims.d + gk]", aKFast: true,
   loadB: "W_enc[(sae * dims.d + gk) * dims.n + gn]", bNFast: true,
   mode: "plain",
   epilogue: "H[(sae * dims.B + m) * dims.n + nn] = v + b_enc[sae * dims.n + nn];",
@@ -190,7 +200,7 @@ const DECODE: MatmulSpec = ({
   loadA: "act(H[(sae * dims.B + gm) * dims.n + gk], theta[sae * dims.n + gk])", aKFast: true,
   loadB: "W_dec[(sae * dims.n + gk) * dims.d + gn]", bNFast: true,
   mode: "kSegments",
-  epilogue: "R[((sae * dims.Pmax + q) * dims.B + m) * dims.d + nn] = v + b_dec[sae * dims.d + nn] - x[m * dims.d + nn];",
+  epilogue: "R[((sae * dims.Pmax + q) * dims.B + m) * dims.d + nn] = v + b_dec[sae * dims.d + nn] - x[(dims.row0 + m) * dims.d + nn];",
 });
 
 /** dL/df_j = scale·R_{block(j)}·W_dec[j] (+ coeff/B where h > 0, ReLU's L1 term). */
@@ -206,25 +216,33 @@ const GRAD_F: MatmulSpec = ({
         G[idx] = g;`,
 });
 
-/** dL/dW_enc = (x − b_dec)ᵀ · (G ⊙ act'(h)). */
+/** Writes a weight gradient on a step's first chunk and adds the chunk's share to it after. */
+const accumulate = (target: string, value: string) => /* wgsl */ `{
+        let slot = &${target};
+        var g = ${value};
+        if (dims.accumulate != 0u) { g += *slot; }
+        *slot = g;
+      }`;
+
+/** dL/dW_enc = (x − b_dec)ᵀ · (G ⊙ act'(h)), this chunk's rows. */
 const GRAD_W_ENC: MatmulSpec = ({
   bindings: [META, ro(2, "x"), ro(3, "b_dec"), ro(4, "G"), ro(5, "H"), ro(6, "theta"), rw(7, "gW_enc")].join("\n"),
   M: "dims.d", N: "dims.n", KD: "dims.B",
-  loadA: "x[gk * dims.d + gm] - b_dec[sae * dims.d + gm]", aKFast: false,
+  loadA: "x[(dims.row0 + gk) * dims.d + gm] - b_dec[sae * dims.d + gm]", aKFast: false,
   loadB: "G[(sae * dims.B + gk) * dims.n + gn] * actGrad(H[(sae * dims.B + gk) * dims.n + gn], theta[sae * dims.n + gn])",
   bNFast: true,
   mode: "plain",
-  epilogue: "gW_enc[(sae * dims.d + m) * dims.n + nn] = v;",
+  epilogue: accumulate("gW_enc[(sae * dims.d + m) * dims.n + nn]", "v"),
 });
 
-/** dL/dW_dec[j] = scale·Σ_b f_bj R_{block(j)}[b]. */
+/** dL/dW_dec[j] = scale·Σ_b f_bj R_{block(j)}[b], this chunk's rows. */
 const GRAD_W_DEC: MatmulSpec = ({
   bindings: [META, ro(2, "H"), ro(3, "theta"), ro(4, "R"), rw(5, "gW_dec")].join("\n"),
   M: "dims.n", N: "dims.d", KD: "dims.B",
   loadA: "act(H[(sae * dims.B + gk) * dims.n + gm], theta[sae * dims.n + gm])", aKFast: false,
   loadB: "R[((sae * dims.Pmax + q) * dims.B + gk) * dims.d + gn]", bNFast: true,
   mode: "mBlocks",
-  epilogue: "gW_dec[(sae * dims.n + m) * dims.d + nn] = lossScale(sae) * v;",
+  epilogue: accumulate("gW_dec[(sae * dims.n + m) * dims.d + nn]", "lossScale(sae) * v"),
 });
 
 /** W_dec rows ← row / ‖row‖₂ (SAEs with normalize_w_dec). One thread per row. */
@@ -254,7 +272,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   theta[sae * dims.n + j] = select(0.0, exp(log_threshold[sae * dims.n + j]), isJump(sae));
 }`;
 
-/** In place e_q → R_q = Σ_{r ≥ q} e_r; partial sums per chunk of rows: Σ e² (mse) and Σ R_0 (for dL/db_dec). */
+/** In place e_q → R_q = Σ_{r ≥ q} e_r; partial sums per `dims.chunk` rows (partial dims.part0 + gid.y of the batch): Σ e² (mse) and Σ R_0 (for dL/db_dec). */
 export const RESID_COLS = /* wgsl */ `${HEADER}
 ${META}
 ${rw(2, "R")}
@@ -277,11 +295,12 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
     }
     r0 = kadd(r0, acc);
   }
-  residPart[(sae * dims.S + s) * dims.d + c] = sq.x + sq.y;
-  residPart[((dims.K + sae) * dims.S + s) * dims.d + c] = r0.x + r0.y;
+  let p = dims.part0 + s;
+  residPart[(sae * dims.S + p) * dims.d + c] = sq.x + sq.y;
+  residPart[((dims.K + sae) * dims.S + p) * dims.d + c] = r0.x + r0.y;
 }`;
 
-/** Per latent column and chunk of rows: Σ dL/dh (b_enc), Σ dL/dθ (JumpReLU), #{f > 0}, Σ f. */
+/** Per latent column and partial (dims.chunk rows) of this chunk: Σ dL/dh (b_enc), Σ dL/dθ (JumpReLU), #{f > 0}, Σ f. */
 export const LATENT_COLS = /* wgsl */ `${HEADER}
 ${META}
 ${ro(2, "H")}
@@ -309,14 +328,14 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
     }
     if (f > 0.0) { cnt += 1.0; l1 = kadd(l1, f); }
   }
-  let o = sae * dims.S + s;
-  latentPart[o * dims.n + j] = gb.x + gb.y;
-  latentPart[((dims.K + sae) * dims.S + s) * dims.n + j] = gt.x + gt.y;
-  latentPart[((2u * dims.K + sae) * dims.S + s) * dims.n + j] = cnt;
-  latentPart[((3u * dims.K + sae) * dims.S + s) * dims.n + j] = l1.x + l1.y;
+  let p = dims.part0 + s;
+  latentPart[(sae * dims.S + p) * dims.n + j] = gb.x + gb.y;
+  latentPart[((dims.K + sae) * dims.S + p) * dims.n + j] = gt.x + gt.y;
+  latentPart[((2u * dims.K + sae) * dims.S + p) * dims.n + j] = cnt;
+  latentPart[((3u * dims.K + sae) * dims.S + p) * dims.n + j] = l1.x + l1.y;
 }`;
 
-/** Sums the chunks: dL/db_enc, dL/dlog θ = θ·dL/dθ, and the per-column L0 count and L1 sum for the step metrics. */
+/** Sums the partials of the whole batch (after the step's last chunk): dL/db_enc, dL/dlog θ = θ·dL/dθ, and the per-column L0 count and L1 sum for the step metrics. */
 export const LATENT_FINISH = /* wgsl */ `${HEADER}
 ${META}
 ${ro(2, "theta")}
@@ -421,9 +440,9 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
 }`;
 
 /**
- * evaluate, per input column: Σ e² per SAE, and (once, by SAE 0) Σ (x − μ0) and Σ (x − μ0)², shifted by the
- * first batch's mean μ0 so that Σ‖x − x̄‖² = Σ(x − μ0)² − N‖x̄ − μ0‖² does not cancel.
- * evalResid: [K, d, 2] (sum, compensation), then xStats: [d, 4].
+ * evaluate, per input column: Σ e² per SAE, and (once, by the group's SAE 0) Σ (x − μ0) and Σ (x − μ0)², shifted
+ * by the first batch's mean μ0 so that Σ‖x − x̄‖² = Σ(x − μ0)² − N‖x̄ − μ0‖² does not cancel.
+ * evalResid: [K, d, 2] (sum, compensation); xStats: [d, 4].
  */
 export const EVAL_RESID = /* wgsl */ `${HEADER}
 ${META}
@@ -431,6 +450,7 @@ ${ro(2, "R")}
 ${ro(3, "x")}
 ${ro(4, "mu0")}
 ${rw(5, "evalResid")}
+${rw(6, "xStats")}
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let c = gid.x; let sae = gid.z;
@@ -441,13 +461,13 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   var acc = vec2f(evalResid[o], evalResid[o + 1u]);
   acc = kadd(acc, sq.x); acc = kadd(acc, sq.y);
   evalResid[o] = acc.x; evalResid[o + 1u] = acc.y;
-  if (sae == 0u) {
+  if (dims.sae0 + sae == 0u) {
     var s1 = vec2f(0.0); var s2 = vec2f(0.0);
-    for (var b = 0u; b < dims.B; b++) { let y = x[b * dims.d + c] - mu0[c]; s1 = kadd(s1, y); s2 = kadd(s2, y * y); }
-    let xo = 2u * dims.K * dims.d + 4u * c;
-    var a1 = vec2f(evalResid[xo], evalResid[xo + 1u]); a1 = kadd(a1, s1.x); a1 = kadd(a1, s1.y);
-    var a2 = vec2f(evalResid[xo + 2u], evalResid[xo + 3u]); a2 = kadd(a2, s2.x); a2 = kadd(a2, s2.y);
-    evalResid[xo] = a1.x; evalResid[xo + 1u] = a1.y; evalResid[xo + 2u] = a2.x; evalResid[xo + 3u] = a2.y;
+    for (var b = 0u; b < dims.B; b++) { let y = x[(dims.row0 + b) * dims.d + c] - mu0[c]; s1 = kadd(s1, y); s2 = kadd(s2, y * y); }
+    let xo = 4u * c;
+    var a1 = vec2f(xStats[xo], xStats[xo + 1u]); a1 = kadd(a1, s1.x); a1 = kadd(a1, s1.y);
+    var a2 = vec2f(xStats[xo + 2u], xStats[xo + 3u]); a2 = kadd(a2, s2.x); a2 = kadd(a2, s2.y);
+    xStats[xo] = a1.x; xStats[xo + 1u] = a1.y; xStats[xo + 2u] = a2.x; xStats[xo + 3u] = a2.y;
   }
 }`;
 

@@ -84,9 +84,10 @@ export function createMatmul(device: GPUDevice, variant: MatmulVariant, M: numbe
   device.queue.writeBuffer(A, 0, a);
   device.queue.writeBuffer(B, 0, b);
   const generated = variant.startsWith("generated");
-  const dims = device.createBuffer({ size: 32, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
-  // generated kernels read the engine's Dims (B, d, n, K, Pmax, S, chunk, size) and a (here unused) meta buffer
-  device.queue.writeBuffer(dims, 0, generated ? new Uint32Array([M, K, N, 1, 1, 1, 256, 0]) : new Uint32Array([M, N, K, 0, 0, 0, 0, 0]));
+  const dims = device.createBuffer({ size: 64, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
+  // generated kernels read the engine's Dims (B, d, n, K, Pmax, S, chunk, size, row0, part0, sae0, Kall, accumulate,
+  // 3 pads) and a (here unused) meta buffer
+  device.queue.writeBuffer(dims, 0, generated ? new Uint32Array([M, K, N, 1, 1, 1, 256, 0, 0, 0, 0, 1, 0, 0, 0, 0]) : new Uint32Array([M, N, K, 0, 0, 0, 0, 0]));
   const meta = device.createBuffer({ size: 4 * 32, usage: storage });
   let pipeline: GPUComputePipeline;
   let layout: GPUBindGroupLayout;

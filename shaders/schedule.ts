@@ -7,9 +7,24 @@ import { STREAMS, uniformAt } from "./prng";
 
 export const ADAM = { beta1: 0.9, beta2: 0.999, eps: 1e-8 } as const;
 
-/** lr at step t (0-based) = lr·min(t, n)/n; n = 0 means no warmup (differs from saev, which uses 0 at step 0). */
-export function learningRate(cfg: Pick<TrainConfig, "lr" | "n_lr_warmup">, t: number): number {
-  return cfg.n_lr_warmup > 0 ? (cfg.lr * Math.min(t, cfg.n_lr_warmup)) / cfg.n_lr_warmup : cfg.lr;
+type ScheduleConfig = Pick<TrainConfig, "lr" | "n_lr_warmup"> &
+  Partial<Pick<TrainConfig, "lr_schedule" | "lr_final" | "n_patches" | "sae_batch_size">>;
+
+/**
+ * lr at step t (0-based). "warmup" (the default, also for configs stored before lr_schedule existed):
+ * lr·min(t, n)/n; n = 0 means no warmup (differs from saev, which uses 0 at step 0). "warmup_cosine" (SAE.md):
+ * the same warmup while t < n, then lr_final + (lr − lr_final)·(1 + cos(π·(t − n)/(T − n)))/2, T = the run's steps.
+ */
+export function learningRate(cfg: ScheduleConfig, t: number): number {
+  const n = cfg.n_lr_warmup;
+  if (cfg.lr_schedule === "warmup_cosine") {
+    if (t < n) return (cfg.lr * t) / n;
+    const T = Math.ceil((cfg.n_patches ?? 0) / (cfg.sae_batch_size ?? 1));
+    if (T <= n) return cfg.lr; // no step of the run reaches the decay
+    const lrFinal = cfg.lr_final ?? 0;
+    return lrFinal + ((cfg.lr - lrFinal) * (1 + Math.cos((Math.PI * (t - n)) / (T - n)))) / 2;
+  }
+  return n > 0 ? (cfg.lr * Math.min(t, n)) / n : cfg.lr;
 }
 
 /** Sparsity coefficient at step t = coeff·min(t, n)/n (differs: saev only logs it; the loss uses it here). */

@@ -5,7 +5,7 @@
  */
 import type { Context } from "hono";
 import { z } from "zod";
-import { LIMIT_NAMES } from "../shaders/device";
+import { LIMIT_NAMES, MEMORY_SOURCES } from "../shaders/device";
 import { badRequest, fromZod, mediaType, unsupportedMediaType } from "./errors";
 
 /** What a value is, for "must be X, got Y". */
@@ -47,6 +47,9 @@ export const ClaimBody = object({
     isFallbackAdapter: z.boolean(typed("a boolean")).optional(),
     features: array(str(100)).max(200, "must hold at most 200 features").optional(),
     limits: LIMITS,
+    /** Bytes the runner's engine may use (runner/gpu-memory.ts); absent: DEFAULT_MEMORY_BUDGET. */
+    memoryBudget: posInt().max(2 ** 53, "must be at most 2^53").optional(),
+    memorySource: z.enum(MEMORY_SOURCES, { error: `must be one of ${MEMORY_SOURCES.join(", ")}` }).optional(),
   }),
 });
 

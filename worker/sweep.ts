@@ -10,6 +10,7 @@ import { parse as parseToml, TomlError } from "smol-toml";
 import { z } from "zod";
 import { CANNOT_PARALLELIZE, type DataConfig, type TrainConfig, nSteps } from "../shaders/config";
 import { badRequest, mediaType, unsupportedMediaType, type Issue } from "./errors";
+import { SAE_KINDS, SCHEDULE_LEAVES, SELECT_SAE_LEAVES, checkSelect, scheduleFields, selectSaeFields, selectWarnings } from "./sweep-select";
 
 /** saev keys that load unchanged but mean nothing here (each gives a warning). They still split groups, as in saev. */
 export const IGNORED_SAEV_KEYS = ["n_workers", "device", "ckpt_path", "slurm_acct", "slurm_partition", "n_hours", "log_to"] as const;
@@ -145,7 +146,7 @@ const DATA: Tree = {
 };
 
 const SAE: Tree = {
-  kind: L(z.enum(["relu", "jumprelu"], { message: 'must be "relu" or "jumprelu"' })),
+  kind: L(SAE_KINDS),
   d_vit: L(int(1, ">= 1").max(65536, "must be <= 65536")),
   exp_factor: L(int(1, ">= 1").max(1024, "must be <= 1024")),
   normalize_w_dec: L(bool),
@@ -154,6 +155,7 @@ const SAE: Tree = {
   init_threshold: L(posNum),
   bandwidth: L(posNum),
   n_reinit_samples: L(int(1, ">= 1")),
+  ...Object.fromEntries(Object.entries(SELECT_SAE_LEAVES).map(([k, v]) => [k, L(v)])),
 };
 
 const OBJECTIVE: Tree = {
@@ -179,6 +181,7 @@ const TRAIN: Tree = {
   tags: L(z.array(z.string({ message: "must be a list of strings" }).max(256, "must be at most 256 characters"), { message: "must be a list of strings" }).max(64, "must hold at most 64 tags"), true),
   sae: { table: SAE },
   objective: { table: OBJECTIVE },
+  ...Object.fromEntries(Object.entries(SCHEDULE_LEAVES).map(([k, v]) => [k, L(v)])),
   ...Object.fromEntries(IGNORED_SAEV_KEYS.map((k) => [k, L(z.unknown())])),
 };
 
@@ -313,6 +316,7 @@ export function expandSweep(parsed: unknown, maxRuns = 4096): ExpandedSweep {
       fail(issues.map((iss) => ({ ...iss, message: iss.message + where })));
     }
   }
+  warnings.push(...selectWarnings(raw, configs.map((c) => c.cfg)));
   const urls = new Set(configs.filter((c) => c.cfg.data.kind === "shards").map((c) => (c.cfg.data as { url: string }).url));
   for (const u of urls) if (!/^https?:\/\//.test(u)) warnings.push(`data.url: ${JSON.stringify(u)} is not an HTTP(S) URL; runners resolve it themselves`);
   return { configs, warnings };
@@ -383,6 +387,7 @@ function resolve(o: Record<string, any>, i: number, seedIsAxis: boolean, issues:
       init_threshold: s.init_threshold ?? 0.001,
       bandwidth: s.bandwidth ?? 0.001,
       n_reinit_samples: s.n_reinit_samples ?? 524288,
+      ...selectSaeFields(s),
     },
     objective: {
       kind: obj.kind ?? "vanilla",
@@ -395,11 +400,13 @@ function resolve(o: Record<string, any>, i: number, seedIsAxis: boolean, issues:
     wandb_entity: o.wandb_entity === "" ? null : (o.wandb_entity ?? null),
     tag: o.tag ?? "",
     tags: o.tags ?? [],
+    ...scheduleFields(o),
   };
   if (issues.length) return null;
   const dSae = cfg.sae.d_vit * cfg.sae.exp_factor;
   if (cfg.objective.kind === "matryoshka" && cfg.objective.n_prefixes > dSae)
     issues.push({ field: "objective.n_prefixes", message: `must be <= d_sae (${dSae})` });
+  checkSelect(cfg, issues);
   if (nSteps(cfg) > 1e9) issues.push({ field: "n_patches", message: "gives more than 1e9 steps" });
   return issues.length ? null : { cfg, ignored };
 }

@@ -8,7 +8,7 @@
  * at its init, so a resume restores it from the config.
  */
 import type { DataConfig, EvalMetrics, StepMetrics, TrainConfig } from "../../shaders/config";
-import { SaeEngine, type SaeParams } from "../../shaders/engine";
+import { SaeEngine, type EngineOptions, type SaeParams } from "../../shaders/engine";
 import type { AdamState, Normalization, SaeWeights } from "../safetensors";
 import { ShardSource, type FetchFn } from "../data/shards";
 import { SyntheticSource } from "../data/synthetic-source";
@@ -33,9 +33,10 @@ export interface GroupEngine {
   destroy(): void;
 }
 
-/** Builds the group's engine on this device (every SAE of the group in one SaeEngine, lock-step). */
-export async function createGroupEngine(device: GPUDevice, cfgs: TrainConfig[]): Promise<GroupEngine> {
-  const engine = SaeEngine.create(device, cfgs);
+/** Builds the group's engine on this device (every SAE of the group in one SaeEngine, lock-step); `options`:
+ *  the memory budget the runner reported with its claim, so the engine plans as the Worker chunked. */
+export async function createGroupEngine(device: GPUDevice, cfgs: TrainConfig[], options: EngineOptions = {}): Promise<GroupEngine> {
+  const engine = SaeEngine.create(device, cfgs, options);
   const jump = cfgs.map((c) => c.sae.kind === "jumprelu");
   const toWeights = (p: SaeParams, k: number, theta: (v: Float32Array) => Float32Array): SaeWeights => ({
     W_enc: p.W_enc,

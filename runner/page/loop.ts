@@ -142,7 +142,7 @@ export class RunnerLoop {
       check();
 
       phase("init");
-      engine = await (this.o.createEngine ?? createGroupEngine)(this.o.device, cfgs);
+      engine = await (this.o.createEngine ?? createGroupEngine)(this.o.device, cfgs, { memoryBudget: this.o.adapter.memoryBudget });
       if (states) {
         await engine.importState(states);
         source.skip(resumeStep);

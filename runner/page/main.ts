@@ -9,6 +9,9 @@ import { RunnerLoop } from "./loop";
 export interface StartOptions {
   runnerId: string;
   once: boolean;
+  /** Device memory the engine may use (bytes) and where that figure came from (runner/gpu-memory.ts). */
+  memoryBudget?: number;
+  memorySource?: AdapterReport["memorySource"];
 }
 
 declare global {
@@ -54,7 +57,8 @@ window.__runner = {
       headers: { [KEY_HEADER]: key },
       onRetry: (what, attempt, delay, why) => emit({ kind: "log", level: "warn", message: `${what} failed (${why}); retry ${attempt} in ${Math.round(delay)} ms` }),
     });
-    loop = new RunnerLoop({ api, dataFetch, device: gpu!.device, adapter: gpu!.report, runnerId: opts.runnerId, emit, once: opts.once });
+    const adapter: AdapterReport = { ...gpu!.report, ...(opts.memoryBudget ? { memoryBudget: opts.memoryBudget, memorySource: opts.memorySource } : {}) };
+    loop = new RunnerLoop({ api, dataFetch, device: gpu!.device, adapter, runnerId: opts.runnerId, emit, once: opts.once });
     try {
       const reason = await loop.run();
       emit({ kind: "exit", reason });

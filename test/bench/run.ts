@@ -11,13 +11,15 @@
  *    against the best plain matmul on the same adapter in the same run (the roofline).
  *    Shape: BENCH_D (d_vit), BENCH_EXP (exp_factor), BENCH_B (batch); defaults by adapter (small on software ones).
  *    Timing: wall clock over `reps` queued steps, ended by onSubmittedWorkDone (batches already on the GPU: the
- *    runner uploads the next batch while a step runs).
+ *    runner uploads the next batch while a step runs). Then chunking's cost: K = BENCH_CHUNKED_K (4) once more in
+ *    one pass, in BENCH_CHUNKS (4) row chunks, and in as many row chunks over one slab per SAE.
  *
  * `npm run bench:e2e` (e2e.ts) is the end-to-end half: wrangler dev + a Chrome runner. Not a test: nothing here
  * asserts a speed.
  */
 import { existsSync } from "node:fs";
-import { SaeEngine } from "../../shaders/engine";
+import { SaeEngine, type EngineOptions } from "../../shaders/engine";
+import { persistentTensors, workingTensors } from "../../shaders/fit";
 import { createMatmul, MATMUL_VARIANTS } from "../../shaders/matmul";
 import { requestSaeDevice } from "../../shaders/device";
 import { trainConfig } from "../helpers/train-config";
@@ -76,23 +78,56 @@ for (const variant of MATMUL_VARIANTS) {
 const best = roof.reduce((a, b) => (b.gflops > a.gflops ? b : a));
 
 const rows: string[][] = [];
+const benchConfigs = (K: number) =>
+  Array.from({ length: K }, (_, k) => trainConfig({ sae_batch_size: B, log_every: 1_000_000, seed: k, sae: { d_vit: d, exp_factor: exp }, objective: { sparsity_coeff: 4e-4 } }));
+const budget = software ? 8 * 2 ** 30 : 100 * 2 ** 30;
+const layoutOf = (e: SaeEngine) => `${e.plan.rowChunks} × ${e.plan.rowsPerChunk} rows, ${e.plan.slabs} slab${e.plan.slabs > 1 ? "s" : ""}`;
+function engineRow(label: string, K: number, secs: number, engine: SaeEngine): void {
+  const flops = 10 * B * d * n * K; // encode, decode, dL/df, dL/dW_enc, dL/dW_dec: 2·B·d·n each
+  const gflops = flops / secs / 1e9;
+  rows.push([label, (secs * 1000).toFixed(1), gflops.toFixed(2), ((K * B) / secs).toFixed(0), `${((100 * gflops) / best.gflops).toFixed(0)} %`, `${engine.matmulVariant}, ${layoutOf(engine)}`]);
+}
 for (const K of Ks) {
-  const cfgs = Array.from({ length: K }, (_, k) =>
-    trainConfig({ sae_batch_size: B, log_every: 1_000_000, seed: k, sae: { d_vit: d, exp_factor: exp }, objective: { sparsity_coeff: 4e-4 } }),
-  );
   let engine: SaeEngine;
   try {
-    engine = SaeEngine.create(device, cfgs, { memoryBudget: software ? 8 * 2 ** 30 : 100 * 2 ** 30 });
+    engine = SaeEngine.create(device, benchConfigs(K), { memoryBudget: budget });
   } catch (e) {
     rows.push([String(K), "-", "-", "-", "-", String(e).slice(0, 60)]);
     continue;
   }
   const batch = engine.uploadBatch(rand(B * d));
-  const secs = await timeIt(() => void engine.step(batch), reps);
-  const flops = 10 * B * d * n * K; // encode, decode, dL/df, dL/dW_enc, dL/dW_dec: 2·B·d·n each
-  const gflops = flops / secs / 1e9;
-  rows.push([String(K), (secs * 1000).toFixed(1), gflops.toFixed(2), ((K * B) / secs).toFixed(0), `${((100 * gflops) / best.gflops).toFixed(0)} %`, engine.matmulVariant]);
+  engineRow(String(K), K, await timeIt(() => void engine.step(batch), reps), engine);
   engine.destroy();
+}
+
+// Chunking's cost: K = BENCH_CHUNKED_K SAEs in one pass, in BENCH_CHUNKS row chunks, and in as many row chunks over
+// one slab per SAE (the binding just holds the batch and one SAE's largest tensor at that chunk size). The three
+// are timed in turn, BENCH_CHUNK_ROUNDS times, and each layout's fastest round is kept, so that the load of a
+// shared machine drifting during the run does not pass for a difference between them.
+const chunks = env("BENCH_CHUNKS", 4);
+const chunkedK = env("BENCH_CHUNKED_K", 4);
+const rounds = env("BENCH_CHUNK_ROUNDS", 3);
+const chunkNotes: string[] = [];
+{
+  const rowsPerChunk = Math.ceil(B / chunks);
+  const shape = { d_vit: d, d_sae: n, batch_size: B };
+  const maxBindingSize = 4 * Math.max(B * d, ...Object.values(persistentTensors(shape)), ...Object.values(workingTensors(shape, rowsPerChunk)));
+  const layouts: Array<{ label: string; options: EngineOptions }> = [
+    { label: `${chunkedK}, one pass`, options: {} },
+    { label: `${chunkedK}, ${chunks} chunks`, options: { minRowsPerChunk: 1, maxRowsPerChunk: rowsPerChunk } },
+    { label: `${chunkedK}, ${chunks} chunks, slabs`, options: { minRowsPerChunk: 1, maxRowsPerChunk: rowsPerChunk, maxBindingSize } },
+  ];
+  const engines = layouts.map((l) => SaeEngine.create(device, benchConfigs(chunkedK), { memoryBudget: budget, ...l.options }));
+  const batches = engines.map((e) => e.uploadBatch(rand(B * d)));
+  const best = engines.map(() => Infinity);
+  for (let r = 0; r < rounds; r++)
+    for (const [i, e] of engines.entries()) best[i] = Math.min(best[i], await timeIt(() => void e.step(batches[i]), reps));
+  layouts.forEach((l, i) => engineRow(l.label, chunkedK, best[i], engines[i]));
+  const pct = (x: number) => `${x >= best[0] ? "+" : ""}${((100 * (x - best[0])) / best[0]).toFixed(1)} %`;
+  chunkNotes.push(
+    `chunking's cost at K ${chunkedK} (fastest of ${rounds} rounds each): ${layoutOf(engines[1])} ${pct(best[1])}, ${layoutOf(engines[2])} ${pct(best[2])} vs one pass`,
+  );
+  for (const e of engines) e.destroy();
 }
 
 // GPU idle time within a step (timestamp queries), on the runner's loop.
@@ -154,4 +189,5 @@ if (idleRows.length) printTable(idleRows);
 console.log(`\nroofline: matmul ${best.variant} ${best.gflops.toFixed(2)} GFLOP/s ([${B}, ${d}] × [${d}, ${n}])`);
 const header = ["K", "ms/step", "GFLOP/s", "SAE-samples/s", "of matmul", "variant"];
 printTable([header, ...rows], 0);
+for (const line of chunkNotes) console.log(line);
 device.destroy();

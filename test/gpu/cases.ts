@@ -4,6 +4,7 @@
  */
 import { runAxpy } from "../../shaders/axpy";
 import { engineCases } from "./engine-cases";
+import { topkCases } from "./topk-cases";
 
 export type GpuCase = (device: GPUDevice, input: any) => Promise<unknown>;
 
@@ -13,4 +14,5 @@ export const cases: Record<string, GpuCase> = {
     return Array.from(out);
   },
   ...engineCases,
+  ...topkCases,
 };

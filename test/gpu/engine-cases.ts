@@ -4,7 +4,7 @@
  */
 import { SyntheticDataset } from "../../runner/data/synthetic";
 import type { SyntheticData, TrainConfig } from "../../shaders/config";
-import { PARAM_NAMES, SaeEngine, type EngineState, type ParamName } from "../../shaders/engine";
+import { PARAM_NAMES, SaeEngine, type EngineOptions, type EngineState, type ParamName } from "../../shaders/engine";
 import { createMatmul, type MatmulVariant } from "../../shaders/matmul";
 
 type JsonParams = Record<ParamName, number[]>;
@@ -34,9 +34,9 @@ async function gpuErrors<T>(device: GPUDevice, fn: () => Promise<T>): Promise<T>
 
 export const engineCases = {
   /** One step from a given state on a given batch, every intermediate buffer poisoned with NaN first. */
-  async engineStep(device: GPUDevice, input: { cfgs: TrainConfig[]; state: JsonState; x: number[]; matmul?: "tiled" | "direct" }) {
+  async engineStep(device: GPUDevice, input: { cfgs: TrainConfig[]; state: JsonState; x: number[]; matmul?: "tiled" | "direct"; options?: EngineOptions }) {
     return gpuErrors(device, async () => {
-      const engine = SaeEngine.create(device, input.cfgs, { matmul: input.matmul });
+      const engine = SaeEngine.create(device, input.cfgs, { ...input.options, matmul: input.matmul });
       try {
         importJson(engine, input.state);
         engine.poison();
@@ -44,7 +44,7 @@ export const engineCases = {
         const names = ["H", "G", "R", ...PARAM_NAMES.flatMap((p) => [`grad.${p}`, p, `m.${p}`, `v.${p}`])];
         const buffers: Record<string, number[]> = {};
         for (const name of names) buffers[name] = Array.from(await engine.readBuffer(name));
-        return { metrics, buffers, maxPrefixes: engine.maxPrefixes, variant: engine.matmulVariant };
+        return { metrics, buffers, maxPrefixes: engine.maxPrefixes, variant: engine.matmulVariant, plan: engine.plan };
       } finally {
         engine.destroy();
       }
@@ -94,6 +94,42 @@ export const engineCases = {
       } finally {
         engine.destroy();
       }
+    });
+  },
+
+  /**
+   * The same training run twice from the same seeded init on the same synthetic batches: once as the engine plans
+   * it by default (one row chunk, one slab) and once with `chunked` options (several row chunks and slabs).
+   * Returns both runs' logged losses and final parameters and Adam moments.
+   */
+  async engineChunkedRun(device: GPUDevice, input: { cfgs: TrainConfig[]; steps: number; chunked: EngineOptions }) {
+    return gpuErrors(device, async () => {
+      const cfg0 = input.cfgs[0];
+      const data = new SyntheticDataset(cfg0.data as SyntheticData);
+      const B = cfg0.sae_batch_size;
+      const runs = [];
+      for (const options of [{}, input.chunked]) {
+        const engine = SaeEngine.create(device, input.cfgs, options);
+        try {
+          engine.initBDec(data.head(cfg0.sae.n_reinit_samples));
+          const losses: number[][] = [];
+          for (let t = 0; t < input.steps; t++) {
+            const m = await engine.step(engine.uploadBatch(data.batch(t, B)));
+            if (m) losses.push(m.map((x) => x.loss));
+          }
+          const state = await engine.exportState();
+          const evals = await engine.evaluate([data.slice(0, 4 * B + 5)]);
+          runs.push({
+            plan: engine.plan,
+            losses,
+            state: state.saes.map((x) => ({ params: toJson(x.params), m: toJson(x.m!), v: toJson(x.v!) })),
+            evals: evals.map((e) => ({ mse: e.mse, l0: e.l0, freqs: e.freqs })),
+          });
+        } finally {
+          engine.destroy();
+        }
+      }
+      return { whole: runs[0], chunked: runs[1] };
     });
   },
 

@@ -8,7 +8,9 @@ import { meanMaxCosine, SyntheticDataset } from "../../runner/data/synthetic";
 import type { EvalMetrics, StepMetrics, SyntheticData, TrainConfig } from "../../shaders/config";
 import { dSae } from "../../shaders/config";
 import { MATMUL_VARIANTS } from "../../shaders/matmul";
-import { initWeights } from "../../shaders/schedule";
+import { persistentTensors, planMemory, workingTensors, type MemoryPlan, type SaeShape } from "../../shaders/fit";
+import type { EngineOptions } from "../../shaders/engine";
+import { initWeights, prefixBounds } from "../../shaders/schedule";
 import { dawnUnavailable, openChrome, openDawn, type GpuBackend } from "../helpers/gpu-backends";
 import { mulberry32, testSeed } from "../helpers/random";
 import { trainConfig } from "../helpers/train-config";
@@ -77,12 +79,35 @@ interface StepOut {
   buffers: Record<string, (number | null)[]>;
   maxPrefixes: number;
   variant: string;
+  plan: MemoryPlan;
 }
 
-const kernelGroups: Array<{ label: string; B: number; cfgs: TrainConfig[] }> = [
+const shapeOf = (cfgs: TrainConfig[]): SaeShape => ({
+  d_vit: cfgs[0].sae.d_vit,
+  d_sae: dSae(cfgs[0]),
+  batch_size: cfgs[0].sae_batch_size,
+  n_prefixes: Math.max(...cfgs.map((c) => prefixBounds(c, 0).length - 1)),
+});
+
+/**
+ * Engine options that lower the limits so the group runs in row chunks of `rows` rows, one SAE per slab: the
+ * binding just holds the batch and one SAE's largest tensor at that chunk size (so a larger chunk does not fit), and the memory
+ * budget is exactly what the plan allocates.
+ */
+function chunkedOptions(cfgs: TrainConfig[], rows: number): EngineOptions {
+  const shape = shapeOf(cfgs);
+  const maxBindingSize = 4 * Math.max(shape.batch_size * shape.d_vit, ...Object.values(persistentTensors(shape)), ...Object.values(workingTensors(shape, rows)));
+  const limits = { maxStorageBufferBindingSize: maxBindingSize, maxBufferSize: maxBindingSize };
+  const memoryBudget = planMemory(limits, shape, { saes: cfgs.length, minRowsPerChunk: 1, memoryBudget: 2 ** 40 }).totalBytes;
+  return { maxBindingSize, memoryBudget, minRowsPerChunk: 1 };
+}
+
+/** `chunkRows`: also run the group in chunks of that many rows over one slab per SAE (≥ 4 chunks, ≥ 3 slabs for K ≥ 3). */
+const kernelGroups: Array<{ label: string; B: number; cfgs: TrainConfig[]; chunkRows?: number }> = [
   {
     label: "d_vit 17, d_sae 51, batch 37, K 3 (relu vanilla, jumprelu matryoshka, relu matryoshka)",
     B: 37,
+    chunkRows: 10,
     cfgs: [
       trainConfig({ sae_batch_size: 37, lr: 1e-3, sae: { d_vit: 17, exp_factor: 3, seed: 1 }, objective: { sparsity_coeff: 3e-2 } }),
       trainConfig({
@@ -94,11 +119,21 @@ const kernelGroups: Array<{ label: string; B: number; cfgs: TrainConfig[] }> = [
     ],
   },
   {
-    label: "d_vit 33, d_sae 66, batch 300 (two row chunks, several tiles), K 2 (jumprelu vanilla, relu matryoshka)",
+    label: "d_vit 33, d_sae 66, batch 300 (two partial sums, several tiles), K 2 (jumprelu vanilla, relu matryoshka)",
     B: 300,
     cfgs: [
       trainConfig({ sae_batch_size: 300, sae: { d_vit: 33, exp_factor: 2, kind: "jumprelu", bandwidth: 0.2, seed: 5, normalize_w_dec: false }, objective: { sparsity_coeff: 1e-2 } }),
       trainConfig({ sae_batch_size: 300, sae: { d_vit: 33, exp_factor: 2, seed: 6 }, objective: { kind: "matryoshka", n_prefixes: 3, sparsity_coeff: 1e-2 } }),
+    ],
+  },
+  {
+    label: "d_vit 8, d_sae 16, batch 2048 (several partials per row chunk), K 3 (jumprelu matryoshka, relu vanilla, relu matryoshka)",
+    B: 2048,
+    chunkRows: 512,
+    cfgs: [
+      trainConfig({ sae_batch_size: 2048, lr: 2e-3, sae: { d_vit: 8, exp_factor: 2, kind: "jumprelu", bandwidth: 0.3, seed: 7 }, objective: { kind: "matryoshka", n_prefixes: 3, sparsity_coeff: 5e-2 } }),
+      trainConfig({ sae_batch_size: 2048, sae: { d_vit: 8, exp_factor: 2, seed: 8 }, objective: { sparsity_coeff: 1e-2 } }),
+      trainConfig({ sae_batch_size: 2048, n_lr_warmup: 5, sae: { d_vit: 8, exp_factor: 2, seed: 9 }, objective: { kind: "matryoshka", n_prefixes: 2 } }),
     ],
   },
 ];
@@ -111,9 +146,14 @@ for (const [name, open, skip] of backends) {
     }, 120_000);
     afterAll(async () => gpu?.close());
 
-    for (const group of kernelGroups)
-      for (const matmul of ["direct", "tiled"] as const)
-      it(`every kernel (${matmul} matmuls) matches the float64 reference: ${group.label}`, async () => {
+    // (the tiled matmuls are slow on SwiftShader: not at the large batch)
+    const variants = (B: number) => (B < 1000 ? (["direct", "tiled"] as const) : (["direct"] as const));
+    const kernelCases = kernelGroups.flatMap((group) => [
+      ...variants(group.B).map((matmul) => ({ group, matmul, chunked: false })),
+      ...(group.chunkRows ? variants(group.B).map((matmul) => ({ group, matmul, chunked: true })) : []),
+    ]);
+    for (const { group, matmul, chunked } of kernelCases)
+      it(`every kernel (${matmul} matmuls${chunked ? `, row chunks of ${group.chunkRows} over one slab per SAE` : ""}) matches the float64 reference: ${group.label}`, async () => {
         const seed = testSeed();
         const rand = mulberry32(seed);
         const { cfgs, B } = group;
@@ -121,14 +161,25 @@ for (const [name, open, skip] of backends) {
         const { json, refs } = randomState(rand, cfgs, t);
         const d = cfgs[0].sae.d_vit, n = dSae(cfgs[0]);
         const x = Array.from({ length: B * d }, () => Math.fround(rand() * 2 - 1));
-        const out = await gpu.run<StepOut>("engineStep", { cfgs, state: json, x, matmul });
+        const options = chunked ? chunkedOptions(cfgs, group.chunkRows!) : undefined;
+        const out = await gpu.run<StepOut>("engineStep", { cfgs, state: json, x, matmul, options });
         expect(out.variant).toBe(matmul);
+        if (chunked) {
+          // the lowered limits really split the step: ≥ 4 row chunks, one slab per SAE, within the budget
+          expect(out.plan.rowsPerChunk).toBe(group.chunkRows);
+          expect(out.plan.rowChunks).toBeGreaterThanOrEqual(4);
+          expect(out.plan.slabs).toBe(cfgs.length);
+          expect(out.plan.totalBytes).toBeLessThanOrEqual(options!.memoryBudget!);
+        } else expect([out.plan.rowChunks, out.plan.slabs]).toEqual([1, 1]);
         const Pmax = out.maxPrefixes;
         const errors: Record<string, number> = {};
         const note = (label: string, e: number) => (errors[label] = Math.max(errors[label] ?? 0, e));
-        cfgs.forEach((cfg, k) => {
-          const r = ref.trainStep(refs[k], cfg, x, B);
+        // the reference's step (it updates refs[k] in place: parameters and moments after Adam)
+        const results = cfgs.map((cfg, k) => ref.trainStep(refs[k], cfg, x, B));
+        cfgs.forEach((_, k) => {
+          const r = results[k];
           const P = r.hyper.bounds.length - 1;
+          if (chunked) return; // H, G and R hold only the last slab's last chunk, compared below
           // forward
           note("H (pre-activations)", relError(slice(out.buffers.H, k, B * n), r.forward.h));
           // residual suffix sums R_q = Σ_{r ≥ q} e_r, per prefix
@@ -139,6 +190,16 @@ for (const [name, open, skip] of backends) {
             note("R (residual suffix sums)", relError(R.slice(q * B * d, (q + 1) * B * d), want));
           }
           note("G (dL/df)", relError(slice(out.buffers.G, k, B * n), r.gf));
+        });
+        cfgs.forEach((_, k) => {
+          const r = results[k];
+          if (chunked && k === cfgs.length - 1) {
+            // the working set after the step: the last slab (this SAE alone) and the last row chunk
+            const rows = B - (out.plan.rowChunks - 1) * out.plan.rowsPerChunk;
+            const first = B - rows;
+            note("H (pre-activations, last chunk)", relError(out.buffers.H.slice(0, rows * n), r.forward.h.slice(first * n, B * n)));
+            note("G (dL/df, last chunk)", relError(out.buffers.G.slice(0, rows * n), r.gf.slice(first * n, B * n)));
+          }
           for (const p of ref.PARAM_NAMES) {
             const size = r.grads[p].length;
             note(`grad ${p}`, relError(slice(out.buffers[`grad.${p}`], k, size), r.grads[p]));
@@ -150,7 +211,7 @@ for (const [name, open, skip] of backends) {
           for (const key of ["loss", "mse", "l0", "l1", "sparsity"] as const) note(`metric ${key}`, Math.abs(m[key] - r.forward[key]) / Math.abs(r.forward[key]));
           expect(m["progress/n_patches_seen"]).toBe((t + 1) * B);
         });
-        console.log(`[${name}] seed ${seed} ${matmul} ${group.label}: max relative errors`, errors);
+        console.log(`[${name}] seed ${seed} ${matmul}${chunked ? " chunked" : ""} ${group.label}: max relative errors`, errors);
         for (const [label, e] of Object.entries(errors)) expect(e, `${label} (seed ${seed})`).toBeLessThanOrEqual(F32_TOL);
         // the JumpReLU θ pseudo-gradient must actually be exercised by the random inputs
         const jumpK = cfgs.findIndex((c) => c.sae.kind === "jumprelu");
@@ -196,6 +257,33 @@ for (const [name, open, skip] of backends) {
       const out = await gpu.run<{ maxDiff: number; steps: number[] }>("engineResume", { cfgs, a: 4, b: 3 });
       expect(out.steps).toEqual([7, 7]);
       expect(out.maxDiff).toBe(0);
+    });
+
+    it("trains 100 steps in row chunks over slabs as it does in one pass (losses, weights, Adam moments, eval)", async () => {
+      const base = { sae_batch_size: 64, lr: 5e-3, n_lr_warmup: 10, log_every: 10, data: { d_vit: 12, n_features: 24, sparsity: 0.08, seed: 3, noise: 0.01, n_examples: 8192 }, sae: { d_vit: 12, exp_factor: 2, n_reinit_samples: 512 } };
+      const cfgs = [
+        trainConfig({ ...base, seed: 21, objective: { sparsity_coeff: 1e-2 } }),
+        trainConfig({ ...base, seed: 22, sae: { ...base.sae, kind: "jumprelu", bandwidth: 0.05, init_threshold: 0.05 }, objective: { kind: "matryoshka", n_prefixes: 3, sparsity_coeff: 1e-2 } }),
+        trainConfig({ ...base, seed: 23, objective: { kind: "matryoshka", n_prefixes: 4, sparsity_coeff: 2e-2 } }),
+      ];
+      type JsonParams = JsonState["saes"][number]["params"];
+      type Run = { plan: MemoryPlan; losses: number[][]; state: Array<{ params: JsonParams; m: JsonParams; v: JsonParams }>; evals: Array<{ mse: number; l0: number; freqs: number[] }> };
+      const out = await gpu.run<{ whole: Run; chunked: Run }>("engineChunkedRun", { cfgs, steps: 100, chunked: chunkedOptions(cfgs, 16) });
+      expect([out.whole.plan.rowChunks, out.whole.plan.slabs]).toEqual([1, 1]);
+      expect([out.chunked.plan.rowChunks, out.chunked.plan.slabs]).toEqual([4, 3]);
+      expect(out.chunked.losses.length).toBe(10);
+      const lossGap = Math.max(...out.whole.losses.flatMap((row, i) => row.map((l, k) => Math.abs(out.chunked.losses[i][k] - l) / l)));
+      let stateGap = 0;
+      for (const [k, s] of out.whole.state.entries())
+        for (const kind of ["params", "m", "v"] as const)
+          for (const p of ref.PARAM_NAMES) stateGap = Math.max(stateGap, relError(out.chunked.state[k][kind][p], s[kind][p]));
+      const evalGap = Math.max(...out.whole.evals.map((e, k) => Math.abs(out.chunked.evals[k].mse - e.mse) / e.mse));
+      console.log(`[${name}] 100 steps chunked vs whole: loss ${lossGap.toExponential(2)}, state ${stateGap.toExponential(2)}, eval mse ${evalGap.toExponential(2)}`);
+      expect(lossGap).toBeLessThanOrEqual(1e-4);
+      expect(stateGap).toBeLessThanOrEqual(1e-3);
+      expect(evalGap).toBeLessThanOrEqual(1e-4);
+      // the SAEs learned something: the loss fell
+      for (let k = 0; k < cfgs.length; k++) expect(out.whole.losses.at(-1)![k]).toBeLessThan(out.whole.losses[0][k]);
     });
 
     for (const variant of MATMUL_VARIANTS)

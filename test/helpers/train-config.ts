@@ -1,5 +1,5 @@
 // A complete TrainConfig with SAE.md's defaults, small enough for SwiftShader; tests override what they vary.
-import type { ObjectiveConfig, SaeConfig, SyntheticData, TrainConfig } from "../../shaders/config";
+import { SCHEDULE_DEFAULTS, SELECT_DEFAULTS, type ObjectiveConfig, type SaeConfig, type SyntheticData, type TrainConfig } from "../../shaders/config";
 
 export interface ConfigOverrides extends Partial<Omit<TrainConfig, "sae" | "objective" | "data">> {
   sae?: Partial<SaeConfig>;
@@ -23,6 +23,7 @@ export function trainConfig(o: ConfigOverrides = {}): TrainConfig {
     wandb_entity: null,
     tag: "",
     tags: [],
+    ...SCHEDULE_DEFAULTS,
     ...o,
     seed,
     data: { kind: "synthetic", d_vit, n_features: 32, sparsity: 0.05, seed: 1, noise: 0, n_examples: 10_000, ...o.data },
@@ -36,6 +37,7 @@ export function trainConfig(o: ConfigOverrides = {}): TrainConfig {
       init_threshold: 0.001,
       bandwidth: 0.001,
       n_reinit_samples: 4096,
+      ...SELECT_DEFAULTS,
       ...o.sae,
     },
     objective: { kind: "vanilla", sparsity_coeff: 4e-4, n_prefixes: 10, ...o.objective },

@@ -2,7 +2,7 @@
  * The float64 reference of SAE.md: one plain loop per formula, no tricks, so it can be read against the spec and
  * checked by finite differences. The engine's kernels are compared with it element by element.
  */
-import type { EvalMetrics, TrainConfig } from "../../shaders/config";
+import type { EvalMetrics, SaeKind, TrainConfig } from "../../shaders/config";
 import { ALMOST_DEAD_THRESHOLD, DENSE_THRESHOLD } from "../../shaders/config";
 import { ADAM, adamScalars, learningRate, prefixBounds, sparsityCoeff } from "../../shaders/schedule";
 
@@ -17,7 +17,9 @@ export type ParamName = keyof Params;
 export const PARAM_NAMES: ParamName[] = ["W_enc", "b_enc", "W_dec", "b_dec", "log_threshold"];
 
 export interface Hyper {
-  kind: "relu" | "jumprelu";
+  kind: SaeKind;
+  /** TopK/BatchTopK (./topk.ts): the kept entries of h [B, n] (1 = kept); f = ReLU(h) there, 0 elsewhere. */
+  select?: (h: Float64Array, B: number) => Uint8Array;
   d: number;
   n: number;
   /** Sparsity coefficient in effect this step (after warmup). */
@@ -56,7 +58,8 @@ export const zerosLike = (p: Params): Params => ({
 
 function activation(kind: Hyper["kind"], h: number, theta: number): number {
   if (kind === "relu") return h > 0 ? h : 0;
-  return h > theta ? h : 0;
+  if (kind === "jumprelu") return h > theta ? h : 0;
+  throw new Error(`reference: sae.kind ${kind} needs hp.select (test/reference/topk.ts)`);
 }
 
 export function forward(p: Params, x: ArrayLike<number>, B: number, hp: Hyper): Forward {
@@ -69,8 +72,12 @@ export function forward(p: Params, x: ArrayLike<number>, B: number, hp: Hyper): 
       let s = p.b_enc[j];
       for (let i = 0; i < d; i++) s += (x[b * d + i] - p.b_dec[i]) * p.W_enc[i * n + j];
       h[b * n + j] = s;
-      f[b * n + j] = activation(hp.kind, s, Math.exp(p.log_threshold[j]));
+      if (!hp.select) f[b * n + j] = activation(hp.kind, s, Math.exp(p.log_threshold[j]));
     }
+  if (hp.select) {
+    const kept = hp.select(h, B);
+    for (let i = 0; i < B * n; i++) f[i] = kept[i] && h[i] > 0 ? h[i] : 0;
+  }
   const e: Float64Array[] = [];
   let sq = 0;
   for (let q = 0; q < P; q++) {
@@ -93,7 +100,8 @@ export function forward(p: Params, x: ArrayLike<number>, B: number, hp: Hyper): 
   l0 /= B;
   l1 /= B;
   const mse = sq / (B * P * d);
-  const sparsity = hp.coeff * (hp.kind === "relu" ? l1 : l0);
+  // TopK and BatchTopK select instead of penalizing: no sparsity term.
+  const sparsity = hp.kind === "relu" ? hp.coeff * l1 : hp.kind === "jumprelu" ? hp.coeff * l0 : 0;
   return { h, f, e, mse, l0, l1, sparsity, loss: mse + sparsity };
 }
 
@@ -129,6 +137,8 @@ export function backwardDetailed(p: Params, x: ArrayLike<number>, B: number, hp:
       if (hp.kind === "relu") {
         gf[b * n + j] += h > 0 ? hp.coeff / B : 0; // d|f|/df = sign(f), 0 at f = 0 as torch
         gh = h > 0 ? gf[b * n + j] : 0;
+      } else if (hp.select) {
+        gh = fw.f[b * n + j] > 0 ? gf[b * n + j] : 0; // ∂f/∂h = 1 on kept entries with h > 0
       } else {
         const kern = Math.abs((h - theta) / eps) < 0.5 ? 1 : 0;
         gh = h > theta ? gf[b * n + j] : 0;
@@ -190,6 +200,13 @@ export function trainStep(state: State, cfg: TrainConfig, x: ArrayLike<number>, 
   const fw = forward(state.params, x, B, hp);
   const { grads: g, gf } = backwardDetailed(state.params, x, B, hp, fw);
   if (cfg.sae.remove_parallel_grads) removeParallelGrads(g.W_dec, state.params.W_dec, n, d);
+  adamUpdate(state, cfg, g);
+  return { forward: fw, grads: g, gf, hyper: hp };
+}
+
+/** torch Adam with the lr of step state.step, then the step advances. θ (log_threshold) trains for JumpReLU only. */
+export function adamUpdate(state: State, cfg: TrainConfig, g: Params): void {
+  const t = state.step;
   const { stepSize, sqrtBias2 } = adamScalars(learningRate(cfg, t), t);
   for (const name of PARAM_NAMES) {
     if (name === "log_threshold" && cfg.sae.kind !== "jumprelu") continue;
@@ -201,7 +218,6 @@ export function trainStep(state: State, cfg: TrainConfig, x: ArrayLike<number>, 
     }
   }
   state.step++;
-  return { forward: fw, grads: g, gf, hyper: hp };
 }
 
 /** evaluate (SAE.md): means over all examples, full reconstruction. */

@@ -103,7 +103,7 @@ describe("sae-swarm CLI", () => {
         group: { id: "grp-1", sweep_id: "sw-1", cfgs: [{ run_id: "run-1", cfg }], data: cfg.data, resume: [], checkpoint_every: 100, attempt: 1 },
       });
       const before = srv.requests.length;
-      const r = await cli(["runner", "--server", srv.url, "--token", "secret-token", "--allow-software-adapter", "--once", "--runner-id", "test-runner"]);
+      const r = await cli(["runner", "--server", srv.url, "--token", "secret-token", "--allow-software-adapter", "--once", "--runner-id", "test-runner", "--gpu-memory", "3"]);
       expect(r.code, r.stdout + r.stderr).toBe(0);
       const reqs = srv.requests.slice(before);
       const claims = reqs.filter((q) => q.path === "/v1/claims");
@@ -113,6 +113,9 @@ describe("sae-swarm CLI", () => {
       expect(body.runner_id).toBe("test-runner");
       expect(body.adapter).toMatchObject({ isFallbackAdapter: true });
       expect(body.adapter.limits.maxBufferSize).toBeGreaterThan(0);
+      // the memory budget goes with the claim (and the engine plans with it)
+      expect(body.adapter).toMatchObject({ memoryBudget: 3e9, memorySource: "flag" });
+      expect(r.stdout).toContain("GPU memory budget: 3.0 GB (--gpu-memory)");
       const paths = reqs.map((q) => q.path);
       expect(paths, JSON.stringify(paths)).not.toContain("/v1/leases/lease-a/fail");
       // log_every 25 > 16 steps: no metric rows; one eval row, one final checkpoint at step 16, then complete.

@@ -1,5 +1,5 @@
 /** Resolved TrainConfigs for runner tests (small shapes; defaults as ../shared/SAE.md). */
-import type { TrainConfig } from "../../shaders/config";
+import { SCHEDULE_DEFAULTS, SELECT_DEFAULTS, type TrainConfig } from "../../shaders/config";
 
 export function trainConfig(over: { d_vit?: number; exp_factor?: number; kind?: "relu" | "jumprelu"; seed?: number } = {}): TrainConfig {
   const d_vit = over.d_vit ?? 8;
@@ -23,6 +23,7 @@ export function trainConfig(over: { d_vit?: number; exp_factor?: number; kind?: 
       init_threshold: 0.001,
       bandwidth: 0.001,
       n_reinit_samples: 524288,
+      ...SELECT_DEFAULTS,
     },
     objective: { kind: "vanilla", sparsity_coeff: 4e-4, n_prefixes: 10 },
     n_eval: 0,
@@ -31,5 +32,6 @@ export function trainConfig(over: { d_vit?: number; exp_factor?: number; kind?: 
     wandb_entity: null,
     tag: "",
     tags: [],
+    ...SCHEDULE_DEFAULTS,
   };
 }

@@ -100,7 +100,7 @@ describe("sae-swarm submit", () => {
     expect(r.code).toBe(1);
     expect(r.stderr).toContain("POST /v1/sweeps: 3 problems (HTTP 400 invalid_sweep)");
     expect(r.stderr).toMatch(/^\s+lr: /m);
-    expect(r.stderr).toMatch(/^\s+sae\.kind: must be "relu" or "jumprelu"/m);
+    expect(r.stderr).toMatch(/^\s+sae\.kind: must be "relu", "jumprelu", "topk" or "batchtopk"/m);
     expect(r.stderr).toMatch(/^\s+batchsize: unknown key/m);
     const after = ((await (await fetch(`${dev.url}/v1/sweeps`, { headers: { authorization: `Bearer ${dev.submitToken}` } })).json()) as { sweeps: unknown[] }).sweeps.length;
     expect(after).toBe(before);

@@ -1,7 +1,7 @@
 // The forwarder as the queue consumer will drive it, against the stand-in: every row once, in order, through
 // duplicate and out-of-order deliveries, injected 429s/500s/dropped replies, and a consumer that dies mid-send.
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import type { EvalMetrics, TrainConfig } from "../../shaders/config";
+import { SCHEDULE_DEFAULTS, SELECT_DEFAULTS, type EvalMetrics, type TrainConfig } from "../../shaders/config";
 import type { WandbMessage } from "../../worker/protocol";
 import { WandbClient, WandbError } from "../../worker/wandb/client";
 import {
@@ -26,10 +26,11 @@ function cfg(over: Partial<TrainConfig> = {}): TrainConfig {
     seed: 42,
     sae: {
       kind: "relu", d_vit: 16, exp_factor: 4, normalize_w_dec: true, remove_parallel_grads: true, seed: 42,
-      init_threshold: 0.001, bandwidth: 0.001, n_reinit_samples: 1024,
+      init_threshold: 0.001, bandwidth: 0.001, n_reinit_samples: 1024, ...SELECT_DEFAULTS,
     },
     objective: { kind: "vanilla", sparsity_coeff: 4e-4, n_prefixes: 10 },
     n_eval: 0, track: true, wandb_project: "sae-swarm-test", wandb_entity: null, tag: "demo", tags: ["baseline"],
+    ...SCHEDULE_DEFAULTS,
     ...over,
   };
 }

@@ -274,6 +274,9 @@ describe("claims and leases", () => {
     // An adapter that cannot hold one SAE gets nothing, even when runs wait.
     await submit();
     expect(await claim("tiny", 0)).toBeNull();
+    // the lease keeps the budget its chunk was sized for
+    const budgets = await env.DB.prepare("SELECT memory_budget FROM leases ORDER BY created_at").all<{ memory_budget: number }>();
+    expect(budgets.results.map((r) => r.memory_budget)).toEqual([adapter(2).memoryBudget, adapter(2).memoryBudget, adapter(4).memoryBudget]);
     await finishLease(a);
     await finishLease(b);
     const mid = await json(await call("GET", `/v1/sweeps/${s.id}`), 200);
@@ -281,6 +284,25 @@ describe("claims and leases", () => {
     expect(mid.sweep.status).toBe("running");
     await finishLease(c);
     expect((await json(await call("GET", `/v1/sweeps/${s.id}`), 200)).sweep.status).toBe("done");
+  });
+
+  it("sizes the chunk with the runner's memory budget and the group's Matryoshka prefixes; refuses a bad budget", async () => {
+    // SMALL_SWEEP's shape with 10 prefixes: each SAE's residuals take 10× the memory, so a budget for 2 Vanilla SAEs holds 1
+    const s = await submit(SMALL_SWEEP.replace("objective = {", 'objective = { kind = "matryoshka", n_prefixes = 10,'));
+    const one = (await claim("a", 2))!;
+    expect(one.group.cfgs.map((r) => r.run_id)).toEqual([`${s.id}-r0`]);
+    // without a budget the Worker assumes the default (2 GiB): the rest of the group
+    const { memoryBudget: _b, memorySource: _s, ...plain } = adapter();
+    const rest = await json<ClaimResponse>(await call("POST", "/v1/claims", { json: { runner_id: "b", adapter: plain } }), 200);
+    expect(rest.group.cfgs.length).toBe(s.n_runs - 1);
+    const budgets = await env.DB.prepare("SELECT memory_budget FROM leases ORDER BY created_at").all<{ memory_budget: number }>();
+    expect(budgets.results.map((r) => r.memory_budget)).toEqual([adapter(2).memoryBudget, 2 * 2 ** 30]);
+    for (const [bad, message] of [[-1, /must be > 0/], [1.5, /must be an integer/], ["80", /must be a number, got string/]] as const) {
+      const e = await json(await call("POST", "/v1/claims", { json: { runner_id: "c", adapter: { ...adapter(), memoryBudget: bad } } }), 400);
+      expect(e.error.field).toBe("adapter.memoryBudget");
+      expect(e.error.message).toMatch(message);
+    }
+    expect(await count("leases")).toBe(2);
   });
 
   it("many claims at once over many groups: each gets its own group, none answers 204 while work waits", async () => {

@@ -171,7 +171,7 @@ describe("GET /v1/runs/:id/export/saelens/*", () => {
     const id = c.group.cfgs[0].run_id;
     // The Worker refuses such a checkpoint at upload (strict checkpoints): store a good one, then replace its R2
     // object, as one stored before the check existed (or damaged in storage) would be.
-    await json(await putCheckpoint(c.lease.id, c.lease.token, id, "kind=final", checkpointFor(id, "final", 10, 1, { d_vit: D, exp_factor: K / D, kind: c.group.cfgs[0].cfg.sae.kind })), 201);
+    await json(await putCheckpoint(c.lease.id, c.lease.token, id, "kind=final", checkpointFor(id, "final", 10, 1, { d_vit: D, exp_factor: K / D, kind: c.group.cfgs[0].cfg.sae.kind as "relu" | "jumprelu" })), 201);
     const { key } = (await env.DB.prepare(`SELECT key FROM checkpoints WHERE run_id = ?1`).bind(id).first<{ key: string }>())!;
     await env.CHECKPOINTS.put(key, safetensors(4, 2));
     const e = (await json(await get(id, "cfg.json"), 500)).error;

@@ -8,6 +8,7 @@ import type { ClaimResponse, WandbMessage } from "../../worker/protocol";
 import type { AdapterLimits } from "../../shaders/device";
 import type { TrainConfig } from "../../shaders/config";
 import { encodeFinalCheckpoint, encodeResumeCheckpoint, type SaeWeights } from "../../runner/safetensors";
+import { planMemory } from "../../shaders/fit";
 
 export const SUBMIT = "test-submit-token";
 export const RUNNER = "test-runner-token";
@@ -70,11 +71,12 @@ export async function submit(text = SMALL_SWEEP, contentType = "application/toml
   );
 }
 
-/** An adapter whose limits hold `k` SAEs of SMALL_SWEEP's shape (d_vit 16, d_sae 64, batch 64: 16 KiB each). */
+/** An adapter whose memory budget holds exactly `k` SAEs of SMALL_SWEEP's shape (d_vit 16, d_sae 64, batch 64). */
 export function adapter(k = 1024) {
-  const size = Math.max(k * 4 * 64 * 64, 1024);
+  const size = 2 ** 28;
   const limits = { maxStorageBufferBindingSize: size, maxBufferSize: size, maxComputeWorkgroupSizeX: 256 } as Partial<AdapterLimits>;
-  return { vendor: "test", architecture: "swiftshader", device: "", description: "", isFallbackAdapter: true, features: [], limits };
+  const memoryBudget = k === 0 ? 1 : planMemory({ maxStorageBufferBindingSize: size, maxBufferSize: size }, { d_vit: 16, d_sae: 64, batch_size: 64 }, { saes: k }).totalBytes;
+  return { vendor: "test", architecture: "swiftshader", device: "", description: "", isFallbackAdapter: true, features: [], limits, memoryBudget, memorySource: "flag" as const };
 }
 
 export async function claim(runnerId = "runner-a", k = 1024, vars?: Partial<Env>): Promise<ClaimResponse | null> {

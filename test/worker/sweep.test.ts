@@ -171,7 +171,7 @@ describe("expandSweep rejects bad input, naming the key", () => {
     expect(rejects(() => toml(`lr = [1e-3, 0]`)).field).toBe("lr[1]");
     expect(rejects(() => toml(`log_every = 0`)).field).toBe("log_every");
     expect(rejects(() => toml(`[data]\nkind = "synthetic"\nd_vit = 8\nn_features = 4\nsparsity = 2`)).field).toBe("data.sparsity");
-    expect(rejects(() => toml(`[sae]\nkind = "topk"`)).message).toMatch(/sae.kind: must be "relu" or "jumprelu"/);
+    expect(rejects(() => toml(`[sae]\nkind = "gelu"`)).message).toMatch(/sae.kind: must be "relu", "jumprelu", "topk" or "batchtopk"/);
   });
   it("cross-key problems name the key and the config", () => {
     const e = rejects(() => toml(`data = { kind = "synthetic", d_vit = 16, n_features = 8, sparsity = 0.1 }\nsae = { d_vit = 32 }`));

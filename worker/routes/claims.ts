@@ -7,7 +7,7 @@
  * the group's remaining runs (another chunk), or none and looks at another group (or answers 204).
  */
 import { Hono } from "hono";
-import { maxSaesThatFit } from "../../shaders/fit";
+import { DEFAULT_MEMORY_BUDGET, maxSaesThatFit } from "../../shaders/fit";
 import type { TrainConfig } from "../../shaders/config";
 import type { AdapterLimits } from "../../shaders/device";
 import type { ClaimResponse, ResumePoint } from "../protocol";
@@ -40,17 +40,22 @@ claimRoutes.post("/", async (c) => {
   const body = await jsonBody(c, ClaimBody);
   const { leaseTtlMs, checkpointEvery, evalsBytes, partBytes } = settings(c.env);
   const limits = body.adapter.limits as unknown as AdapterLimits;
+  // the runner's engine plans with the same budget and limits (shaders/fit.ts), so the chunk fits its device
+  const memoryBudget = body.adapter.memoryBudget ?? DEFAULT_MEMORY_BUDGET;
   const db = c.env.DB;
 
   /** The oldest groups (sweep order, then group order) with a claimable run that this adapter can hold. */
   const readCandidates = async (): Promise<Candidate[]> => {
-    // Only the shape of one claimable run per group, so that a claim reads a few bytes per group, not configs.
+    // Only the shape of one claimable run per group (and the most Matryoshka prefixes of its claimable runs, which
+    // bounds any chunk's), so that a claim reads a few bytes per group, not configs.
     const { results } = await db
       .prepare(
-        `SELECT group_id, sweep_id, shape FROM (
+        `SELECT group_id, sweep_id, shape, n_prefixes FROM (
            SELECT g.id AS group_id, g.sweep_id, g.created_at, g.idx,
              (SELECT json_array(json_extract(r.cfg, '$.sae.d_vit'), json_extract(r.cfg, '$.sae.exp_factor'), json_extract(r.cfg, '$.sae_batch_size'))
-              FROM runs r LEFT JOIN leases l ON l.id = r.lease_id WHERE r.group_id = g.id AND ${CLAIMABLE} ORDER BY r.idx LIMIT 1) AS shape
+              FROM runs r LEFT JOIN leases l ON l.id = r.lease_id WHERE r.group_id = g.id AND ${CLAIMABLE} ORDER BY r.idx LIMIT 1) AS shape,
+             (SELECT max(CASE WHEN json_extract(r.cfg, '$.objective.kind') = 'matryoshka' THEN json_extract(r.cfg, '$.objective.n_prefixes') ELSE 1 END)
+              FROM runs r LEFT JOIN leases l ON l.id = r.lease_id WHERE r.group_id = g.id AND ${CLAIMABLE}) AS n_prefixes
            FROM groups g
            WHERE g.status IN ('waiting', 'running'))
          WHERE shape IS NOT NULL
@@ -58,11 +63,11 @@ claimRoutes.post("/", async (c) => {
          LIMIT ${CANDIDATES}`,
       )
       .bind(Date.now())
-      .all<{ group_id: string; sweep_id: string; shape: string }>();
+      .all<{ group_id: string; sweep_id: string; shape: string; n_prefixes: number | null }>();
     const out: Candidate[] = [];
     for (const g of results) {
       const [d_vit, exp_factor, batch_size] = JSON.parse(g.shape) as number[];
-      const k = maxSaesThatFit(limits, { d_vit, d_sae: d_vit * exp_factor, batch_size });
+      const k = maxSaesThatFit(limits, { d_vit, d_sae: d_vit * exp_factor, batch_size, n_prefixes: g.n_prefixes ?? 1 }, memoryBudget);
       if (k >= 1) out.push({ group_id: g.group_id, sweep_id: g.sweep_id, k }); // else leave it for a bigger runner
     }
     return out;
@@ -85,13 +90,13 @@ claimRoutes.post("/", async (c) => {
     const r = await db.batch([
       db
         .prepare(
-          `INSERT INTO leases (id, token, group_id, runner_id, adapter, run_ids, status, created_at, expires_at)
-           SELECT ?3, ?4, ?2, ?5, ?6, ids, 'active', ?1, ?7 FROM (
+          `INSERT INTO leases (id, token, group_id, runner_id, adapter, memory_budget, run_ids, status, created_at, expires_at)
+           SELECT ?3, ?4, ?2, ?5, ?6, ?9, ids, 'active', ?1, ?7 FROM (
              SELECT json_group_array(id) AS ids, count(*) AS n FROM (
                SELECT r.id FROM runs r LEFT JOIN leases l ON l.id = r.lease_id WHERE r.group_id = ?2 AND ${CLAIMABLE} ORDER BY r.idx LIMIT ?8))
            WHERE n > 0`,
         )
-        .bind(at, g.group_id, leaseId, token, body.runner_id, JSON.stringify(body.adapter), expiresAt, g.k),
+        .bind(at, g.group_id, leaseId, token, body.runner_id, JSON.stringify(body.adapter), expiresAt, g.k, memoryBudget),
       db
         .prepare(`UPDATE leases SET status = 'expired', ended_at = ?1 WHERE status = 'active' AND expires_at <= ?1 AND id IN (SELECT lease_id FROM runs WHERE id IN (${chunk}))`)
         .bind(at, g.group_id, leaseId),

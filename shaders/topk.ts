@@ -1,0 +1,553 @@
+/**
+ * The selection kernels of TopK and BatchTopK SAEs, AuxK's dead-latent bookkeeping, and gradient-norm clipping
+ * (../shared/SAE.md "TopK, BatchTopK, AuxK and the newer schedule"). K SAEs of one group share each dispatch, as in
+ * kernels.ts: workgroup_id.y (or .z) is the SAE, and an SAE whose kind does not use a kernel leaves it at once, so any
+ * mix of kinds shares one group. The float64 reference is test/reference/topk.ts.
+ *
+ * Values are compared through an order-preserving u32 key of their f32 bits (−0 and +0 one key, as they compare
+ * equal), so "the k largest" is an exact radix select and ties are resolved by index, never by rounding.
+ *
+ * Layouts (u32 unless said):
+ *   H [K, rowStride, n] f32: pre-activations of the rows at hand (a row chunk); the first `rows` rows are used.
+ *   topkMeta [K, TOPK_META_WORDS]: per SAE [kRow (TopK's k, else 0), kTotal (BatchTopK's k·B, else 0), kAux,
+ *     β (f32 bits), dead_after, max_grad_norm (f32 bits, 0: none), 0, 0] (topkMetaWords builds it).
+ *   cut [K, rowStride, 2]: per row the threshold key T and the tie cut J: entry j is kept when its key is > T, or
+ *     == T with j < J (so the lowest latent indices win ties).
+ *   counters [K, n]: examples since each latent last fired (saturating).
+ *   batchHist [K, 65536]: BatchTopK's radix histogram (zero between uses: the resolve kernel clears it).
+ *   batchState [K, BATCH_STATE_WORDS]: [top 16 bits of T, still to keep, T, ties kept so far, θ (f32 bits), θ set].
+ *   rowTies [K, rowStride]: ties with T per row of the chunk at hand.
+ */
+import type { TrainConfig } from "./config";
+
+export const TOPK_META_WORDS = 8;
+export const BATCH_STATE_WORDS = 8;
+export const BATCH_BINS = 65536;
+/** Workgroups per SAE of one gradient tensor's sum of squares (one partial each). */
+export const NORM_WORKGROUPS = 64;
+
+/** The per-SAE words of topkMeta for a group (see the layout above); B = the batch size. */
+export function topkMetaWords(cfgs: TrainConfig[], B: number): Uint32Array<ArrayBuffer> {
+  const words = new Uint32Array(cfgs.length * TOPK_META_WORDS);
+  const f = new Float32Array(words.buffer);
+  cfgs.forEach((c, s) => {
+    const o = s * TOPK_META_WORDS;
+    const k = c.sae.k ?? 0;
+    const select = c.sae.kind === "topk" || c.sae.kind === "batchtopk";
+    if (c.sae.kind === "topk") words[o] = k;
+    if (c.sae.kind === "batchtopk") {
+      if (k * B >= 2 ** 32) throw new Error(`topk: k·B = ${k * B} does not fit a u32 count`);
+      words[o + 1] = k * B;
+    }
+    words[o + 2] = select && c.sae.aux_coeff > 0 ? c.sae.k_aux : 0;
+    f[o + 3] = c.sae.threshold_beta;
+    words[o + 4] = select ? Math.min(c.sae.dead_after, 2 ** 32 - 1) : 0;
+    f[o + 5] = c.max_grad_norm ?? 0;
+  });
+  return words;
+}
+
+/** Uniform of every kernel here: [rows, rowStride, n, K, B, size, slot, nSlots] (32 bytes). */
+export function topkDims(d: { rows?: number; rowStride?: number; n?: number; K: number; B?: number; size?: number; slot?: number; nSlots?: number }): Uint32Array<ArrayBuffer> {
+  return new Uint32Array([d.rows ?? 0, d.rowStride ?? d.rows ?? 0, d.n ?? 0, d.K, d.B ?? 0, d.size ?? 0, d.slot ?? 0, d.nSlots ?? 0]);
+}
+
+const HEADER = /* wgsl */ `
+struct Dims { rows: u32, rowStride: u32, n: u32, K: u32, B: u32, size: u32, slot: u32, nSlots: u32 }
+@group(0) @binding(0) var<uniform> dims: Dims;
+@group(0) @binding(1) var<storage, read> topkMeta: array<u32>;
+const WG = 256u;
+fn metaWord(sae: u32, w: u32) -> u32 { return topkMeta[sae * ${TOPK_META_WORDS}u + w]; }
+// Order-preserving key of an f32: larger value, larger key; −0 and +0 share one key (they compare equal).
+fn keyOf(v: f32) -> u32 {
+  var u = bitcast<u32>(v);
+  if (u == 0x80000000u) { u = 0u; }
+  return select(u | 0x80000000u, ~u, (u & 0x80000000u) != 0u);
+}
+fn valueOf(key: u32) -> f32 { return bitcast<f32>(select(~key, key & 0x7fffffffu, (key & 0x80000000u) != 0u)); }
+`;
+
+/**
+ * WGSL statements run by thread 0 after seg[t] holds the ties (key == T, eligible) of thread t's contiguous segment
+ * [t·segLen, (t+1)·segLen): sets `J` to one past the index of the need-th tie in index order (0 when need is 0).
+ */
+const TIE_CUT = (isTie: string) => /* wgsl */ `
+    var J = 0u;
+    if (need > 0u) {
+      var acc = 0u;
+      var s = 0u;
+      loop {
+        if (s + 1u >= WG || acc + seg[s] >= need) { break; }
+        acc += seg[s];
+        s += 1u;
+      }
+      let slo = min(n, s * segLen);
+      let shi = min(n, slo + segLen);
+      var r = need - acc;
+      J = shi;
+      for (var j = slo; j < shi; j++) {
+        if (${isTie}) {
+          r -= 1u;
+          if (r == 0u) { J = j + 1u; break; }
+        }
+      }
+    }`;
+
+/** Each thread counts the ties of its contiguous segment into seg[tid] (then a barrier). */
+const COUNT_SEGMENT = (isTie: string) => /* wgsl */ `
+  let segLen = (n + WG - 1u) / WG;
+  {
+    let lo = min(n, tid * segLen);
+    let hi = min(n, lo + segLen);
+    var c = 0u;
+    for (var j = lo; j < hi; j++) { if (${isTie}) { c += 1u; } }
+    seg[tid] = c;
+  }
+  workgroupBarrier();`;
+
+export interface RowSelectVariant {
+  /** Which topkMeta word holds k: 0 = TopK's k (the forward), 2 = k_aux (AuxK over the dead latents). */
+  kWord: 0 | 2;
+  /** Only latents with counters ≥ dead_after take part (AuxK); k becomes min(k, #dead). */
+  deadOnly: boolean;
+  /** Write f into H itself (the forward: the ReLU kernels downstream then compute TopK's f and ∂f/∂h unchanged). */
+  inPlace: boolean;
+}
+
+/**
+ * Per-example top-k (one workgroup per row and SAE; dispatch (rows, K)): a radix select on the keys, four 8-bit
+ * digit histograms in workgroup memory, finds the k-th largest key T of the row; then the first ties in index
+ * order fill the k slots. Writes cut = (T, J) and f = ReLU(h) on the kept entries, 0 elsewhere (into H, or `out`).
+ * The row stays in global memory (65 536 floats do not fit a workgroup); it is read six times.
+ * Bindings: dims, topkMeta, H, [counters], [out], cut.
+ */
+export function rowSelectKernel(v: RowSelectVariant): string {
+  let b = 2;
+  const bindings = [
+    `@group(0) @binding(${b++}) var<storage, ${v.inPlace ? "read_write" : "read"}> H: array<f32>;`,
+    v.deadOnly ? `@group(0) @binding(${b++}) var<storage, read> counters: array<u32>;` : "",
+    v.inPlace ? "" : `@group(0) @binding(${b++}) var<storage, read_write> out: array<f32>;`,
+    `@group(0) @binding(${b++}) var<storage, read_write> cut: array<u32>;`,
+  ].join("\n");
+  const elig = v.deadOnly ? "counters[sae * n + j] >= deadAfter" : "true";
+  const outName = v.inPlace ? "H" : "out";
+  return /* wgsl */ `${HEADER}
+${bindings}
+var<workgroup> hist: array<atomic<u32>, 256>;
+var<workgroup> seg: array<u32, 256>;
+var<workgroup> shareA: u32;
+var<workgroup> shareB: u32;
+var<workgroup> eligible: atomic<u32>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: u32) {
+  let row = wg.x;
+  let sae = wg.y;
+  let n = dims.n;
+  let base = (sae * dims.rowStride + row) * n;
+  let deadAfter = metaWord(sae, 4u);
+  if (tid == 0u) {
+    shareA = metaWord(sae, ${v.kWord}u);
+    atomicStore(&eligible, 0u);
+  }
+  let k = workgroupUniformLoad(&shareA);
+  if (k == 0u) { return; } // not this SAE's kind: H stays as it is
+  {
+    var c = 0u;
+    for (var j = tid; j < n; j += WG) { if (${elig}) { c += 1u; } }
+    atomicAdd(&eligible, c);
+  }
+  workgroupBarrier();
+  if (tid == 0u) { shareA = min(k, atomicLoad(&eligible)); }
+  let kEff = workgroupUniformLoad(&shareA);
+
+  // Radix select, most significant digit first: prefix holds the digits of T found so far, remaining how many
+  // entries with that prefix are still to be taken.
+  var prefix = 0u;
+  var remaining = kEff;
+  if (kEff > 0u) {
+    for (var digit = 0u; digit < 4u; digit++) {
+      let shift = 24u - 8u * digit;
+      let hiMask = select(0xffffffffu << (32u - 8u * digit), 0u, digit == 0u);
+      atomicStore(&hist[tid], 0u);
+      workgroupBarrier();
+      for (var j = tid; j < n; j += WG) {
+        if (${elig}) {
+          let key = keyOf(H[base + j]);
+          if ((key & hiMask) == prefix) { atomicAdd(&hist[(key >> shift) & 255u], 1u); }
+        }
+      }
+      workgroupBarrier();
+      if (tid == 0u) {
+        var above = 0u;
+        var dg = 255u;
+        loop {
+          let c = atomicLoad(&hist[dg]);
+          if (above + c >= remaining || dg == 0u) { break; }
+          above += c;
+          dg -= 1u;
+        }
+        shareA = prefix | (dg << shift);
+        shareB = remaining - above;
+      }
+      prefix = workgroupUniformLoad(&shareA);
+      remaining = workgroupUniformLoad(&shareB);
+    }
+  }
+  // kEff = 0 (no dead latent): T above every key, nothing kept.
+  let T = select(0xffffffffu, prefix, kEff > 0u);
+  let need = select(0u, remaining, kEff > 0u);
+${COUNT_SEGMENT(`(${elig}) && keyOf(H[base + j]) == T`)}
+  if (tid == 0u) {
+${TIE_CUT(`(${elig}) && keyOf(H[base + j]) == T`)}
+    shareA = J;
+    cut[(sae * dims.rowStride + row) * 2u] = T;
+    cut[(sae * dims.rowStride + row) * 2u + 1u] = J;
+  }
+  let J = workgroupUniformLoad(&shareA);
+  for (var j = tid; j < n; j += WG) {
+    let h = H[base + j];
+    let key = keyOf(h);
+    let kept = (${elig}) && (key > T || (key == T && j < J));
+    ${outName}[base + j] = select(0.0, max(h, 0.0), kept);
+  }
+}
+`;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// BatchTopK: the k·B largest entries of ReLU(h) over the whole batch, ties by example then latent index.
+//
+// The batch exists one row chunk at a time, so the threshold is found by a two-digit (16 + 16 bits) radix select
+// whose histograms accumulate chunk by chunk, and the ties are taken in (row, latent) order while the chunks are
+// applied in order. Per step, for the SAEs with kTotal > 0 (the others return at once):
+//   for each chunk: encode → batchHistKernel(0)          (top 16 bits of each key)
+//   batchResolveKernel(0)                                  (top 16 bits of T; clears the histogram)
+//   for each chunk: encode → batchHistKernel(1)          (low 16 bits, keys whose top bits match)
+//   batchResolveKernel(1)                                  (T, how many ties to keep; θ update; clears)
+//   for each chunk: encode → batchTiesKernel → batchApplyKernel → batchAdvanceKernel → the ReLU forward/backward
+// so H holds f = ReLU(h) on the kept entries (0 elsewhere) when the chunk's decode and backward run.
+
+const BATCH_HEADER = /* wgsl */ `
+const ZERO_KEY = 0x80000000u;
+fn kTotalOf(sae: u32) -> u32 { return metaWord(sae, 1u); }
+fn stateAt(sae: u32, w: u32) -> u32 { return sae * ${BATCH_STATE_WORDS}u + w; }
+`;
+
+/**
+ * One chunk's contribution to BatchTopK's histogram (dispatch (rows, K)). Pass 0 counts the top 16 bits of every
+ * key of ReLU(h); pass 1 the low 16 bits of the keys whose top bits are the ones pass 0 chose. Zeros (every h ≤ 0)
+ * are counted per thread first: they would otherwise all hit one bin.
+ * Bindings: dims, topkMeta, H, batchHist, batchState.
+ */
+export function batchHistKernel(pass: 0 | 1): string {
+  return /* wgsl */ `${HEADER}${BATCH_HEADER}
+@group(0) @binding(2) var<storage, read> H: array<f32>;
+@group(0) @binding(3) var<storage, read_write> batchHist: array<atomic<u32>>;
+@group(0) @binding(4) var<storage, read> batchState: array<u32>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: u32) {
+  let row = wg.x;
+  let sae = wg.y;
+  if (kTotalOf(sae) == 0u) { return; }
+  let n = dims.n;
+  let base = (sae * dims.rowStride + row) * n;
+  let hb = sae * ${BATCH_BINS}u;
+  let top = batchState[stateAt(sae, 0u)];
+  var zeros = 0u;
+  for (var j = tid; j < n; j += WG) {
+    let key = keyOf(max(H[base + j], 0.0));
+    ${pass === 0
+      ? "if (key == ZERO_KEY) { zeros += 1u; } else { atomicAdd(&batchHist[hb + (key >> 16u)], 1u); }"
+      : "if ((key >> 16u) == top) { if (key == ZERO_KEY) { zeros += 1u; } else { atomicAdd(&batchHist[hb + (key & 0xffffu)], 1u); } }"}
+  }
+  if (zeros > 0u) { atomicAdd(&batchHist[hb + ${pass === 0 ? "(ZERO_KEY >> 16u)" : "(ZERO_KEY & 0xffffu)"}], zeros); }
+}
+`;
+}
+
+/**
+ * Reads one digit of T off the whole batch's histogram (dispatch (1, K)), then clears the histogram. Pass 0 starts
+ * from kTotal and keeps the top 16 bits; pass 1 completes T, leaves how many ties with T to keep, restarts the tie
+ * count, and moves θ: θ ← β·θ + (1 − β)·min_kept (θ ← min_kept on the first step, while "θ set" is 0).
+ * Bindings: dims, topkMeta, batchHist, batchState.
+ */
+export function batchResolveKernel(pass: 0 | 1): string {
+  return /* wgsl */ `${HEADER}${BATCH_HEADER}
+@group(0) @binding(2) var<storage, read_write> batchHist: array<atomic<u32>>;
+@group(0) @binding(3) var<storage, read_write> batchState: array<u32>;
+var<workgroup> part: array<u32, 256>;
+var<workgroup> shareA: u32;
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: u32) {
+  let sae = wg.y;
+  if (tid == 0u) { shareA = kTotalOf(sae); }
+  let kTotal = workgroupUniformLoad(&shareA);
+  if (kTotal == 0u) { return; }
+  let hb = sae * ${BATCH_BINS}u;
+  {
+    var s = 0u;
+    for (var i = 0u; i < 256u; i++) { s += atomicLoad(&batchHist[hb + tid * 256u + i]); }
+    part[tid] = s;
+  }
+  workgroupBarrier();
+  if (tid == 0u) {
+    let remaining = ${pass === 0 ? "kTotal" : "batchState[stateAt(sae, 1u)]"};
+    var above = 0u;
+    var g = 255u;
+    loop {
+      if (above + part[g] >= remaining || g == 0u) { break; }
+      above += part[g];
+      g -= 1u;
+    }
+    var b = g * 256u + 255u;
+    loop {
+      let c = atomicLoad(&batchHist[hb + b]);
+      if (above + c >= remaining || b == g * 256u) { break; }
+      above += c;
+      b -= 1u;
+    }
+    batchState[stateAt(sae, 1u)] = remaining - above;
+    ${pass === 0
+      ? "batchState[stateAt(sae, 0u)] = b;"
+      : `let T = (batchState[stateAt(sae, 0u)] << 16u) | b;
+    batchState[stateAt(sae, 2u)] = T;
+    batchState[stateAt(sae, 3u)] = 0u;
+    let minKept = valueOf(T);
+    let beta = bitcast<f32>(metaWord(sae, 3u));
+    let theta = bitcast<f32>(batchState[stateAt(sae, 4u)]);
+    let wasSet = batchState[stateAt(sae, 5u)] != 0u;
+    batchState[stateAt(sae, 4u)] = bitcast<u32>(select(minKept, beta * theta + (1.0 - beta) * minKept, wasSet));
+    batchState[stateAt(sae, 5u)] = 1u;`}
+  }
+  workgroupBarrier();
+  for (var i = 0u; i < 256u; i++) { atomicStore(&batchHist[hb + tid * 256u + i], 0u); }
+}
+`;
+}
+
+/** Ties with T (key of ReLU(h) == T) per row of a chunk (dispatch (rows, K)). Bindings: dims, topkMeta, H, batchState, rowTies. */
+export const BATCH_TIES = /* wgsl */ `${HEADER}${BATCH_HEADER}
+@group(0) @binding(2) var<storage, read> H: array<f32>;
+@group(0) @binding(3) var<storage, read> batchState: array<u32>;
+@group(0) @binding(4) var<storage, read_write> rowTies: array<u32>;
+var<workgroup> count: atomic<u32>;
+var<workgroup> shareA: u32;
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: u32) {
+  let row = wg.x;
+  let sae = wg.y;
+  if (tid == 0u) {
+    shareA = kTotalOf(sae);
+    atomicStore(&count, 0u);
+  }
+  if (workgroupUniformLoad(&shareA) == 0u) { return; }
+  let n = dims.n;
+  let base = (sae * dims.rowStride + row) * n;
+  let T = batchState[stateAt(sae, 2u)];
+  var c = 0u;
+  for (var j = tid; j < n; j += WG) { if (keyOf(max(H[base + j], 0.0)) == T) { c += 1u; } }
+  atomicAdd(&count, c);
+  workgroupBarrier();
+  if (tid == 0u) { rowTies[sae * dims.rowStride + row] = atomicLoad(&count); }
+}
+`;
+
+/**
+ * Applies BatchTopK's selection to one chunk in place (dispatch (rows, K)): H ← ReLU(h) where key > T, or key == T
+ * and the tie is among the first `still to keep` in (row, latent) order over the batch, else 0.
+ * Bindings: dims, topkMeta, H, batchState, rowTies.
+ */
+export const BATCH_APPLY = /* wgsl */ `${HEADER}${BATCH_HEADER}
+@group(0) @binding(2) var<storage, read_write> H: array<f32>;
+@group(0) @binding(3) var<storage, read> batchState: array<u32>;
+@group(0) @binding(4) var<storage, read> rowTies: array<u32>;
+var<workgroup> seg: array<u32, 256>;
+var<workgroup> count: atomic<u32>;
+var<workgroup> shareA: u32;
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: u32) {
+  let row = wg.x;
+  let sae = wg.y;
+  if (tid == 0u) {
+    shareA = kTotalOf(sae);
+    atomicStore(&count, 0u);
+  }
+  if (workgroupUniformLoad(&shareA) == 0u) { return; }
+  let n = dims.n;
+  let base = (sae * dims.rowStride + row) * n;
+  let T = batchState[stateAt(sae, 2u)];
+  {
+    var s = 0u;
+    for (var r = tid; r < row; r += WG) { s += rowTies[sae * dims.rowStride + r]; }
+    atomicAdd(&count, s);
+  }
+  workgroupBarrier();
+  if (tid == 0u) {
+    let before = batchState[stateAt(sae, 3u)] + atomicLoad(&count);
+    let toKeep = batchState[stateAt(sae, 1u)];
+    shareA = select(toKeep - before, 0u, before >= toKeep);
+  }
+  let need = workgroupUniformLoad(&shareA);
+${COUNT_SEGMENT("keyOf(max(H[base + j], 0.0)) == T")}
+  if (tid == 0u) {
+${TIE_CUT("keyOf(max(H[base + j], 0.0)) == T")}
+    shareA = J;
+  }
+  let J = workgroupUniformLoad(&shareA);
+  for (var j = tid; j < n; j += WG) {
+    let f = max(H[base + j], 0.0);
+    let key = keyOf(f);
+    H[base + j] = select(0.0, f, key > T || (key == T && j < J));
+  }
+}
+`;
+
+/** After a chunk's apply: ties kept so far += the chunk's ties (dispatch (1, K)). Bindings: dims, topkMeta, batchState, rowTies. */
+export const BATCH_ADVANCE = /* wgsl */ `${HEADER}${BATCH_HEADER}
+@group(0) @binding(2) var<storage, read_write> batchState: array<u32>;
+@group(0) @binding(3) var<storage, read> rowTies: array<u32>;
+var<workgroup> count: atomic<u32>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: u32) {
+  let sae = wg.y;
+  if (tid == 0u) { atomicStore(&count, 0u); }
+  workgroupBarrier();
+  var s = 0u;
+  for (var r = tid; r < dims.rows; r += WG) { s += rowTies[sae * dims.rowStride + r]; }
+  atomicAdd(&count, s);
+  workgroupBarrier();
+  if (tid == 0u && kTotalOf(sae) > 0u) { batchState[stateAt(sae, 3u)] += atomicLoad(&count); }
+}
+`;
+
+/**
+ * Restarts the count of ties kept (dispatch (1, K)), so the apply sweep can run again over the same batch with the
+ * same T (a forward-only sweep first, e.g. for AuxK's denominator, then the training sweep). Bindings: dims,
+ * topkMeta, batchState.
+ */
+export const BATCH_RESTART = /* wgsl */ `${HEADER}${BATCH_HEADER}
+@group(0) @binding(2) var<storage, read_write> batchState: array<u32>;
+
+@compute @workgroup_size(1)
+fn main(@builtin(workgroup_id) wg: vec3u) {
+  if (kTotalOf(wg.y) > 0u) { batchState[stateAt(wg.y, 3u)] = 0u; }
+}
+`;
+
+// ---------------------------------------------------------------------------------------------------------------
+// AuxK bookkeeping
+
+/**
+ * Dead counters after a step (dispatch (ceil(n/64), 1, K)): nDead[sae] += the latents dead during the step
+ * (counter ≥ dead_after, i.e. AuxK's set; n_dead_train), then a latent that fired (fired > 0: its count of f > 0
+ * over the step's examples) restarts at 0 and the others add B (saturating). SAEs of other kinds are skipped.
+ * Bindings: dims, topkMeta, fired (f32 [K, n]), counters, nDead (u32 [K], cleared by the caller per step).
+ */
+export const DEAD_COUNTERS = /* wgsl */ `${HEADER}
+@group(0) @binding(2) var<storage, read> fired: array<f32>;
+@group(0) @binding(3) var<storage, read_write> counters: array<u32>;
+@group(0) @binding(4) var<storage, read_write> nDead: array<atomic<u32>>;
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(workgroup_id) wg: vec3u) {
+  let j = gid.x;
+  let sae = wg.z;
+  let deadAfter = metaWord(sae, 4u);
+  if (j >= dims.n || deadAfter == 0u) { return; }
+  let i = sae * dims.n + j;
+  let c = counters[i];
+  if (c >= deadAfter) { atomicAdd(&nDead[sae], 1u); }
+  let B = dims.B;
+  counters[i] = select(select(c + B, 0xffffffffu, c > 0xffffffffu - B), 0u, fired[i] > 0.0);
+}
+`;
+
+// ---------------------------------------------------------------------------------------------------------------
+// Gradient clipping: torch's clip_grad_norm_ per SAE over all of its gradients.
+
+/** Kahan–Babuška (Neumaier) compensated sum, as kernels.ts. */
+const KADD = /* wgsl */ `
+fn kadd(s: vec2f, v: f32) -> vec2f {
+  let t = s.x + v;
+  var c = s.y;
+  if (abs(s.x) >= abs(v)) { c += (s.x - t) + v; } else { c += (v - t) + s.x; }
+  return vec2f(t, c);
+}
+`;
+
+/**
+ * Σ g² of one gradient tensor, NORM_WORKGROUPS partials per SAE (dispatch (NORM_WORKGROUPS, 1, K); dims.size = the
+ * tensor's elements per SAE, dims.slot = its index among the nSlots tensors). Bindings: dims, topkMeta, grad, normPart.
+ */
+export const GRAD_NORM_PARTIAL = /* wgsl */ `${HEADER}${KADD}
+@group(0) @binding(2) var<storage, read> grad: array<f32>;
+@group(0) @binding(3) var<storage, read_write> normPart: array<f32>;
+var<workgroup> red: array<f32, 256>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: u32) {
+  let sae = wg.z;
+  let size = dims.size;
+  var s = vec2f(0.0);
+  for (var i = wg.x * WG + tid; i < size; i += ${NORM_WORKGROUPS}u * WG) {
+    let g = grad[sae * size + i];
+    s = kadd(s, g * g);
+  }
+  red[tid] = s.x + s.y;
+  workgroupBarrier();
+  for (var w = 128u; w > 0u; w >>= 1u) {
+    if (tid < w) { red[tid] += red[tid + w]; }
+    workgroupBarrier();
+  }
+  if (tid == 0u) { normPart[(sae * dims.nSlots + dims.slot) * ${NORM_WORKGROUPS}u + wg.x] = red[0]; }
+}
+`;
+
+/**
+ * Per SAE (dispatch (1, 1, K)): norm = √Σ partials; scale = min(1, max_grad_norm/(norm + 1e-6)), 1 without a limit.
+ * clip[sae] = (norm, scale). Bindings: dims, topkMeta, normPart, clip.
+ */
+export const GRAD_NORM_FINISH = /* wgsl */ `${HEADER}${KADD}
+@group(0) @binding(2) var<storage, read> normPart: array<f32>;
+@group(0) @binding(3) var<storage, read_write> clip: array<f32>;
+var<workgroup> red: array<vec2f, 256>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: u32) {
+  let sae = wg.z;
+  let count = dims.nSlots * ${NORM_WORKGROUPS}u;
+  var s = vec2f(0.0);
+  for (var i = tid; i < count; i += WG) { s = kadd(s, normPart[sae * count + i]); }
+  red[tid] = s;
+  workgroupBarrier();
+  if (tid == 0u) {
+    var t = vec2f(0.0);
+    for (var i = 0u; i < WG; i++) { t = kadd(kadd(t, red[i].x), red[i].y); }
+    let norm = sqrt(t.x + t.y);
+    let limit = bitcast<f32>(metaWord(sae, 5u));
+    clip[sae * 2u] = norm;
+    clip[sae * 2u + 1u] = select(1.0, min(1.0, limit / (norm + 1e-6)), limit > 0.0);
+  }
+}
+`;
+
+/** grad ← grad · scale of its SAE (dispatch (min(⌈size/256⌉, 65535), 1, K); grid-stride). Bindings: dims, topkMeta, clip, grad. */
+export const GRAD_SCALE = /* wgsl */ `${HEADER}
+@group(0) @binding(2) var<storage, read> clip: array<f32>;
+@group(0) @binding(3) var<storage, read_write> grad: array<f32>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: u32, @builtin(num_workgroups) nwg: vec3u) {
+  let sae = wg.z;
+  let scale = clip[sae * 2u + 1u];
+  if (scale == 1.0) { return; }
+  let size = dims.size;
+  for (var i = wg.x * WG + tid; i < size; i += nwg.x * WG) { grad[sae * size + i] *= scale; }
+}
+`;

@@ -1,0 +1,75 @@
+// The engine with SAE.md's newer schedule (warmup_cosine, through shaders/schedule.ts) against the float64 reference
+// over 50 steps, in Chromium and Dawn; and, until the engine runs shaders/topk.ts, its clean refusal of TopK,
+// BatchTopK and max_grad_norm (a runner must not train them wrongly).
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { SyntheticDataset } from "../../runner/data/synthetic";
+import type { StepMetrics, SyntheticData } from "../../shaders/config";
+import { learningRate } from "../../shaders/schedule";
+import { dawnUnavailable, openChrome, openDawn, type GpuBackend } from "../helpers/gpu-backends";
+import { trainConfig } from "../helpers/train-config";
+import { trainStepSelect, initialSelectState } from "../reference/topk";
+
+const dawnSkip = await dawnUnavailable();
+const backends: Array<[string, () => Promise<GpuBackend>, string | null]> = [
+  ["chrome", openChrome, null],
+  ["dawn", openDawn, dawnSkip],
+];
+
+for (const [name, open, skip] of backends) {
+  describe.skipIf(skip !== null)(`engine schedule on ${name}`, () => {
+    let gpu: GpuBackend;
+    beforeAll(async () => {
+      gpu = await open();
+    }, 120_000);
+    afterAll(async () => gpu?.close());
+
+    it("warmup_cosine: 50 steps log the reference's lr, and the loss tracks the reference's", async () => {
+      const steps = 50, B = 64, d = 8;
+      const data: Partial<SyntheticData> = { d_vit: d, n_features: 12, sparsity: 0.1, seed: 3, noise: 0.01, n_examples: 10_000 };
+      const base = { sae_batch_size: B, n_patches: steps * B, lr: 1e-2, n_lr_warmup: 10, log_every: 1, data, sae: { d_vit: d, exp_factor: 2, n_reinit_samples: 1024 } };
+      const cfgs = [
+        trainConfig({ ...base, seed: 1, lr_schedule: "warmup_cosine", lr_final: 1e-4 }),
+        trainConfig({ ...base, seed: 2, lr_schedule: "warmup_cosine", n_lr_warmup: 0, sae: { ...base.sae, kind: "jumprelu", bandwidth: 0.1 } }),
+      ];
+      const out = await gpu.run<{ logs: Array<{ step: number; metrics: StepMetrics[] }> }>("engineTrain", { cfgs, steps, evalExamples: 256 });
+      expect(out.logs.map((l) => l.step)).toEqual(Array.from({ length: steps }, (_, t) => t));
+
+      const ds = new SyntheticDataset(cfgs[0].data as SyntheticData);
+      const head = ds.head(1024);
+      const mean = new Float64Array(d);
+      for (let i = 0; i < head.length; i++) mean[i % d] += head[i] / 1024;
+      const states = cfgs.map((c) => {
+        const s = initialSelectState(c);
+        s.params.b_dec = Float64Array.from(Float32Array.from(mean));
+        return s;
+      });
+      const gaps: number[] = [];
+      for (let t = 0; t < steps; t++) {
+        const x = ds.batch(t, B);
+        cfgs.forEach((c, k) => {
+          const r = trainStepSelect(states[k], c, x, B);
+          const m = out.logs[t].metrics[k];
+          expect(m["progress/learning_rate"], `step ${t} sae ${k}`).toBeCloseTo(learningRate(c, t), 12);
+          expect(r.lr).toBe(learningRate(c, t));
+          gaps.push(Math.abs(m.loss - r.loss) / r.loss);
+        });
+      }
+      // The last step decays towards lr_final; the first warms up from 0.
+      expect(out.logs[0].metrics[0]["progress/learning_rate"]).toBe(0);
+      expect(out.logs[49].metrics[0]["progress/learning_rate"]).toBeLessThan(2e-4);
+      console.log(`[${name}] engine vs reference loss over 50 warmup_cosine steps: max relative gap ${Math.max(...gaps).toExponential(1)}`);
+      for (const g of gaps) expect(g).toBeLessThan(2e-2);
+    }, 300_000);
+
+    it("refuses TopK, BatchTopK and max_grad_norm until it runs them, naming the key", async () => {
+      for (const [over, what] of [
+        [{ sae: { kind: "topk", k: 4 } }, /sae\.kind = "topk" is not yet supported/],
+        [{ sae: { kind: "batchtopk", k: 4 } }, /sae\.kind = "batchtopk" is not yet supported/],
+        [{ max_grad_norm: 1 }, /max_grad_norm is not yet supported/],
+      ] as const) {
+        const out = await gpu.run<{ error: string | null }>("engineTooBig", { cfgs: [trainConfig(), trainConfig(over as never)] });
+        expect(out.error).toMatch(what);
+      }
+    });
+  });
+}
