@@ -25,6 +25,8 @@ export const sweeps = sqliteTable("sweeps", {
   warnings: text("warnings").notNull().default("[]"),
   nRuns: integer("n_runs").notNull(),
   nGroups: integer("n_groups").notNull(),
+  /** JSON of the TrainConfig keys every run of the sweep shares (data aside); worker/run-config.ts. */
+  cfgShared: text("cfg_shared").notNull().default("{}"),
 });
 
 export const groups = sqliteTable(
@@ -64,7 +66,10 @@ export const runs = sqliteTable(
       .references(() => groups.id),
     /** Position in the sweep's expansion (config i has seed = sweep seed + i). */
     idx: integer("idx").notNull(),
-    /** JSON TrainConfig, every default filled in. */
+    /**
+     * JSON of the TrainConfig keys where this run differs from sweeps.cfg_shared (data is groups.data): read it
+     * whole with worker/run-config.ts fullConfig / runConfig.
+     */
     cfg: text("cfg").notNull(),
     track: integer("track", { mode: "boolean" }).notNull(),
     nSteps: integer("n_steps").notNull(),

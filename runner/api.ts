@@ -250,7 +250,8 @@ export class WorkerClient {
         const res = await this.fetchFn(this.base + spec.path, { method: spec.method, headers, body, signal: this.opts.signal });
         if (res.ok) return res;
         const err = await readError(res);
-        if (res.status === 409 && spec.leaseId) throw new LeaseLost(spec.leaseId, err.message);
+        // 404 naming the lease: it is gone with its sweep (DELETE /v1/sweeps/:id), as lost as a 409's.
+        if ((res.status === 409 || (res.status === 404 && err.field === "lease_id")) && spec.leaseId) throw new LeaseLost(spec.leaseId, err.message);
         if (res.status >= 500 || res.status === 429) {
           const ra = Number(res.headers.get("retry-after"));
           if (ra > 0) retryAfterMs = Math.min(policy.maxMs, ra * 1000);

@@ -18,6 +18,7 @@ import type { AdapterReport } from "../shaders/device";
 import type { Lease } from "../worker/protocol";
 import { submit } from "./commands/submit";
 import { status } from "./commands/status";
+import { deleteCommand } from "./commands/delete";
 import { download } from "./commands/download";
 import { fit } from "./commands/fit";
 import { detectGpuMemory, describeGpuMemory, GPU_MEMORY_ENV, type GpuMemory } from "./gpu-memory";
@@ -29,6 +30,7 @@ const USAGE = `usage: sae-swarm <command> [options]
 commands:
   submit    submit a sweep file (TOML or JSON) to a sae-swarm server
   status    show sweeps, or one sweep's groups, leases and runs with their latest metrics
+  delete    cancel a sweep and delete its runs, metrics, evals and checkpoints from the server
   download  download finished runs: SAELens directories (default) or the native checkpoints
   runner    train groups from a sae-swarm server on this machine's GPU, in headless Chrome
   shards    write synthetic activation shards in saev's layout (metadata.json + acts*.bin)
@@ -344,7 +346,7 @@ async function shards(argv: string[]): Promise<number> {
   return 0;
 }
 
-const commands: Record<string, (argv: string[]) => Promise<number>> = { submit, status, download, runner, shards, fit };
+const commands: Record<string, (argv: string[]) => Promise<number>> = { submit, status, download, delete: deleteCommand, runner, shards, fit };
 
 export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;

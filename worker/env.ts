@@ -21,6 +21,8 @@ export interface Env {
   /** Largest request body the Worker accepts (default 100 MiB, Cloudflare's limit); tests lower it. Checkpoint
    * parts are min(this, 16 MiB), and the runner learns both with each claim (ClaimResponse.limits). */
   MAX_BODY_BYTES?: string;
+  /** How long an R2 object may lack its D1 row before the cron deletes it, in ms (default 3600000). */
+  ORPHAN_GRACE_MS?: string;
 }
 
 /** The numeric knobs above, parsed with their defaults. */
@@ -35,6 +37,7 @@ export function settings(env: Env) {
     checkpointEvery: num(env.CHECKPOINT_EVERY, 1000),
     maxSweepRuns: num(env.MAX_SWEEP_RUNS, 4096),
     ...uploadLimits(num(env.MAX_BODY_BYTES, 100 << 20)),
+    orphanGraceMs: num(env.ORPHAN_GRACE_MS, 3_600_000),
   };
 }
 

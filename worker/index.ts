@@ -12,6 +12,8 @@ import { exportRoutes } from "./routes/export";
 import { leaseRoutes } from "./routes/leases";
 import { runRoutes } from "./routes/runs";
 import { sweepRoutes } from "./routes/sweeps";
+import { usageRoutes } from "./routes/usage";
+import { sweepOrphans } from "./retention";
 import { consumeQueue, heartbeatIdleRuns } from "./wandb/consumer";
 
 export const app = new Hono<{ Bindings: Env }>();
@@ -40,6 +42,7 @@ app.get("/health", (c) => c.json({ ok: true }));
 app.use("/v1/sweeps", requireToken("submit"));
 app.use("/v1/sweeps/*", requireToken("submit"));
 app.use("/v1/runs/*", requireToken("submit"));
+app.use("/v1/usage", requireToken("submit"));
 app.use("/v1/claims", requireToken("runner"));
 app.use("/v1/leases/*", requireToken("runner"));
 
@@ -62,6 +65,7 @@ app.route("/v1/leases", leaseRoutes);
 app.route("/v1/leases", checkpointRoutes);
 app.route("/v1/runs", runRoutes);
 app.route("/v1/runs", exportRoutes);
+app.route("/v1/usage", usageRoutes);
 
 app.notFound((c) => errorResponse(c, new ApiError(404, "not_found", `no route ${c.req.method} ${new URL(c.req.url).pathname}`, "path")));
 app.onError((err, c) => {
@@ -77,14 +81,28 @@ export default {
   queue: (batch, env) => consumeQueue(batch, env),
   /**
    * Cron (wrangler.toml [triggers], every minute): heartbeats for idle live W&B runs, twice 30 s apart, since cron
-   * cannot fire more often and W&B's client heartbeats every 30 s. The wait is idle wall time, not CPU.
+   * cannot fire more often and W&B's client heartbeats every 30 s (the wait is idle wall time, not CPU); and a few
+   * pages of the R2 orphan sweep (objects no D1 row accounts for, past the grace period), resuming where the last
+   * run of this isolate stopped.
    */
   scheduled: (_controller, env, ctx) =>
     ctx.waitUntil(
-      (async () => {
-        await heartbeatIdleRuns(env);
-        await new Promise((resolve) => setTimeout(resolve, 30_000));
-        await heartbeatIdleRuns(env);
-      })(),
+      Promise.all([
+        (async () => {
+          await heartbeatIdleRuns(env);
+          await new Promise((resolve) => setTimeout(resolve, 30_000));
+          await heartbeatIdleRuns(env);
+        })(),
+        sweepOrphans(env, { graceMs: settings(env).orphanGraceMs, cursor: orphanCursor }).then(
+          (r) => {
+            orphanCursor = r.cursor;
+            if (r.deleted.length) console.log(`orphan sweep: deleted ${r.deleted.length} of ${r.listed} R2 objects listed`);
+          },
+          (e) => console.error("orphan sweep failed", e),
+        ),
+      ]),
     ),
 } satisfies ExportedHandler<Env>;
+
+/** Where the orphan sweep resumes listing R2 (per isolate: a fresh isolate starts over, which is only slower). */
+let orphanCursor: string | undefined;

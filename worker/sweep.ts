@@ -49,6 +49,8 @@ export function parseSweepText(text: string, contentType: string | undefined): {
   const json = ct.includes("json") || (!ct.includes("toml") && /^\s*\{/.test(text));
   if (!text.trim()) throw badRequest("empty_body", "the sweep file is empty", "body");
   if (json) {
+    // Refused before JSON.parse builds it: half a million nested arrays cost ~1 s of CPU to parse.
+    if (jsonDepth(text) > MAX_DEPTH) throw badRequest("too_deep", `nested more than ${MAX_DEPTH} levels deep (a sweep file needs at most 7)`, "body");
     try {
       return { raw: JSON.parse(text), format: "json" };
     } catch (e) {
@@ -56,12 +58,29 @@ export function parseSweepText(text: string, contentType: string | undefined): {
     }
   }
   try {
-    return { raw: parseToml(text), format: "toml" };
+    // Its inline nesting capped as JSON's is (smol-toml refuses deeper inline arrays and tables as it reads them).
+    return { raw: parseToml(text, { maxDepth: MAX_DEPTH }), format: "toml" };
   } catch (e) {
     const where = e instanceof TomlError ? ` (line ${e.line}, column ${e.column})` : "";
     const first = (e as Error).message.split("\n")[0];
     throw badRequest("invalid_toml", `the sweep file is not valid TOML${where}: ${first}`, "body");
   }
+}
+
+/** Deepest bracket nesting of JSON text (strings skipped), stopping early past MAX_DEPTH. One pass, no allocation. */
+function jsonDepth(text: string): number {
+  let depth = 0;
+  let max = 0;
+  for (let i = 0; i < text.length; i++) {
+    const ch = text.charCodeAt(i);
+    if (ch === 0x22) {
+      // a string: skip to its closing quote, over escapes
+      for (i++; i < text.length && text.charCodeAt(i) !== 0x22; i++) if (text.charCodeAt(i) === 0x5c) i++;
+    } else if (ch === 0x5b || ch === 0x7b) {
+      if (++depth > max && (max = depth) > MAX_DEPTH) return max;
+    } else if (ch === 0x5d || ch === 0x7d) depth--;
+  }
+  return max;
 }
 
 const isTable = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
@@ -121,6 +140,11 @@ const str = z.string({ message: "must be a string" });
 const bool = z.boolean({ message: "must be true or false" });
 /** A string of at most `max` characters (bounded: every run's config is stored, and sent to W&B). */
 const text = (max: number) => str.max(max, `must be at most ${max} characters`);
+
+/** What an ignored saev key may hold: a scalar (a path, a number of hours, a device name). */
+const IGNORED_VALUE = z.union([text(1024), z.number().finite("must be finite"), bool, z.null()], {
+  message: "must be a string, number, true/false or null (a saev key sae-swarm ignores)",
+});
 
 type Leaf = { leaf: z.ZodType; list?: boolean };
 type Tree = { [key: string]: Leaf | { table: Tree } };
@@ -182,7 +206,9 @@ const TRAIN: Tree = {
   sae: { table: SAE },
   objective: { table: OBJECTIVE },
   ...Object.fromEntries(Object.entries(SCHEDULE_LEAVES).map(([k, v]) => [k, L(v)])),
-  ...Object.fromEntries(IGNORED_SAEV_KEYS.map((k) => [k, L(z.unknown())])),
+  // Scalars only: they are kept per config (they split groups), so a table or a long list here would be copied
+  // into every run (a 945 KB value once took 3.7 GB of heap to expand).
+  ...Object.fromEntries(IGNORED_SAEV_KEYS.map((k) => [k, L(IGNORED_VALUE)])),
 };
 
 /** Our names for saev's (and DESIGN.md's) aliases. */
@@ -207,14 +233,22 @@ function applyAliases(t: Record<string, unknown>, aliases: Record<string, string
 interface Axis {
   path: string[];
   values: unknown[];
+  /** Validates the axis's values (run only once the sweep's size is known to be within the cap). */
+  check: () => void;
 }
+
+/** Issues collected before giving up: a body of 100 000 unknown keys gets a 400 naming the first ones, not 5 MB. */
+const MAX_ISSUES = 50;
 
 /**
  * Checks every key and value of `raw` against `tree`, and collects the axes (lists) in file order. `shown` is the
- * path as the file spelled it (aliases, list indices), for messages; `path` is ours, for the axes.
+ * path as the file spelled it (aliases, list indices), for messages; `path` is ours, for the axes. An axis's values
+ * are checked later (Axis.check), after the cartesian product is known to be small: a list of 500 000 numbers is
+ * refused by its length, not parsed value by value.
  */
 function walk(raw: Record<string, unknown>, tree: Tree, path: string[], axes: Axis[], issues: Issue[], shown: string[] = path) {
   for (const [key, value] of Object.entries(raw)) {
+    if (issues.length >= MAX_ISSUES) return;
     const field = [...shown, written.get(raw)?.[key] ?? key].join(".");
     // Own keys only: "constructor" or "__proto__" are unknown keys, not Object.prototype's.
     const spec = Object.hasOwn(tree, key) ? tree[key] : undefined;
@@ -226,12 +260,13 @@ function walk(raw: Record<string, unknown>, tree: Tree, path: string[], axes: Ax
       if (isTable(value)) walk(value, spec.table, [...path, key], axes, issues, [...shown, key]);
       else if (Array.isArray(value) && value.length > 0 && value.every(isTable)) {
         // A list of whole tables (e.g. several datasets) is one axis; its tables may not hold lists themselves.
-        value.forEach((v, i) => {
-          const inner: Axis[] = [];
-          walk(v as Record<string, unknown>, spec.table, [...path, `${key}[${i}]`], inner, issues, [...shown, `${key}[${i}]`]);
-          for (const a of inner) issues.push({ field: a.path.join("."), message: "a list inside a list of tables is not supported" });
-        });
-        axes.push({ path: [...path, key], values: value });
+        const check = () =>
+          value.forEach((v, i) => {
+            const inner: Axis[] = [];
+            walk(v as Record<string, unknown>, spec.table, [...path, `${key}[${i}]`], inner, issues, [...shown, `${key}[${i}]`]);
+            for (const a of inner) issues.push({ field: a.path.join("."), message: "a list inside a list of tables is not supported" });
+          });
+        axes.push({ path: [...path, key], values: value, check });
       } else if (Array.isArray(value) && value.length === 0) issues.push({ field, message: "an empty list sweeps nothing" });
       else issues.push({ field, message: "must be a table" });
       continue;
@@ -241,11 +276,13 @@ function walk(raw: Record<string, unknown>, tree: Tree, path: string[], axes: Ax
     if (isAxis) {
       const values = value as unknown[];
       if (values.length === 0) issues.push({ field, message: "an empty list sweeps nothing" });
-      values.forEach((v, i) => {
-        const r = spec.leaf.safeParse(v);
-        if (!r.success) issues.push({ field: `${field}[${i}]`, message: r.error.issues[0].message });
-      });
-      axes.push({ path: [...path, key], values });
+      const check = () => {
+        for (let i = 0; i < values.length && issues.length < MAX_ISSUES; i++) {
+          const r = spec.leaf.safeParse(values[i]);
+          if (!r.success) issues.push({ field: `${field}[${i}]`, message: r.error.issues[0].message });
+        }
+      };
+      axes.push({ path: [...path, key], values, check });
     } else {
       const r = spec.leaf.safeParse(value);
       if (!r.success) issues.push({ field, message: r.error.issues[0].message });
@@ -253,9 +290,70 @@ function walk(raw: Record<string, unknown>, tree: Tree, path: string[], axes: Ax
   }
 }
 
-function setPath(obj: Record<string, unknown>, path: string[], value: unknown) {
+/**
+ * Deepest nesting a sweep file needs: W&B's `parameters.sae.parameters.tags.values[i][j]` is 7 levels. Checked
+ * before anything copies or walks the parsed value, without recursion (a 1 MiB body can nest 500 000 deep).
+ */
+export const MAX_DEPTH = 10;
+
+/** Most keys one table of a sweep file may have (saev's largest, the top level, has about 30). */
+export const MAX_TABLE_KEYS = 256;
+
+function checkDepth(v: unknown): void {
+  // Recursion is safe here: it never goes deeper than MAX_DEPTH. The path is built only on the way out of a failure.
+  const tooDeep = (x: unknown, depth: number): string[] | null => {
+    if (typeof x !== "object" || x === null) return null;
+    if (depth >= MAX_DEPTH) return [];
+    if (Array.isArray(x)) {
+      for (let i = 0; i < x.length; i++) {
+        const at = typeof x[i] === "object" && x[i] !== null ? tooDeep(x[i], depth + 1) : null;
+        if (at) return [`[${i}]`, ...at];
+      }
+    } else {
+      // No table of a sweep file has more than a few dozen keys: 100 000 of them are refused by their count.
+      const n = Object.keys(x).length;
+      if (n > MAX_TABLE_KEYS) throw badRequest("too_many_keys", `a table with ${n} keys; a sweep file's tables have at most ${MAX_TABLE_KEYS}`, "body");
+      for (const k in x) {
+        const at = tooDeep((x as Record<string, unknown>)[k], depth + 1);
+        if (at) return [`.${k}`, ...at];
+      }
+    }
+    return null;
+  };
+  const at = tooDeep(v, 0);
+  if (at) throw badRequest("too_deep", `nested more than ${MAX_DEPTH} levels deep (a sweep file needs at most 7)`, at.join("").replace(/^\./, "") || "body");
+}
+
+/**
+ * Bytes of run configs the sweep would store beyond what every run shares: each axis value is stored once per run
+ * that takes it (total / its axis's length runs), computed from the axes alone, before anything is expanded.
+ */
+export function expandedBytes(axes: { values: unknown[] }[], total: number): number {
+  let bytes = 0;
+  for (const a of axes) {
+    let sum = 0;
+    for (const v of a.values) sum += (JSON.stringify(v) ?? "null").length;
+    bytes += sum * (total / a.values.length);
+  }
+  return bytes;
+}
+
+/** Most bytes of per-run config one sweep may store (its runs' differences from what they share). */
+export const MAX_EXPANDED_BYTES = 8 << 20;
+
+/** Most metric rows one run may log (n_steps / log_every): 4 096 runs of 10 000 rows are ~4 GB of D1. */
+export const MAX_METRIC_ROWS_PER_RUN = 10_000;
+
+/** Sets `value` at `path`, copying each table on the way that is not in `copied` yet (so `obj`'s source stays intact). */
+function setPath(obj: Record<string, unknown>, path: string[], value: unknown, copied: Set<object>) {
   let t = obj;
-  for (const p of path.slice(0, -1)) t = t[p] as Record<string, unknown>;
+  for (const p of path.slice(0, -1)) {
+    if (!copied.has(t[p] as object)) {
+      t[p] = { ...(t[p] as Record<string, unknown>) };
+      copied.add(t[p] as object);
+    }
+    t = t[p] as Record<string, unknown>;
+  }
   t[path[path.length - 1]] = value;
 }
 
@@ -272,6 +370,7 @@ export function expandSweep(parsed: unknown, maxRuns = 4096): ExpandedSweep {
   const warnings: string[] = [];
   const issues: Issue[] = [];
   if (!isTable(parsed)) fail([{ field: "body", message: "a sweep file must be a table (TOML) or an object (JSON)" }]);
+  checkDepth(parsed);
   let raw: Record<string, unknown> = structuredClone(parsed);
   if ("parameters" in raw) raw = fromWandb(raw, warnings, issues);
   applyAliases(raw, TOP_ALIASES, "", issues);
@@ -287,19 +386,27 @@ export function expandSweep(parsed: unknown, maxRuns = 4096): ExpandedSweep {
   if (clampGiven) warnings.push("data.clamp: ignored; activations are always clamped to ±1e5");
 
   const total = axes.reduce((n, a) => n * a.values.length, 1);
-  if (total > maxRuns) {
-    const sizes = axes.map((a) => `${a.path.join(".")} (${a.values.length})`).join(" × ");
-    throw badRequest("sweep_too_large", `the sweep expands to ${total} runs, more than ${maxRuns}: ${sizes}`, axes[0].path.join("."));
+  const sizes = () => axes.map((a) => `${a.path.join(".")} (${a.values.length})`).join(" × ");
+  if (total > maxRuns) throw badRequest("sweep_too_large", `the sweep expands to ${total} runs, more than ${maxRuns}: ${sizes()}`, axes[0].path.join("."));
+  for (const a of axes) a.check();
+  if (issues.length) fail(issues);
+  const bytes = expandedBytes(axes, total);
+  if (bytes > MAX_EXPANDED_BYTES) {
+    const biggest = axes.reduce((b, a) => (expandedBytes([a], total) > expandedBytes([b], total) ? a : b));
+    throw badRequest(
+      "sweep_too_large",
+      `the sweep's ${total} runs would store ${(bytes / 2 ** 20).toFixed(1)} MiB of differing config values, more than ${MAX_EXPANDED_BYTES / 2 ** 20} MiB: ${sizes()}`,
+      biggest.path.join("."),
+    );
   }
 
   const seedIsAxis = axes.some((a) => a.path.length === 1 && a.path[0] === "seed");
   const configs: ExpandedConfig[] = [];
-  // Cloned per config without the axes' values (set just below): cloning every list each time made a sweep over
-  // a long list quadratic (4000 configs of a 1000-entry data list: 17 s of CPU).
-  const base = structuredClone(raw);
-  for (const a of axes) setPath(base, a.path, null);
+  // No clone per config: each config copies only the tables on its axes' paths and points at the picked values
+  // (resolve reads them and builds fresh objects), so a config costs the same whatever the file holds besides.
   for (let i = 0; i < total; i++) {
-    const one = structuredClone(base);
+    const one: Record<string, unknown> = { ...raw };
+    const copied = new Set<object>([one]);
     // The earliest axis varies slowest: index i in mixed radix, last axis fastest.
     let rest = i;
     const picks: unknown[] = new Array(axes.length);
@@ -307,7 +414,7 @@ export function expandSweep(parsed: unknown, maxRuns = 4096): ExpandedSweep {
       picks[a] = axes[a].values[rest % axes[a].values.length];
       rest = Math.floor(rest / axes[a].values.length);
     }
-    axes.forEach((a, k) => setPath(one, a.path, structuredClone(picks[k])));
+    axes.forEach((a, k) => setPath(one, a.path, picks[k], copied));
     const resolved = resolve(one, i, seedIsAxis, issues);
     if (resolved) configs.push(resolved);
     if (issues.length) {
@@ -407,7 +514,13 @@ function resolve(o: Record<string, any>, i: number, seedIsAxis: boolean, issues:
   if (cfg.objective.kind === "matryoshka" && cfg.objective.n_prefixes > dSae)
     issues.push({ field: "objective.n_prefixes", message: `must be <= d_sae (${dSae})` });
   checkSelect(cfg, issues);
-  if (nSteps(cfg) > 1e9) issues.push({ field: "n_patches", message: "gives more than 1e9 steps" });
+  const steps = nSteps(cfg);
+  if (steps > 1e9) issues.push({ field: "n_patches", message: "gives more than 1e9 steps" });
+  else if (Math.ceil(steps / cfg.log_every) > MAX_METRIC_ROWS_PER_RUN)
+    issues.push({
+      field: "log_every",
+      message: `logs ${Math.ceil(steps / cfg.log_every)} metric rows per run (n_steps ${steps} / log_every ${cfg.log_every}), more than ${MAX_METRIC_ROWS_PER_RUN}; set log_every >= ${Math.ceil(steps / MAX_METRIC_ROWS_PER_RUN)}`,
+    });
   return issues.length ? null : { cfg, ignored };
 }
 

@@ -72,6 +72,16 @@ describe(`WorkerClient (TEST_SEED=${seed})`, () => {
     await expect(client.heartbeat(lease, { step: 1, n_steps: 2 })).rejects.toThrow(/lease L1 lost: lease expired/);
   });
 
+  it("a 404 naming the lease (its sweep was deleted) is a lost lease too", async () => {
+    const client = new WorkerClient({ server: srv.url, retry: fast });
+    srv.inject(/heartbeat$/, "404-lease");
+    await expect(client.heartbeat(lease, { step: 1, n_steps: 2 })).rejects.toBeInstanceOf(LeaseLost);
+    const q = new MetricsQueue(client, lease);
+    srv.inject(/metrics$/, "404-lease");
+    q.push([row(2000)]);
+    await expect(q.flush()).rejects.toThrow(/lease L1 lost: lease L1 not found/);
+  });
+
   it("other 4xx raise ApiError naming the field; a bounded policy gives up", async () => {
     const client = new WorkerClient({ server: srv.url, retry: fast });
     srv.inject(/evals$/, "400");

@@ -7,7 +7,7 @@
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 
-export type Fault = "503" | "500" | "429" | "reset-before" | "reset-after" | "409" | "400" | "slow" | "stall";
+export type Fault = "503" | "500" | "429" | "reset-before" | "reset-after" | "409" | "404-lease" | "400" | "slow" | "stall";
 
 export interface ProtocolServer {
   url: string;
@@ -57,6 +57,8 @@ export async function serveProtocol(): Promise<ProtocolServer> {
     if (fault === "503" || fault === "500") return json(res, Number(fault), { error: { code: "unavailable", message: "injected" } });
     if (fault === "429") return res.writeHead(429, { "retry-after": "0" }).end("slow down");
     if (fault === "409") return json(res, 409, { error: { code: "stale_lease", message: "lease expired" } });
+    // The lease is gone with its sweep (DELETE /v1/sweeps/:id).
+    if (fault === "404-lease") return json(res, 404, { error: { code: "not_found", message: "lease L1 not found", field: "lease_id" } });
     if (fault === "400") return json(res, 400, { error: { code: "bad_request", message: "rows[0].step must be an integer", field: "rows[0].step" } });
     let m: RegExpExecArray | null;
     if (url.pathname === "/health") {

@@ -194,3 +194,47 @@ describe("sae-swarm status", () => {
     expect(missing.stderr).toContain("field: id");
   });
 });
+
+describe("sae-swarm delete", () => {
+  it("cancels a sweep a runner is training, deletes it whole, and names an unknown one", async () => {
+    const help = await cli(["delete", "--help"]);
+    expect(help.code).toBe(0);
+    expect(help.stdout).toContain("usage: sae-swarm delete SWEEP_ID");
+    expect((await cli(["--help"])).stdout).toMatch(/\n\s+delete /);
+
+    const submitted = await cli(["submit", path.join(root, "examples/demo.toml"), "--server", dev.url, "--token", dev.submitToken, "--json"]);
+    expect(submitted.code, submitted.stderr).toBe(0);
+    const id = (JSON.parse(submitted.stdout) as { id: string }).id;
+    // A runner holds a lease of it (claims take the oldest waiting group: drain the others first).
+    let lease: ClaimResponse["lease"] | undefined;
+    for (let i = 0; i < 50 && !lease; i++) {
+      const res = await fetch(`${dev.url}/v1/claims`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${dev.runnerToken}`, "content-type": "application/json" },
+        body: JSON.stringify({ runner_id: "doomed-runner", adapter: { vendor: "test", architecture: "", limits: { maxStorageBufferBindingSize: 2 ** 30, maxBufferSize: 2 ** 30 } } }),
+      });
+      expect(res.status).toBe(200);
+      const c = (await res.json()) as ClaimResponse;
+      if (c.group.sweep_id === id) lease = c.lease;
+    }
+    expect(lease).toBeDefined();
+
+    const r = await cli(["delete", id, "--server", dev.url, "--token", dev.submitToken]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(new RegExp(`^deleted sweep ${id}: .*24 runs, 2 groups, 1 sweeps; 0 R2 objects`, "m"));
+    expect(r.stdout).toContain("cancelled 1 active lease: their runners stop at their next write");
+
+    const hb = await fetch(`${dev.url}/v1/leases/${lease!.id}/heartbeat`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${dev.runnerToken}`, "content-type": "application/json" },
+      body: JSON.stringify({ token: lease!.token, progress: { step: 1, n_steps: 256 } }),
+    });
+    expect(hb.status).toBe(404);
+    const gone = await fetch(`${dev.url}/v1/sweeps/${id}`, { headers: dev.submitAuth });
+    expect(gone.status).toBe(404);
+
+    const again = await cli(["delete", id, "--server", dev.url, "--token", dev.submitToken]);
+    expect(again.code).toBe(1);
+    expect(again.stderr).toContain(`sweep ${id} not found (HTTP 404 not_found)`);
+  });
+});

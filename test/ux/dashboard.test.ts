@@ -124,4 +124,56 @@ describe("dashboard", () => {
       await ctx.close();
     }
   });
+  it("a sweep of 4096 runs renders and refreshes with the same few requests each time (one summary, not one per run)", async () => {
+    const auth = { authorization: `Bearer ${dev.submitToken}` };
+    const lrs = Array.from({ length: 64 }, (_, i) => (i + 1) * 1e-5).join(", ");
+    const seeds = Array.from({ length: 64 }, (_, i) => i).join(", ");
+    const text = `data = { kind = "synthetic", d_vit = 16, n_features = 64, sparsity = 0.05 }\nn_train = 2048\nbatch_size = 64\nlog_every = 4\ntrack = false\nlr = [${lrs}]\nseed = [${seeds}]\n`;
+    const res = await fetch(`${dev.url}/v1/sweeps`, { method: "POST", headers: { ...auth, "content-type": "application/toml" }, body: text });
+    expect(res.status, await res.clone().text()).toBe(201);
+    const big = (await res.json()) as { id: string; n_runs: number };
+    expect(big.n_runs).toBe(4096);
+    // A runner is training some of it: metrics for three runs, so rows show their latest loss.
+    const claim = (await (
+      await fetch(`${dev.url}/v1/claims`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${dev.runnerToken}`, "content-type": "application/json" },
+        body: JSON.stringify({ runner_id: "dash-runner", adapter: { vendor: "t", architecture: "t", device: "", description: "", isFallbackAdapter: true, features: [], limits: { maxStorageBufferBindingSize: 2 ** 30, maxBufferSize: 2 ** 30 } } }),
+      })
+    ).json()) as { lease: { id: string; token: string }; group: { cfgs: { run_id: string }[] } };
+    const row = (run_id: string, step: number, loss: number) => ({ run_id, step, loss, mse: loss / 2, l0: 3, l1: 1, sparsity: 0.1, "progress/n_patches_seen": 64 * (step + 1), "progress/learning_rate": 1e-4, "progress/sparsity_coeff": 4e-4 });
+    const trained = claim.group.cfgs.slice(0, 3).map((c) => c.run_id);
+    const posted = await fetch(`${dev.url}/v1/leases/${claim.lease.id}/metrics`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${dev.runnerToken}`, "content-type": "application/json" },
+      body: JSON.stringify({ token: claim.lease.token, rows: trained.flatMap((r) => [row(r, 3, 0.5), row(r, 7, 0.25)]) }),
+    });
+    expect(posted.status).toBe(200);
+
+    const { tab, problems } = await openTab();
+    const requests: string[] = [];
+    tab.on("request", (r) => {
+      const u = new URL(r.url());
+      if (u.pathname.startsWith("/v1/")) requests.push(u.pathname + u.search);
+    });
+    try {
+      await tab.goto(`${dev.url}/#token=${dev.submitToken}&sweep=${big.id}`);
+      await tab.waitForFunction(() => document.body.dataset.rendered === "ok", { timeout: 120_000 });
+      const first = requests.splice(0);
+      const rows = await tab.evaluate(() => [...document.querySelectorAll("#runs tbody tr")].map((r) => r.textContent ?? ""));
+      expect(rows).toHaveLength(4096);
+      expect(rows.filter((r) => r.includes("7/32") && r.includes("0.25"))).toHaveLength(3); // their latest step and loss
+      // The page refreshes every 5 s while the sweep is live: wait for the next refresh to finish.
+      await tab.waitForFunction(() => document.body.dataset.rendered === "pending", { timeout: 30_000 });
+      await tab.waitForFunction(() => document.body.dataset.rendered === "ok", { timeout: 120_000 });
+      const second = requests.splice(0);
+      console.log(`[dashboard] 4096 runs: first render ${first.length} requests (${first.join(", ")}); refresh ${second.length}`);
+      // One list of sweeps, one sweep summary, and the selected run's curve: the same on every refresh.
+      expect(first.map((r) => r.split("?")[0])).toEqual(["/v1/sweeps", `/v1/sweeps/${big.id}`, `/v1/runs/${big.id}-r0/metrics`]);
+      expect(second).toEqual(first);
+      expect(problems).toEqual([]);
+    } finally {
+      await tab.close();
+    }
+  });
 });

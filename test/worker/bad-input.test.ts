@@ -311,7 +311,8 @@ const READ_CASES: Case[] = [
   { name: "GET /v1/runs/:id/checkpoint?kind=resume with none", method: "GET", req: (f) => ({ path: `/v1/runs/${r(f, 0)}/checkpoint?kind=resume` }), status: 404, field: "id", message: /resume checkpoint/ },
   // Routes and methods that do not exist.
   { name: "GET /v1/nope", method: "GET", req: () => ({ path: "/v1/nope" }), status: 404, code: "not_found", field: "path", message: /no route GET \/v1\/nope/ },
-  { name: "DELETE /v1/sweeps/:id", method: "DELETE", req: (f) => ({ path: `/v1/sweeps/${f.sweep}` }), status: 404, field: "path", message: /no route DELETE/ },
+  { name: "DELETE /v1/sweeps/:id unknown sweep", method: "DELETE", req: () => ({ path: "/v1/sweeps/sw_nope" }), status: 404, field: "id", message: /sweep sw_nope not found/ },
+  { name: "DELETE /v1/runs/:id", method: "DELETE", req: (f) => ({ path: `/v1/runs/${r(f, 0)}` }), status: 404, field: "path", message: /no route DELETE/ },
   { name: "POST /v1/sweeps/:id", method: "POST", req: (f) => ({ path: `/v1/sweeps/${f.sweep}`, ...text(UNTRACKED, TOML) }), status: 404, field: "path", message: /no route POST/ },
   { name: "PATCH /v1/runs/:id", method: "PATCH", req: (f) => ({ path: `/v1/runs/${r(f, 0)}`, json: {} }), status: 404, field: "path", message: /no route PATCH/ },
   { name: "PUT /v1/claims", method: "PUT", req: () => ({ path: "/v1/claims", json: { runner_id: "x", adapter: adapter() } }), status: 404, field: "path", message: /no route PUT/ },

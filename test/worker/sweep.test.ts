@@ -2,6 +2,7 @@
 import { describe, expect, it } from "vitest";
 import { ApiError } from "../../worker/errors";
 import { expandSweep, parseSweepText, splitCfgs } from "../../worker/sweep";
+import { fullConfig, splitShared } from "../../worker/run-config";
 
 const toml = (text: string) => expandSweep(parseSweepText(text, "application/toml").raw);
 
@@ -188,6 +189,33 @@ describe("expandSweep rejects bad input, naming the key", () => {
     const big = rejects(() => toml(`lr = [${Array.from({ length: 100 }, (_, i) => (i + 1) * 1e-5).join(",")}]\nseed = [${Array.from({ length: 100 }, (_, i) => i).join(",")}]`));
     expect(big.code).toBe("sweep_too_large");
     expect(big.message).toMatch(/10000 runs, more than 4096: lr \(100\) × seed \(100\)/);
+  });
+  it("bounds: ignored saev keys take scalars only, metric rows per run are capped (log_every named), nesting is capped", () => {
+    const ig = rejects(() => toml(`ckpt_path = { a = 1 }`));
+    expect(ig).toMatchObject({ code: "invalid_sweep", field: "ckpt_path" });
+    expect(ig.message).toMatch(/must be a string, number, true\/false or null/);
+    expect(rejects(() => toml(`device = [{ a = 1 }]`)).field).toBe("device[0]");
+    expect(rejects(() => toml(`n_hours = "${"h".repeat(1025)}"`)).message).toMatch(/at most 1024 characters/);
+    expect(toml(`n_hours = 12.5\nckpt_path = "/ckpt"`).configs).toHaveLength(1); // scalars still load, with a warning
+    // n_train 1e9 at batch 64 is 15.6 M steps: log_every 25 would store 625 000 rows per run.
+    const rows = rejects(() => toml(`n_train = 1_000_000_000\nbatch_size = 64\nlog_every = 25`));
+    expect(rows).toMatchObject({ code: "invalid_sweep", field: "log_every" });
+    expect(rows.message).toMatch(/logs 625000 metric rows per run \(n_steps 15625000 \/ log_every 25\), more than 10000; set log_every >= 1563/);
+    expect(toml(`n_train = 1_000_000_000\nbatch_size = 64\nlog_every = 1563`).configs).toHaveLength(1);
+    expect(rejects(() => parseSweepText(`{"lr": [[[[[[[[[[[1]]]]]]]]]]]}`, "application/json"))).toMatchObject({ code: "too_deep", field: "body" });
+    expect(rejects(() => expandSweep({ sae: { a: { b: { c: { d: { e: { f: { g: { h: { i: { j: 1 } } } } } } } } } } }))).toMatchObject({ code: "too_deep", field: "sae.a.b.c.d.e.f.g.h.i" });
+  });
+  it("stores each run's differences from what the sweep shares, and reads the full config back", () => {
+    const { configs } = toml(`data = { kind = "synthetic", d_vit = 8, n_features = 8, sparsity = 0.1 }\ntags = ["a", "b"]\nlr = [1e-4, 2e-4]\nsae = { exp_factor = [2, 4] }`);
+    const { shared, deltas } = splitShared(configs.map((c) => c.cfg));
+    expect(shared).toMatchObject({ tags: ["a", "b"], sae: { kind: "relu", d_vit: 8 }, objective: { kind: "vanilla" } });
+    expect(shared).not.toHaveProperty("data");
+    expect(shared).not.toHaveProperty("lr");
+    expect(deltas[3]).toEqual({ lr: 2e-4, seed: 45, sae: { exp_factor: 4, seed: 45 } });
+    for (const [i, c] of configs.entries())
+      expect(fullConfig({ shared: JSON.stringify(shared), cfg: JSON.stringify(deltas[i]), data: JSON.stringify(c.cfg.data) })).toEqual(c.cfg);
+    // Rows stored before the split (a full cfg, cfg_shared '{}') read back the same.
+    expect(fullConfig({ shared: "{}", cfg: JSON.stringify(configs[1].cfg), data: JSON.stringify(configs[1].cfg.data) })).toEqual(configs[1].cfg);
   });
   it("unparseable files", () => {
     expect(rejects(() => parseSweepText(`lr = [1e-3`, "application/toml")).code).toBe("invalid_toml");

@@ -174,8 +174,8 @@ function padded(u, min, max) {
   return [min - pad, max + pad];
 }
 
-function paretoPlot(runs, details) {
-  const points = runs.map((r) => ({ r, e: details.get(r.id)?.eval })).filter((p) => p.e);
+function paretoPlot(runs) {
+  const points = runs.filter((r) => r.eval).map((r) => ({ r, e: r.eval }));
   if (points.length === 0) return emptyPlot("pareto", "no run has been evaluated yet");
   const label = (r) => `${r.cfg.sae.kind} · ${r.cfg.objective.kind}`;
   const labels = [...new Set(points.map((p) => label(p.r)))];
@@ -236,20 +236,6 @@ async function renderSweeps(selected) {
   return sweeps;
 }
 
-async function runDetails(ids) {
-  const out = new Map();
-  let next = 0;
-  await Promise.all(
-    Array.from({ length: Math.min(8, ids.length) }, async () => {
-      while (next < ids.length) {
-        const id = ids[next++];
-        out.set(id, (await api(`/v1/runs/${encodeURIComponent(id)}`)).run);
-      }
-    }),
-  );
-  return out;
-}
-
 async function renderSweep(id, runId) {
   const d = await api(`/v1/sweeps/${encodeURIComponent(id)}`);
   const s = d.sweep;
@@ -268,7 +254,7 @@ async function renderSweep(id, runId) {
   }
   $("[data-panel=groups]").dataset.state = "ready";
 
-  const details = await runDetails(d.runs.map((r) => r.id));
+  // Each run carries its latest metrics and its eval's scalars: one request for the whole sweep, whatever its size.
   const keys = varyingKeys(d.runs.map((r) => r.cfg));
   const short = (k) => k.replace(/^objective\./, "obj.");
   $("#runs thead").replaceChildren(
@@ -276,9 +262,8 @@ async function renderSweep(id, runId) {
   );
   const rb = $("#runs tbody");
   rb.replaceChildren();
-  const selected = runId ?? d.runs.find((r) => details.get(r.id)?.eval)?.id ?? d.runs[0]?.id;
+  const selected = runId ?? d.runs.find((r) => r.eval)?.id ?? d.runs[0]?.id;
   for (const r of d.runs) {
-    const x = details.get(r.id);
     const f = flatten(r.cfg);
     const tr = el(
       "tr",
@@ -287,20 +272,21 @@ async function renderSweep(id, runId) {
       el("td", {}, shortId(r.group_id, s.id)),
       ...keys.map((k) => (Number.isFinite(Number(f[k])) && !/^(true|false)$/.test(f[k]) ? numCell(Number(f[k])) : el("td", {}, f[k] ?? "–"))),
       statusCell(r.status),
-      numCell(`${r.status === "done" ? r.n_steps : (x?.latest?.step ?? 0)}/${r.n_steps}`), // latest logged step until done
-      numCell(x?.latest?.loss),
-      numCell(x?.eval?.l0),
-      numCell(x?.eval?.mse),
-      numCell(x?.eval?.fvu),
-      numCell(x?.eval ? String(x.eval.n_dead) : "–"),
-      numCell(x?.eval ? String(x.eval.n_dense) : "–"),
+      numCell(`${r.status === "done" ? r.n_steps : (r.latest?.step ?? 0)}/${r.n_steps}`), // latest logged step until done
+      numCell(r.latest?.loss),
+      numCell(r.eval?.l0),
+      numCell(r.eval?.mse),
+      numCell(r.eval?.fvu),
+      numCell(r.eval ? String(r.eval.n_dead) : "–"),
+      numCell(r.eval ? String(r.eval.n_dense) : "–"),
     );
     rowLink(tr, `sweep=${s.id}&run=${r.id}`);
     rb.append(tr);
   }
   $("[data-panel=runs]").dataset.state = "ready";
-  paretoPlot(d.runs, details);
-  if (selected) await renderRun(selected, details.get(selected), s.id);
+  paretoPlot(d.runs);
+  const sel = d.runs.find((r) => r.id === selected);
+  if (sel) await renderRun(sel.id, sel, s.id);
   return s;
 }
 

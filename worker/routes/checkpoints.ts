@@ -21,6 +21,7 @@ import type { Env } from "../env";
 import { settings } from "../env";
 import { ApiError, badRequest, conflict, intQuery, mediaType, notFound, unsupportedMediaType } from "../errors";
 import { newId } from "../db";
+import { runConfig } from "../run-config";
 import { loadLease, requireValid, valid, type LeaseRow, type RunRow } from "./leases";
 
 export const checkpointRoutes = new Hono<{ Bindings: Env }>();
@@ -36,9 +37,9 @@ export const partKey = (key: string, n: number) => `${key}.part-${n}`;
 
 /** A run's TrainConfig (every default filled in), for checking its checkpoints. */
 async function runCfg(c: Ctx, runId: string): Promise<TrainConfig> {
-  const row = await c.env.DB.prepare(`SELECT cfg FROM runs WHERE id = ?1`).bind(runId).first<{ cfg: string }>();
-  if (!row) throw notFound(`run ${runId}`, "run_id");
-  return JSON.parse(row.cfg) as TrainConfig;
+  const cfg = await runConfig(c.env.DB, runId);
+  if (!cfg) throw notFound(`run ${runId}`, "run_id");
+  return cfg;
 }
 
 function leaseRun(lease: LeaseRow, runs: { byId: Map<string, RunRow> }, runId: string, field = "run_id"): RunRow {

@@ -8,13 +8,13 @@
  */
 import { Hono } from "hono";
 import { DEFAULT_MEMORY_BUDGET, maxSaesThatFit } from "../../shaders/fit";
-import type { TrainConfig } from "../../shaders/config";
 import type { AdapterLimits } from "../../shaders/device";
 import type { ClaimResponse, ResumePoint } from "../protocol";
 import { ClaimBody, jsonBody } from "../bodies";
 import type { Env } from "../env";
 import { settings } from "../env";
 import { newId } from "../db";
+import { RUN_CONFIG_COLUMNS, RUN_CONFIG_JOINS, fullConfig, runConfigValueSql } from "../run-config";
 
 export const claimRoutes = new Hono<{ Bindings: Env }>();
 
@@ -52,9 +52,9 @@ claimRoutes.post("/", async (c) => {
       .prepare(
         `SELECT group_id, sweep_id, shape, n_prefixes FROM (
            SELECT g.id AS group_id, g.sweep_id, g.created_at, g.idx,
-             (SELECT json_array(json_extract(r.cfg, '$.sae.d_vit'), json_extract(r.cfg, '$.sae.exp_factor'), json_extract(r.cfg, '$.sae_batch_size'))
+             (SELECT json_array(${runConfigValueSql("$.sae.d_vit")}, ${runConfigValueSql("$.sae.exp_factor")}, ${runConfigValueSql("$.sae_batch_size")})
               FROM runs r LEFT JOIN leases l ON l.id = r.lease_id WHERE r.group_id = g.id AND ${CLAIMABLE} ORDER BY r.idx LIMIT 1) AS shape,
-             (SELECT max(CASE WHEN json_extract(r.cfg, '$.objective.kind') = 'matryoshka' THEN json_extract(r.cfg, '$.objective.n_prefixes') ELSE 1 END)
+             (SELECT max(CASE WHEN ${runConfigValueSql("$.objective.kind")} = 'matryoshka' THEN ${runConfigValueSql("$.objective.n_prefixes")} ELSE 1 END)
               FROM runs r LEFT JOIN leases l ON l.id = r.lease_id WHERE r.group_id = g.id AND ${CLAIMABLE}) AS n_prefixes
            FROM groups g
            WHERE g.status IN ('waiting', 'running'))
@@ -103,7 +103,7 @@ claimRoutes.post("/", async (c) => {
       db.prepare(`UPDATE runs SET status = 'leased', lease_id = ?3, attempts = attempts + 1 WHERE id IN (${chunk})`).bind(at, g.group_id, leaseId),
       db.prepare(`UPDATE groups SET status = 'running' WHERE id = ?2 AND status = 'waiting' AND ${won}`).bind(at, g.group_id, leaseId),
       db.prepare(`UPDATE sweeps SET status = 'running' WHERE id = ?4 AND status = 'waiting' AND ${won}`).bind(at, g.group_id, leaseId, g.sweep_id),
-      db.prepare(`SELECT id, cfg, attempts FROM runs WHERE id IN (${chunk}) ORDER BY idx`).bind(at, g.group_id, leaseId),
+      db.prepare(`SELECT r.id, r.attempts, ${RUN_CONFIG_COLUMNS} FROM runs r ${RUN_CONFIG_JOINS} WHERE r.id IN (${chunk}) ORDER BY r.idx`).bind(at, g.group_id, leaseId),
       db.prepare(`SELECT data FROM groups WHERE id = ?2 AND ${won}`).bind(at, g.group_id, leaseId),
       db
         .prepare(`SELECT run_id, max(step) AS step FROM checkpoints WHERE kind = 'resume' AND run_id IN (${chunk}) GROUP BY run_id`)
@@ -118,7 +118,7 @@ claimRoutes.post("/", async (c) => {
       }
       continue;
     }
-    const runs = r[5].results as Array<{ id: string; cfg: string; attempts: number }>;
+    const runs = r[5].results as Array<{ id: string; attempts: number; shared: string; cfg: string; data: string }>;
     const data = (r[6].results[0] as { data: string }).data;
     const order = new Map(runs.map((x, j) => [x.id, j]));
     const resume: ResumePoint[] = (r[7].results as Array<{ run_id: string; step: number }>)
@@ -131,7 +131,7 @@ claimRoutes.post("/", async (c) => {
       group: {
         id: g.group_id,
         sweep_id: g.sweep_id,
-        cfgs: runs.map((x) => ({ run_id: x.id, cfg: JSON.parse(x.cfg) as TrainConfig })),
+        cfgs: runs.map((x) => ({ run_id: x.id, cfg: fullConfig(x) })),
         data: JSON.parse(data),
         resume,
         checkpoint_every: checkpointEvery,

@@ -5,7 +5,6 @@
  */
 import { Hono } from "hono";
 import { eq } from "drizzle-orm";
-import type { TrainConfig } from "../../shaders/config";
 import type { Env } from "../env";
 import { notFound } from "../errors";
 import { getDb, schema } from "../db";
@@ -13,6 +12,7 @@ import type { SaeLensFile } from "../protocol";
 import { SAE_LENS_FILES, foldedWeights, readCheckpointHeader, readNormalization, saeLensCfg, sparsityFile } from "../saelens";
 import { latestCheckpoint, loadRun } from "./runs";
 import { readEvalArrays } from "../eval-store";
+import { runConfig } from "../run-config";
 
 export const exportRoutes = new Hono<{ Bindings: Env }>();
 
@@ -22,7 +22,7 @@ exportRoutes.get("/:id/export/saelens/:file", async (c) => {
   const file = c.req.param("file") as SaeLensFile;
   if (!SAE_LENS_FILES.includes(file)) throw notFound(`export file ${JSON.stringify(file)} (one of ${SAE_LENS_FILES.join(", ")})`, "file");
   const run = await loadRun(c);
-  const cfg = JSON.parse(run.cfg) as TrainConfig;
+  const cfg = (await runConfig(c.env.DB, run.id))!;
 
   if (file === "sparsity.safetensors") {
     const [e] = await getDb(c.env).select({ freqs: schema.evals.freqs, meanValues: schema.evals.meanValues }).from(schema.evals).where(eq(schema.evals.runId, run.id));

@@ -1,41 +1,16 @@
 /** The read API for one run (submitter token): detail, metric history, eval, final checkpoint. */
 import { Hono, type Context } from "hono";
 import { and, asc, desc, eq, gt } from "drizzle-orm";
-import type { EvalMetrics, StepMetrics } from "../../shaders/config";
+import type { EvalMetrics } from "../../shaders/config";
 import type { Env } from "../env";
 import { ApiError, badRequest, intQuery, notFound } from "../errors";
 import { getDb, schema } from "../db";
 import { wandbView } from "../wandb/consumer";
 import { readEvalArrays } from "../eval-store";
+import { runConfig } from "../run-config";
+import { evalSummary, stepMetrics } from "./views";
 
 export const runRoutes = new Hono<{ Bindings: Env }>();
-
-type MetricRow = typeof schema.metrics.$inferSelect;
-const stepMetrics = (m: MetricRow): { step: number; ts: number } & StepMetrics => ({
-  step: m.step,
-  ts: m.ts,
-  loss: m.loss,
-  mse: m.mse,
-  l0: m.l0,
-  l1: m.l1,
-  sparsity: m.sparsity,
-  "progress/n_patches_seen": m.nPatchesSeen,
-  "progress/learning_rate": m.learningRate,
-  "progress/sparsity_coeff": m.sparsityCoeff,
-});
-
-type EvalRow = typeof schema.evals.$inferSelect;
-const evalSummary = (e: EvalRow) => ({
-  l0: e.l0,
-  l1: e.l1,
-  mse: e.mse,
-  fvu: e.fvu,
-  explained_variance: e.explainedVariance,
-  n_dead: e.nDead,
-  n_almost_dead: e.nAlmostDead,
-  n_dense: e.nDense,
-  n_examples: e.nExamples,
-});
 
 export async function loadRun(c: Context<{ Bindings: Env }>) {
   const id = c.req.param("id")!;
@@ -66,7 +41,7 @@ runRoutes.get("/:id", async (c) => {
       attempts: run.attempts,
       error: run.error,
       finished_at: run.finishedAt,
-      cfg: JSON.parse(run.cfg),
+      cfg: await runConfig(c.env.DB, run.id),
       latest: latest[0] ? stepMetrics(latest[0]) : null,
       eval: ev[0] ? evalSummary(ev[0]) : null,
       checkpoints: ckpts.map((k) => ({ kind: k.kind, step: k.step, bytes: k.bytes, created_at: k.createdAt })),

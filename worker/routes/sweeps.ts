@@ -1,4 +1,4 @@
-/** POST /v1/sweeps (submit), GET /v1/sweeps, GET /v1/sweeps/:id (read). Submitter token. */
+/** POST /v1/sweeps (submit), GET /v1/sweeps, GET /v1/sweeps/:id (read), DELETE /v1/sweeps/:id. Submitter token. */
 import { Hono } from "hono";
 import { asc, desc, eq, sql } from "drizzle-orm";
 import { dSae, nSteps } from "../../shaders/config";
@@ -11,7 +11,9 @@ import { getDb, newId, schema } from "../db";
 import { checkArtifacts } from "../artifacts";
 import { checkSweepContentType, expandSweep, groupKey, parseSweepText, splitCfgs } from "../sweep";
 import { utf8Body } from "../bodies";
-import { leaseView, progressOf } from "./views";
+import { fullConfig, splitShared } from "../run-config";
+import { evalSummary, leaseView, progressOf, stepMetrics } from "./views";
+import { deleteSweep } from "../retention";
 
 export const sweepRoutes = new Hono<{ Bindings: Env }>();
 
@@ -30,12 +32,14 @@ sweepRoutes.post("/", async (c) => {
   const runRows: (typeof schema.runs.$inferInsert)[] = [];
   const groupRows: (typeof schema.groups.$inferInsert)[] = [];
   const position = new Map(configs.map((cfg, i) => [cfg, i]));
+  // Each run stores only where it differs from the sweep's shared keys; its group stores the data (run-config.ts).
+  const { shared, deltas } = splitShared(configs.map((c) => c.cfg));
   grouped.forEach((members, g) => {
     const groupId = `${id}-g${g}`;
     groupRows.push({ id: groupId, sweepId: id, idx: g, createdAt: now, key: groupKey(members[0]), data: JSON.stringify(members[0].cfg.data), nRuns: members.length });
     for (const m of members) {
       const i = position.get(m)!;
-      runRows.push({ id: `${id}-r${i}`, sweepId: id, groupId, idx: i, cfg: JSON.stringify(m.cfg), track: m.cfg.track, nSteps: nSteps(m.cfg), dSae: dSae(m.cfg) });
+      runRows.push({ id: `${id}-r${i}`, sweepId: id, groupId, idx: i, cfg: JSON.stringify(deltas[i]), track: m.cfg.track, nSteps: nSteps(m.cfg), dSae: dSae(m.cfg) });
     }
   });
   // One batch: D1 runs it as one transaction, so a failure leaves nothing. Rows travel as JSON arrays expanded by
@@ -43,8 +47,8 @@ sweepRoutes.post("/", async (c) => {
   const d1 = c.env.DB;
   const stmts: D1PreparedStatement[] = [
     d1
-      .prepare(`INSERT INTO sweeps (id, created_at, status, spec, format, warnings, n_runs, n_groups) VALUES (?1, ?2, 'waiting', ?3, ?4, ?5, ?6, ?7)`)
-      .bind(id, now, text, format, JSON.stringify(warnings), configs.length, grouped.length),
+      .prepare(`INSERT INTO sweeps (id, created_at, status, spec, format, warnings, n_runs, n_groups, cfg_shared) VALUES (?1, ?2, 'waiting', ?3, ?4, ?5, ?6, ?7, ?8)`)
+      .bind(id, now, text, format, JSON.stringify(warnings), configs.length, grouped.length, JSON.stringify(shared)),
   ];
   for (const part of jsonChunks(groupRows)) {
     stmts.push(
@@ -117,7 +121,10 @@ sweepRoutes.get("/:id", async (c) => {
   const db = getDb(c.env);
   const s = await db.query.sweeps.findFirst({ where: eq(schema.sweeps.id, id) });
   if (!s) throw notFound(`sweep ${id}`, "id");
-  const [groups, runs, leases, counts, wandbRows] = await Promise.all([
+  // The dashboard's one read per refresh: each run comes with its latest metric row and its eval's scalars, in
+  // a constant number of queries (a max(step) per run through the (run_id, step) key), not one request per run.
+  const runsOf = sql`(SELECT id FROM runs WHERE sweep_id = ${id})`;
+  const [groups, runs, leases, counts, wandbRows, latest, evals] = await Promise.all([
     db.select().from(schema.groups).where(eq(schema.groups.sweepId, id)).orderBy(asc(schema.groups.idx)),
     db.select().from(schema.runs).where(eq(schema.runs.sweepId, id)).orderBy(asc(schema.runs.idx)),
     db
@@ -131,8 +138,31 @@ sweepRoutes.get("/:id", async (c) => {
       .from(schema.wandbRuns)
       .innerJoin(schema.runs, eq(schema.wandbRuns.runId, schema.runs.id))
       .where(eq(schema.runs.sweepId, id)),
+    db
+      .select({ m: schema.metrics })
+      .from(schema.runs)
+      .innerJoin(schema.metrics, sql`${schema.metrics.runId} = ${schema.runs.id} AND ${schema.metrics.step} = (SELECT max(step) FROM metrics WHERE run_id = ${schema.runs.id})`)
+      .where(eq(schema.runs.sweepId, id)),
+    db
+      .select({
+        runId: schema.evals.runId,
+        l0: schema.evals.l0,
+        l1: schema.evals.l1,
+        mse: schema.evals.mse,
+        fvu: schema.evals.fvu,
+        explainedVariance: schema.evals.explainedVariance,
+        nDead: schema.evals.nDead,
+        nAlmostDead: schema.evals.nAlmostDead,
+        nDense: schema.evals.nDense,
+        nExamples: schema.evals.nExamples,
+      })
+      .from(schema.evals)
+      .where(sql`${schema.evals.runId} IN ${runsOf}`),
   ]);
+  const latestByRun = new Map(latest.map((r) => [r.m.runId, stepMetrics(r.m)]));
+  const evalByRun = new Map(evals.map((e) => [e.runId, evalSummary(e)]));
   const wandbByRun = new Map(wandbRows.map((r) => [r.w.runId, r.w]));
+  const dataOf = new Map(groups.map((g) => [g.id, g.data]));
   const hasKey = !!c.env.WANDB_API_KEY;
   const now = Date.now();
   const sweepCounts: Record<string, number> = {};
@@ -150,8 +180,25 @@ sweepRoutes.get("/:id", async (c) => {
       progress: progressOf(counts.get(g.id), g.nRuns),
       leases: leases.filter((l) => l.leases.groupId === g.id).map((l) => leaseView(l.leases, now)),
     })),
-    runs: runs.map((r) => ({ id: r.id, idx: r.idx, group_id: r.groupId, status: r.status, n_steps: r.nSteps, error: r.error, cfg: JSON.parse(r.cfg), wandb: wandbView(wandbByRun.get(r.id), r.track, hasKey) })),
+    runs: runs.map((r) => ({ id: r.id, idx: r.idx, group_id: r.groupId, status: r.status, n_steps: r.nSteps, error: r.error, cfg: fullConfig({ shared: s.cfgShared, cfg: r.cfg, data: dataOf.get(r.groupId)! }),
+      latest: latestByRun.get(r.id) ?? null,
+      eval: evalByRun.get(r.id) ?? null,
+      wandb: wandbView(wandbByRun.get(r.id), r.track, hasKey),
+    })),
   });
+});
+
+/**
+ * Deletes a sweep: cancels it (its leases end; runners stop at their next write, refused with 409), then removes
+ * its D1 rows and its R2 objects. Bounded work per call: 200 once the sweep is gone, 202 when there is more to
+ * delete (call again; `npx sae-swarm delete` does).
+ */
+sweepRoutes.delete("/:id", async (c) => {
+  const id = c.req.param("id");
+  const exists = await c.env.DB.prepare(`SELECT 1 FROM sweeps WHERE id = ?1`).bind(id).first();
+  if (!exists) throw notFound(`sweep ${id}`, "id");
+  const progress = await deleteSweep(c.env, id);
+  return c.json({ id, ...progress }, progress.done ? 200 : 202);
 });
 
 /** Rows as JSON arrays of at most ~512 KB each (D1 caps one bound value at 2 MB). */

@@ -1,4 +1,5 @@
 /** JSON shapes shared by the read routes. */
+import type { StepMetrics } from "../../shaders/config";
 import type { schema } from "../db";
 
 export function progressOf(counts: Record<string, number> | undefined, total: number) {
@@ -20,3 +21,31 @@ export function leaseView(l: typeof schema.leases.$inferSelect, now: number) {
     adapter: JSON.parse(l.adapter),
   };
 }
+
+type MetricRow = typeof schema.metrics.$inferSelect;
+/** A stored metric row under saev's names. */
+export const stepMetrics = (m: MetricRow): { step: number; ts: number } & StepMetrics => ({
+  step: m.step,
+  ts: m.ts,
+  loss: m.loss,
+  mse: m.mse,
+  l0: m.l0,
+  l1: m.l1,
+  sparsity: m.sparsity,
+  "progress/n_patches_seen": m.nPatchesSeen,
+  "progress/learning_rate": m.learningRate,
+  "progress/sparsity_coeff": m.sparsityCoeff,
+});
+
+/** An eval's scalars (the per-feature arrays are read one run at a time, from GET /v1/runs/:id/eval). */
+export const evalSummary = (e: Pick<typeof schema.evals.$inferSelect, "l0" | "l1" | "mse" | "fvu" | "explainedVariance" | "nDead" | "nAlmostDead" | "nDense" | "nExamples">) => ({
+  l0: e.l0,
+  l1: e.l1,
+  mse: e.mse,
+  fvu: e.fvu,
+  explained_variance: e.explainedVariance,
+  n_dead: e.nDead,
+  n_almost_dead: e.nAlmostDead,
+  n_dense: e.nDense,
+  n_examples: e.nExamples,
+});

@@ -5,7 +5,7 @@
  */
 import { readEvalArrays } from "../eval-store";
 import { and, eq, isNotNull, lt, or, isNull } from "drizzle-orm";
-import type { TrainConfig } from "../../shaders/config";
+import { runConfig } from "../run-config";
 import type { Env } from "../env";
 import { getDb, schema } from "../db";
 import type { WandbMessage } from "../protocol";
@@ -114,7 +114,7 @@ export async function forwardBatch(batch: MessageBatch<WandbMessage>, env: Env, 
       const maxAttempts = Math.max(...msgs.map((m) => m.attempts));
       try {
         const row = await ensureRow(env, runId, now());
-        const cfg = JSON.parse(run.cfg) as TrainConfig;
+        const cfg = (await runConfig(env.DB, run.id))!;
         let state: WandbForwardState = row.state ? JSON.parse(row.state) : { ...initialForwardState(row.name, cfg), version: row.version };
         if (state.version !== row.version) state = { ...state, version: row.version };
         const info: WandbRunInfo = {

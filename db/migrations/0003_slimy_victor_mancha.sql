@@ -1,0 +1,1 @@
+ALTER TABLE `sweeps` ADD `cfg_shared` text DEFAULT '{}' NOT NULL;

@@ -1,0 +1,101 @@
+/**
+ * How a run's TrainConfig is stored in D1, and the one way to read it back whole.
+ *
+ * A sweep's runs mostly share their config: storing every run's full config repeated it thousands of times (a
+ * 66 KB sweep file once stored 88 MB). So D1 keeps three parts:
+ *   - sweeps.cfg_shared: every key whose value all runs of the sweep share (nested like TrainConfig, without data);
+ *   - groups.data: the DataConfig, which all runs of a group share by construction (data is CANNOT_PARALLELIZE);
+ *   - runs.cfg: only the keys where the run differs from cfg_shared (its seed, at least, unless seed was swept).
+ * fullConfig merges them. Rows written before this split have cfg_shared = '{}' and a full runs.cfg, which merges
+ * to the same config.
+ */
+import type { TrainConfig } from "../shaders/config";
+
+type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
+type Table = { [k: string]: Json };
+
+const isTable = (v: unknown): v is Table => typeof v === "object" && v !== null && !Array.isArray(v);
+
+/** Leaves of a config as [dotted path, value] (arrays are leaves), in key order. */
+function leaves(t: Table, prefix: string, out: Array<[string, Json]>) {
+  for (const k in t) {
+    const v = t[k];
+    if (isTable(v)) leaves(v, `${prefix}${k}.`, out);
+    else out.push([prefix + k, v]);
+  }
+  return out;
+}
+
+/** Equal leaves: the same scalar, or arrays of the same scalars (TrainConfig's only arrays are tags). */
+function same(a: Json | undefined, b: Json | undefined): boolean {
+  if (a === b) return true;
+  if (!Array.isArray(a) || !Array.isArray(b) || a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i] && JSON.stringify(a[i]) !== JSON.stringify(b[i])) return false;
+  return true;
+}
+
+function setLeaf(t: Table, path: string, value: Json) {
+  const parts = path.split(".");
+  let at = t;
+  for (let i = 0; i < parts.length - 1; i++) at = (isTable(at[parts[i]]) ? at[parts[i]] : (at[parts[i]] = {})) as Table;
+  at[parts[parts.length - 1]] = value;
+}
+
+/**
+ * Splits a sweep's configs (data left out: it goes to its group) into what every config shares and what each sets
+ * differently. Linear in the number of configs times their leaves; values are compared, never serialized.
+ */
+export function splitShared(cfgs: TrainConfig[]): { shared: Table; deltas: Table[] } {
+  const flats = cfgs.map((c) => {
+    const { data: _data, ...rest } = c;
+    return new Map(leaves(rest as unknown as Table, "", []));
+  });
+  const shared: Table = {};
+  const varying: string[] = [];
+  if (flats.length) {
+    for (const [path, v] of flats[0]) {
+      if (flats.every((f) => same(f.get(path), v))) setLeaf(shared, path, v);
+      else varying.push(path);
+    }
+    // Keys only some configs have (none today: resolve fills every key) differ too.
+    for (const f of flats) for (const path of f.keys()) if (!flats[0].has(path) && !varying.includes(path)) varying.push(path);
+  }
+  const deltas = flats.map((f) => {
+    const d: Table = {};
+    for (const path of varying) if (f.has(path)) setLeaf(d, path, f.get(path)!);
+    return d;
+  });
+  return { shared, deltas };
+}
+
+function merge(base: Table, over: Table): Table {
+  const out: Table = { ...base };
+  for (const [k, v] of Object.entries(over)) out[k] = isTable(v) && isTable(out[k]) ? merge(out[k] as Table, v) : v;
+  return out;
+}
+
+/** The run's full TrainConfig from its stored parts (JSON text of sweeps.cfg_shared, runs.cfg and groups.data). */
+export function fullConfig(parts: { shared: string; cfg: string; data: string }): TrainConfig {
+  const cfg = merge(JSON.parse(parts.shared) as Table, JSON.parse(parts.cfg) as Table);
+  return { ...cfg, data: JSON.parse(parts.data) } as unknown as TrainConfig;
+}
+
+/**
+ * Columns (shared, cfg, data) and joins for reading runs `r` with fullConfig: `SELECT r.id, ${RUN_CONFIG_COLUMNS}
+ * FROM runs r ${RUN_CONFIG_JOINS} WHERE …`.
+ */
+export const RUN_CONFIG_COLUMNS = `s.cfg_shared AS shared, r.cfg AS cfg, g.data AS data`;
+export const RUN_CONFIG_JOINS = `JOIN sweeps s ON s.id = r.sweep_id JOIN groups g ON g.id = r.group_id`;
+
+/** SQL for one numeric config value of run `r` (the run's own, else the sweep's shared one), e.g. "$.sae.d_vit". */
+export const runConfigValueSql = (jsonPath: string) =>
+  `COALESCE(json_extract(r.cfg, '${jsonPath}'), (SELECT json_extract(cfg_shared, '${jsonPath}') FROM sweeps WHERE sweeps.id = r.sweep_id))`;
+
+/** One run's full TrainConfig, or null when there is no such run. */
+export async function runConfig(d1: D1Database, runId: string): Promise<TrainConfig | null> {
+  const row = await d1
+    .prepare(`SELECT ${RUN_CONFIG_COLUMNS} FROM runs r ${RUN_CONFIG_JOINS} WHERE r.id = ?1`)
+    .bind(runId)
+    .first<{ shared: string; cfg: string; data: string }>();
+  return row ? fullConfig(row) : null;
+}
