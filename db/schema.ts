@@ -228,3 +228,62 @@ export const wandbDeadLetters = sqliteTable(
   },
   (t) => [index("wandb_dead_letters_by_run").on(t.runId, t.id)],
 );
+
+/**
+ * A checkpoint upload in parts (worker/routes/uploads.ts): each part is its own R2 object (partKey) until complete
+ * streams them, in order, into the one object `key`, records it in `checkpoints`, and deletes the parts and their
+ * rows (this row stays, so that a repeated complete is answered). One open upload per (lease, run, kind, step): a
+ * repeated init resumes it.
+ */
+export const uploads = sqliteTable(
+  "uploads",
+  {
+    id: text("id").primaryKey(),
+    leaseId: text("lease_id").notNull(),
+    runId: text("run_id")
+      .notNull()
+      .references(() => runs.id),
+    kind: text("kind").$type<"final" | "resume">().notNull(),
+    step: integer("step").notNull(),
+    /** The finished object's R2 key (as checkpoints.key). */
+    key: text("key").notNull(),
+    /** The whole checkpoint's size; every part but the last is partBytes. */
+    bytes: integer("bytes").notNull(),
+    partBytes: integer("part_bytes").notNull(),
+    nParts: integer("n_parts").notNull(),
+    createdAt: integer("created_at").notNull(),
+  },
+  (t) => [index("uploads_by_checkpoint").on(t.runId, t.kind, t.step), index("uploads_by_lease").on(t.leaseId)],
+);
+
+/** The parts of an upload stored so far (R2 objects `${uploads.key}.part-${part}`); a repeated part changes nothing. */
+export const uploadParts = sqliteTable(
+  "upload_parts",
+  {
+    uploadId: text("upload_id")
+      .notNull()
+      .references(() => uploads.id),
+    part: integer("part").notNull(),
+    bytes: integer("bytes").notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.uploadId, t.part] })],
+);
+
+/**
+ * An eval's freqs and mean_values in chunks of EVAL_CHUNK features (worker/eval-store.ts), so that no row passes
+ * D1's 2 MB limit whatever d_sae is. evals.freqs is '' for an eval stored this way.
+ */
+export const evalArrays = sqliteTable(
+  "eval_arrays",
+  {
+    runId: text("run_id")
+      .notNull()
+      .references(() => runs.id),
+    chunk: integer("chunk").notNull(),
+    /** JSON number[] of features [chunk·EVAL_CHUNK, …). */
+    freqs: text("freqs").notNull(),
+    /** JSON (number | null)[]. */
+    meanValues: text("mean_values").notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.runId, t.chunk] })],
+);

@@ -17,6 +17,12 @@ import type {
   HeartbeatRequest,
   Lease,
   MetricRow,
+  RejectCheckpointRequest,
+  RejectCheckpointResponse,
+  ResumePoint,
+  UploadInitRequest,
+  UploadInitResponse,
+  UploadLimits,
 } from "../worker/protocol";
 
 export type FetchFn = (input: string, init?: RequestInit) => Promise<Response>;
@@ -143,10 +149,60 @@ export class WorkerClient {
     await this.request({ method: "POST", path: `/v1/leases/${enc(lease.id)}/metrics`, json: { token: lease.token, rows }, leaseId: lease.id });
   }
 
-  /** POST /v1/leases/:id/evals */
-  async postEvals(lease: Lease, evals: EvalsRequest["evals"]): Promise<void> {
-    const body: EvalsRequest = { token: lease.token, evals };
-    await this.request({ method: "POST", path: `/v1/leases/${enc(lease.id)}/evals`, json: body, leaseId: lease.id });
+  /**
+   * POST /v1/leases/:id/evals, in as many posts as the Worker's body limit needs (`limits`, from the claim): evals
+   * are added to a post while its JSON stays under the limit (one eval per post at the least).
+   */
+  async postEvals(lease: Lease, evals: EvalsRequest["evals"], limits?: UploadLimits): Promise<void> {
+    const max = limits?.max_body_bytes ?? Infinity;
+    const posts: EvalsRequest["evals"][] = [];
+    let bytes = 0;
+    for (const e of evals) {
+      const n = limits ? new TextEncoder().encode(JSON.stringify(e)).byteLength + 1 : 0;
+      if (!posts.length || bytes + n > max - 1024) {
+        posts.push([]);
+        bytes = 0;
+      }
+      posts[posts.length - 1].push(e);
+      bytes += n;
+    }
+    if (!posts.length) posts.push([]); // the Worker answers an empty post (400), as it always did
+    for (const p of posts) {
+      const body: EvalsRequest = { token: lease.token, evals: p };
+      await this.request({ method: "POST", path: `/v1/leases/${enc(lease.id)}/evals`, json: body, leaseId: lease.id });
+    }
+  }
+
+  /**
+   * Stores a checkpoint of any size: one PUT when it fits one part (or the Worker sent no limits), else an upload
+   * in parts of the Worker's part size (POST uploads, PUT each part it does not hold yet, POST complete). Every
+   * request is retried as usual; a repeated part changes nothing, and a lost answer to complete is answered again.
+   */
+  async uploadCheckpoint(lease: Lease, runId: string, kind: CheckpointKind, step: number, bytes: Uint8Array, limits?: UploadLimits): Promise<void> {
+    if (!limits || bytes.byteLength <= limits.part_bytes) return this.putCheckpoint(lease, runId, kind, step, bytes);
+    const base = `/v1/leases/${enc(lease.id)}/uploads`;
+    const init: UploadInitRequest = { token: lease.token, run_id: runId, kind, step, bytes: bytes.byteLength };
+    const up = (await (await this.request({ method: "POST", path: base, json: init, leaseId: lease.id })).json()) as UploadInitResponse;
+    if (up.duplicate || !up.upload_id) return;
+    const have = new Set(up.received);
+    for (let n = 1; n <= up.n_parts; n++) {
+      if (have.has(n)) continue;
+      await this.request({
+        method: "PUT",
+        path: `${base}/${enc(up.upload_id)}/parts/${n}`,
+        body: bytes.subarray((n - 1) * up.part_bytes, Math.min(n * up.part_bytes, bytes.byteLength)),
+        headers: { "content-type": "application/octet-stream", "x-lease-token": lease.token },
+        leaseId: lease.id,
+      });
+    }
+    await this.request({ method: "POST", path: `${base}/${enc(up.upload_id)}/complete`, json: { token: lease.token }, leaseId: lease.id });
+  }
+
+  /** POST /v1/leases/:id/checkpoints/:run_id/reject: this resume checkpoint does not load; the lease's resume points without it. */
+  async rejectCheckpoint(lease: Lease, runId: string, step: number, error: string): Promise<ResumePoint[]> {
+    const body: RejectCheckpointRequest = { token: lease.token, step, error: error.slice(0, 20_000) };
+    const res = await this.request({ method: "POST", path: `/v1/leases/${enc(lease.id)}/checkpoints/${enc(runId)}/reject`, json: body, leaseId: lease.id });
+    return ((await res.json()) as RejectCheckpointResponse).resume;
   }
 
   /** PUT /v1/leases/:id/checkpoints/:run_id?kind=&step= with the safetensors bytes. */

@@ -11,6 +11,8 @@
  *                        the Worker the request and half its body, then die with the upload in flight
  *   checkpoint-stored:N  the N-th checkpoint upload: forward it, and die once the Worker answered 2xx, before the
  *                        page hears it (stored, never acknowledged)
+ *   part-cut:N           the N-th part of the checkpoint uploads in parts (PUT …/uploads/:id/parts/:n, counted from
+ *                        1 over all uploads): send half of it, then die (an upload left with some parts stored)
  *   evals                the Worker answered the evals post 2xx: die before the page hears it (between the evals
  *                        and the complete call)
  *
@@ -20,11 +22,11 @@
 import { writeSync } from "node:fs";
 import { readdirSync, readFileSync } from "node:fs";
 
-export type FaultPoint = "metrics" | "checkpoint-cut" | "checkpoint-stored" | "evals";
+export type FaultPoint = "metrics" | "checkpoint-cut" | "checkpoint-stored" | "part-cut" | "evals";
 
 export interface Fault {
   point: FaultPoint;
-  /** metrics: the step; checkpoint-*: the upload's ordinal (1-based); evals: unused (1). */
+  /** metrics: the step; checkpoint-*: the upload's ordinal (1-based); part-cut: the part's ordinal; evals: unused (1). */
   n: number;
   /** The variable's text, for messages. */
   spec: string;
@@ -35,8 +37,8 @@ export const FAULT_ENV = "SAE_SWARM_FAULT";
 /** Parses SAE_SWARM_FAULT; undefined or empty means no fault; anything malformed throws (a typo must not pass silently). */
 export function parseFault(spec: string | undefined): Fault | null {
   if (!spec) return null;
-  const m = /^(metrics|checkpoint-cut|checkpoint-stored|evals)(?::(\d+))?$/.exec(spec.trim());
-  if (!m) throw new Error(`${FAULT_ENV}='${spec}': expected metrics:STEP, checkpoint-cut:N, checkpoint-stored:N or evals`);
+  const m = /^(metrics|checkpoint-cut|checkpoint-stored|part-cut|evals)(?::(\d+))?$/.exec(spec.trim());
+  if (!m) throw new Error(`${FAULT_ENV}='${spec}': expected metrics:STEP, checkpoint-cut:N, checkpoint-stored:N, part-cut:N or evals`);
   const point = m[1] as FaultPoint;
   const n = m[2] === undefined ? null : Number(m[2]);
   if (point === "evals") {
@@ -94,6 +96,7 @@ export function dieHard(why: string): never {
 /** What the proxy asks the armed fault about each request to the Worker. */
 export class FaultInjector {
   private uploads = 0;
+  private parts = 0;
 
   constructor(readonly fault: Fault) {}
 
@@ -106,6 +109,10 @@ export class FaultInjector {
       if (f.point === "checkpoint-cut") return "cut";
       if (f.point === "checkpoint-stored") return "watch";
       return null;
+    }
+    if (method === "PUT" && /^\/v1\/leases\/[^/]+\/uploads\/[^/]+\/parts\/\d+$/.test(route)) {
+      const n = ++this.parts;
+      return f.point === "part-cut" && n === f.n ? "cut" : null;
     }
     if (method === "POST" && f.point === "metrics" && /^\/v1\/leases\/[^/]+\/metrics$/.test(route) && body) {
       try {

@@ -272,6 +272,26 @@ export function encodeResumeCheckpoint(info: CheckpointInfo, weights: SaeWeights
   );
 }
 
+/**
+ * The tensors (name → dtype, shape) a checkpoint of `cfg` holds, exactly as encodeFinalCheckpoint and
+ * encodeResumeCheckpoint write them: what the Worker checks every upload against (worker/checkpoint-check.ts).
+ */
+export function checkpointLayout(cfg: TrainConfig, kind: "final" | "resume"): Record<string, { dtype: Dtype; shape: number[] }> {
+  const shapes = paramShapes(cfg);
+  const params = PARAM_NAMES.filter((n) => n !== "threshold" || cfg.sae.kind === "jumprelu");
+  const out: Record<string, { dtype: Dtype; shape: number[] }> = {};
+  const prefixes = kind === "resume" ? ["", "adam_m.", "adam_v."] : [""];
+  for (const p of prefixes) {
+    for (const n of params) out[p + n] = { dtype: "F32", shape: shapes[n] };
+    if (p === "") Object.assign(out, { norm_mean: { dtype: "F32", shape: [cfg.sae.d_vit] }, norm_scale: { dtype: "F32", shape: [] } });
+  }
+  if (kind === "resume") out.step = { dtype: "I64", shape: [] };
+  return out;
+}
+
+/** Bytes of one element of a dtype. */
+export const dtypeBytes = (d: Dtype): number => DTYPE_BYTES[d];
+
 export interface DecodedCheckpoint {
   kind: "final" | "resume";
   run_id: string;

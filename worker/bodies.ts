@@ -101,6 +101,20 @@ export const EvalsBody = object({
 });
 
 export const CompleteBody = object({ token });
+
+export const UploadInitBody = object({
+  token,
+  run_id: runId,
+  kind: z.enum(["final", "resume"], { error: 'must be "final" or "resume"' }),
+  step: int(0),
+  bytes: int(10),
+});
+
+export const RejectCheckpointBody = object({
+  token,
+  step: int(1),
+  error: z.string(typed("a string")).min(1, "is required").max(20_000, "must be at most 20000 characters"),
+});
 export const FailBody = object({ token, error: z.string(typed("a string")).min(1, "is required").max(20_000, "must be at most 20000 characters") });
 export const ReleaseBody = object({ token, reason: z.string(typed("a string")).max(20_000, "must be at most 20000 characters").optional() });
 

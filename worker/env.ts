@@ -20,6 +20,9 @@ export interface Env {
   CHECKPOINT_EVERY?: string;
   /** Most runs one sweep may expand to (default 4096). */
   MAX_SWEEP_RUNS?: string;
+  /** Largest request body the Worker accepts (default 100 MiB, Cloudflare's limit); tests lower it. Checkpoint
+   * parts are min(this, 16 MiB), and the runner learns both with each claim (ClaimResponse.limits). */
+  MAX_BODY_BYTES?: string;
   /** How long an R2 object may lack its D1 row before the cron deletes it, in ms (default 3600000). */
   ORPHAN_GRACE_MS?: string;
 }
@@ -36,6 +39,18 @@ export function settings(env: Env) {
     maxExpirations: num(env.MAX_EXPIRATIONS, 10),
     checkpointEvery: num(env.CHECKPOINT_EVERY, 1000),
     maxSweepRuns: num(env.MAX_SWEEP_RUNS, 4096),
+    ...uploadLimits(num(env.MAX_BODY_BYTES, 100 << 20)),
     orphanGraceMs: num(env.ORPHAN_GRACE_MS, 3_600_000),
   };
+}
+
+/** Checkpoint parts are held in memory once per request: at most 16 MiB, well inside the isolate's 128 MB. */
+export const MAX_PART_BYTES = 16 << 20;
+/** An evals post is parsed whole: at most 32 MiB. */
+export const MAX_EVALS_BYTES = 32 << 20;
+
+/** The body limit and what follows from it: the checkpoint part size and the largest evals post. */
+export function uploadLimits(maxBodyBytes: number) {
+  const max = Math.floor(maxBodyBytes);
+  return { maxBodyBytes: max, partBytes: Math.min(max, MAX_PART_BYTES), evalsBytes: Math.min(max, MAX_EVALS_BYTES) };
 }

@@ -4,6 +4,9 @@ import { HTTPException } from "hono/http-exception";
 import { requireToken } from "./auth";
 import type { Env } from "./env";
 import { ApiError, errorResponse } from "./errors";
+import { createMiddleware } from "hono/factory";
+import { MAX_EVALS_BYTES, settings } from "./env";
+import { checkpointRoutes } from "./routes/checkpoints";
 import { claimRoutes } from "./routes/claims";
 import { exportRoutes } from "./routes/export";
 import { groupRoutes } from "./routes/groups";
@@ -11,25 +14,28 @@ import { leaseRoutes } from "./routes/leases";
 import { runRoutes } from "./routes/runs";
 import { sweepRoutes } from "./routes/sweeps";
 import { usageRoutes } from "./routes/usage";
-import { settings } from "./env";
 import { sweepOrphans } from "./retention";
 import { consumeQueue, heartbeatIdleRuns } from "./wandb/consumer";
 
 export const app = new Hono<{ Bindings: Env }>();
 
-/** Largest bodies accepted, per route kind (413 beyond). Checkpoints are held in memory once, so 100 MiB. */
+/**
+ * Largest bodies accepted, per route kind (413 beyond), each capped by MAX_BODY_BYTES. A checkpoint body (one PUT,
+ * or one part of an upload) is held in memory once, so it is at most the part size (settings: ≤ 16 MiB).
+ */
 export const BODY_LIMITS = {
   sweep: 1 << 20,
   metrics: 4 << 20,
-  evals: 32 << 20,
-  checkpoint: 100 << 20,
+  evals: MAX_EVALS_BYTES,
   small: 64 << 10,
 };
 
-const limit = (maxSize: number) =>
-  bodyLimit({
-    maxSize,
-    onError: (c) => errorResponse(c, new ApiError(413, "too_large", `the body is larger than ${maxSize} bytes`, "body")),
+/** A body limit of `maxSize` bytes, or the environment's MAX_BODY_BYTES (or part size) where that is lower. */
+const limit = (maxSize: number | "part") =>
+  createMiddleware<{ Bindings: Env }>((c, next) => {
+    const { maxBodyBytes, partBytes } = settings(c.env);
+    const max = maxSize === "part" ? partBytes : Math.min(maxSize, maxBodyBytes);
+    return bodyLimit({ maxSize: max, onError: (c) => errorResponse(c, new ApiError(413, "too_large", `the body is larger than ${max} bytes`, "body")) })(c, next);
   });
 
 app.get("/health", (c) => c.json({ ok: true }));
@@ -51,11 +57,16 @@ app.post("/v1/leases/:id/release", limit(BODY_LIMITS.small));
 app.post("/v1/groups/:id/retry", limit(BODY_LIMITS.small));
 app.post("/v1/leases/:id/metrics", limit(BODY_LIMITS.metrics));
 app.post("/v1/leases/:id/evals", limit(BODY_LIMITS.evals));
-app.put("/v1/leases/:id/checkpoints/:run_id", limit(BODY_LIMITS.checkpoint));
+app.put("/v1/leases/:id/checkpoints/:run_id", limit("part"));
+app.put("/v1/leases/:id/uploads/:upload_id/parts/:part", limit("part"));
+app.post("/v1/leases/:id/uploads", limit(BODY_LIMITS.small));
+app.post("/v1/leases/:id/uploads/:upload_id/complete", limit(BODY_LIMITS.small));
+app.post("/v1/leases/:id/checkpoints/:run_id/reject", limit(BODY_LIMITS.small));
 
 app.route("/v1/sweeps", sweepRoutes);
 app.route("/v1/claims", claimRoutes);
 app.route("/v1/leases", leaseRoutes);
+app.route("/v1/leases", checkpointRoutes);
 app.route("/v1/runs", runRoutes);
 app.route("/v1/runs", exportRoutes);
 app.route("/v1/groups", groupRoutes);

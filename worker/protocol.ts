@@ -39,8 +39,18 @@ export interface ClaimedRun {
   cfg: TrainConfig;
 }
 
+/** What the Worker accepts, sent with each claim: the runner sizes its posts and checkpoint parts by it. */
+export interface UploadLimits {
+  /** Largest evals post (bytes): the runner splits its evals over as many posts as this needs. */
+  max_body_bytes: number;
+  /** Checkpoint part size (bytes): every part of an upload but the last is exactly this long. */
+  part_bytes: number;
+}
+
 export interface ClaimResponse {
   lease: Lease;
+  /** Absent from a Worker older than the upload routes: then every checkpoint goes in one PUT. */
+  limits?: UploadLimits;
   group: {
     id: string;
     sweep_id: string;
@@ -157,6 +167,63 @@ export interface CheckpointResponse {
   bytes: number;
   /** 200: a checkpoint of this run, kind and step was already stored; it stays, this upload is dropped. */
   duplicate?: true;
+}
+
+/**
+ * Checkpoints of any size, in parts (worker/routes/checkpoints.ts):
+ *   POST /v1/leases/:id/uploads {token, run_id, kind, step, bytes}      → 201 UploadInitResponse (200 when resumed)
+ *   PUT  /v1/leases/:id/uploads/:upload_id/parts/:n (x-lease-token)      → 200 UploadPartResponse, n = 1..n_parts
+ *   POST /v1/leases/:id/uploads/:upload_id/complete {token}              → 201 CheckpointResponse (200 duplicate)
+ * Part n holds bytes [(n−1)·part_bytes, min(n·part_bytes, bytes)); part 1 must hold the safetensors header, which
+ * is checked against the run's config (names, dtypes, shapes, contiguous offsets, metadata) before anything is kept.
+ * A repeated init by the same lease resumes the upload (`received` lists the parts stored); a repeated part changes
+ * nothing; complete assembles the parts into one R2 object and records it. An init for a checkpoint already stored
+ * answers 200 with `duplicate` and no upload.
+ */
+export interface UploadInitRequest {
+  token: string;
+  run_id: string;
+  kind: CheckpointKind;
+  step: number;
+  /** The whole file's size. */
+  bytes: number;
+}
+
+export interface UploadInitResponse {
+  /** Null when the checkpoint is already stored (`duplicate`). */
+  upload_id: string | null;
+  part_bytes: number;
+  n_parts: number;
+  /** Parts already stored (a resumed upload); upload only the others. */
+  received: number[];
+  duplicate?: CheckpointResponse;
+}
+
+export interface UploadPartResponse {
+  upload_id: string;
+  part: number;
+  bytes: number;
+  /** This part was already stored; nothing changed. */
+  repeated?: true;
+}
+
+export interface UploadCompleteRequest {
+  token: string;
+}
+
+/**
+ * POST /v1/leases/:id/checkpoints/:run_id/reject {token, step, error}: the runner could not load this resume
+ * checkpoint; the Worker deletes it (D1 row and R2 object) and answers the lease's resume points without it, so the
+ * group falls back to the previous checkpoint (this lease and every later claim) instead of failing on it forever.
+ */
+export interface RejectCheckpointRequest {
+  token: string;
+  step: number;
+  error: string;
+}
+
+export interface RejectCheckpointResponse {
+  resume: ResumePoint[];
 }
 
 /** 201 to POST /v1/sweeps (submitter token). */

@@ -15,10 +15,36 @@ export function fitEval(m: Extract<WandbMessage, { kind: "eval" }>): WandbMessag
   return { ...m, eval: { ...m.eval, freqs: [], mean_values: [] }, arrays_omitted: true };
 }
 
+/**
+ * A message as one or more that each fit MAX_MESSAGE_BYTES: a metrics message is cut into consecutive runs of rows
+ * (in step order; the consumer sends every row once and in step order whatever order they arrive in), an eval
+ * loses its arrays (fitEval). Rows are measured one by one, so this is linear in the message's size.
+ */
+export function splitMessage(m: WandbMessage): WandbMessage[] {
+  if (m.kind === "eval") return [fitEval(m)];
+  if (m.kind !== "metrics" || size(m) <= MAX_MESSAGE_BYTES) return [m];
+  const envelope = size({ ...m, rows: [] });
+  const out: WandbMessage[] = [];
+  let rows: typeof m.rows = [];
+  let bytes = envelope;
+  for (const r of m.rows) {
+    const n = new TextEncoder().encode(JSON.stringify(r)).byteLength + 1; // the comma
+    if (rows.length && bytes + n > MAX_MESSAGE_BYTES) {
+      out.push({ ...m, rows });
+      rows = [];
+      bytes = envelope;
+    }
+    rows.push(r);
+    bytes += n;
+  }
+  if (rows.length) out.push({ ...m, rows });
+  return out;
+}
+
 export async function enqueue(env: Env, messages: WandbMessage[]): Promise<void> {
   let batch: { body: WandbMessage; contentType: "json" }[] = [];
   let bytes = 0;
-  for (const m of messages) {
+  for (const m of messages.flatMap(splitMessage)) {
     const n = size(m);
     if (batch.length && (batch.length >= MAX_BATCH_MESSAGES || bytes + n > MAX_BATCH_BYTES)) {
       await env.WANDB_QUEUE.sendBatch(batch);

@@ -1,6 +1,5 @@
 /** `sae-swarm delete SWEEP_ID`: cancels a sweep and removes its rows and objects from the server. */
-import { parseArgs } from "node:util";
-import { apiFetch, resolveTarget } from "./server";
+import { apiFetch, resolveTarget, parseClientArgs } from "./server";
 
 export const DELETE_USAGE = `usage: sae-swarm delete SWEEP_ID [--server URL] [--token T]
 
@@ -22,24 +21,9 @@ interface DeleteAnswer {
 }
 
 export async function deleteCommand(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    allowPositionals: true,
-    options: {
-      server: { type: "string" },
-      token: { type: "string" },
-      json: { type: "boolean", default: false },
-      help: { type: "boolean", short: "h", default: false },
-    },
-  });
-  if (values.help) {
-    console.log(DELETE_USAGE);
-    return 0;
-  }
-  if (positionals.length !== 1) {
-    console.error(`[delete] give exactly one sweep id${positionals.length ? ` (got ${positionals.length})` : ""}\n\n${DELETE_USAGE}`);
-    return 1;
-  }
+  const args = parseClientArgs(argv, "delete", DELETE_USAGE, { min: 1, max: 1, what: "exactly one sweep id" });
+  if (typeof args === "number") return args;
+  const { values, positionals } = args;
   const id = positionals[0];
   const t = resolveTarget(values);
   const total: DeleteAnswer = { id, done: false, cancelled_leases: 0, rows: {}, objects: 0, bytes: 0 };

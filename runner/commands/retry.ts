@@ -1,7 +1,6 @@
 /** `sae-swarm retry GROUP_ID|SWEEP_ID`: re-queues a failed group, or every failed group of a sweep. */
-import { parseArgs } from "node:util";
 import type { RetryResponse } from "../../worker/protocol";
-import { apiJson, resolveTarget } from "./server";
+import { apiJson, resolveTarget, parseClientArgs } from "./server";
 
 export const RETRY_USAGE = `usage: sae-swarm retry GROUP_ID|SWEEP_ID [--server URL] [--token T]
 
@@ -16,19 +15,9 @@ the next runner again and resume from their last checkpoints; failures count afr
 const GROUP_ID = /-g\d+$/;
 
 export async function retry(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    allowPositionals: true,
-    options: { server: { type: "string" }, token: { type: "string" }, help: { type: "boolean", short: "h", default: false } },
-  });
-  if (values.help) {
-    console.log(RETRY_USAGE);
-    return 0;
-  }
-  if (positionals.length !== 1) {
-    console.error(`[retry] give exactly one GROUP_ID or SWEEP_ID${positionals.length ? ` (got ${positionals.length})` : ""}\n\n${RETRY_USAGE}`);
-    return 1;
-  }
+  const args = parseClientArgs(argv, "retry", RETRY_USAGE, { min: 1, max: 1, what: "exactly one GROUP_ID or SWEEP_ID" });
+  if (typeof args === "number") return args;
+  const { values, positionals } = args;
   const t = resolveTarget(values);
   const id = positionals[0];
   let groups: string[];

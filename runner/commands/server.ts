@@ -3,6 +3,7 @@
  * (SAE_SWARM_SERVER, SAE_SWARM_TOKEN), then the local defaults `npm start` uses (http://127.0.0.1:8787 and
  * SUBMIT_TOKEN from ./.dev.vars). Also the one place that turns an API error into a line a person can act on.
  */
+import { parseArgs } from "node:util";
 import { existsSync, readFileSync } from "node:fs";
 import path from "node:path";
 
@@ -83,4 +84,37 @@ export async function apiFetch(t: Target, route: string, init: RequestInit = {},
 
 export async function apiJson<T>(t: Target, route: string, init: RequestInit = {}): Promise<T> {
   return (await (await apiFetch(t, route, init)).json()) as T;
+}
+
+/** What the client commands (submit, status, retry, delete) take: the flags every one has, and its ids or files. */
+export interface ClientArgs {
+  values: { server?: string; token?: string; json: boolean };
+  positionals: string[];
+}
+
+/**
+ * Parses a client command's flags (--server, --token, --json, -h) and checks how many positionals it got.
+ * Returns the exit code instead when there is nothing more to do: 0 after printing the help, 1 after naming the
+ * wrong count (`what`: "exactly one sweep file", say).
+ */
+export function parseClientArgs(argv: string[], name: string, usage: string, count: { min: number; max: number; what: string }): ClientArgs | number {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      server: { type: "string" },
+      token: { type: "string" },
+      json: { type: "boolean", default: false },
+      help: { type: "boolean", short: "h", default: false },
+    },
+  });
+  if (values.help) {
+    console.log(usage);
+    return 0;
+  }
+  if (positionals.length < count.min || positionals.length > count.max) {
+    console.error(`[${name}] give ${count.what}${positionals.length ? ` (got ${positionals.length})` : ""}\n\n${usage}`);
+    return 1;
+  }
+  return { values: { server: values.server, token: values.token, json: values.json ?? false }, positionals };
 }

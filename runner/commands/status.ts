@@ -2,8 +2,7 @@
  * `sae-swarm status [SWEEP_ID]`: the sweeps (newest first), then one sweep's groups (with their leases) and runs
  * (the config keys that vary, training progress, the latest step metrics, and the eval: L0, MSE, dead/dense).
  */
-import { parseArgs } from "node:util";
-import { apiJson, resolveTarget, type Target } from "./server";
+import { apiJson, resolveTarget, type Target, parseClientArgs } from "./server";
 import { ago, num, table } from "./table";
 
 export const STATUS_USAGE = `usage: sae-swarm status [SWEEP_ID] [--server URL] [--token T]
@@ -154,24 +153,9 @@ export function sweepReport(d: SweepDetail, runs: Map<string, RunDetail["run"]>,
 }
 
 export async function status(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    allowPositionals: true,
-    options: {
-      server: { type: "string" },
-      token: { type: "string" },
-      json: { type: "boolean", default: false },
-      help: { type: "boolean", short: "h", default: false },
-    },
-  });
-  if (values.help) {
-    console.log(STATUS_USAGE);
-    return 0;
-  }
-  if (positionals.length > 1) {
-    console.error(`[status] give at most one sweep id\n\n${STATUS_USAGE}`);
-    return 1;
-  }
+  const args = parseClientArgs(argv, "status", STATUS_USAGE, { min: 0, max: 1, what: "at most one sweep id" });
+  if (typeof args === "number") return args;
+  const { values, positionals } = args;
   const t = resolveTarget(values);
   let id = positionals[0];
   if (!id) {

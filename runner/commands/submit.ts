@@ -1,8 +1,7 @@
 /** `sae-swarm submit SWEEP.toml|SWEEP.json`: posts a sweep file and prints its groups and runs. */
 import { readFile } from "node:fs/promises";
-import { parseArgs } from "node:util";
 import type { SubmitResponse } from "../../worker/protocol";
-import { CliError, apiJson, resolveTarget } from "./server";
+import { CliError, apiJson, resolveTarget, parseClientArgs } from "./server";
 
 export const SUBMIT_USAGE = `usage: sae-swarm submit SWEEP.toml|SWEEP.json [--server URL] [--token T]
 
@@ -22,24 +21,9 @@ export function contentTypeFor(file: string, text: string): string {
 }
 
 export async function submit(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    allowPositionals: true,
-    options: {
-      server: { type: "string" },
-      token: { type: "string" },
-      json: { type: "boolean", default: false },
-      help: { type: "boolean", short: "h", default: false },
-    },
-  });
-  if (values.help) {
-    console.log(SUBMIT_USAGE);
-    return 0;
-  }
-  if (positionals.length !== 1) {
-    console.error(`[submit] give exactly one sweep file${positionals.length ? ` (got ${positionals.length})` : ""}\n\n${SUBMIT_USAGE}`);
-    return 1;
-  }
+  const args = parseClientArgs(argv, "submit", SUBMIT_USAGE, { min: 1, max: 1, what: "exactly one sweep file" });
+  if (typeof args === "number") return args;
+  const { values, positionals } = args;
   const file = positionals[0];
   const text = await readFile(file, "utf8").catch((e: NodeJS.ErrnoException) => {
     throw new CliError(`cannot read ${file}: ${e.code === "ENOENT" ? "no such file" : e.message}`);

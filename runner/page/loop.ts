@@ -9,8 +9,8 @@
  */
 import { nSteps, type StepMetrics, type TrainConfig } from "../../shaders/config";
 import type { AdapterReport } from "../../shaders/device";
-import type { ClaimResponse, Lease, MetricRow } from "../../worker/protocol";
-import { Aborted, LeaseLost, MetricsQueue, type WorkerClient } from "../api";
+import type { ClaimResponse, Lease, MetricRow, UploadLimits } from "../../worker/protocol";
+import { Aborted, ApiError, LeaseLost, MetricsQueue, type WorkerClient } from "../api";
 import type { BatchSource } from "../data/source";
 import type { FetchFn } from "../data/shards";
 import type { RunnerEvent, SaeProgress, StopMode } from "../events";
@@ -50,6 +50,8 @@ export class RunnerLoop {
   private claiming: AbortController | null = null;
   /** Why the loop stopped claiming on its own (groups kept failing here), for the exit event. */
   failing: string | null = null;
+  /** The current claim's upload limits (part size, body limit), for its checkpoint uploads. */
+  private limits: UploadLimits | undefined;
 
   constructor(private readonly o: LoopOptions) {}
 
@@ -123,6 +125,7 @@ export class RunnerLoop {
   /** Trains one claimed group to its end (or until the lease is lost or the runner stops). */
   async trainGroup(claim: ClaimResponse): Promise<GroupOutcome> {
     const { lease, group } = claim;
+    this.limits = claim.limits;
     const cfgs = group.cfgs.map((c) => c.cfg);
     const runIds = group.cfgs.map((c) => c.run_id);
     const first = cfgs[0];
@@ -144,24 +147,40 @@ export class RunnerLoop {
       // for. A runner killed between the uploads of one round leaves some runs a round ahead; their checkpoints
       // of the round before are still stored (asked for with &step=), and metrics re-posted from there are
       // stored once (duplicates change nothing).
-      const resumeStep = group.resume.length === runIds.length ? Math.min(...group.resume.map((r) => r.step)) : 0;
+      let resume = group.resume;
+      const commonStep = () => (resume.length === runIds.length ? Math.min(...resume.map((r) => r.step)) : 0);
+      let resumeStep = commonStep();
       emit({ kind: "claimed", lease, group_id: group.id, sweep_id: group.sweep_id, runs: runIds, n_steps: total, resume_step: resumeStep, attempt: group.attempt });
       if (group.resume.length > 0 && resumeStep === 0) emit({ kind: "log", level: "warn", message: `group ${group.id}: not every run has a resume checkpoint; starting fresh` });
 
       let norm: Normalization | undefined;
       let states: Awaited<ReturnType<GroupEngine["exportState"]>> | null = null;
-      if (resumeStep > 0) {
+      // A checkpoint that does not load is reported (the Worker deletes it) and the group falls back to the
+      // previous one, so one bad checkpoint can never fail every later attempt of the group.
+      while (resumeStep > 0 && !states) {
         phase("resume");
-        const byRun = new Map(group.resume.map((r) => [r.run_id, r]));
-        states = [];
+        const byRun = new Map(resume.map((r) => [r.run_id, r]));
+        const loaded: Awaited<ReturnType<GroupEngine["exportState"]>> = [];
+        norm = undefined;
         for (const id of runIds) {
-          const ck = decodeCheckpoint(await this.o.api.getCheckpoint(lease, atStep(byRun.get(id)!.checkpoint_path, resumeStep)));
-          if (ck.kind !== "resume" || !ck.adam || ck.step !== resumeStep) throw new Error(`resume checkpoint of run ${id} is not a resume checkpoint at step ${resumeStep}`);
-          states.push({ weights: ck.weights, adam: ck.adam });
+          let ck: ReturnType<typeof decodeCheckpoint>;
+          try {
+            ck = decodeCheckpoint(await this.o.api.getCheckpoint(lease, atStep(byRun.get(id)!.checkpoint_path, resumeStep)));
+            if (ck.kind !== "resume" || !ck.adam || ck.step !== resumeStep || ck.run_id !== id) throw new Error(`it is not the resume checkpoint of run ${id} at step ${resumeStep}`);
+          } catch (e) {
+            if (e instanceof LeaseLost || e instanceof Aborted || e instanceof ApiError) throw e;
+            const why = e instanceof Error ? e.message : String(e);
+            emit({ kind: "log", level: "warn", message: `resume checkpoint of run ${id} at step ${resumeStep} does not load (${why}); falling back to the one before` });
+            resume = await this.o.api.rejectCheckpoint(lease, id, resumeStep, why);
+            break;
+          }
+          loaded.push({ weights: ck.weights, adam: ck.adam });
           norm ??= ck.norm;
         }
-        step = resumeStep;
+        if (loaded.length === runIds.length) states = loaded;
+        else resumeStep = commonStep();
       }
+      step = resumeStep;
 
       phase("data");
       source = await (this.o.openSource ?? openBatchSource)(group.data, first.sae_batch_size, norm, this.o.dataFetch);
@@ -224,13 +243,13 @@ export class RunnerLoop {
       const evals = await engine.evaluate(source.ordered(first.sae_batch_size, first.n_eval));
       check();
       await queue.flush();
-      await this.o.api.postEvals(lease, evals.map((e, i) => ({ run_id: runIds[i], ...e })));
+      await this.o.api.postEvals(lease, evals.map((e, i) => ({ run_id: runIds[i], ...e })), claim.limits);
 
       phase("checkpoint");
       const weights = await engine.exportWeights();
       for (let i = 0; i < runIds.length; i++) {
         const bytes = encodeFinalCheckpoint({ run_id: runIds[i], cfg: cfgs[i], step: total, data_origin: source.origin }, weights[i], norm);
-        await this.o.api.putCheckpoint(lease, runIds[i], "final", total, bytes);
+        await this.o.api.uploadCheckpoint(lease, runIds[i], "final", total, bytes, claim.limits);
       }
 
       phase("complete");
@@ -264,7 +283,7 @@ export class RunnerLoop {
     const states = await engine.exportState();
     for (let i = 0; i < runIds.length; i++) {
       const bytes = encodeResumeCheckpoint({ run_id: runIds[i], cfg: cfgs[i], step }, states[i].weights, norm, states[i].adam);
-      await this.o.api.putCheckpoint(lease, runIds[i], "resume", step, bytes);
+      await this.o.api.uploadCheckpoint(lease, runIds[i], "resume", step, bytes, this.limits);
     }
   }
 

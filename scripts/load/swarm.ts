@@ -12,10 +12,11 @@
  * the old token, which must get 409), some give the group back with `fail`. Some posts are sent twice on purpose
  * (metrics, evals, complete, fail), and some runners write again after their lease ended (must get 409).
  */
+import type { TrainConfig } from "../../shaders/config";
 import type { FetchFn } from "../../runner/api";
 import { LeaseLost, MetricsQueue, WorkerClient } from "../../runner/api";
 import { mulberry32 } from "../../runner/data/random";
-import { decodeSafetensors, encodeSafetensors, tensor } from "../../runner/safetensors";
+import { decodeSafetensors, encodeFinalCheckpoint, encodeResumeCheckpoint, type SaeWeights } from "../../runner/safetensors";
 import type { AdapterReport } from "../../shaders/device";
 import type { ClaimResponse, EvalsRequest, Lease, MetricRow } from "../../worker/protocol";
 
@@ -126,9 +127,23 @@ export function evalOf(runId: string, dSae: number): EvalsRequest["evals"][numbe
   };
 }
 
-/** A small safetensors checkpoint that says whose it is (checked when a resume checkpoint is fetched back). */
-export function checkpointBytes(runId: string, kind: "final" | "resume", step: number, leaseId: string): Uint8Array {
-  return encodeSafetensors({ w: tensor(new Float32Array([step, hash(runId) % 1000]), [2]) }, { run_id: runId, kind, step: String(step), lease_id: leaseId });
+/**
+ * A checkpoint of the run's shape (the Worker checks every tensor against the config), its values from the step, and
+ * metadata that says whose it is (checked when a resume checkpoint is fetched back).
+ */
+export function checkpointBytes(runId: string, kind: "final" | "resume", step: number, cfg: TrainConfig): Uint8Array {
+  const d = cfg.sae.d_vit;
+  const k = d * cfg.sae.exp_factor;
+  const w = (): SaeWeights => ({
+    W_enc: new Float32Array(d * k).fill(step),
+    b_enc: new Float32Array(k),
+    W_dec: new Float32Array(k * d),
+    b_dec: new Float32Array(d),
+    ...(cfg.sae.kind === "jumprelu" ? { threshold: new Float32Array(k) } : {}),
+  });
+  const info = { run_id: runId, cfg, step };
+  const norm = { mean: new Float32Array(d), scale: 1 };
+  return kind === "final" ? encodeFinalCheckpoint(info, w(), norm) : encodeResumeCheckpoint(info, w(), norm, { m: w(), v: w(), step });
 }
 
 /** "POST /v1/leases/:id/metrics" and the lease id, from a request URL. */
@@ -320,7 +335,7 @@ export async function runSwarm(o: SwarmOptions, log: Call[]): Promise<SwarmStats
         }
         if (step % ckEvery === 0 && step < total) {
           await queue.flush();
-          for (const run of runIds) await main.api.putCheckpoint(lease, run, "resume", step, checkpointBytes(run, "resume", step, lease.id));
+          for (const run of runIds) await main.api.putCheckpoint(lease, run, "resume", step, checkpointBytes(run, "resume", step, cfg));
         }
       }
 
@@ -339,13 +354,13 @@ export async function runSwarm(o: SwarmOptions, log: Call[]): Promise<SwarmStats
         const s = Math.min(total - 1, step);
         await expectLost("metrics", () => main.api.postMetrics(lease, runIds.map((run) => metricRow(run, s, cfg.sae_batch_size))));
         await expectLost("heartbeat", () => main.api.heartbeat(lease, { step, n_steps: total }, { maxAttempts: 1 }));
-        await expectLost("checkpoint", () => main.api.putCheckpoint(lease, runIds[0], "resume", s + 1, checkpointBytes(runIds[0], "resume", s + 1, lease.id)));
+        await expectLost("checkpoint", () => main.api.putCheckpoint(lease, runIds[0], "resume", s + 1, checkpointBytes(runIds[0], "resume", s + 1, cfg)));
         return "zombie";
       }
       if (behaviour === "abandon") {
         // Gives the group back, as the real runner on Ctrl-C twice: flush, resume checkpoints at this step, release.
         await queue.flush();
-        if (step > 0) for (const run of runIds) await main.api.putCheckpoint(lease, run, "resume", step, checkpointBytes(run, "resume", step, lease.id));
+        if (step > 0) for (const run of runIds) await main.api.putCheckpoint(lease, run, "resume", step, checkpointBytes(run, "resume", step, cfg));
         await stopHeartbeats();
         checkLost();
         await main.api.release(lease, "load test: abandoned on purpose", { maxAttempts: 5 });
@@ -360,7 +375,7 @@ export async function runSwarm(o: SwarmOptions, log: Call[]): Promise<SwarmStats
       const evals = runIds.map((run) => evalOf(run, dSae));
       await main.api.postEvals(lease, evals);
       if (rand() < o.pDouble) await main.api.postEvals(lease, evals);
-      for (const run of runIds) await main.api.putCheckpoint(lease, run, "final", total, checkpointBytes(run, "final", total, lease.id));
+      for (const run of runIds) await main.api.putCheckpoint(lease, run, "final", total, checkpointBytes(run, "final", total, cfg));
       await stopHeartbeats();
       checkLost();
       await main.api.complete(lease);

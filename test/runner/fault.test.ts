@@ -12,7 +12,8 @@ describe("SAE_SWARM_FAULT", () => {
     expect(parseFault("checkpoint-cut:3")).toMatchObject({ point: "checkpoint-cut", n: 3 });
     expect(parseFault("checkpoint-stored:12")).toMatchObject({ point: "checkpoint-stored", n: 12 });
     expect(parseFault("evals")).toMatchObject({ point: "evals", n: 1 });
-    for (const bad of ["metrics", "checkpoint-cut:0", "checkpoint-cut", "evals:2", "train:5", "metrics:-1", "metrics:x"])
+    expect(parseFault("part-cut:16")).toMatchObject({ point: "part-cut", n: 16 });
+    for (const bad of ["metrics", "checkpoint-cut:0", "checkpoint-cut", "evals:2", "part-cut:0", "part-cut", "train:5", "metrics:-1", "metrics:x"])
       expect(() => parseFault(bad), bad).toThrow(/SAE_SWARM_FAULT/);
   });
 
@@ -27,6 +28,11 @@ describe("SAE_SWARM_FAULT", () => {
     expect([put(cut), cut.before("GET", "/v1/leases/L/checkpoints/r", undefined), put(cut), put(cut), put(cut)]).toEqual([null, null, null, "cut", null]);
     const stored = new FaultInjector(parseFault("checkpoint-stored:2")!);
     expect([put(stored), put(stored), put(stored)]).toEqual([null, "watch", null]);
+
+    const part = (f: FaultInjector, n: number) => f.before("PUT", `/v1/leases/L/uploads/up_1/parts/${n}`, undefined);
+    const pc = new FaultInjector(parseFault("part-cut:3")!);
+    expect([part(pc, 1), put(pc), part(pc, 2), pc.before("POST", "/v1/leases/L/uploads", undefined), part(pc, 1), part(pc, 2)]).toEqual([null, null, null, null, "cut", null]);
+    expect(put(new FaultInjector(parseFault("checkpoint-cut:1")!))).toBe("cut"); // parts do not count as uploads
 
     const e = new FaultInjector(parseFault("evals")!);
     expect(e.before("POST", "/v1/leases/L/metrics", body([119]))).toBeNull();

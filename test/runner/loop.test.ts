@@ -177,6 +177,43 @@ describe("RunnerLoop", () => {
     }
   });
 
+  it("a resume checkpoint that does not load is rejected, and the group falls back to the one before in the same lease", async () => {
+    // L-ab (above) stored resume checkpoints at steps 4 and 6; rb's at 6 gets a step tensor that disagrees with its
+    // metadata (a valid header: the Worker stored it; only loading it finds the fault).
+    const key = "L-ab/rb@6";
+    const good = srv.checkpoints.get(key)!;
+    const bad = Buffer.from(good.bytes);
+    bad.writeBigInt64LE(5n, bad.length - 8); // `step` is the last tensor
+    srv.checkpoints.set(key, { ...good, bytes: bad });
+    srv.rejectAnswer = [
+      { run_id: "ra", step: 6, checkpoint_path: "/v1/leases/L-ab/checkpoints/ra?kind=resume&step=6" },
+      { run_id: "rb", step: 4, checkpoint_path: "/v1/leases/L-ab/checkpoints/rb?kind=resume&step=4" },
+    ];
+    try {
+      const resumed: RecordingEngine[] = [];
+      const events: RunnerEvent[] = [];
+      const r = await newLoop(resumed, events).trainGroup(
+        claim("L-fb", [
+          { run_id: "ra", step: 6, checkpoint_path: "/v1/leases/L-ab/checkpoints/ra?kind=resume&step=6" },
+          { run_id: "rb", step: 6, checkpoint_path: "/v1/leases/L-ab/checkpoints/rb?kind=resume&step=6" },
+        ]),
+      );
+      expect(r).toBe("completed");
+      const reject = leaseRequests("L-fb").filter((q) => q.path.endsWith("/reject"));
+      expect(reject.map((q) => q.path)).toEqual(["/v1/leases/L-fb/checkpoints/rb/reject"]);
+      expect(JSON.parse(reject[0].body)).toMatchObject({ token: "tok-L-fb", step: 6, error: expect.stringMatching(/tensor step 5 differs from metadata step 6/) });
+      expect(events.some((e) => e.kind === "log" && /falling back/.test(e.message))).toBe(true);
+      expect(resumed[0].batchesSeen).toEqual(reference.batchesSeen.slice(4));
+      for (const run of ["ra", "rb"]) {
+        const a = decodeCheckpoint(new Uint8Array(srv.checkpoints.get(`L-full/${run}`)!.bytes));
+        const b = decodeCheckpoint(new Uint8Array(srv.checkpoints.get(`L-fb/${run}`)!.bytes));
+        expect(b.weights.b_dec).toEqual(a.weights.b_dec);
+      }
+    } finally {
+      srv.checkpoints.set(key, good);
+    }
+  });
+
   it("stops a group at once when the lease is lost (409): nothing more is written under it", async () => {
     srv.inject(/L-lost\/metrics$/, "409");
     const engines: RecordingEngine[] = [];

@@ -18,6 +18,8 @@ export interface ProtocolServer {
   checkpoints: Map<string, { query: string; bytes: Buffer; leaseToken: string | undefined }>;
   requests: Array<{ method: string; path: string; auth: string | undefined; body: string }>;
   claimQueue: unknown[];
+  /** The answer's `resume` to POST …/checkpoints/:run_id/reject. */
+  rejectAnswer: unknown[];
   close(): Promise<void>;
 }
 
@@ -38,6 +40,7 @@ export async function serveProtocol(): Promise<ProtocolServer> {
     checkpoints: new Map(),
     requests: [],
     claimQueue: [],
+    rejectAnswer: [],
     close: async () => {},
   };
   const json = (res: ServerResponse, status: number, body: unknown) =>
@@ -76,6 +79,8 @@ export async function serveProtocol(): Promise<ProtocolServer> {
       }
       if (fault === "reset-after") return req.socket.destroy(); // stored, but the runner never hears it
       json(res, 200, { ok: true, n: rows.length });
+    } else if (/^\/v1\/leases\/[^/]+\/checkpoints\/[^/]+\/reject$/.test(url.pathname)) {
+      json(res, 200, { resume: s.rejectAnswer });
     } else if ((m = /^\/v1\/leases\/([^/]+)\/checkpoints\/([^/]+)$/.exec(url.pathname))) {
       const key = `${m[1]}/${decodeURIComponent(m[2])}`;
       // Kept as the latest per lease and run, and per step (as the Worker keeps every resume checkpoint).

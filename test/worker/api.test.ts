@@ -4,7 +4,7 @@ import { env } from "cloudflare:test";
 import { beforeEach, describe, expect, it } from "vitest";
 import type { ClaimResponse } from "../../worker/protocol";
 import {
-  RUNNER, SMALL_SWEEP, SUBMIT, adapter, call, claim, evalBody, json, metricRow, putCheckpoint, resetDb, safetensors, sent, sleep, submit,
+  RUNNER, SMALL_SWEEP, SUBMIT, adapter, call, claim, evalBody, json, metricRow, putCheckpoint, resetDb, safetensors, checkpointFor, sent, sleep, submit,
 } from "./helpers";
 
 beforeEach(resetDb);
@@ -17,7 +17,7 @@ async function finishLease(c: ClaimResponse) {
   const rows = c.group.cfgs.flatMap(({ run_id }) => [metricRow(run_id, 4), metricRow(run_id, 9)]);
   await json(await call("POST", `/v1/leases/${id}/metrics`, { json: { token, rows } }), 200);
   await json(await call("POST", `/v1/leases/${id}/evals`, { json: { token, evals: c.group.cfgs.map(({ run_id }) => evalBody(run_id)) } }), 200);
-  for (const { run_id } of c.group.cfgs) await json(await putCheckpoint(id, token, run_id, "kind=final", safetensors(4, 2)), 201);
+  for (const { run_id } of c.group.cfgs) await json(await putCheckpoint(id, token, run_id, "kind=final", checkpointFor(run_id, "final", 10, 2)), 201);
   return json(await call("POST", `/v1/leases/${id}/complete`, { json: { token } }), 200);
 }
 
@@ -149,7 +149,7 @@ describe("claims and leases", () => {
 
     const run = await json(await call("GET", `/v1/runs/${run0}`), 200);
     expect(run.run).toMatchObject({ id: run0, status: "done", n_steps: 10, latest: { step: 9, loss: 0.1 }, eval: { l0: 2.5, n_dead: 16, n_examples: 640 } });
-    expect(run.run.checkpoints).toEqual([expect.objectContaining({ kind: "final", step: 10, bytes: safetensors(4, 2).byteLength })]);
+    expect(run.run.checkpoints).toEqual([expect.objectContaining({ kind: "final", step: 10, bytes: checkpointFor(run0, "final", 10, 2).byteLength })]);
     const hist = await json(await call("GET", `/v1/runs/${run0}/metrics`), 200);
     expect(hist.rows.map((r: any) => r.step)).toEqual([4, 9]);
     expect(hist.rows[0]).toMatchObject({ loss: 0.2, "progress/n_patches_seen": 320 });
@@ -159,7 +159,7 @@ describe("claims and leases", () => {
     expect(ev).toEqual({ ...evalBody(run0), run_id: run0 });
     const ck = await call("GET", `/v1/runs/${run0}/checkpoint`);
     expect(ck.status).toBe(200);
-    expect(new Uint8Array(await ck.arrayBuffer())).toEqual(safetensors(4, 2));
+    expect(new Uint8Array(await ck.arrayBuffer())).toEqual(checkpointFor(run0, "final", 10, 2));
     expect((await call("GET", `/v1/runs/${run0}/checkpoint?kind=resume`)).status).toBe(404);
     expect((await call("GET", `/v1/runs/nope`)).status).toBe(404);
     expect((await call("GET", `/v1/runs/nope/eval`)).status).toBe(404);
@@ -217,7 +217,7 @@ describe("claims and leases", () => {
     expect(sent).toHaveLength(2);
     // A finish lost to the queue is sent by the repeated complete.
     await json(await call("POST", `/v1/leases/${c.lease.id}/evals`, { json: { token: c.lease.token, evals: c.group.cfgs.slice(1).map(({ run_id }) => evalBody(run_id)) } }), 200);
-    for (const { run_id } of c.group.cfgs) await json(await putCheckpoint(c.lease.id, c.lease.token, run_id, "kind=final", safetensors()), 201);
+    for (const { run_id } of c.group.cfgs) await json(await putCheckpoint(c.lease.id, c.lease.token, run_id, "kind=final", checkpointFor(run_id, "final", 10)), 201);
     sent.length = 0;
     expect((await call("POST", `/v1/leases/${c.lease.id}/complete`, { json: { token: c.lease.token }, vars: { WANDB_QUEUE: down } })).status).toBe(503);
     expect((await json(await call("GET", `/v1/runs/${r0}`), 200)).run.status).toBe("done");
@@ -340,9 +340,9 @@ describe("claims and leases", () => {
     const old = (await claim("a", 1024, vars))!;
     expect(old.lease.heartbeat_ms).toBe(1000);
     const [r0, r1] = old.group.cfgs.map((r) => r.run_id);
-    const ck = safetensors(8, 3, { step: "5" });
+    const ck = checkpointFor(r0, "resume", 5, 3);
     expect((await json(await putCheckpoint(old.lease.id, old.lease.token, r0, "kind=resume&step=5", ck, vars), 201))).toMatchObject({ kind: "resume", step: 5 });
-    await json(await putCheckpoint(old.lease.id, old.lease.token, r0, "kind=resume&step=2", safetensors(8, 1), vars), 201);
+    await json(await putCheckpoint(old.lease.id, old.lease.token, r0, "kind=resume&step=2", checkpointFor(r0, "resume", 2), vars), 201);
     await json(await call("POST", `/v1/leases/${old.lease.id}/metrics`, { json: { token: old.lease.token, rows: [metricRow(r0, 4)] }, vars }), 200);
     // The runner fetches its own resume checkpoint back while the lease is valid.
     const own = await call("GET", `/v1/leases/${old.lease.id}/checkpoints/${r0}?kind=resume`, { headers: { "x-lease-token": old.lease.token }, vars });
@@ -395,22 +395,22 @@ describe("claims and leases", () => {
     const old = (await claim("a", 1024, vars))!;
     const r0 = old.group.cfgs[0].run_id;
     const objects = async () => (await env.CHECKPOINTS.list({ prefix: `${s.id}/` })).objects.map((o) => o.key);
-    const first = safetensors(4, 1);
+    const first = checkpointFor(r0, "final", 10, 1);
     const cut = await putCheckpoint(old.lease.id, old.lease.token, r0, "kind=final", first.slice(0, first.byteLength - 5), vars);
     expect((await json(cut, 400)).error).toMatchObject({ code: "invalid_checkpoint", field: "body" });
     expect(await objects()).toEqual([]);
     expect(await json(await putCheckpoint(old.lease.id, old.lease.token, r0, "kind=final", first, vars), 201)).toEqual({ run_id: r0, kind: "final", step: 10, bytes: first.byteLength });
     // The runner's retry after a lost answer.
     expect(await json(await putCheckpoint(old.lease.id, old.lease.token, r0, "kind=final", first, vars), 200)).toMatchObject({ duplicate: true, bytes: first.byteLength });
-    await json(await putCheckpoint(old.lease.id, old.lease.token, r0, "kind=resume&step=5", safetensors(4, 5), vars), 201);
+    await json(await putCheckpoint(old.lease.id, old.lease.token, r0, "kind=resume&step=5", checkpointFor(r0, "resume", 5, 5), vars), 201);
     expect(await objects()).toHaveLength(2);
 
     // The runner dies before it hears the answers; the next one retrains the group and uploads them again.
     await sleep(Math.max(0, old.lease.expires_at - Date.now()) + 50);
     const neu = (await claim("b", 1024, { LEASE_TTL_MS: "60000" }))!;
     expect(neu.group.resume).toEqual([expect.objectContaining({ run_id: r0, step: 5 })]);
-    expect(await json(await putCheckpoint(neu.lease.id, neu.lease.token, r0, "kind=final", safetensors(4, 2)), 200)).toMatchObject({ duplicate: true, bytes: first.byteLength });
-    expect(await json(await putCheckpoint(neu.lease.id, neu.lease.token, r0, "kind=resume&step=5", safetensors(4, 6)), 200)).toMatchObject({ duplicate: true });
+    expect(await json(await putCheckpoint(neu.lease.id, neu.lease.token, r0, "kind=final", checkpointFor(r0, "final", 10, 2)), 200)).toMatchObject({ duplicate: true, bytes: first.byteLength });
+    expect(await json(await putCheckpoint(neu.lease.id, neu.lease.token, r0, "kind=resume&step=5", checkpointFor(r0, "resume", 5, 6)), 200)).toMatchObject({ duplicate: true });
     expect(await objects()).toHaveLength(2);
     const run = await json(await call("GET", `/v1/runs/${r0}`), 200);
     expect(run.run.checkpoints.map((k: { kind: string; step: number }) => [k.kind, k.step])).toEqual([["final", 10], ["resume", 5]]);

@@ -11,7 +11,7 @@ import { beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { encodeFinalCheckpoint, encodeResumeCheckpoint, type SaeWeights } from "../../runner/safetensors";
 import type { ClaimResponse } from "../../worker/protocol";
 import type { Env } from "../../worker/env";
-import { RUNNER, SMALL_SWEEP, SUBMIT, adapter, call, claim, evalBody, json, metricRow, putCheckpoint, resetDb, safetensors, sent, sleep, submit } from "./helpers";
+import { RUNNER, SMALL_SWEEP, SUBMIT, adapter, call, claim, evalBody, json, metricRow, putCheckpoint, resetDb, safetensors, checkpointFor, sent, sleep, submit } from "./helpers";
 
 const UNTRACKED = SMALL_SWEEP + "\ntrack = false\n";
 
@@ -102,9 +102,16 @@ const evals = (f: Fx, list: unknown[]) => ({ token: lease(f, "live").token, eval
 const row = (f: Fx, patch: Record<string, unknown> = {}, i = 2, step = 9) => ({ ...metricRow(r(f, i), step), ...patch });
 const ev = (f: Fx, patch: Record<string, unknown> = {}, i = 2) => ({ ...evalBody(r(f, i)), ...patch });
 const without = <T extends object>(o: T, key: string) => Object.fromEntries(Object.entries(o).filter(([k]) => k !== key));
-const ckpt = (f: Fx, query: string, body: Uint8Array = safetensors(), extra: Record<string, string> = {}, run = r(f, 2)): Req => ({
+/** A valid checkpoint of `run` for the query's kind and step (the final one at step 10). */
+const validFor = (run: string, query: string) => {
+  const q = new URLSearchParams(query);
+  const kind = q.get("kind") === "resume" ? "resume" : "final";
+  const step = Number(q.get("step") ?? 10);
+  return checkpointFor(run, kind, Number.isSafeInteger(step) && step > 0 ? step : 10);
+};
+const ckpt = (f: Fx, query: string, body?: Uint8Array, extra: Record<string, string> = {}, run = r(f, 2)): Req => ({
   path: `${live(f, `checkpoints/${run}`)}?${query}`,
-  body,
+  body: body ?? validFor(run, query),
   headers: { "x-lease-token": lease(f, "live").token, "content-type": "application/octet-stream", ...extra },
 });
 const getCkpt = (f: Fx, query: string, token = lease(f, "live").token, run = r(f, 2), which: "live" | "done" | "failed" | "expired" = "live"): Req => ({
@@ -517,15 +524,15 @@ const CHECKPOINT_PUT_CASES: Case[] = [
   { name: `${PUT}: header length past the end`, method: "PUT", req: (f) => ckpt(f, "kind=final", (() => { const b = safetensors(); new DataView(b.buffer).setBigUint64(0, 1n << 40n, true); return b; })()), status: 400, field: "body", message: /header length/ },
   { name: `${PUT}: header not JSON`, method: "PUT", req: (f) => ckpt(f, "kind=final", rawSafetensors("{not json}", 16)), status: 400, field: "body", message: /header is not a JSON object/ },
   { name: `${PUT}: header a JSON array`, method: "PUT", req: (f) => ckpt(f, "kind=final", rawSafetensors([1, 2], 16)), status: 400, field: "body", message: /header is not a JSON object/ },
-  { name: `${PUT}: a tensor past the data`, method: "PUT", req: (f) => ckpt(f, "kind=final", rawSafetensors({ W: { dtype: "F32", shape: [8], data_offsets: [0, 32] } }, 16)), status: 400, field: "body", message: /tensor "W".*past the end/ },
-  { name: `${PUT}: a tensor whose size disagrees with its shape`, method: "PUT", req: (f) => ckpt(f, "kind=final", rawSafetensors({ W: { dtype: "F32", shape: [3], data_offsets: [0, 16] } }, 16)), status: 400, field: "body", message: /tensor "W".*12 bytes/ },
-  { name: `${PUT}: an unknown dtype`, method: "PUT", req: (f) => ckpt(f, "kind=final", rawSafetensors({ W: { dtype: "Q4", shape: [4], data_offsets: [0, 16] } }, 16)), status: 400, field: "body", message: /tensor "W".*dtype/ },
-  { name: `${PUT}: a tensor without data_offsets`, method: "PUT", req: (f) => ckpt(f, "kind=final", rawSafetensors({ W: { dtype: "F32", shape: [4] } }, 16)), status: 400, field: "body", message: /tensor "W"/ },
-  { name: `${PUT}: metadata not strings`, method: "PUT", req: (f) => ckpt(f, "kind=final", rawSafetensors({ __metadata__: { step: 5 } }, 0)), status: 400, field: "body", message: /__metadata__/ },
+  { name: `${PUT}: a tensor past the data`, method: "PUT", req: (f) => ckpt(f, "kind=final", rawSafetensors({ W: { dtype: "F32", shape: [8], data_offsets: [0, 32] } }, 16)), status: 400, field: "body.W", message: /is not a tensor of a final checkpoint/ },
+  { name: `${PUT}: a tensor whose size disagrees with its shape`, method: "PUT", req: (f) => ckpt(f, "kind=final", rawSafetensors({ W: { dtype: "F32", shape: [3], data_offsets: [0, 16] } }, 16)), status: 400, field: "body.W", message: /is not a tensor/ },
+  { name: `${PUT}: an unknown dtype`, method: "PUT", req: (f) => ckpt(f, "kind=final", rawSafetensors({ W: { dtype: "Q4", shape: [4], data_offsets: [0, 16] } }, 16)), status: 400, field: "body.W", message: /is not a tensor/ },
+  { name: `${PUT}: a tensor without data_offsets`, method: "PUT", req: (f) => ckpt(f, "kind=final", rawSafetensors({ W: { dtype: "F32", shape: [4] } }, 16)), status: 400, field: "body.W", message: /is not a tensor/ },
+  { name: `${PUT}: metadata not strings`, method: "PUT", req: (f) => ckpt(f, "kind=final", rawSafetensors({ __metadata__: { step: 5 } }, 0)), status: 400, field: "body.W_enc", message: /is missing/ },
   { name: `${PUT}: content-type application/json`, method: "PUT", req: (f) => ckpt(f, "kind=final", safetensors(), { "content-type": "application/json" }), status: 415, code: "unsupported_media_type", field: "content-type", message: /application\/octet-stream/ },
   { name: `${PUT}: content-type text/plain`, method: "PUT", req: (f) => ckpt(f, "kind=final", safetensors(), { "content-type": "text/plain" }), status: 415, field: "content-type", message: /application\/octet-stream/ },
-  { name: `${PUT}: content-length over 100 MiB`, method: "PUT", req: (f) => ckpt(f, "kind=final", safetensors(), { "content-length": String((100 << 20) + 1) }), status: 413, code: "too_large", field: "body", message: /larger than 104857600 bytes/ },
-  { name: `${PUT}: chunked, over 100 MiB`, method: "PUT", req: (f) => ({ ...ckpt(f, "kind=final"), body: chunked((100 << 20) + 1, 0, 4 << 20) }), status: 413, code: "too_large", field: "body", message: /larger than 104857600 bytes/ },
+  { name: `${PUT}: content-length over the 16 MiB part size`, method: "PUT", req: (f) => ckpt(f, "kind=final", safetensors(), { "content-length": String((16 << 20) + 1) }), status: 413, code: "too_large", field: "body", message: /larger than 16777216 bytes/ },
+  { name: `${PUT}: chunked, over the 16 MiB part size`, method: "PUT", req: (f) => ({ ...ckpt(f, "kind=final"), body: chunked((16 << 20) + 1, 0, 4 << 20) }), status: 413, code: "too_large", field: "body", message: /larger than 16777216 bytes/ },
 ];
 
 const GET_CKPT = "GET /v1/leases/:id/checkpoints/:run_id";
@@ -614,7 +621,7 @@ async function buildFixture(): Promise<Fx> {
   const tok = (c: ClaimResponse) => c.lease.token;
   await json(await call("POST", `/v1/leases/${done.lease.id}/metrics`, { json: { token: tok(done), rows: [metricRow(runs[0], 4), metricRow(runs[1], 4)] } }), 200);
   await json(await call("POST", `/v1/leases/${done.lease.id}/evals`, { json: { token: tok(done), evals: [evalBody(runs[0]), evalBody(runs[1])] } }), 200);
-  for (const id of [runs[0], runs[1]]) await json(await putCheckpoint(done.lease.id, tok(done), id, "kind=final", safetensors(4, 2)), 201);
+  for (const id of [runs[0], runs[1]]) await json(await putCheckpoint(done.lease.id, tok(done), id, "kind=final", checkpointFor(id, "final", 10, 2)), 201);
   await json(await call("POST", `/v1/leases/${done.lease.id}/complete`, { json: { token: tok(done) } }), 200);
   // r2, r3: failed once, then claimed again with r4, r5 by the live lease.
   const failed = (await claim("failed", 2))!;
@@ -624,7 +631,7 @@ async function buildFixture(): Promise<Fx> {
   const liveLease = (await claim("live", 4, { LEASE_TTL_MS: "3600000" }))!;
   expect(liveLease.group.cfgs.map((c) => c.run_id)).toEqual(runs.slice(2));
   await json(await call("POST", `/v1/leases/${liveLease.lease.id}/metrics`, { json: { token: tok(liveLease), rows: [metricRow(runs[2], 4)] } }), 200);
-  await json(await putCheckpoint(liveLease.lease.id, tok(liveLease), runs[2], "kind=resume&step=5", safetensors(8, 3)), 201);
+  await json(await putCheckpoint(liveLease.lease.id, tok(liveLease), runs[2], "kind=resume&step=5", checkpointFor(runs[2], "resume", 5, 3)), 201);
   // A second sweep whose lease expired at once.
   const s2 = await submit(UNTRACKED);
   const expired = (await claim("expired", 1024, { LEASE_TTL_MS: "1" }))!;

@@ -6,6 +6,8 @@ import { app } from "../../worker/index";
 import type { Env } from "../../worker/env";
 import type { ClaimResponse, WandbMessage } from "../../worker/protocol";
 import type { AdapterLimits } from "../../shaders/device";
+import type { TrainConfig } from "../../shaders/config";
+import { encodeFinalCheckpoint, encodeResumeCheckpoint, type SaeWeights } from "../../runner/safetensors";
 import { planMemory } from "../../shaders/fit";
 
 export const SUBMIT = "test-submit-token";
@@ -134,8 +136,31 @@ export async function putCheckpoint(leaseId: string, token: string, runId: strin
 
 /** Empties every table, so claims in a test see only that test's sweeps. */
 export async function resetDb() {
-  await env.DB.batch(["wandb_dead_letters", "wandb_runs", "checkpoints", "evals", "metrics", "leases", "runs", "groups", "sweeps"].map((t) => env.DB.prepare(`DELETE FROM ${t}`)));
+  await env.DB.batch(["wandb_dead_letters", "wandb_runs", "upload_parts", "uploads", "eval_arrays", "checkpoints", "evals", "metrics", "leases", "runs", "groups", "sweeps"].map((t) => env.DB.prepare(`DELETE FROM ${t}`)));
   sent.length = 0;
 }
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** The shape of SMALL_SWEEP's SAEs (what the Worker checks a checkpoint's tensors against). */
+export const SMALL_SAE = { d_vit: 16, exp_factor: 4, kind: "relu" as "relu" | "jumprelu" };
+
+/**
+ * A real checkpoint (runner/safetensors.ts) of run `runId` at `step`, every value `fill`, for an SAE of `sae`'s shape:
+ * what the Worker's strict check accepts.
+ */
+export function checkpointFor(runId: string, kind: "final" | "resume", step: number, fill = 1, sae = SMALL_SAE): Uint8Array {
+  const cfg = { sae: { ...sae } } as unknown as TrainConfig;
+  const d = sae.d_vit;
+  const k = d * sae.exp_factor;
+  const w = (): SaeWeights => ({
+    W_enc: new Float32Array(d * k).fill(fill),
+    b_enc: new Float32Array(k).fill(fill),
+    W_dec: new Float32Array(k * d).fill(fill),
+    b_dec: new Float32Array(d).fill(fill),
+    ...(sae.kind === "jumprelu" ? { threshold: new Float32Array(k).fill(fill) } : {}),
+  });
+  const norm = { mean: new Float32Array(d).fill(fill), scale: fill };
+  const info = { run_id: runId, cfg, step };
+  return kind === "final" ? encodeFinalCheckpoint(info, w(), norm) : encodeResumeCheckpoint(info, w(), norm, { m: w(), v: w(), step });
+}

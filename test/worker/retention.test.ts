@@ -4,7 +4,7 @@
 import { env } from "cloudflare:test";
 import { beforeEach, describe, expect, it } from "vitest";
 import { sweepOrphans } from "../../worker/retention";
-import { call, claim, evalBody, json, metricRow, putCheckpoint, resetDb, safetensors, submit } from "./helpers";
+import { call, checkpointFor, claim, evalBody, json, metricRow, putCheckpoint, resetDb, safetensors, submit } from "./helpers";
 
 beforeEach(async () => {
   await resetDb();
@@ -23,7 +23,7 @@ async function runningSweep() {
   const runIds = c.group.cfgs.map((x) => x.run_id);
   await json(await call("POST", `/v1/leases/${id}/metrics`, { json: { token, rows: runIds.flatMap((r) => [metricRow(r, 4), metricRow(r, 9)]) } }), 200);
   await json(await call("POST", `/v1/leases/${id}/evals`, { json: { token, evals: [evalBody(runIds[0])] } }), 200);
-  expect((await putCheckpoint(id, token, runIds[0], "kind=resume&step=5", safetensors(4, 2))).status).toBe(201);
+  expect((await putCheckpoint(id, token, runIds[0], "kind=resume&step=5", checkpointFor(runIds[0], "resume", 5, 2))).status).toBe(201);
   return { s, c, runIds };
 }
 
@@ -85,7 +85,7 @@ describe("GET /v1/usage", () => {
     expect(mine.rows).toEqual({ groups: s.n_groups, runs: s.n_runs, leases: 1, metrics: 2 * runIds.length, evals: 1, checkpoints: 1, wandb_runs: 0 });
     expect(mine.bytes.spec).toBeGreaterThan(100);
     expect(mine.bytes.configs).toBeGreaterThan(0);
-    expect(mine.bytes.checkpoints_r2).toBe(safetensors(4, 2).byteLength);
+    expect(mine.bytes.checkpoints_r2).toBe(checkpointFor(runIds[0], "resume", 5, 2).byteLength);
     expect((await call("GET", `/v1/usage`, { token: "test-runner-token" })).status).toBe(401);
   });
 });

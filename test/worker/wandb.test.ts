@@ -9,7 +9,7 @@ import type { Env } from "../../worker/env";
 import type { ClaimResponse, WandbMessage } from "../../worker/protocol";
 import { INFLIGHT_TIMEOUT_MS, NO_API_KEY, WANDB_DLQ_NAME, WANDB_QUEUE_NAME, consumeQueue, heartbeatIdleRuns } from "../../worker/wandb/consumer";
 import type { StandinRun } from "../wandb/standin";
-import { call, claim, evalBody, json, metricRow, putCheckpoint, resetDb, safetensors, submit } from "./helpers";
+import { call, checkpointFor, claim, evalBody, json, metricRow, putCheckpoint, resetDb, submit } from "./helpers";
 import { STANDIN_KEY } from "./wandb-standin.setup";
 
 const W = inject("wandbStandinUrl");
@@ -97,7 +97,7 @@ async function runSweep(text: string) {
     await json(await call("POST", `/v1/leases/${id}/metrics`, { json: { token, rows }, vars }), 200);
   }
   await json(await call("POST", `/v1/leases/${id}/evals`, { json: { token, evals: c.group.cfgs.map(({ run_id }) => evalBody(run_id)) }, vars }), 200);
-  for (const { run_id } of c.group.cfgs) await json(await putCheckpoint(id, token, run_id, "kind=final", safetensors(4, 2), vars), 201);
+  for (const { run_id } of c.group.cfgs) await json(await putCheckpoint(id, token, run_id, "kind=final", checkpointFor(run_id, "final", 10, 2), vars), 201);
   await json(await call("POST", `/v1/leases/${id}/complete`, { json: { token }, vars }), 200);
   return { sweepId: s.id, runIds: c.group.cfgs.map((r) => r.run_id) };
 }

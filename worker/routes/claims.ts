@@ -39,7 +39,7 @@ type Candidate = { group_id: string; sweep_id: string; k: number };
 
 claimRoutes.post("/", async (c) => {
   const body = await jsonBody(c, ClaimBody);
-  const { leaseTtlMs, checkpointEvery, maxExpirations } = settings(c.env);
+  const { leaseTtlMs, checkpointEvery, maxExpirations, evalsBytes, partBytes } = settings(c.env);
   const limits = body.adapter.limits as unknown as AdapterLimits;
   // the runner's engine plans with the same budget and limits (shaders/fit.ts), so the chunk fits its device
   const memoryBudget = body.adapter.memoryBudget ?? DEFAULT_MEMORY_BUDGET;
@@ -132,6 +132,7 @@ claimRoutes.post("/", async (c) => {
 
     const response: ClaimResponse = {
       lease: { id: leaseId, token, expires_at: expiresAt, heartbeat_ms: Math.max(1, Math.floor(leaseTtlMs / 3)) },
+      limits: { max_body_bytes: evalsBytes, part_bytes: partBytes },
       group: {
         id: g.group_id,
         sweep_id: g.sweep_id,

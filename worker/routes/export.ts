@@ -11,6 +11,7 @@ import { getDb, schema } from "../db";
 import type { SaeLensFile } from "../protocol";
 import { SAE_LENS_FILES, foldedWeights, readCheckpointHeader, readNormalization, saeLensCfg, sparsityFile } from "../saelens";
 import { latestCheckpoint, loadRun } from "./runs";
+import { readEvalArrays } from "../eval-store";
 import { runConfig } from "../run-config";
 
 export const exportRoutes = new Hono<{ Bindings: Env }>();
@@ -24,9 +25,9 @@ exportRoutes.get("/:id/export/saelens/:file", async (c) => {
   const cfg = (await runConfig(c.env.DB, run.id))!;
 
   if (file === "sparsity.safetensors") {
-    const [e] = await getDb(c.env).select({ freqs: schema.evals.freqs }).from(schema.evals).where(eq(schema.evals.runId, run.id));
+    const [e] = await getDb(c.env).select({ freqs: schema.evals.freqs, meanValues: schema.evals.meanValues }).from(schema.evals).where(eq(schema.evals.runId, run.id));
     if (!e) throw notFound(`eval of run ${run.id}`, "id");
-    const body = sparsityFile(JSON.parse(e.freqs) as number[]);
+    const body = sparsityFile((await readEvalArrays(c.env.DB, run.id, { freqs: e.freqs, mean_values: e.meanValues })).freqs);
     return new Response(body, {
       headers: { "content-type": "application/octet-stream", "content-length": String(body.byteLength), "content-disposition": attachment(run.id, file) },
     });

@@ -9,19 +9,20 @@
  * reads the lease and its runs in one batch, and a heartbeat is one UPDATE when it succeeds.
  */
 import { Hono, type Context } from "hono";
-import type { CheckpointResponse, CompleteResponse, FailResponse, HeartbeatResponse, ReleaseResponse, WandbMessage, WriteResponse } from "../protocol";
+import type { CompleteResponse, FailResponse, HeartbeatResponse, ReleaseResponse, WandbMessage, WriteResponse } from "../protocol";
 import { CompleteBody, EvalsBody, FailBody, HeartbeatBody, MetricsBody, ReleaseBody, jsonBody } from "../bodies";
 import type { Env } from "../env";
 import { settings } from "../env";
-import { ApiError, badRequest, conflict, intQuery, mediaType, notFound, unsupportedMediaType } from "../errors";
+import { ApiError, badRequest, conflict, notFound } from "../errors";
 import { enqueue, fitEval } from "../queue";
+import { CHUNKED, evalArrayInserts, readEvalArrays } from "../eval-store";
 import { getDb, newId, refreshGroup, refreshSweep, schema } from "../db";
 import { eq } from "drizzle-orm";
 
 export const leaseRoutes = new Hono<{ Bindings: Env }>();
 
 /** The columns of a lease the routes use. */
-interface LeaseRow {
+export interface LeaseRow {
   id: string;
   token: string;
   groupId: string;
@@ -31,14 +32,14 @@ interface LeaseRow {
   expiresAt: number;
 }
 
-type RunRow = { id: string; sweep_id: string; track: number; n_steps: number; d_sae: number };
+export type RunRow = { id: string; sweep_id: string; track: number; n_steps: number; d_sae: number };
 
 /** The SQL condition "lease ?L with token ?T is active and unexpired at ?N" (numbered parameters of the caller). */
-const validWhere = (l: number, t: number, n: number) => `id = ?${l} AND token = ?${t} AND status = 'active' AND expires_at > ?${n}`;
-const valid = (l: number, t: number, n: number) => `EXISTS (SELECT 1 FROM leases WHERE ${validWhere(l, t, n)})`;
+export const validWhere = (l: number, t: number, n: number) => `id = ?${l} AND token = ?${t} AND status = 'active' AND expires_at > ?${n}`;
+export const valid = (l: number, t: number, n: number) => `EXISTS (SELECT 1 FROM leases WHERE ${validWhere(l, t, n)})`;
 
 /** The lease and its runs (by id), in one D1 round trip; 404 when there is no such lease. */
-async function loadLease(c: Context<{ Bindings: Env }>, id: string): Promise<{ lease: LeaseRow; runs: { ids: string[]; byId: Map<string, RunRow> } }> {
+export async function loadLease(c: Context<{ Bindings: Env }>, id: string): Promise<{ lease: LeaseRow; runs: { ids: string[]; byId: Map<string, RunRow> } }> {
   const db = c.env.DB;
   const [l, r] = await db.batch([
     db.prepare(`SELECT id, token, group_id, run_ids, status, expires_at FROM leases WHERE id = ?1`).bind(id),
@@ -52,7 +53,7 @@ async function loadLease(c: Context<{ Bindings: Env }>, id: string): Promise<{ l
 }
 
 /** 409 unless `token` is this lease's and the lease is active and unexpired at `now`. */
-function requireValid(lease: LeaseRow, token: string, now: number): void {
+export function requireValid(lease: LeaseRow, token: string, now: number): void {
   if (token !== lease.token) throw conflict("stale_lease", `the token does not match lease ${lease.id}`, "token");
   if (lease.status !== "active") throw conflict("stale_lease", `lease ${lease.id} is ${lease.status}`, "token");
   if (lease.expiresAt <= now) throw conflict("stale_lease", `lease ${lease.id} expired at ${new Date(lease.expiresAt).toISOString()}`, "token");
@@ -172,7 +173,7 @@ const toWandbRow = (r: MetricDbRow): Extract<WandbMessage, { kind: "metrics" }>[
  * Sends to WANDB_QUEUE; if that fails, clears the outbox flags of what was taken (so the runner's retry of this
  * post sends them) and fails the request with 503.
  */
-async function sendOrRelease(c: Context<{ Bindings: Env }>, messages: WandbMessage[], release: (m: WandbMessage) => D1PreparedStatement | null) {
+export async function sendOrRelease(c: Context<{ Bindings: Env }>, messages: WandbMessage[], release: (m: WandbMessage) => D1PreparedStatement | null) {
   if (!messages.length) return;
   try {
     await enqueue(c.env, messages);
@@ -201,12 +202,6 @@ async function sendFinishes(c: Context<{ Bindings: Env }>, groupId: string) {
   await sendOrRelease(c, messages, (m) => c.env.DB.prepare(`UPDATE runs SET finish_queued = 0 WHERE id = ?1`).bind(m.run_id));
 }
 
-/** After a checkpoint upload that was not stored: if the lease went stale meanwhile, say so (409), not "duplicate". */
-async function requireStillValid(c: Context<{ Bindings: Env }>, lease: LeaseRow, token: string) {
-  const { lease: fresh } = await loadLease(c, lease.id);
-  requireValid(fresh, token, Date.now());
-}
-
 leaseRoutes.post("/:id/evals", async (c) => {
   const body = await jsonBody(c, EvalsBody);
   const { lease, runs } = await loadLease(c, c.req.param("id"));
@@ -226,167 +221,29 @@ leaseRoutes.post("/:id/evals", async (c) => {
      SELECT ?4, ?1, ?3, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15 WHERE ${valid(1, 2, 3)}
      ON CONFLICT (run_id) DO NOTHING RETURNING run_id`,
   );
-  // As for metrics: validity first, in the same transaction as the inserts.
-  const [check, ...results] = await c.env.DB.batch([
-    c.env.DB.prepare(`SELECT ${valid(1, 2, 3)} AS ok`).bind(lease.id, body.token, now),
-    ...body.evals.map((e) =>
-      insert.bind(lease.id, body.token, now, e.run_id, e.l0, e.l1, e.mse, e.fvu, e.explained_variance, e.n_dead, e.n_almost_dead, e.n_dense, e.n_examples, JSON.stringify(e.freqs), JSON.stringify(e.mean_values)),
-    ),
-  ]);
+  // As for metrics: validity first, in the same transaction as the inserts; the arrays go in chunks (eval-store.ts).
+  const rowAt: number[] = [];
+  const statements = [c.env.DB.prepare(`SELECT ${valid(1, 2, 3)} AS ok`).bind(lease.id, body.token, now)];
+  for (const e of body.evals) {
+    rowAt.push(statements.length - 1);
+    statements.push(
+      insert.bind(lease.id, body.token, now, e.run_id, e.l0, e.l1, e.mse, e.fvu, e.explained_variance, e.n_dead, e.n_almost_dead, e.n_dense, e.n_examples, CHUNKED, CHUNKED),
+      ...evalArrayInserts(c.env.DB, e.run_id, lease.id, now, e),
+    );
+  }
+  const [check, ...results] = await c.env.DB.batch(statements);
   if (!(check.results[0] as { ok: number }).ok) throw conflict("stale_lease", `lease ${lease.id} is no longer active`, "token");
-  const stored = body.evals.filter((_, i) => (results[i].results?.length ?? 0) > 0);
+  const stored = body.evals.filter((_, i) => (results[rowAt[i]].results?.length ?? 0) > 0);
   const tracked = [...new Set(body.evals.map((e) => e.run_id))].filter((id) => runs.byId.get(id)!.track);
   const take = c.env.DB.prepare(`UPDATE evals SET queued = 1 WHERE run_id = ?1 AND queued = 0 RETURNING *`);
   const taken = tracked.length ? await c.env.DB.batch(tracked.map((id) => take.bind(id))) : [];
-  const messages: WandbMessage[] = taken.flatMap((r) =>
-    (r.results as EvalDbRow[]).map((e) => {
-      const { run_id, ts, lease_id: _l, queued: _q, freqs, mean_values, ...summary } = e;
-      return fitEval({ kind: "eval", run_id, ts, eval: { ...summary, freqs: JSON.parse(freqs), mean_values: JSON.parse(mean_values) } });
-    }),
-  );
+  const messages: WandbMessage[] = [];
+  for (const e of taken.flatMap((r) => r.results as EvalDbRow[])) {
+    const { run_id, ts, lease_id: _l, queued: _q, freqs, mean_values, ...summary } = e;
+    messages.push(fitEval({ kind: "eval", run_id, ts, eval: { ...summary, ...(await readEvalArrays(c.env.DB, run_id, { freqs, mean_values })) } }));
+  }
   await sendOrRelease(c, messages, (m) => (m.kind === "eval" ? c.env.DB.prepare(`UPDATE evals SET queued = 0 WHERE run_id = ?1`).bind(m.run_id) : null));
   return c.json({ stored: stored.length, duplicates: body.evals.length - stored.length } satisfies WriteResponse);
-});
-
-/** Bytes per element of each safetensors dtype. */
-const DTYPE_BYTES: Record<string, number> = {
-  BOOL: 1, U8: 1, I8: 1, F8_E5M2: 1, F8_E4M3: 1, I16: 2, U16: 2, F16: 2, BF16: 2, I32: 4, U32: 4, F32: 4, I64: 8, U64: 8, F64: 8,
-};
-
-/**
- * safetensors: 8-byte little-endian header length N, N bytes of JSON {name: {dtype, shape, data_offsets: [b, e]},
- * __metadata__?: {string: string}}, then the data. Checked whole (every tensor's dtype, shape and offsets inside the
- * data, its size matching its shape), so a truncated or garbled upload is refused before it is stored.
- */
-function checkSafetensors(buf: ArrayBuffer): void {
-  const bad = (why: string) => badRequest("invalid_checkpoint", `is not a safetensors file (${why})`, "body");
-  if (buf.byteLength < 10) throw bad(`too short: ${buf.byteLength} bytes`);
-  const n = new DataView(buf).getBigUint64(0, true);
-  if (n < 2n || n > BigInt(buf.byteLength - 8)) throw bad(`header length ${n}, but the file has ${buf.byteLength} bytes`);
-  let header: unknown;
-  try {
-    header = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(new Uint8Array(buf, 8, Number(n))));
-  } catch {
-    throw bad("its header is not a JSON object");
-  }
-  if (typeof header !== "object" || header === null || Array.isArray(header)) throw bad("its header is not a JSON object");
-  const dataBytes = buf.byteLength - 8 - Number(n);
-  let end = 0;
-  for (const [name, t] of Object.entries(header)) {
-    if (name === "__metadata__") {
-      if (typeof t !== "object" || t === null || Array.isArray(t) || Object.values(t).some((v) => typeof v !== "string"))
-        throw bad("__metadata__ must map names to strings");
-      continue;
-    }
-    const what = `tensor ${JSON.stringify(name)}`;
-    if (typeof t !== "object" || t === null || Array.isArray(t)) throw bad(`${what} is not an object`);
-    const { dtype, shape, data_offsets: off } = t as Record<string, unknown>;
-    const size = typeof dtype === "string" && Object.hasOwn(DTYPE_BYTES, dtype) ? DTYPE_BYTES[dtype] : undefined;
-    if (size === undefined) throw bad(`${what} has an unknown dtype ${JSON.stringify(dtype)}`);
-    if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) throw bad(`${what} has no valid shape`);
-    if (!Array.isArray(off) || off.length !== 2 || !off.every((o) => Number.isSafeInteger(o) && o >= 0) || off[0] > off[1])
-      throw bad(`${what} has no valid data_offsets`);
-    if (off[1] > dataBytes) throw bad(`${what}'s data_offsets [${off[0]}, ${off[1]}] run past the end of the data (${dataBytes} bytes)`);
-    const want = shape.reduce((a: number, d: number) => a * d, 1) * size;
-    if (off[1] - off[0] !== want) throw bad(`${what} of shape [${shape.join(", ")}] ${dtype} needs ${want} bytes, its data_offsets hold ${off[1] - off[0]}`);
-    end = Math.max(end, off[1]);
-  }
-  // Exactly the data the tensors cover: an upload cut short (or padded) is refused, not stored.
-  if (end !== dataBytes) throw bad(`${buf.byteLength} bytes, but its header describes ${8 + Number(n) + end} (cut short?)`);
-}
-
-function checkpointQuery(c: Context<{ Bindings: Env }>, run: { n_steps: number }, forWrite: boolean) {
-  const kind = c.req.query("kind") ?? (forWrite ? undefined : "resume");
-  if (kind !== "final" && kind !== "resume") throw badRequest("invalid_query", 'must be "final" or "resume"', "kind");
-  let step = intQuery(c.req.query("step"), "step", 0, run.n_steps);
-  if (step === undefined && forWrite) {
-    if (kind === "resume") throw badRequest("invalid_query", "is required for resume checkpoints", "step");
-    step = run.n_steps;
-  }
-  return { kind: kind as "final" | "resume", step };
-}
-
-/**
- * All or nothing for checkpoints: after a refused or failed D1 write, the object just put goes too, unless D1 holds
- * its key (an earlier upload of this lease, run, kind and step, which must stay readable).
- */
-async function dropUnreferenced(c: Context<{ Bindings: Env }>, key: string) {
-  const held = await c.env.DB.prepare(`SELECT 1 FROM checkpoints WHERE key = ?1`).bind(key).first();
-  if (!held) await c.env.CHECKPOINTS.delete(key);
-}
-
-leaseRoutes.put("/:id/checkpoints/:run_id", async (c) => {
-  const type = mediaType(c.req.header("content-type"));
-  if (type !== undefined && type !== "application/octet-stream" && !type.includes("safetensors"))
-    throw unsupportedMediaType("application/octet-stream (a safetensors file)", type);
-  const token = c.req.header("x-lease-token") ?? "";
-  if (!token) throw badRequest("missing_token", "the x-lease-token header is required", "x-lease-token");
-  const { lease, runs } = await loadLease(c, c.req.param("id"));
-  const now = Date.now();
-  requireValid(lease, token, now);
-  const runId = c.req.param("run_id");
-  const run = runs.byId.get(runId);
-  if (!run) throw badRequest("unknown_run", `run ${runId} is not a run of lease ${lease.id}`, "run_id");
-  const { kind, step } = checkpointQuery(c, run, true);
-  const buf = await c.req.arrayBuffer();
-  checkSafetensors(buf);
-  // Stored once per (run, kind, step), like metrics and evals: the first upload stays (the eval and metrics stored
-  // came from the same training), and a repeat (this lease's retry after a lost answer, or a later lease's runner
-  // retraining a group whose runner died before it heard the answer) is a duplicate that changes nothing.
-  const db = c.env.DB;
-  const have = db.prepare(`SELECT key, bytes FROM checkpoints WHERE run_id = ?1 AND kind = ?2 AND step = ?3`).bind(runId, kind, step);
-  const duplicate = (row: { bytes: number }) =>
-    c.json({ run_id: runId, kind, step: step!, bytes: row.bytes, duplicate: true } satisfies CheckpointResponse, 200);
-  const before = await have.first<{ key: string; bytes: number }>();
-  if (before) return duplicate(before);
-  // The lease id in the key: a stale writer can never overwrite what a valid lease stored.
-  const key = `${run.sweep_id}/${runId}/${kind}-${step}-${lease.id}.safetensors`;
-  await c.env.CHECKPOINTS.put(key, buf, { httpMetadata: { contentType: "application/octet-stream" }, customMetadata: { run_id: runId, kind, step: String(step), lease_id: lease.id } });
-  // The row kept, read in the insert's transaction: another upload of this checkpoint may have raced this one.
-  let ins: D1Result, kept: D1Result;
-  try {
-    [ins, kept] = await db.batch([
-      db
-        .prepare(
-          `INSERT INTO checkpoints (run_id, kind, step, key, bytes, lease_id, created_at)
-           SELECT ?4, ?5, ?6, ?7, ?8, ?1, ?3 WHERE ${valid(1, 2, 3)}
-           ON CONFLICT (run_id, kind, step) DO NOTHING`,
-        )
-        .bind(lease.id, token, Date.now(), runId, kind, step, key, buf.byteLength),
-      have,
-    ]);
-  } catch (err) {
-    await dropUnreferenced(c, key).catch(() => {}); // nothing points at this upload's object: leave nothing behind
-    throw err;
-  }
-  if (ins.meta.changes === 1) return c.json({ run_id: runId, kind, step: step!, bytes: buf.byteLength } satisfies CheckpointResponse, 201);
-  const row = kept.results[0] as { key: string; bytes: number } | undefined;
-  // Not stored: drop this upload's object, unless the row kept is this very key (the same lease's racing repeat).
-  if (row?.key !== key) await c.env.CHECKPOINTS.delete(key);
-  await requireStillValid(c, lease, token);
-  if (!row) throw conflict("stale_lease", `lease ${lease.id} is no longer active`, "token");
-  return duplicate(row);
-});
-
-/** The runner fetches resume checkpoints back (ResumePoint.checkpoint_path), under a valid lease that holds the run. */
-leaseRoutes.get("/:id/checkpoints/:run_id", async (c) => {
-  const token = c.req.header("x-lease-token") ?? "";
-  if (!token) throw badRequest("missing_token", "the x-lease-token header is required", "x-lease-token");
-  const { lease, runs } = await loadLease(c, c.req.param("id"));
-  requireValid(lease, token, Date.now());
-  const runId = c.req.param("run_id");
-  const run = runs.byId.get(runId);
-  if (!run) throw badRequest("unknown_run", `run ${runId} is not a run of lease ${lease.id}`, "run_id");
-  const { kind, step } = checkpointQuery(c, run, false);
-  const row = await c.env.DB.prepare(
-    `SELECT key, step FROM checkpoints WHERE run_id = ?1 AND kind = ?2 ${step === undefined ? "" : "AND step = ?3"} ORDER BY step DESC LIMIT 1`,
-  )
-    .bind(...(step === undefined ? [runId, kind] : [runId, kind, step]))
-    .first<{ key: string; step: number }>();
-  if (!row) throw notFound(`${kind} checkpoint of run ${runId}${step === undefined ? "" : ` at step ${step}`}`, "step");
-  const obj = await c.env.CHECKPOINTS.get(row.key);
-  if (!obj) throw new ApiError(500, "missing_object", `checkpoint ${row.key} is in D1 but not in R2`);
-  return new Response(obj.body, { headers: { "content-type": "application/octet-stream", "content-length": String(obj.size), "x-checkpoint-step": String(row.step) } });
 });
 
 leaseRoutes.post("/:id/complete", async (c) => {

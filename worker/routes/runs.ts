@@ -6,6 +6,7 @@ import type { Env } from "../env";
 import { ApiError, badRequest, intQuery, notFound } from "../errors";
 import { getDb, schema } from "../db";
 import { wandbView } from "../wandb/consumer";
+import { readEvalArrays } from "../eval-store";
 import { runConfig } from "../run-config";
 import { evalSummary, stepMetrics } from "./views";
 
@@ -70,7 +71,7 @@ runRoutes.get("/:id/eval", async (c) => {
   const run = await loadRun(c);
   const [e] = await getDb(c.env).select().from(schema.evals).where(eq(schema.evals.runId, run.id));
   if (!e) throw notFound(`eval of run ${run.id}`, "id");
-  const body: { run_id: string } & EvalMetrics = { run_id: run.id, ...evalSummary(e), freqs: JSON.parse(e.freqs), mean_values: JSON.parse(e.meanValues) };
+  const body: { run_id: string } & EvalMetrics = { run_id: run.id, ...evalSummary(e), ...(await readEvalArrays(c.env.DB, run.id, { freqs: e.freqs, mean_values: e.meanValues })) };
   return c.json(body);
 });
 

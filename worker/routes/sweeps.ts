@@ -8,6 +8,7 @@ import { settings } from "../env";
 import { intQuery, notFound } from "../errors";
 import { wandbView } from "../wandb/consumer";
 import { getDb, newId, schema } from "../db";
+import { checkArtifacts } from "../artifacts";
 import { checkSweepContentType, expandSweep, groupKey, parseSweepText, splitCfgs } from "../sweep";
 import { utf8Body } from "../bodies";
 import { fullConfig, splitShared } from "../run-config";
@@ -23,6 +24,7 @@ sweepRoutes.post("/", async (c) => {
   const text = await utf8Body(c);
   const { raw, format } = parseSweepText(text, c.req.header("content-type"));
   const { configs, warnings } = expandSweep(raw, settings(c.env).maxSweepRuns);
+  checkArtifacts(configs.map((x) => x.cfg), c.env);
   const grouped = splitCfgs(configs);
   const now = Date.now();
   const id = newId("sw_");

@@ -3,6 +3,7 @@
  * messages with forwardRun, its state kept in D1's wandb_runs with compare-and-swap on `version`;
  * `sae-swarm-wandb-dlq` records the messages that kept failing, so the API shows them. Also the cron heartbeat.
  */
+import { readEvalArrays } from "../eval-store";
 import { and, eq, isNotNull, lt, or, isNull } from "drizzle-orm";
 import { runConfig } from "../run-config";
 import type { Env } from "../env";
@@ -158,7 +159,7 @@ async function withArrays(env: Env, m: WandbMessage): Promise<WandbMessage> {
   if (m.kind !== "eval" || !m.arrays_omitted) return m;
   const e = await getDb(env).query.evals.findFirst({ where: eq(schema.evals.runId, m.run_id) });
   if (!e) throw new Error(`eval of run ${m.run_id} has arrays_omitted but is not in D1`);
-  return { ...m, eval: { ...m.eval, freqs: JSON.parse(e.freqs), mean_values: JSON.parse(e.meanValues) }, arrays_omitted: false };
+  return { ...m, eval: { ...m.eval, ...(await readEvalArrays(env.DB, m.run_id, { freqs: e.freqs, mean_values: e.meanValues })) }, arrays_omitted: false };
 }
 
 /** The dead-letter consumer: one wandb_dead_letters row per message, and the run marked dead_lettered. */
