@@ -5,7 +5,7 @@
 import { env } from "cloudflare:test";
 import { beforeEach, describe, expect, it } from "vitest";
 import type { ClaimResponse } from "../../worker/protocol";
-import { call, claim, json, putCheckpoint, resetDb, safetensors, sleep, submit } from "./helpers";
+import { call, checkpointFor, claim, json, putCheckpoint, resetDb, sleep, submit } from "./helpers";
 
 beforeEach(resetDb);
 
@@ -23,7 +23,7 @@ describe("give-backs and failures", () => {
     let c = (await claim("a"))!;
     const groupId = c.group.id;
     const run = c.group.cfgs[0].run_id;
-    await json(await putCheckpoint(c.lease.id, c.lease.token, run, "kind=resume&step=5", safetensors(4, 1)), 201);
+    await json(await putCheckpoint(c.lease.id, c.lease.token, run, "kind=resume&step=5", checkpointFor(run, "resume", 5)), 201);
     for (const runner of ["a", "b", "c"]) {
       if (runner !== "a") {
         c = (await claim(runner))!;
@@ -72,7 +72,7 @@ describe("give-backs and failures", () => {
     const vars = { MAX_ATTEMPTS: "1" };
     const c = (await claim("a", 1024, vars))!;
     const run = c.group.cfgs[0].run_id;
-    await json(await putCheckpoint(c.lease.id, c.lease.token, run, "kind=resume&step=5", safetensors(4, 1)), 201);
+    await json(await putCheckpoint(c.lease.id, c.lease.token, run, "kind=resume&step=5", checkpointFor(run, "resume", 5)), 201);
     await json(await fail(c, "out of memory", vars), 200);
     expect(await claim("b", 1024, vars)).toBeNull();
     expect((await json(await call("GET", `/v1/sweeps/${s.id}`), 200)).sweep.status).toBe("failed");
