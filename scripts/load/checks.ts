@@ -351,6 +351,10 @@ export function checkInvariants(input: CheckInput): CheckResult {
     completedRuns++;
     if (!evals.has(r.id)) add("done without results", `run ${r.id} is done without an eval`);
     if (!ckpts.has(`${r.id}#final#${r.n_steps}`)) add("done without results", `run ${r.id} is done without a final checkpoint`);
+    if (!(r.log_every >= 1)) {
+      add("lost rows", `run ${r.id}: no log_every in its config (${r.log_every}), so its rows cannot be checked`);
+      continue;
+    }
     for (let s = 0; s < r.n_steps; s += r.log_every) if (!stored.has(key(r.id, s))) add("lost rows", `run ${r.id} is done but step ${s} is missing`);
   }
 

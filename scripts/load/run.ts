@@ -11,6 +11,7 @@ import { cpus, loadavg, tmpdir } from "node:os";
 import path from "node:path";
 import { decodeSafetensors } from "../../runner/safetensors";
 import type { ClaimResponse, SubmitResponse } from "../../worker/protocol";
+import { runConfigValueSql } from "../../worker/run-config";
 import { OFFLINE_ENV, ROOT, startWorkerDev } from "../../test/helpers/worker-dev";
 import { checkInvariants, type Db } from "./checks";
 import { loggingFetch, runSwarm, type Call, type SwarmOptions, type SwarmStats } from "./swarm";
@@ -121,7 +122,8 @@ function readD1(persistTo: string): Db {
     "SELECT run_id, step, lease_id, ts, loss FROM metrics",
     "SELECT run_id, lease_id, ts, l0 FROM evals",
     "SELECT run_id, kind, step, bytes, lease_id FROM checkpoints",
-    "SELECT id, group_id, status, n_steps, json_extract(cfg, '$.log_every') AS log_every FROM runs",
+    // a run's cfg holds only what differs from its sweep's shared keys (worker/run-config.ts)
+    `SELECT r.id, r.group_id, r.status, r.n_steps, ${runConfigValueSql("$.log_every")} AS log_every FROM runs r`,
   ];
   const r = spawnSync(path.join(ROOT, "node_modules/.bin/wrangler"), ["d1", "execute", "DB", "--local", "--persist-to", persistTo, "--json", "--command", queries.join("; ")], {
     cwd: ROOT,
