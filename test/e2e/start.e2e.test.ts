@@ -74,8 +74,11 @@ describe("npm start", () => {
   });
 
   it("Ctrl-C while the runner trains stops the runner, Chrome and the Worker, and leaves no process behind", async () => {
-    const s = await npmStart(SMALL_DEMO.replace("n_train = 1280", "n_train = 6_400_000"), []);
-    await until("the runner to train", async () => /\[runner\] .*claimed group/.test(s.log()), 300_000, 250);
+    // long enough to be mid-training at Ctrl-C; log_every keeps the metric rows under the per-run cap (issue 15)
+    const s = await npmStart(SMALL_DEMO.replace("n_train = 1280", "n_train = 6_400_000").replace("log_every = 5", "log_every = 1000"), []);
+    await until("the runner to train", async () => /\[runner\] .*claimed group/.test(s.log()), 240_000, 250).catch((e) => {
+      throw new Error(`${e}\n${s.log()}`);
+    });
     await new Promise((r) => setTimeout(r, 2000));
     const t0 = Date.now();
     s.child.kill("SIGINT");
