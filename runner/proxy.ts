@@ -2,8 +2,9 @@
  * The CLI's proxies for the page, on its own 127.0.0.1 server:
  * - `/api/...` → `${server}/...`, adding the runner token: no CORS needed on the Worker, and the token never
  *   enters the page;
- * - `/data?url=<absolute URL>` → that URL (GET with its Range header): activation shards on any host, whether or
- *   not it sends CORS headers.
+ * - `/data?url=<absolute URL>` → that URL (GET with its Range header): activation shards on any public host,
+ *   whether or not it sends CORS headers; fetched with runner/data/safe-fetch.ts (no loopback, private or
+ *   link-local addresses unless allowed, bounded bodies and time). A refused host is answered 403 with the reason.
  * Both demand the header `x-sae-swarm-key` with this session's random key (the page gets it in its URL fragment),
  * so other pages in a browser on this machine cannot use the runner's token or fetch through it: a cross-origin
  * request with a custom header needs a CORS preflight, which this server never grants.
@@ -12,6 +13,9 @@ import { request as httpRequest, type IncomingMessage, type ServerResponse } fro
 import { request as httpsRequest } from "node:https";
 import type { ExtraRoute } from "./serve";
 import { dieHard, type FaultInjector } from "./fault";
+import { createSafeFetch } from "./data/safe-fetch";
+import { isRefusal } from "./data/fetch-error";
+import type { FetchFn } from "./data/shards";
 
 import { API_PREFIX, DATA_PATH, KEY_HEADER } from "./proxy-path";
 
@@ -35,6 +39,10 @@ export interface ProxyOptions {
   /** The session key the page must send in x-sae-swarm-key. */
   key: string;
   fetch?: typeof fetch;
+  /** Hosts /data may read although their addresses are not public (--allow-data-host). */
+  allowDataHosts?: string[];
+  /** The fetch for /data (default: createSafeFetch with `allowDataHosts`). */
+  dataFetch?: FetchFn;
   /** SAE_SWARM_FAULT (runner/fault.ts): the point at which the runner kills itself; tests only. */
   fault?: FaultInjector | null;
 }
@@ -56,6 +64,7 @@ function refuse(res: ServerResponse, status: number, code: string, message: stri
 export function apiProxy(o: ProxyOptions): ExtraRoute {
   const upstream = o.server.replace(/\/+$/, "");
   const fetchFn = o.fetch ?? fetch;
+  const dataFetch = o.dataFetch ?? createSafeFetch({ allowHosts: o.allowDataHosts ?? [] });
   const token = o.token;
   return (req: IncomingMessage, res: ServerResponse) => {
     const url = new URL(req.url ?? "/", "http://127.0.0.1");
@@ -67,7 +76,7 @@ export function apiProxy(o: ProxyOptions): ExtraRoute {
       return true;
     }
     if (isData) {
-      void proxyData(url, req, res, fetchFn);
+      void proxyData(url, req, res, dataFetch);
       return true;
     }
     void (async () => {
@@ -126,7 +135,7 @@ function sendHalf(target: string, method: string, headers: Headers, body: Buffer
 }
 
 /** GET (with Range) of an http(s) URL for the page; status, content-range and body passed through. */
-async function proxyData(url: URL, req: IncomingMessage, res: ServerResponse, fetchFn: typeof fetch): Promise<void> {
+async function proxyData(url: URL, req: IncomingMessage, res: ServerResponse, fetchFn: FetchFn): Promise<void> {
   const target = url.searchParams.get("url") ?? "";
   if (!/^https?:\/\//.test(target)) return refuse(res, 400, "bad_request", "runner proxy: url must be an absolute http(s) URL");
   if (req.method !== "GET") return refuse(res, 405, "method_not_allowed", "runner proxy: /data is GET only");
@@ -139,9 +148,17 @@ async function proxyData(url: URL, req: IncomingMessage, res: ServerResponse, fe
       const v = r.headers.get(h);
       if (v) out[h] = v;
     }
-    res.writeHead(r.status, out).end(Buffer.from(await r.arrayBuffer()));
+    // A server that ignores the Range sends the whole shard: not read (the page says why from the bare 200).
+    if (headers.range && r.status === 200) {
+      await r.body?.cancel().catch(() => {});
+      res.writeHead(200, out).end();
+      return;
+    }
+    const bytes = Buffer.from(await r.arrayBuffer()); // before the head: a body cut short answers 502 with why
+    res.writeHead(r.status, out).end(bytes);
   } catch (e) {
-    if (!res.headersSent) refuse(res, 502, "bad_gateway", `runner proxy: ${(e as Error).message}`);
+    // A refusal is final (403: the page's shard reader does not retry it); anything else may pass (502).
+    if (!res.headersSent) refuse(res, isRefusal(e) ? 403 : 502, isRefusal(e) ? "data_host_refused" : "bad_gateway", `runner proxy: ${(e as Error).message}`);
     else res.destroy();
   }
 }

@@ -14,6 +14,7 @@ import { FAULT_ENV, FaultInjector, parseFault } from "../fault";
 import type { AdapterReport } from "../../shaders/device";
 import type { Lease } from "../../worker/protocol";
 import { devVar } from "./server";
+import { ALLOW_DATA_HOSTS_ENV, allowedDataHosts } from "../data/allow-hosts";
 import { detectGpuMemory, describeGpuMemory, GPU_MEMORY_ENV, type GpuMemory } from "../gpu-memory";
 
 const here = path.dirname(new URL(import.meta.url).pathname);
@@ -24,6 +25,8 @@ export const RUNNER_USAGE = `usage: sae-swarm runner --server URL [options]
   --token T                  the runner token; better from env SAE_SWARM_RUNNER_TOKEN or RUNNER_TOKEN in ./.dev.vars,
                              which \`ps\` does not show
   --allow-software-adapter   train even on a software (CPU-emulated) WebGPU adapter such as SwiftShader
+  --allow-data-host HOST     read data (shard URLs) from HOST although its address is loopback, private or
+                             link-local, which is refused otherwise; repeatable (env ${ALLOW_DATA_HOSTS_ENV}, comma-separated)
   --once                     exit when no group is waiting, instead of polling for more
   --runner-id ID             how this runner names itself to the server (default host-pid)
   --gpu-memory GB            device memory the engine may use, in GB of 10^9 bytes (env ${GPU_MEMORY_ENV};
@@ -62,6 +65,7 @@ export async function runner(argv: string[]): Promise<number> {
       server: { type: "string", default: process.env.SAE_SWARM_SERVER ?? "http://127.0.0.1:8787" },
       token: { type: "string", default: process.env.SAE_SWARM_RUNNER_TOKEN },
       "allow-software-adapter": { type: "boolean", default: false },
+      "allow-data-host": { type: "string", multiple: true, default: [] },
       once: { type: "boolean", default: false },
       "runner-id": { type: "string", default: `${hostname()}-${process.pid}` },
       probe: { type: "boolean", default: false },
@@ -93,6 +97,9 @@ export async function runner(argv: string[]): Promise<number> {
   console.log(`[runner] server ${server} is healthy`);
   const fault = parseFault(process.env[FAULT_ENV]);
   if (fault) console.log(`[runner] fault injection armed: ${FAULT_ENV}=${fault.spec} (this runner kills itself there)`);
+
+  const allowDataHosts = allowedDataHosts(values["allow-data-host"]);
+  if (allowDataHosts.length) console.log(`[runner] data hosts read whatever their address: ${allowDataHosts.join(", ")}`);
 
   const display = new ProgressDisplay();
   const log = (s: string) => display.log(s);
@@ -160,7 +167,7 @@ export async function runner(argv: string[]): Promise<number> {
   let chrome: LaunchedChrome | null = null;
   try {
     const key = randomBytes(24).toString("hex");
-    page = await servePage(await bundleForBrowser(path.join(here, "../page/main.ts")), "sae-swarm runner", apiProxy({ server, token, key, fault: fault && new FaultInjector(fault) }));
+    page = await servePage(await bundleForBrowser(path.join(here, "../page/main.ts")), "sae-swarm runner", apiProxy({ server, token, key, fault: fault && new FaultInjector(fault), allowDataHosts }));
     const pageUrl = `${page.url}#k=${key}`;
     const picked = await Promise.race([chooseChrome(pageUrl, profiles, values["allow-software-adapter"]!, values.probe!, log), hardExitP]);
     if ("hard" in picked) return 130;

@@ -15,6 +15,7 @@ import type { Normalization } from "../safetensors";
 import type { DataOrigin } from "../../worker/protocol";
 import { mixSeed, mulberry32, permutation } from "./random";
 import { Prefetcher, type BatchSource } from "./source";
+import { isRefusal } from "./fetch-error";
 
 export const CLAMP = 1e5;
 
@@ -236,7 +237,7 @@ export class ShardSource implements BatchSource {
     const fetchFn = options.fetch ?? ((u, i) => fetch(u, i));
     const base = cfg.url.endsWith("/") ? cfg.url : cfg.url + "/";
     const res = await fetchFn(base + "metadata.json");
-    if (!res.ok) throw new Error(`shards: GET ${base}metadata.json: HTTP ${res.status}`);
+    if (!res.ok) throw new Error(`shards: GET ${base}metadata.json: HTTP ${res.status}${await reasonOf(res)}`);
     const meta = parseMetadata(await res.json());
     const src = new ShardSource(cfg, meta, {
       batchSize: options.batchSize,
@@ -404,13 +405,14 @@ export class ShardSource implements BatchSource {
           if (buf.byteLength !== want) throw new Error(`shards: ${url} bytes ${begin}-${end - 1}: got ${buf.byteLength} bytes, expected ${want}`);
           return buf;
         }
+        const why = res.status >= 400 ? await reasonOf(res) : "";
         await res.body?.cancel().catch(() => {});
         if (res.status === 200) throw new FatalError(`shards: ${url} ignored the Range header (HTTP 200); serve the shards from a server that honours Range requests`);
         if (res.status === 416) throw new FatalError(`shards: ${url} is shorter than metadata.json says (no bytes ${begin}-${end - 1})`);
-        if (res.status < 500 && res.status !== 429) throw new FatalError(`shards: GET ${url}: HTTP ${res.status}`);
-        lastError = new Error(`shards: GET ${url}: HTTP ${res.status}`);
+        if (res.status < 500 && res.status !== 429) throw new FatalError(`shards: GET ${url}: HTTP ${res.status}${why}`);
+        lastError = new Error(`shards: GET ${url}: HTTP ${res.status}${why}`);
       } catch (e) {
-        if (e instanceof FatalError) throw e;
+        if (e instanceof FatalError || isRefusal(e)) throw e;
         lastError = e as Error;
       } finally {
         this.release();
@@ -432,3 +434,14 @@ export class ShardSource implements BatchSource {
 }
 
 class FatalError extends Error {}
+
+/** ": <message>" from an error answer's JSON `{error: {message}}` (the runner's /data proxy says why it refused), or "". */
+async function reasonOf(res: Response): Promise<string> {
+  if (!/json/.test(res.headers.get("content-type") ?? "")) return "";
+  try {
+    const m = ((await res.json()) as { error?: { message?: unknown } }).error?.message;
+    return typeof m === "string" ? `: ${m.slice(0, 500)}` : "";
+  } catch {
+    return "";
+  }
+}

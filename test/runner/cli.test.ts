@@ -126,7 +126,7 @@ describe("sae-swarm CLI", () => {
         group: { id: "grp-1", sweep_id: "sw-1", cfgs: [{ run_id: "run-1", cfg }], data: cfg.data, resume: [], checkpoint_every: 100, attempt: 1 },
       });
       const before = srv.requests.length;
-      const r = await cli(["runner", "--server", srv.url, "--token", "secret-token", "--allow-software-adapter", "--once", "--runner-id", "test-runner", "--gpu-memory", "3"]);
+      const r = await cli(["runner", "--server", srv.url, "--token", "secret-token", "--allow-software-adapter", "--once", "--runner-id", "test-runner", "--gpu-memory", "3", "--allow-data-host", "127.0.0.1"]);
       expect(r.code, r.stdout + r.stderr).toBe(0);
       const reqs = srv.requests.slice(before);
       const claims = reqs.filter((q) => q.path === "/v1/claims");
@@ -157,12 +157,30 @@ describe("sae-swarm CLI", () => {
       rmSync(out, { recursive: true, force: true });
     }
   });
+
+  it("a runner not allowed a loopback data host fails the group at once, saying why and which flag allows it", async () => {
+    const cfg = trainConfig({ d_vit: 8 });
+    cfg.data = { kind: "shards", url: "http://127.0.0.1:9/acts/", layer: -1, patches: "patches", scale_mean: true, scale_norm: true, n_random_samples: 64, seed: 3 };
+    srv.claimQueue.push({
+      lease: { id: "lease-r", token: "fence-r", expires_at: Date.now() + 60_000, heartbeat_ms: 10_000 },
+      group: { id: "grp-r", sweep_id: "sw-r", cfgs: [{ run_id: "run-r", cfg }], data: cfg.data, resume: [], checkpoint_every: 100, attempt: 1 },
+    });
+    const before = srv.requests.length;
+    const r = await cli(["runner", "--server", srv.url, "--token", "t", "--allow-software-adapter", "--once", "--runner-id", "refused"], { SAE_SWARM_LAUNCH_PROFILE: "default" });
+    const out = r.stdout + r.stderr;
+    expect(r.code, out).toBe(0); // the group failed; the next claim found nothing (--once)
+    const why = "data host 127.0.0.1 is a loopback address; pass --allow-data-host 127.0.0.1 to allow it";
+    expect(out).toMatch(/group grp-r: failed — .*metadata\.json: HTTP 403: runner proxy: data host 127\.0\.0\.1 is a loopback address; pass --allow-data-host 127\.0\.0\.1/);
+    const fail = srv.requests.slice(before).find((q) => q.path === "/v1/leases/lease-r/fail");
+    expect(fail, "the group is reported failed").toBeDefined();
+    expect(fail!.body).toContain(why);
+  });
 });
 
 describe("the page's /api proxy", () => {
   let page: PageServer;
   beforeAll(async () => {
-    page = await servePage("", "t", apiProxy({ server: srv.url, token: "proxy-secret", key: "k1" }));
+    page = await servePage("", "t", apiProxy({ server: srv.url, token: "proxy-secret", key: "k1", allowDataHosts: ["127.0.0.1"] }));
   });
   afterAll(async () => page?.close());
 
@@ -214,6 +232,18 @@ describe("the page's /api proxy", () => {
       expect(Array.from(new Uint8Array(await r.arrayBuffer()))).toEqual([10, 11, 12, 13, 14, 15, 16, 17, 18, 19]);
       expect((await fetch(url, { headers: { range: "bytes=10-19" } })).status).toBe(403);
       expect((await fetch(`${page.url}data?url=file:///etc/passwd`, { headers: { [KEY_HEADER]: "k1" } })).status).toBe(400);
+      // Not allowed: the cloud metadata service (link-local), refused with the reason; a range the host overran, 502.
+      const meta = await fetch(`${page.url}data?url=${encodeURIComponent("http://169.254.169.254/latest/meta-data/")}`, { headers: { [KEY_HEADER]: "k1" } });
+      expect(meta.status).toBe(403);
+      expect(((await meta.json()) as { error: { code: string; message: string } }).error).toEqual({
+        code: "data_host_refused",
+        message: "runner proxy: data host 169.254.169.254 is a link-local address; pass --allow-data-host 169.254.169.254 to allow it (or set SAE_SWARM_ALLOW_DATA_HOSTS)",
+      });
+      // A server that ignores the Range: a bare 200 (the shard reader names the problem), not the whole file.
+      files.ignoreRange = true;
+      const whole = await fetch(url, { headers: { [KEY_HEADER]: "k1", range: "bytes=10-19" } });
+      expect(whole.status).toBe(200);
+      expect((await whole.arrayBuffer()).byteLength).toBe(0);
     } finally {
       await files.close();
       rmSync(dir, { recursive: true, force: true });
