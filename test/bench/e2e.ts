@@ -112,7 +112,7 @@ async function runRunner(w: WorkerDev, name: string, times: Map<string, GroupTim
   const at = (id: string) => times.get(id) ?? (times.set(id, { phases: {} }), times.get(id)!);
   let output = "";
   const started = Date.now();
-  runner = spawn(process.execPath, [path.join(ROOT, "bin/sae-swarm.js"), "runner", "--server", w.url, "--token", w.runnerToken, "--allow-software-adapter", "--once", "--runner-id", "bench-e2e"], {
+  runner = spawn(process.execPath, [path.join(ROOT, "bin/sae-swarm.js"), "runner", "--server", w.url, "--token", w.runnerToken, "--allow-software-adapter", "--once", "--runner-id", "bench-e2e", "--allow-data-host", "127.0.0.1"], {
     cwd: ROOT,
     detached: true,
     stdio: ["ignore", "pipe", "pipe"],

@@ -197,7 +197,7 @@ sae = { d_vit = ${D}, exp_factor = 4, kind = ["relu", "jumprelu"], init_threshol
 `,
     });
     expect([sweep.n_runs, sweep.n_groups]).toEqual([2, 1]);
-    const runner = await cli(["runner", "--server", worker.url, "--token", worker.runnerToken, "--allow-software-adapter", "--once", "--runner-id", "e2e-export"]);
+    const runner = await cli(["runner", "--server", worker.url, "--token", worker.runnerToken, "--allow-software-adapter", "--once", "--runner-id", "e2e-export", "--allow-data-host", "127.0.0.1"]);
     expect(runner.code, runner.out).toBe(0);
     expect(runner.out, runner.out).toMatch(/: completed/);
 

@@ -4,7 +4,8 @@
  * tree (Chrome included) is gone, with the group given back (released: claimable at once, failures 0).
  *
  * States: idle (backing off), claiming (the claim hangs), loading data (the data host hangs), training, training
- * with its Chrome already dead; and a runner killed outright (SIGKILL to the runner alone) leaves no Chrome behind.
+ * with its Chrome already dead, uploading (a checkpoint upload hangs); and a runner killed outright (SIGKILL to the
+ * runner alone) leaves no Chrome behind.
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { createServer, type Server } from "node:http";
@@ -132,6 +133,36 @@ async function hangingServer(): Promise<string> {
   return `http://127.0.0.1:${(s.address() as AddressInfo).port}`;
 }
 
+/**
+ * The Worker behind a loopback proxy that forwards every request but leaves checkpoint uploads (PUT or POST under
+ * /v1/leases/:id/checkpoints/ or /uploads) unanswered; `held()` counts the uploads it holds.
+ */
+async function stallingUploads(): Promise<{ url: string; held: () => number }> {
+  let held = 0;
+  const s = createServer(async (req, res) => {
+    const route = req.url ?? "/";
+    if ((req.method === "PUT" || req.method === "POST") && /^\/v1\/leases\/[^/]+\/(checkpoints\/|uploads)/.test(route)) {
+      held++;
+      return; // never answered
+    }
+    const chunks: Buffer[] = [];
+    for await (const c of req) chunks.push(c as Buffer);
+    const headers: Record<string, string> = {};
+    for (const [k, v] of Object.entries(req.headers)) if (typeof v === "string" && !["host", "connection", "content-length", "transfer-encoding"].includes(k)) headers[k] = v;
+    try {
+      const r = await fetch(worker.url + route, { method: req.method, headers, body: chunks.length ? Buffer.concat(chunks) : undefined });
+      const out: Record<string, string> = {};
+      r.headers.forEach((v, k) => void (["content-encoding", "content-length", "transfer-encoding", "connection"].includes(k) || (out[k] = v)));
+      res.writeHead(r.status, out).end(Buffer.from(await r.arrayBuffer()));
+    } catch {
+      res.destroy();
+    }
+  });
+  servers.push(s);
+  await new Promise<void>((r) => s.listen(0, "127.0.0.1", r));
+  return { url: `http://127.0.0.1:${(s.address() as AddressInfo).port}`, held: () => held };
+}
+
 /** Training: a runner holding `sweepId`'s group past step 0 of its lease. */
 async function trainingRunner(sweepId: string, id: string, env: Record<string, string> = {}): Promise<Runner> {
   const r = startRunner(id, worker.url, env);
@@ -185,11 +216,25 @@ log_every = 10
 lr = 1e-3
 sae = { exp_factor = 2 }
 `);
-    const r = startRunner("loading", worker.url, { SAE_SWARM_STOP_GRACE_MS: "4000" });
+    const r = startRunner("loading", worker.url, { SAE_SWARM_STOP_GRACE_MS: "4000", SAE_SWARM_ALLOW_DATA_HOSTS: "127.0.0.1" });
     await until("the runner to load data", async () => /claimed group/.test(r.log()), 120_000, 100);
     await new Promise((res) => setTimeout(res, 1000));
     expect(await expectStopsWithin10s(r, "SIGTERM")).toBe(130);
     await expectGivenBack(s.id, "loading");
+  });
+
+  it("uploading (the checkpoint upload hangs): SIGTERM; the stop is bounded, the lease released", async () => {
+    const s = await submit(LONG_SWEEP(3));
+    const stall = await stallingUploads();
+    const r = startRunner("uploading", stall.url, { SAE_SWARM_STOP_GRACE_MS: "4000" });
+    // The first resume checkpoint (step CHECKPOINT_EVERY) goes up and never comes back.
+    await until("a checkpoint upload to hang", async () => stall.held() > 0, 180_000, 100).catch((e) => {
+      throw new Error(`${(e as Error).message}\n${r.log()}`);
+    });
+    await new Promise((res) => setTimeout(res, 1000));
+    expect(r.log()).toMatch(/claimed group/);
+    expect(await expectStopsWithin10s(r, "SIGTERM")).toBe(130);
+    await expectGivenBack(s.id, "uploading");
   });
 
   it("a runner killed outright (SIGKILL to it alone) leaves no Chrome behind", async () => {
