@@ -2,12 +2,19 @@
  * The runner's data fetch against real HTTP servers on 127.0.0.1: what it refuses (before DNS for an IP in the URL,
  * after DNS for a name, on every redirect hop), what an allowed host gets, and the bounds on bodies and time.
  */
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createSafeFetch, rangeLength } from "../../runner/data/safe-fetch";
 import { DataFetchError, isRefusal } from "../../runner/data/fetch-error";
 import { allowedDataHosts } from "../../runner/data/allow-hosts";
+import { ShardSource } from "../../runner/data/shards";
+import { sparseFeatureGenerator, writeShards } from "../../runner/data/write-shards";
+import type { ShardData } from "../../shaders/config";
+import { serveDirWithRanges } from "./range-server";
 
 type Handler = (req: IncomingMessage, res: ServerResponse) => void;
 let server: Server;
@@ -167,6 +174,34 @@ describe("createSafeFetch", () => {
       (err: Error) => err,
     );
     expect(e?.name).toBe("AbortError");
+  });
+});
+
+describe("the shard reader over the safe fetch", () => {
+  it("reads saev shards as it does with fetch when the host is allowed, and fails at once, saying why, when not", async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), "sae-swarm-safe-fetch-"));
+    await writeShards({
+      out: dir, d_vit: 8, layers: [3, 6], n_patches_per_img: 4, cls_token: true, n_imgs: 40, max_patches_per_shard: 100,
+      generator: sparseFeatureGenerator({ d_vit: 8, n_features: 12, sparsity: 0.2, seed: 1, noise: 0.01 }),
+    });
+    const files = await serveDirWithRanges(dir);
+    try {
+      const data: ShardData = { kind: "shards", url: files.url, layer: -1, patches: "patches", scale_mean: true, scale_norm: true, n_random_samples: 100, seed: 2 };
+      const plain = await ShardSource.open(data, { batchSize: 32 });
+      const safe = await ShardSource.open(data, { batchSize: 32, fetch: createSafeFetch({ allowHosts: ["127.0.0.1"] }) });
+      expect(safe.normalization).toEqual(plain.normalization);
+      for (let i = 0; i < 3; i++) expect(await safe.next()).toEqual(await plain.next());
+      plain.close();
+      safe.close();
+      const before = files.log.length;
+      await expect(ShardSource.open(data, { batchSize: 32, fetch: createSafeFetch({ allowHosts: [] }) })).rejects.toThrow(
+        /^data host 127\.0\.0\.1 is a loopback address; pass --allow-data-host 127\.0\.0\.1/,
+      );
+      expect(files.log.length).toBe(before);
+    } finally {
+      await files.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
