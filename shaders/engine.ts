@@ -24,7 +24,7 @@ import { ALMOST_DEAD_THRESHOLD, DENSE_THRESHOLD, isSelectKind } from "./config";
 import { DEFAULT_MEMORY_BUDGET, persistentTensors, planMemory, workingTensors, type MemoryPlan, type SaeShape } from "./fit";
 import * as K from "./kernels";
 import * as TK from "./topk";
-import { BATCH_STATE_WORDS, NORM_WORKGROUPS, rowSelectKernel, topkDims, topkMetaWords } from "./topk";
+import { BATCH_STATE_WORDS, rowSelectKernel, topkDims, topkMetaWords } from "./topk";
 import { BATCH_THETA, thetaOf, thetaWords } from "./batchtopk";
 import { adamScalars, initWeights, learningRate, prefixBounds, sparsityCoeff } from "./schedule";
 
@@ -334,7 +334,7 @@ export class SaeEngine {
       const clip = !this.clips(slab)
         ? []
         : [
-            ...PARAM_NAMES.map((p) => dispatch(kn.gradNormPartial, [`clipDims#${slab.index}.${p}`, meta, `grad.${p}`, "normPart"], [NORM_WORKGROUPS, 1, Ks])),
+            ...PARAM_NAMES.map((p) => dispatch(kn.gradNormPartial, [`clipDims#${slab.index}.${p}`, meta, `grad.${p}`, "normPart"], [TK.normWorkgroups(this.sizes[p]), 1, Ks])),
             dispatch(kn.gradNormFinish, [`clipDims#${slab.index}.W_enc`, meta, "normPart", "clip"], [1, 1, Ks]),
             ...PARAM_NAMES.map((p) => dispatch(kn.gradScale, [`clipDims#${slab.index}.${p}`, meta, "clip", `grad.${p}`], [Math.min(ceil(this.sizes[p], 256), 65535), 1, Ks])),
           ];

@@ -207,7 +207,7 @@ for (const [name, open, skip] of backends) {
     }, 120_000);
 
     it("50 steps of warmup_cosine with max_grad_norm (ReLU, BatchTopK) track the reference: loss, lr, L0 = k, θ", async () => {
-      const steps = 50, Bt = 64, d = 8;
+      const steps = 50, Bt = 32, d = 8;
       const data: Partial<SyntheticData> = { d_vit: d, n_features: 12, sparsity: 0.1, seed: 3, noise: 0.01, n_examples: 10_000 };
       const common = { sae_batch_size: Bt, n_patches: steps * Bt, lr: 1e-2, n_lr_warmup: 10, log_every: 1, lr_schedule: "warmup_cosine" as const, lr_final: 1e-4, data };
       const s = { d_vit: d, exp_factor: 2, n_reinit_samples: 1024, aux_coeff: 0 };
