@@ -265,5 +265,22 @@ for (const [name, open, skip] of backends) {
       expect(out.thetas[0][0]).toBeGreaterThan(0);
       expect(out.thetas[1]).toEqual(out.thetas[0]);
     }, 120_000);
+
+    it("resume through real checkpoints (runner/page/engine-port.ts): θ travels as threshold [d_sae]; the final one has it", async () => {
+      const data: Partial<SyntheticData> = { d_vit: 8, n_features: 12, sparsity: 0.1, seed: 6, n_examples: 2048 };
+      const cfgs = [
+        trainConfig({ sae_batch_size: 32, lr: 3e-3, data, sae: { d_vit: 8, exp_factor: 2, kind: "batchtopk", k: 3, aux_coeff: 0, threshold_beta: 0.8, seed: 11 } }),
+        trainConfig({ sae_batch_size: 32, lr: 3e-3, data, max_grad_norm: 0.01, sae: { d_vit: 8, exp_factor: 2, kind: "jumprelu", bandwidth: 0.1, init_threshold: 0.05, seed: 12 } }),
+        trainConfig({ sae_batch_size: 32, lr: 3e-3, data, sae: { d_vit: 8, exp_factor: 2, seed: 13 } }),
+      ];
+      const out = await gpu.run<{ maxDiff: number; resumeThresholds: Array<number[] | null>; thresholds: Array<number[] | null> }>("checkpointResume", { cfgs, a: 3, b: 2 });
+      expect(out.maxDiff).toBe(0);
+      expect(out.resumeThresholds).toEqual([[16], [16], null]);
+      const theta = out.thresholds[0]!;
+      expect(theta[0]).toBeGreaterThan(0);
+      expect(theta).toEqual(new Array(16).fill(theta[0]));
+      expect(out.thresholds[1]!.length).toBe(16);
+      expect(out.thresholds[2]).toBeNull();
+    }, 120_000);
   });
 }
