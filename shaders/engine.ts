@@ -1,14 +1,16 @@
 /**
  * The batched SAE training engine: K SAEs of one shape (same d_vit, exp_factor and batch size; any mix of
- * ReLU/JumpReLU, Vanilla/Matryoshka, lr, sparsity_coeff, warmups, seeds) trained in lock-step on one batch with the
- * WGSL kernels of kernels.ts, computing SAE.md exactly. Runtime-agnostic: give it a GPUDevice (Chrome or Dawn).
+ * ReLU/JumpReLU/TopK/BatchTopK, Vanilla/Matryoshka, lr, sparsity_coeff, schedules, max_grad_norm, seeds) trained in
+ * lock-step on one batch with the WGSL kernels of kernels.ts and topk.ts, computing SAE.md exactly (AuxK: not yet).
+ * Runtime-agnostic: give it a GPUDevice (Chrome or Dawn).
  *
  * Memory (shaders/fit.ts `planMemory`, which the Worker's chunking and `sae-swarm fit` use too): the SAEs are spread
  * over slabs, each a set of buffers no larger than one storage binding; a step runs slab by slab, and streams the
  * batch through each slab in row chunks, so the activations exist for one slab and one chunk only. Per slab:
- *   prologue (normalize W_dec, θ) → for each row chunk: forward (encode, decode, residual columns) and backward
- *   (dL/df, latent columns, dW_enc and dW_dec accumulated over the chunks) → epilogue (sum the partials of the whole
- *   batch, dL/db_enc, dL/dθ, dL/db_dec, parallel removal, Adam).
+ *   prologue (normalize W_dec, θ) → [BatchTopK: the whole batch's threshold, two sweeps of encode + histogram over
+ *   the chunks] → for each row chunk: forward (encode, TopK/BatchTopK selection in place, decode, residual columns)
+ *   and backward (dL/df, latent columns, dW_enc and dW_dec accumulated over the chunks) → epilogue (sum the partials
+ *   of the whole batch, dL/db_enc, dL/dθ, dL/db_dec, parallel removal, max_grad_norm clipping, Adam).
  * The normalizations are the whole batch's, so the chunks add up to SAE.md's full-batch step.
  *
  *   const engine = SaeEngine.create(device, cfgs);
