@@ -6,7 +6,6 @@
  * max_grad_norm; resume with θ. (Kept apart from engine.test.ts, which is slow already.)
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { SyntheticDataset } from "../../runner/data/synthetic";
 import type { EvalMetrics, StepMetrics, SyntheticData, TrainConfig } from "../../shaders/config";
 import { dSae } from "../../shaders/config";
 import type { EngineOptions } from "../../shaders/engine";
@@ -16,7 +15,8 @@ import { dawnUnavailable, openChrome, openDawn, type GpuBackend } from "../helpe
 import { mulberry32, testSeed } from "../helpers/random";
 import { trainConfig } from "../helpers/train-config";
 import * as ref from "../reference/sae";
-import { batchTopkEvalParams, batchTopkMask, initialSelectState, trainStepSelect, type SelectState } from "../reference/topk";
+import { batchTopkEvalParams, batchTopkMask, trainStepSelect, type SelectState } from "../reference/topk";
+import { referenceStart, relError } from "./compare";
 import type { JsonState } from "./engine-cases";
 
 const dawnSkip = await dawnUnavailable();
@@ -27,20 +27,6 @@ const backends: Array<[string, () => Promise<GpuBackend>, string | null]> = [
 
 const F32_TOL = 1e-4;
 
-/** Max over elements of |got − want| / max(|want|, rms(want)); NaN (poison left in place) counts as infinite. */
-function relError(got: (number | null)[], want: ArrayLike<number>): number {
-  expect(got.length).toBe(want.length);
-  let rms = 0;
-  for (let i = 0; i < want.length; i++) rms += want[i] * want[i];
-  rms = Math.sqrt(rms / Math.max(1, want.length)) || 1e-30;
-  let worst = 0;
-  for (let i = 0; i < want.length; i++) {
-    const g = got[i];
-    if (g === null || !Number.isFinite(g)) return Infinity;
-    worst = Math.max(worst, Math.abs(g - want[i]) / Math.max(Math.abs(want[i]), rms));
-  }
-  return worst;
-}
 const slice = (a: (number | null)[], k: number, size: number) => a.slice(k * size, (k + 1) * size);
 const arr = (p: ref.Params) => Object.fromEntries(ref.PARAM_NAMES.map((k) => [k, Array.from(p[k])])) as JsonState["saes"][0]["params"];
 
@@ -221,15 +207,7 @@ for (const [name, open, skip] of backends) {
         evalExamples: 256,
       });
       expect(out.logs.map((l) => l.step)).toEqual(Array.from({ length: steps }, (_, t) => t));
-      const ds = new SyntheticDataset(cfgs[0].data as SyntheticData);
-      const head = ds.head(1024);
-      const mean = new Float64Array(d);
-      for (let i = 0; i < head.length; i++) mean[i % d] += head[i] / 1024;
-      const states = cfgs.map((c) => {
-        const st = initialSelectState(c);
-        st.params.b_dec = Float64Array.from(Float32Array.from(mean));
-        return st;
-      });
+      const { ds, states } = referenceStart(cfgs);
       const gaps: number[] = [];
       const clipped = [0, 0];
       for (let t = 0; t < steps; t++) {

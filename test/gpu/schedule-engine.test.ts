@@ -2,12 +2,12 @@
 // over 50 steps, in Chromium and Dawn; and, until the engine runs AuxK, its clean refusal of aux_coeff > 0 for TopK
 // and BatchTopK (a runner must not train them wrongly). With max_grad_norm and BatchTopK: batchtopk-engine.test.ts.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { SyntheticDataset } from "../../runner/data/synthetic";
 import type { StepMetrics, SyntheticData } from "../../shaders/config";
 import { learningRate } from "../../shaders/schedule";
 import { dawnUnavailable, openChrome, openDawn, type GpuBackend } from "../helpers/gpu-backends";
 import { trainConfig } from "../helpers/train-config";
-import { trainStepSelect, initialSelectState } from "../reference/topk";
+import { trainStepSelect } from "../reference/topk";
+import { referenceStart } from "./compare";
 
 const dawnSkip = await dawnUnavailable();
 const backends: Array<[string, () => Promise<GpuBackend>, string | null]> = [
@@ -34,15 +34,7 @@ for (const [name, open, skip] of backends) {
       const out = await gpu.run<{ logs: Array<{ step: number; metrics: StepMetrics[] }> }>("engineTrain", { cfgs, steps, evalExamples: 256 });
       expect(out.logs.map((l) => l.step)).toEqual(Array.from({ length: steps }, (_, t) => t));
 
-      const ds = new SyntheticDataset(cfgs[0].data as SyntheticData);
-      const head = ds.head(1024);
-      const mean = new Float64Array(d);
-      for (let i = 0; i < head.length; i++) mean[i % d] += head[i] / 1024;
-      const states = cfgs.map((c) => {
-        const s = initialSelectState(c);
-        s.params.b_dec = Float64Array.from(Float32Array.from(mean));
-        return s;
-      });
+      const { ds, states } = referenceStart(cfgs);
       const gaps: number[] = [];
       for (let t = 0; t < steps; t++) {
         const x = ds.batch(t, B);
