@@ -162,7 +162,7 @@ export interface SaeWeights {
   W_dec: Float32Array;
   /** [d_vit] */
   b_dec: Float32Array;
-  /** [d_sae], JumpReLU only: θ = exp(log θ) */
+  /** [d_sae], JumpReLU: θ = exp(log θ); BatchTopK: its one θ repeated (SAELens's layout) */
   threshold?: Float32Array;
 }
 
@@ -185,6 +185,9 @@ export interface AdamState {
 export const CHECKPOINT_FORMAT = "sae-swarm/1";
 export const PARAM_NAMES = ["W_enc", "b_enc", "W_dec", "b_dec", "threshold"] as const;
 
+/** Kinds whose checkpoints carry `threshold` [d_sae]: JumpReLU's θ, and BatchTopK's θ used at evaluation. */
+export const hasThreshold = (cfg: TrainConfig): boolean => cfg.sae.kind === "jumprelu" || cfg.sae.kind === "batchtopk";
+
 export interface CheckpointInfo {
   run_id: string;
   cfg: TrainConfig;
@@ -206,8 +209,8 @@ function paramTensors(w: SaeWeights, cfg: TrainConfig, prefix = ""): Record<stri
   for (const name of PARAM_NAMES) {
     const data = w[name];
     if (name === "threshold") {
-      if (cfg.sae.kind !== "jumprelu") continue;
-      if (!data) throw new Error(`checkpoint: a JumpReLU SAE needs '${prefix}threshold'`);
+      if (!hasThreshold(cfg)) continue;
+      if (!data) throw new Error(`checkpoint: a ${cfg.sae.kind} SAE needs '${prefix}threshold'`);
     }
     out[prefix + name] = tensor(data!, shapes[name]);
   }
@@ -216,11 +219,13 @@ function paramTensors(w: SaeWeights, cfg: TrainConfig, prefix = ""): Record<stri
 
 /**
  * The SAELens-style config (cfg.json of `SAE.save_model`), for users who load the weights with SAELens:
- * `architecture` "standard" (ReLU) or "jumprelu", d_in, d_sae, and the input normalization we trained under.
+ * `architecture` "standard" (ReLU), "jumprelu" (JumpReLU, and BatchTopK with its θ, as SAELens saves it for
+ * inference) or "topk" (with k), d_in, d_sae, and the input normalization we trained under (as worker/saelens.ts).
  */
 export function saeLensConfig(cfg: TrainConfig): Record<string, unknown> {
   return {
-    architecture: cfg.sae.kind === "jumprelu" ? "jumprelu" : "standard",
+    architecture: hasThreshold(cfg) ? "jumprelu" : cfg.sae.kind === "topk" ? "topk" : "standard",
+    ...(cfg.sae.kind === "topk" ? { k: cfg.sae.k } : {}),
     d_in: cfg.sae.d_vit,
     d_sae: cfg.sae.d_vit * cfg.sae.exp_factor,
     dtype: "float32",
@@ -250,7 +255,7 @@ function normTensors(norm: Normalization, cfg: TrainConfig): Record<string, Tens
 
 /**
  * The final checkpoint users download: W_enc [d_vit, d_sae], b_enc [d_sae], W_dec [d_sae, d_vit], b_dec [d_vit],
- * threshold [d_sae] (JumpReLU), norm_mean [d_vit] and norm_scale [] (scalar); metadata: the TrainConfig (`config`),
+ * threshold [d_sae] (JumpReLU, BatchTopK), norm_mean [d_vit] and norm_scale [] (scalar); metadata: the TrainConfig (`config`),
  * a SAELens cfg (`cfg`), run id and step.
  */
 export function encodeFinalCheckpoint(info: CheckpointInfo, weights: SaeWeights, norm: Normalization): Uint8Array {
@@ -278,7 +283,7 @@ export function encodeResumeCheckpoint(info: CheckpointInfo, weights: SaeWeights
  */
 export function checkpointLayout(cfg: TrainConfig, kind: "final" | "resume"): Record<string, { dtype: Dtype; shape: number[] }> {
   const shapes = paramShapes(cfg);
-  const params = PARAM_NAMES.filter((n) => n !== "threshold" || cfg.sae.kind === "jumprelu");
+  const params = PARAM_NAMES.filter((n) => n !== "threshold" || hasThreshold(cfg));
   const out: Record<string, { dtype: Dtype; shape: number[] }> = {};
   const prefixes = kind === "resume" ? ["", "adam_m.", "adam_v."] : [""];
   for (const p of prefixes) {
@@ -313,7 +318,7 @@ function takeParams(t: Record<string, Tensor>, cfg: TrainConfig, prefix = ""): S
     return x.data as Float32Array;
   };
   const w: SaeWeights = { W_enc: get("W_enc"), b_enc: get("b_enc"), W_dec: get("W_dec"), b_dec: get("b_dec") };
-  if (cfg.sae.kind === "jumprelu") w.threshold = get("threshold");
+  if (hasThreshold(cfg)) w.threshold = get("threshold");
   return w;
 }
 

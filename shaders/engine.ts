@@ -1,14 +1,16 @@
 /**
  * The batched SAE training engine: K SAEs of one shape (same d_vit, exp_factor and batch size; any mix of
- * ReLU/JumpReLU, Vanilla/Matryoshka, lr, sparsity_coeff, warmups, seeds) trained in lock-step on one batch with the
- * WGSL kernels of kernels.ts, computing SAE.md exactly. Runtime-agnostic: give it a GPUDevice (Chrome or Dawn).
+ * ReLU/JumpReLU/TopK/BatchTopK, Vanilla/Matryoshka, lr, sparsity_coeff, schedules, max_grad_norm, seeds) trained in
+ * lock-step on one batch with the WGSL kernels of kernels.ts and topk.ts, computing SAE.md exactly (AuxK: not yet).
+ * Runtime-agnostic: give it a GPUDevice (Chrome or Dawn).
  *
  * Memory (shaders/fit.ts `planMemory`, which the Worker's chunking and `sae-swarm fit` use too): the SAEs are spread
  * over slabs, each a set of buffers no larger than one storage binding; a step runs slab by slab, and streams the
  * batch through each slab in row chunks, so the activations exist for one slab and one chunk only. Per slab:
- *   prologue (normalize W_dec, θ) → for each row chunk: forward (encode, decode, residual columns) and backward
- *   (dL/df, latent columns, dW_enc and dW_dec accumulated over the chunks) → epilogue (sum the partials of the whole
- *   batch, dL/db_enc, dL/dθ, dL/db_dec, parallel removal, Adam).
+ *   prologue (normalize W_dec, θ) → [BatchTopK: the whole batch's threshold, two sweeps of encode + histogram over
+ *   the chunks] → for each row chunk: forward (encode, TopK/BatchTopK selection in place, decode, residual columns)
+ *   and backward (dL/df, latent columns, dW_enc and dW_dec accumulated over the chunks) → epilogue (sum the partials
+ *   of the whole batch, dL/db_enc, dL/dθ, dL/db_dec, parallel removal, max_grad_norm clipping, Adam).
  * The normalizations are the whole batch's, so the chunks add up to SAE.md's full-batch step.
  *
  *   const engine = SaeEngine.create(device, cfgs);
@@ -20,10 +22,12 @@
  *   const weights = await engine.exportWeights();
  */
 import type { EvalMetrics, StepMetrics, TrainConfig } from "./config";
-import { ALMOST_DEAD_THRESHOLD, DENSE_THRESHOLD } from "./config";
+import { ALMOST_DEAD_THRESHOLD, DENSE_THRESHOLD, isSelectKind } from "./config";
 import { DEFAULT_MEMORY_BUDGET, persistentTensors, planMemory, workingTensors, type MemoryPlan, type SaeShape } from "./fit";
 import * as K from "./kernels";
-import { rowSelectKernel, TOPK_META_WORDS as TOPK_META_WORDS_PER_SAE, topkDims, topkMetaWords } from "./topk";
+import * as TK from "./topk";
+import { BATCH_STATE_WORDS, rowSelectKernel, topkDims, topkMetaWords } from "./topk";
+import { BATCH_THETA, thetaOf, thetaWords } from "./batchtopk";
 import { adamScalars, initWeights, learningRate, prefixBounds, sparsityCoeff } from "./schedule";
 
 export const PARAM_NAMES = ["W_enc", "b_enc", "W_dec", "b_dec", "log_threshold"] as const;
@@ -36,14 +40,15 @@ export interface SaeWeights {
   b_enc: Float32Array;
   W_dec: Float32Array;
   b_dec: Float32Array;
-  /** JumpReLU only: θ = exp(log θ). */
+  /** JumpReLU: θ = exp(log θ); BatchTopK: its one θ for every latent (SAELens's layout). */
   threshold?: Float32Array;
 }
 
 /** Everything needed to resume: parameters, Adam moments, and the number of steps taken. */
 export interface EngineState {
   step: number;
-  saes: Array<{ params: SaeParams; m?: SaeParams; v?: SaeParams }>;
+  /** theta: BatchTopK's θ (null or absent: not set yet, the next step sets it to that step's smallest kept value). */
+  saes: Array<{ params: SaeParams; m?: SaeParams; v?: SaeParams; theta?: number | null }>;
 }
 
 export interface EngineOptions {
@@ -103,11 +108,13 @@ interface Dispatch {
 
 /**
  * The dispatches of one slab's step, in order (see the file comment). Each chunk's backward needs only its own
- * forward. A selection over the whole batch (BatchTopK's threshold) would run every chunk's encode and a
- * statistics pass first, resolve the threshold, then each chunk's forward (encode again: H is per chunk) and backward.
+ * forward. BatchTopK's selection over the whole batch runs in `select`, before any chunk's forward: two sweeps over
+ * the chunks (encode, then one 16-bit digit of the threshold's histogram each), each resolved once the whole batch
+ * is counted; then each chunk's forward encodes again (H is per chunk; with one chunk H is kept) and applies it.
  */
 interface SlabStep {
   prologue: Dispatch[];
+  select: Dispatch[];
   chunks: Array<{ forward: Dispatch[]; backward: Dispatch[] }>;
   epilogue: Dispatch[];
 }
@@ -171,10 +178,9 @@ export class SaeEngine {
         if (a !== b) throw new Error(`engine: config ${i} has ${key} = ${a} but config 0 has ${b}; a group must share it`);
       if (c.objective.kind === "matryoshka" && c.objective.n_prefixes < 1) throw new Error(`engine: config ${i}: objective.n_prefixes must be ≥ 1`);
       // What of issue 13 the engine does not run yet is refused rather than trained wrongly.
-      if (c.sae.kind === "batchtopk") throw new Error(`engine: config ${i}: sae.kind = "batchtopk" is not yet supported by the engine (issue 13); "topk" is`);
-      if (c.sae.kind === "topk" && c.sae.aux_coeff > 0)
-        throw new Error(`engine: config ${i}: sae.aux_coeff = ${c.sae.aux_coeff}: AuxK is not yet supported by the engine (issue 13); set sae.aux_coeff = 0 to train TopK without it`);
-      if ((c.max_grad_norm ?? null) !== null) throw new Error(`engine: config ${i}: max_grad_norm is not yet supported by the engine (issue 13); leave it null`);
+      if (isSelectKind(c.sae.kind) && c.sae.aux_coeff > 0)
+        throw new Error(`engine: config ${i}: sae.aux_coeff = ${c.sae.aux_coeff}: AuxK is not yet supported by the engine (issue 13); set sae.aux_coeff = 0 to train ${c.sae.kind} without it`);
+      if (c.max_grad_norm != null && !(c.max_grad_norm > 0)) throw new Error(`engine: config ${i}: max_grad_norm must be > 0 or null, got ${c.max_grad_norm}`);
       if (c.sae.kind === "jumprelu" && !(c.sae.bandwidth > 0 && c.sae.init_threshold > 0))
         throw new Error(`engine: config ${i}: JumpReLU needs sae.bandwidth > 0 and sae.init_threshold > 0`);
     }
@@ -183,7 +189,7 @@ export class SaeEngine {
     this.d_sae = c0.sae.d_vit * c0.sae.exp_factor;
     this.batchSize = c0.sae_batch_size;
     this.maxPrefixes = Math.max(...cfgs.map((c) => prefixBounds(c, 0).length - 1));
-    const shape: SaeShape = { d_vit: this.d_vit, d_sae: this.d_sae, batch_size: this.batchSize, n_prefixes: this.maxPrefixes };
+    const shape: SaeShape = { d_vit: this.d_vit, d_sae: this.d_sae, batch_size: this.batchSize, n_prefixes: this.maxPrefixes, batchtopk: cfgs.some((c) => c.sae.kind === "batchtopk") };
     const budget = options.memoryBudget ?? DEFAULT_MEMORY_BUDGET;
     const limits = {
       maxStorageBufferBindingSize: Math.min(device.limits.maxStorageBufferBindingSize, options.maxBindingSize ?? Infinity),
@@ -215,16 +221,21 @@ export class SaeEngine {
     add("evalMeta", 4 * this.metaWords());
     const uniform = GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST;
     for (const slab of this.slabs) {
-      if (this.selects(slab)) {
-        // TopK's selection (shaders/topk.ts): its constants per SAE of the slab, and its own Dims per row chunk
-        add(`topkMeta#${slab.index}`, 4 * slab.count * TOPK_META_WORDS_PER_SAE);
-        device.queue.writeBuffer(this.buf(`topkMeta#${slab.index}`), 0, topkMetaWords(cfgs.slice(slab.sae0, slab.sae0 + slab.count), B));
-      }
+      // shaders/topk.ts's constants per SAE of the slab (TopK's k, BatchTopK's k·B and β, max_grad_norm), its Dims
+      // for the whole slab (n) and per parameter tensor (gradient clipping)
+      add(`topkMeta#${slab.index}`, 4 * slab.count * TK.TOPK_META_WORDS);
+      device.queue.writeBuffer(this.buf(`topkMeta#${slab.index}`), 0, topkMetaWords(cfgs.slice(slab.sae0, slab.sae0 + slab.count), B));
+      add(`slabTopkDims#${slab.index}`, 4 * DIMS_WORDS, uniform);
+      device.queue.writeBuffer(this.buf(`slabTopkDims#${slab.index}`), 0, topkDims({ n, K: slab.count, B }));
+      PARAM_NAMES.forEach((p, slot) => {
+        add(`clipDims#${slab.index}.${p}`, 4 * DIMS_WORDS, uniform);
+        device.queue.writeBuffer(this.buf(`clipDims#${slab.index}.${p}`), 0, topkDims({ K: slab.count, size: this.sizes[p], slot, nSlots: PARAM_NAMES.length }));
+      });
       for (let c = 0; c < rowChunks; c++) {
         add(`dims#${slab.index}/${c}`, 4 * DIMS_WORDS, uniform);
         add(`evalDims#${slab.index}/${c}`, 4 * DIMS_WORDS, uniform);
         device.queue.writeBuffer(this.buf(`dims#${slab.index}/${c}`), 0, this.dims(slab, c, B));
-        if (this.selects(slab)) {
+        if (this.selects(slab) || this.batches(slab)) {
           add(`topkDims#${slab.index}/${c}`, 4 * DIMS_WORDS, uniform);
           add(`evalTopkDims#${slab.index}/${c}`, 4 * DIMS_WORDS, uniform);
           device.queue.writeBuffer(this.buf(`topkDims#${slab.index}/${c}`), 0, this.selectDims(slab, c, B));
@@ -260,6 +271,17 @@ export class SaeEngine {
       evalResid: k("eval_resid", K.EVAL_RESID),
       // TopK: f = ReLU(h) on each row's k largest, written over H, so the ReLU kernels (θ = 0) then run unchanged
       rowSelect: k("row_select", rowSelectKernel({ kWord: 0, deadOnly: false, inPlace: true })),
+      // BatchTopK (shaders/topk.ts): the whole batch's threshold, then f = ReLU(h) on the kept entries written over H
+      batchHist: [k("batch_hist0", TK.batchHistKernel(0)), k("batch_hist1", TK.batchHistKernel(1))],
+      batchResolve: [k("batch_resolve0", TK.batchResolveKernel(0)), k("batch_resolve1", TK.batchResolveKernel(1))],
+      batchTies: k("batch_ties", TK.BATCH_TIES),
+      batchApply: k("batch_apply", TK.BATCH_APPLY),
+      batchAdvance: k("batch_advance", TK.BATCH_ADVANCE),
+      batchTheta: k("batch_theta", BATCH_THETA),
+      // max_grad_norm: torch's clip_grad_norm_ per SAE over all of its gradients
+      gradNormPartial: k("grad_norm_partial", TK.GRAD_NORM_PARTIAL),
+      gradNormFinish: k("grad_norm_finish", TK.GRAD_NORM_FINISH),
+      gradScale: k("grad_scale", TK.GRAD_SCALE),
     };
     const T = K.TILE;
     const rowsOf = (c: number) => Math.min(C, B - c * C);
@@ -285,13 +307,49 @@ export class SaeEngine {
       const thresholds = (names: string[]) => dispatch(kn.thresholds, [...names, "log_threshold", "theta"], [ceil(n, 64), 1, Ks]);
       const encode = (names: string[], c: number) => dispatch(kn.encode, [...names, "x", "b_dec", "W_enc", "b_enc", "H"], [ceil(n, T), ceil(rowsOf(c), T), Ks]);
       const decode = (names: string[], c: number) => dispatch(kn.decode, [...names, "x", "b_dec", "W_dec", "H", "theta", "R"], [ceil(d, T), ceil(rowsOf(c), T), Ks]);
+      const meta = `topkMeta#${slab.index}`;
+      const sel = (dimsName: string, c: number) => [`${dimsName}#${slab.index}/${c}`, meta];
       // encode, then (a slab with TopK SAEs) the selection in place: the other kinds' rows are left as they are
-      const encodeAndSelect = (names: string[], c: number, dimsName: string) =>
-        this.selects(slab) ? [encode(names, c), dispatch(kn.rowSelect, [`${dimsName}#${slab.index}/${c}`, `topkMeta#${slab.index}`, "H", "cut"], [rowsOf(c), Ks, 1])] : [encode(names, c)];
+      const rowSelect = (dimsName: string, c: number) => (this.selects(slab) ? [dispatch(kn.rowSelect, [...sel(dimsName, c), "H", "cut"], [rowsOf(c), Ks, 1])] : []);
+      const encodeAndSelect = (names: string[], c: number, dimsName: string) => [encode(names, c), ...rowSelect(dimsName, c)];
+      // BatchTopK (SAEs of other kinds leave these kernels at once): a digit of the threshold from every chunk's
+      // histogram, then per chunk the ties in (row, latent) order and f written over H.
+      const batches = this.batches(slab);
+      const kept = rowChunks === 1; // one chunk: H survives from the select sweeps, no second encode
+      const chunkIds = Array.from({ length: rowChunks }, (_, c) => c);
+      const hist = (p: 0 | 1, c: number) => dispatch(kn.batchHist[p], [...sel("topkDims", c), "H", "batchHist", "batchState"], [rowsOf(c), Ks, 1]);
+      const resolve = (p: 0 | 1) => dispatch(kn.batchResolve[p], [...sel("topkDims", 0), "batchHist", "batchState"], [1, Ks, 1]);
+      const batchSelect = !batches
+        ? []
+        : kept
+          ? [encode(tr(0), 0), hist(0, 0), resolve(0), hist(1, 0), resolve(1)]
+          : [...chunkIds.flatMap((c) => [encode(tr(c), c), hist(0, c)]), resolve(0), ...chunkIds.flatMap((c) => [encode(tr(c), c), hist(1, c)]), resolve(1)];
+      const batchApply = (c: number) =>
+        !batches
+          ? []
+          : [
+              dispatch(kn.batchTies, [...sel("topkDims", c), "H", "batchState", "rowTies"], [rowsOf(c), Ks, 1]),
+              dispatch(kn.batchApply, [...sel("topkDims", c), "H", "batchState", "rowTies"], [rowsOf(c), Ks, 1]),
+              dispatch(kn.batchAdvance, [...sel("topkDims", c), "batchState", "rowTies"], [1, Ks, 1]),
+            ];
+      // max_grad_norm (a slab with a limit): Σ g² per tensor, the norm and scale per SAE, every gradient scaled
+      const clip = !this.clips(slab)
+        ? []
+        : [
+            ...PARAM_NAMES.map((p) => dispatch(kn.gradNormPartial, [`clipDims#${slab.index}.${p}`, meta, `grad.${p}`, "normPart"], [TK.normWorkgroups(this.sizes[p]), 1, Ks])),
+            dispatch(kn.gradNormFinish, [`clipDims#${slab.index}.W_enc`, meta, "normPart", "clip"], [1, 1, Ks]),
+            ...PARAM_NAMES.map((p) => dispatch(kn.gradScale, [`clipDims#${slab.index}.${p}`, meta, "clip", `grad.${p}`], [Math.min(ceil(this.sizes[p], 256), 65535), 1, Ks])),
+          ];
       this.stepPasses.push({
         prologue: [normalize, thresholds(tr(0))],
-        chunks: Array.from({ length: rowChunks }, (_, c) => ({
-          forward: [...encodeAndSelect(tr(c), c, "topkDims"), decode(tr(c), c), dispatch(kn.resid, [...tr(c), "R", "residPart"], [ceil(d, 64), partialsOf(c), Ks])],
+        select: batchSelect,
+        chunks: chunkIds.map((c) => ({
+          forward: [
+            ...(batches && kept ? rowSelect("topkDims", c) : encodeAndSelect(tr(c), c, "topkDims")),
+            ...batchApply(c),
+            decode(tr(c), c),
+            dispatch(kn.resid, [...tr(c), "R", "residPart"], [ceil(d, 64), partialsOf(c), Ks]),
+          ],
           backward: [
             dispatch(kn.gradF, [...tr(c), "R", "W_dec", "H", "G"], [ceil(n, T), ceil(rowsOf(c), T), Ks]),
             dispatch(kn.latent, [...tr(c), "H", "theta", "G", "latentPart"], [ceil(n, 64), partialsOf(c), Ks]),
@@ -303,6 +361,7 @@ export class SaeEngine {
           dispatch(kn.latentFinish, [...tr(0), "theta", "latentPart", "grad.b_enc", "grad.log_threshold", "colStats"], [ceil(n, 64), 1, Ks]),
           dispatch(kn.gradBDec, [...tr(0), "residPart", "W_enc", "grad.b_enc", "grad.b_dec", "colStats"], [ceil(d, 64), 1, Ks]),
           dispatch(kn.removeParallel, [...tr(0), "W_dec", "grad.W_dec"], [ceil(n, 64), 1, Ks]),
+          ...clip,
           ...PARAM_NAMES.map((p) => {
             const wgs = ceil(this.sizes[p], 256);
             return dispatch(kn.adam, [`dims#${slab.index}.${p}`, "meta", p, `grad.${p}`, `m.${p}`, `v.${p}`], [Math.min(wgs, 65535), ceil(wgs, 65535), Ks]);
@@ -310,7 +369,8 @@ export class SaeEngine {
         ],
       });
       this.evalPasses.push({
-        prologue: [thresholds(ev(0))],
+        // BatchTopK evaluates as a JumpReLU with its one θ (SAE.md): θ over what THRESHOLDS wrote for it
+        prologue: [thresholds(ev(0)), ...(batches ? [dispatch(kn.batchTheta, [`slabTopkDims#${slab.index}`, meta, "batchState", "theta"], [ceil(n, 64), 1, Ks])] : [])],
         chunks: Array.from({ length: rowChunks }, (_, c) => [
           ...encodeAndSelect(ev(c), c, "evalTopkDims"),
           decode(ev(c), c),
@@ -349,6 +409,16 @@ export class SaeEngine {
     return this.cfgs.slice(slab.sae0, slab.sae0 + slab.count).some((c) => c.sae.kind === "topk");
   }
 
+  /** Whether a slab holds a BatchTopK SAE (and so selects over the whole batch before the chunks' forward). */
+  private batches(slab: Slab): boolean {
+    return this.cfgs.slice(slab.sae0, slab.sae0 + slab.count).some((c) => c.sae.kind === "batchtopk");
+  }
+
+  /** Whether a slab holds an SAE with max_grad_norm (and so clips the gradients before Adam). */
+  private clips(slab: Slab): boolean {
+    return this.cfgs.slice(slab.sae0, slab.sae0 + slab.count).some((c) => c.max_grad_norm != null);
+  }
+
   /** shaders/topk.ts's Dims of one slab and row chunk c of a batch of `rows` rows (H's rows are the chunk's). */
   private selectDims(slab: Slab, c: number, rows: number): Uint32Array<ArrayBuffer> {
     const chunkRows = Math.max(0, Math.min(this.plan.rowsPerChunk, rows - c * this.plan.rowsPerChunk));
@@ -371,9 +441,9 @@ export class SaeEngine {
     ]);
   }
 
-  /** The sparsity coefficient in effect at step t: TopK selects instead of penalizing (SAE.md), so 0. */
+  /** The sparsity coefficient in effect at step t: TopK and BatchTopK select instead of penalizing (SAE.md), so 0. */
   private coeffAt(c: TrainConfig, t: number): number {
-    return c.sae.kind === "topk" ? 0 : sparsityCoeff(c, t);
+    return isSelectKind(c.sae.kind) ? 0 : sparsityCoeff(c, t);
   }
 
   /** Per-SAE step constants and prefix bounds for step t (eval: one full prefix, no loss terms). */
@@ -417,6 +487,7 @@ export class SaeEngine {
   private *stepDispatches(): Generator<Dispatch> {
     for (const s of this.stepPasses) {
       yield* s.prologue;
+      yield* s.select;
       for (const c of s.chunks) {
         yield* c.forward;
         yield* c.backward;
@@ -620,7 +691,7 @@ export class SaeEngine {
         for (const slab of this.slabs)
           for (let c = 0; c < chunks; c++) {
             device.queue.writeBuffer(this.buf(`evalDims#${slab.index}/${c}`), 0, this.dims(slab, c, rows));
-            if (this.selects(slab)) device.queue.writeBuffer(this.buf(`evalTopkDims#${slab.index}/${c}`), 0, this.selectDims(slab, c, rows));
+            if (this.selects(slab) || this.batches(slab)) device.queue.writeBuffer(this.buf(`evalTopkDims#${slab.index}/${c}`), 0, this.selectDims(slab, c, rows));
           }
         device.queue.writeBuffer(this.buf("x"), 0, x.buffer, x.byteOffset, x.byteLength);
         const enc = device.createCommandEncoder();
@@ -688,22 +759,31 @@ export class SaeEngine {
   async exportWeights(): Promise<SaeWeights[]> {
     if (this.decoderDirty) this.normalizeDecoder();
     const params = await this.readParams("");
+    const thetas = await this.thetas();
     return params.map((p, k) => ({
       W_enc: p.W_enc,
       b_enc: p.b_enc,
       W_dec: p.W_dec,
       b_dec: p.b_dec,
       ...(this.cfgs[k].sae.kind === "jumprelu" ? { threshold: p.log_threshold.map(Math.exp) } : {}),
+      // SAELens saves BatchTopK as a JumpReLU: θ per latent, here one value for all (0 before the first step)
+      ...(this.cfgs[k].sae.kind === "batchtopk" ? { threshold: new Float32Array(this.d_sae).fill(thetas[k] ?? 0) } : {}),
     }));
   }
 
-  /** Parameters, Adam moments and the step, exactly as they are (for resume checkpoints). */
-  async exportState(): Promise<EngineState> {
-    const [params, m, v] = [await this.readParams(""), await this.readParams("m."), await this.readParams("v.")];
-    return { step: this.t, saes: params.map((p, k) => ({ params: p, m: m[k], v: v[k] })) };
+  /** BatchTopK's θ per SAE (null for the other kinds, and before the first step). */
+  async thetas(): Promise<Array<number | null>> {
+    const words = new Uint32Array((await this.readBuffer("batchState")).buffer);
+    return this.cfgs.map((c, k) => (c.sae.kind === "batchtopk" ? thetaOf(words.subarray(k * BATCH_STATE_WORDS, (k + 1) * BATCH_STATE_WORDS)) : null));
   }
 
-  /** Restores parameters (and Adam moments, zero when absent) and the step count. */
+  /** Parameters, Adam moments, BatchTopK's θ and the step, exactly as they are (for resume checkpoints). */
+  async exportState(): Promise<EngineState> {
+    const [params, m, v, thetas] = [await this.readParams(""), await this.readParams("m."), await this.readParams("v."), await this.thetas()];
+    return { step: this.t, saes: params.map((p, k) => ({ params: p, m: m[k], v: v[k], theta: thetas[k] })) };
+  }
+
+  /** Restores parameters (and Adam moments, zero when absent), BatchTopK's θ (unset when absent) and the step count. */
   importState(state: EngineState): void {
     if (state.saes.length !== this.K) throw new Error(`engine: state has ${state.saes.length} SAEs, the engine ${this.K}`);
     const kinds = ["", "m.", "v."] as const;
@@ -725,6 +805,7 @@ export class SaeEngine {
           this.device.queue.writeBuffer(this.buf(this.slabName(kind + p, slab)), 4 * i * size, values.buffer, values.byteOffset, values.byteLength);
         }
       }
+      this.device.queue.writeBuffer(this.buf(this.slabName("batchState", slab)), 4 * i * BATCH_STATE_WORDS, thetaWords(this.cfgs[k].sae.kind === "batchtopk" ? (s.theta ?? null) : null));
     }
     this.t = state.step;
     this.decoderDirty = false;

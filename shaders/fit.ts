@@ -14,6 +14,10 @@
  * Keep these formulas in step with the buffers `SaeEngine` allocates.
  */
 import type { AdapterLimits } from "./device";
+import { BATCH_BINS, BATCH_STATE_WORDS, NORM_WORKGROUPS } from "./topk";
+
+/** The engine's parameter tensors (W_enc, b_enc, W_dec, b_dec, log θ): gradient clipping sums over all of them. */
+const PARAM_COUNT = 5;
 
 /** Rows per partial sum of the column reductions (kernels.ts RESID_COLS, LATENT_COLS), when a chunk has as many. */
 export const ROWS_PER_PARTIAL = 256;
@@ -33,6 +37,8 @@ export interface SaeShape {
   batch_size: number;
   /** Most Matryoshka prefixes of any SAE in the group (1, the default, when all are Vanilla). */
   n_prefixes?: number;
+  /** Whether the group holds a BatchTopK SAE: its whole-batch histogram select needs working buffers of its own. */
+  batchtopk?: boolean;
 }
 
 export type BindingLimits = Pick<AdapterLimits, "maxStorageBufferBindingSize" | "maxBufferSize">;
@@ -92,6 +98,10 @@ export function persistentTensors(s: SaeShape): Record<string, number> {
   out.evalCount = n;
   out.evalSum = 2 * n;
   out.evalResid = 2 * d;
+  // shaders/topk.ts: BatchTopK's threshold state and θ (u32 words), and max_grad_norm's partial sums and (norm, scale)
+  out.batchState = BATCH_STATE_WORDS;
+  out.normPart = PARAM_COUNT * NORM_WORKGROUPS;
+  out.clip = 2;
   return out;
 }
 
@@ -106,6 +116,8 @@ export function workingTensors(s: SaeShape, rowsPerChunk: number): Record<string
     latentPart: 4 * partials * n, // per partial of the whole batch: Σ dL/dh, Σ dL/dθ, #{f > 0}, Σ f
     residPart: 2 * partials * d, // per partial: Σ e², Σ R_0
     cut: 2 * rowsPerChunk, // TopK: each row's selection threshold and tie cut (shaders/topk.ts)
+    // BatchTopK (shaders/topk.ts): the whole batch's 16-bit radix histogram, and each row's ties with the threshold
+    ...(s.batchtopk ? { batchHist: BATCH_BINS, rowTies: rowsPerChunk } : {}),
   };
 }
 

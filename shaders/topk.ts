@@ -23,8 +23,11 @@ import type { TrainConfig } from "./config";
 export const TOPK_META_WORDS = 8;
 export const BATCH_STATE_WORDS = 8;
 export const BATCH_BINS = 65536;
-/** Workgroups per SAE of one gradient tensor's sum of squares (one partial each). */
+/** Most workgroups per SAE of one gradient tensor's sum of squares (one partial each). */
 export const NORM_WORKGROUPS = 64;
+/** Workgroups of GRAD_NORM_PARTIAL for a tensor of `size` elements per SAE: one per 256 elements, at most 64 (on
+ *  software adapters every idle workgroup still pays for its barriers). */
+export const normWorkgroups = (size: number): number => Math.max(1, Math.min(NORM_WORKGROUPS, Math.ceil(size / 256)));
 
 /** The per-SAE words of topkMeta for a group (see the layout above); B = the batch size. */
 export function topkMetaWords(cfgs: TrainConfig[], B: number): Uint32Array<ArrayBuffer> {
@@ -483,8 +486,10 @@ fn kadd(s: vec2f, v: f32) -> vec2f {
 `;
 
 /**
- * Σ g² of one gradient tensor, NORM_WORKGROUPS partials per SAE (dispatch (NORM_WORKGROUPS, 1, K); dims.size = the
- * tensor's elements per SAE, dims.slot = its index among the nSlots tensors). Bindings: dims, topkMeta, grad, normPart.
+ * Σ g² of one gradient tensor, NORM_WORKGROUPS partials per SAE (dispatch (normWorkgroups(size), 1, K), at most
+ * NORM_WORKGROUPS: a small tensor takes few workgroups, and the first zeroes the partials of those not dispatched;
+ * dims.size = the tensor's elements per SAE, dims.slot = its index among the nSlots tensors). Bindings: dims,
+ * topkMeta, grad, normPart.
  */
 export const GRAD_NORM_PARTIAL = /* wgsl */ `${HEADER}${KADD}
 @group(0) @binding(2) var<storage, read> grad: array<f32>;
@@ -492,11 +497,13 @@ export const GRAD_NORM_PARTIAL = /* wgsl */ `${HEADER}${KADD}
 var<workgroup> red: array<f32, 256>;
 
 @compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: u32) {
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: u32, @builtin(num_workgroups) nwg: vec3u) {
   let sae = wg.z;
   let size = dims.size;
+  let part = (sae * dims.nSlots + dims.slot) * ${NORM_WORKGROUPS}u;
+  if (wg.x == 0u) { for (var w = nwg.x + tid; w < ${NORM_WORKGROUPS}u; w += WG) { normPart[part + w] = 0.0; } }
   var s = vec2f(0.0);
-  for (var i = wg.x * WG + tid; i < size; i += ${NORM_WORKGROUPS}u * WG) {
+  for (var i = wg.x * WG + tid; i < size; i += nwg.x * WG) {
     let g = grad[sae * size + i];
     s = kadd(s, g * g);
   }
@@ -506,7 +513,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
     if (tid < w) { red[tid] += red[tid + w]; }
     workgroupBarrier();
   }
-  if (tid == 0u) { normPart[(sae * dims.nSlots + dims.slot) * ${NORM_WORKGROUPS}u + wg.x] = red[0]; }
+  if (tid == 0u) { normPart[part + wg.x] = red[0]; }
 }
 `;
 

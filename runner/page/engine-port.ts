@@ -5,7 +5,9 @@
  * Checkpoint names vs engine names: the engine trains log θ (`log_threshold`); checkpoints carry θ = exp(log θ) as
  * `threshold` (SAELens' name), and a resume checkpoint's `adam_m.threshold` / `adam_v.threshold` are the moments of
  * log θ, the parameter Adam actually updates. ReLU SAEs carry no threshold: their log θ has zero gradient and stays
- * at its init, so a resume restores it from the config.
+ * at its init, so a resume restores it from the config. BatchTopK's θ (not a parameter: the EMA of the smallest
+ * kept value) travels as `threshold` too, one value repeated per latent as SAELens saves it; its Adam moments are
+ * those of its unused log θ (zeros).
  */
 import type { DataConfig, EvalMetrics, StepMetrics, TrainConfig } from "../../shaders/config";
 import { SaeEngine, type EngineOptions, type SaeParams } from "../../shaders/engine";
@@ -38,15 +40,18 @@ export interface GroupEngine {
 export async function createGroupEngine(device: GPUDevice, cfgs: TrainConfig[], options: EngineOptions = {}): Promise<GroupEngine> {
   const engine = SaeEngine.create(device, cfgs, options);
   const jump = cfgs.map((c) => c.sae.kind === "jumprelu");
-  const toWeights = (p: SaeParams, k: number, theta: (v: Float32Array) => Float32Array): SaeWeights => ({
+  const batch = cfgs.map((c) => c.sae.kind === "batchtopk");
+  /** `batchTheta`: BatchTopK's θ (weights), or undefined (moments: log θ's, as for JumpReLU). */
+  const toWeights = (p: SaeParams, k: number, theta: (v: Float32Array) => Float32Array, batchTheta?: number | null): SaeWeights => ({
     W_enc: p.W_enc,
     b_enc: p.b_enc,
     W_dec: p.W_dec,
     b_dec: p.b_dec,
-    ...(jump[k] ? { threshold: theta(p.log_threshold) } : {}),
+    ...(jump[k] || (batch[k] && batchTheta === undefined) ? { threshold: theta(p.log_threshold) } : {}),
+    ...(batch[k] && batchTheta !== undefined ? { threshold: new Float32Array(p.b_enc.length).fill(batchTheta ?? 0) } : {}),
   });
   const toParams = (w: SaeWeights, k: number, logTheta: (v: Float32Array) => Float32Array, fill: number): SaeParams => {
-    if (jump[k] && !w.threshold) throw new Error(`resume state of SAE ${k} (JumpReLU) has no threshold`);
+    if ((jump[k] || batch[k]) && !w.threshold) throw new Error(`resume state of SAE ${k} (${cfgs[k].sae.kind}) has no threshold`);
     const n = w.b_enc.length;
     return { W_enc: w.W_enc, b_enc: w.b_enc, W_dec: w.W_dec, b_dec: w.b_dec, log_threshold: jump[k] ? logTheta(w.threshold!) : new Float32Array(n).fill(fill) };
   };
@@ -63,7 +68,7 @@ export async function createGroupEngine(device: GPUDevice, cfgs: TrainConfig[], 
     exportState: async () => {
       const state = await engine.exportState();
       return state.saes.map((s, k) => ({
-        weights: toWeights(s.params, k, exp),
+        weights: toWeights(s.params, k, exp, batch[k] ? (s.theta ?? null) : undefined),
         adam: { m: toWeights(s.m!, k, same), v: toWeights(s.v!, k, same), step: state.step },
       }));
     },
@@ -76,6 +81,8 @@ export async function createGroupEngine(device: GPUDevice, cfgs: TrainConfig[], 
           params: toParams(s.weights, k, (v) => v.map(Math.log), Math.log(cfgs[k].sae.init_threshold)),
           m: toParams(s.adam.m, k, same, 0),
           v: toParams(s.adam.v, k, same, 0),
+          // θ was set by the first step: a checkpoint taken before any step has none yet
+          theta: batch[k] && s.adam.step > 0 ? s.weights.threshold![0] : null,
         })),
       });
     },

@@ -10,7 +10,8 @@ import { createMatmul, type MatmulVariant } from "../../shaders/matmul";
 type JsonParams = Record<ParamName, number[]>;
 export interface JsonState {
   step: number;
-  saes: Array<{ params: JsonParams; m?: JsonParams; v?: JsonParams }>;
+  /** theta: BatchTopK's θ (null or absent: unset). */
+  saes: Array<{ params: JsonParams; m?: JsonParams; v?: JsonParams; theta?: number | null }>;
 }
 
 const toF32 = (p: JsonParams) => Object.fromEntries(PARAM_NAMES.map((n) => [n, Float32Array.from(p[n])])) as Record<ParamName, Float32Array>;
@@ -19,7 +20,7 @@ const toJson = (p: Record<ParamName, Float32Array>) => Object.fromEntries(PARAM_
 function importJson(engine: SaeEngine, s: JsonState): void {
   const state: EngineState = {
     step: s.step,
-    saes: s.saes.map((x) => ({ params: toF32(x.params), m: x.m && toF32(x.m), v: x.v && toF32(x.v) })),
+    saes: s.saes.map((x) => ({ params: toF32(x.params), m: x.m && toF32(x.m), v: x.v && toF32(x.v), theta: x.theta })),
   };
   engine.importState(state);
 }
@@ -44,7 +45,7 @@ export const engineCases = {
         const names = ["H", "G", "R", ...PARAM_NAMES.flatMap((p) => [`grad.${p}`, p, `m.${p}`, `v.${p}`])];
         const buffers: Record<string, number[]> = {};
         for (const name of names) buffers[name] = Array.from(await engine.readBuffer(name));
-        return { metrics, buffers, maxPrefixes: engine.maxPrefixes, variant: engine.matmulVariant, plan: engine.plan };
+        return { metrics, buffers, maxPrefixes: engine.maxPrefixes, variant: engine.matmulVariant, plan: engine.plan, thetas: await engine.thetas() };
       } finally {
         engine.destroy();
       }
@@ -52,9 +53,9 @@ export const engineCases = {
   },
 
   /** evaluate from a given state over given batches. */
-  async engineEval(device: GPUDevice, input: { cfgs: TrainConfig[]; state: JsonState; batches: number[][] }) {
+  async engineEval(device: GPUDevice, input: { cfgs: TrainConfig[]; state: JsonState; batches: number[][]; options?: EngineOptions }) {
     return gpuErrors(device, async () => {
-      const engine = SaeEngine.create(device, input.cfgs);
+      const engine = SaeEngine.create(device, input.cfgs, input.options);
       try {
         importJson(engine, input.state);
         return await engine.evaluate(input.batches.map((b) => Float32Array.from(b)));
@@ -88,6 +89,8 @@ export const engineCases = {
         const evals = await engine.evaluate([data.slice(0, input.evalExamples)]);
         return {
           logs,
+          thetas: await engine.thetas(),
+          thresholds: weights.map((w) => (w.threshold ? Array.from(w.threshold) : null)),
           W_dec: weights.map((w) => Array.from(w.W_dec)),
           evals: evals.map((e) => ({ ...e, freqs: undefined, mean_values: undefined, n_dead: e.n_dead })),
         };
@@ -155,7 +158,7 @@ export const engineCases = {
             const x = s1.saes[k].params[p], y = s2.saes[k].params[p];
             for (let i = 0; i < x.length; i++) maxDiff = Math.max(maxDiff, Math.abs(x[i] - y[i]));
           }
-        return { maxDiff, steps: [s1.step, s2.step] };
+        return { maxDiff, steps: [s1.step, s2.step], thetas: [await one.thetas(), await two.thetas()] };
       } finally {
         one.destroy();
         two.destroy();

@@ -16,6 +16,7 @@ import { mulberry32, testSeed } from "../helpers/random";
 import { trainConfig } from "../helpers/train-config";
 import * as ref from "../reference/sae";
 import { selectorFor, trainStepSelect } from "../reference/topk";
+import { relError } from "./compare";
 import type { JsonState } from "./engine-cases";
 
 const dawnSkip = await dawnUnavailable();
@@ -26,20 +27,6 @@ const backends: Array<[string, () => Promise<GpuBackend>, string | null]> = [
 
 const F32_TOL = 1e-4;
 
-/** Max over elements of |got − want| / max(|want|, rms(want)); NaN (poison left in place) counts as infinite. */
-function relError(got: (number | null)[], want: ArrayLike<number>): number {
-  expect(got.length).toBe(want.length);
-  let rms = 0;
-  for (let i = 0; i < want.length; i++) rms += want[i] * want[i];
-  rms = Math.sqrt(rms / Math.max(1, want.length)) || 1e-30;
-  let worst = 0;
-  for (let i = 0; i < want.length; i++) {
-    const g = got[i];
-    if (g === null || !Number.isFinite(g)) return Infinity;
-    worst = Math.max(worst, Math.abs(g - want[i]) / Math.max(Math.abs(want[i]), rms));
-  }
-  return worst;
-}
 
 const slice = (a: (number | null)[], k: number, size: number) => a.slice(k * size, (k + 1) * size);
 

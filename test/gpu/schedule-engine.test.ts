@@ -1,13 +1,13 @@
 // The engine with SAE.md's newer schedule (warmup_cosine, through shaders/schedule.ts) against the float64 reference
-// over 50 steps, in Chromium and Dawn; and, until the engine runs shaders/topk.ts, its clean refusal of TopK,
-// BatchTopK and max_grad_norm (a runner must not train them wrongly).
+// over 50 steps, in Chromium and Dawn; and, until the engine runs AuxK, its clean refusal of aux_coeff > 0 for TopK
+// and BatchTopK (a runner must not train them wrongly). With max_grad_norm and BatchTopK: batchtopk-engine.test.ts.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { SyntheticDataset } from "../../runner/data/synthetic";
 import type { StepMetrics, SyntheticData } from "../../shaders/config";
 import { learningRate } from "../../shaders/schedule";
 import { dawnUnavailable, openChrome, openDawn, type GpuBackend } from "../helpers/gpu-backends";
 import { trainConfig } from "../helpers/train-config";
-import { trainStepSelect, initialSelectState } from "../reference/topk";
+import { trainStepSelect } from "../reference/topk";
+import { referenceStart } from "./compare";
 
 const dawnSkip = await dawnUnavailable();
 const backends: Array<[string, () => Promise<GpuBackend>, string | null]> = [
@@ -34,15 +34,7 @@ for (const [name, open, skip] of backends) {
       const out = await gpu.run<{ logs: Array<{ step: number; metrics: StepMetrics[] }> }>("engineTrain", { cfgs, steps, evalExamples: 256 });
       expect(out.logs.map((l) => l.step)).toEqual(Array.from({ length: steps }, (_, t) => t));
 
-      const ds = new SyntheticDataset(cfgs[0].data as SyntheticData);
-      const head = ds.head(1024);
-      const mean = new Float64Array(d);
-      for (let i = 0; i < head.length; i++) mean[i % d] += head[i] / 1024;
-      const states = cfgs.map((c) => {
-        const s = initialSelectState(c);
-        s.params.b_dec = Float64Array.from(Float32Array.from(mean));
-        return s;
-      });
+      const { ds, states } = referenceStart(cfgs);
       const gaps: number[] = [];
       for (let t = 0; t < steps; t++) {
         const x = ds.batch(t, B);
@@ -61,11 +53,10 @@ for (const [name, open, skip] of backends) {
       for (const g of gaps) expect(g).toBeLessThan(2e-2);
     }, 300_000);
 
-    it("refuses AuxK, BatchTopK and max_grad_norm until it runs them, naming the key", async () => {
+    it("refuses AuxK until it runs it, naming the key", async () => {
       for (const [over, what] of [
         [{ sae: { kind: "topk", k: 4 } }, /sae\.aux_coeff = 0\.03125: AuxK is not yet supported/],
-        [{ sae: { kind: "batchtopk", k: 4 } }, /sae\.kind = "batchtopk" is not yet supported/],
-        [{ max_grad_norm: 1 }, /max_grad_norm is not yet supported/],
+        [{ sae: { kind: "batchtopk", k: 4 } }, /sae\.aux_coeff = 0\.03125: AuxK is not yet supported/],
       ] as const) {
         const out = await gpu.run<{ error: string | null }>("engineTooBig", { cfgs: [trainConfig(), trainConfig(over as never)] });
         expect(out.error).toMatch(what);

@@ -183,7 +183,9 @@ export const topkCases: Record<string, GpuCase> = {
       scale: await kernel(device, "grad_scale", T.GRAD_SCALE),
     };
     const enc = device.createCommandEncoder();
-    sizes.forEach((_, i) => dispatch(device, enc, kn.partial, [dims[i], meta, grads[i], part], [T.NORM_WORKGROUPS, 1, K]));
+    // as the engine dispatches (few workgroups for a small tensor; their partials' poison is zeroed), and the first
+    // tensor with every workgroup
+    sizes.forEach((size, i) => dispatch(device, enc, kn.partial, [dims[i], meta, grads[i], part], [i === 0 ? T.NORM_WORKGROUPS : T.normWorkgroups(size), 1, K]));
     dispatch(device, enc, kn.finish, [dims[0], meta, part, clip], [1, 1, K]);
     sizes.forEach((size, i) => dispatch(device, enc, kn.scale, [dims[i], meta, clip, grads[i]], [Math.min(Math.ceil(size / 256), 65535), 1, K]));
     device.queue.submit([enc.finish()]);

@@ -8,6 +8,7 @@ import {
   tensor,
   type SaeWeights,
 } from "../../runner/safetensors";
+import { checkCheckpointHeader } from "../../worker/checkpoint-check";
 import { mulberry32, testSeed } from "../helpers/random";
 import { trainConfig } from "./fixtures";
 
@@ -117,6 +118,33 @@ describe(`safetensors (TEST_SEED=${seed})`, () => {
       expect(decodeSafetensors(resume).tensors.step).toMatchObject({ dtype: "I64", shape: [] });
     });
   }
+
+  it("BatchTopK checkpoints carry θ as threshold [d_sae] (SAELens's jumprelu layout); the Worker's strict check requires it", () => {
+    const base = trainConfig({ d_vit: 8, exp_factor: 4 });
+    const cfg = { ...base, sae: { ...base.sae, kind: "batchtopk" as const, k: 4 } };
+    const d = 8, k = 32;
+    const w = { ...weights(d, k, false), threshold: new Float32Array(k).fill(0.375) };
+    const norm = { mean: randF32(d), scale: 1.5 };
+    const final = encodeFinalCheckpoint({ run_id: "run-b", cfg, step: 16 }, w, norm);
+    const raw = decodeSafetensors(final);
+    expect(raw.tensors.threshold.shape).toEqual([k]);
+    expect(JSON.parse(raw.metadata.cfg)).toMatchObject({ architecture: "jumprelu", d_in: d, d_sae: k });
+    expect(decodeCheckpoint(final).weights.threshold).toEqual(w.threshold);
+    const resume = encodeResumeCheckpoint({ run_id: "run-b", cfg, step: 16 }, w, norm, { m: { ...w, threshold: new Float32Array(k) }, v: { ...w, threshold: new Float32Array(k) }, step: 16 });
+    expect(decodeCheckpoint(resume).weights.threshold).toEqual(w.threshold);
+    const target = (kind: "final" | "resume") => ({ runId: "run-b", cfg, kind, step: 16 });
+    expect(checkCheckpointHeader(final, final.byteLength, target("final"))).toBe(final.byteLength);
+    expect(checkCheckpointHeader(resume, resume.byteLength, target("resume"))).toBe(resume.byteLength);
+    // without θ: the encoder refuses, and a file without it (as a ReLU's) is refused by the Worker, naming the tensor
+    expect(() => encodeFinalCheckpoint({ run_id: "run-b", cfg, step: 16 }, weights(d, k, false), norm)).toThrow(/batchtopk SAE needs 'threshold'/);
+    const noTheta = encodeFinalCheckpoint({ run_id: "run-b", cfg: base, step: 16 }, weights(d, k, false), norm);
+    expect(() => checkCheckpointHeader(noTheta, noTheta.byteLength, target("final"))).toThrow(/threshold/);
+    // TopK: SAELens's "topk" with k, no threshold
+    const topk = { ...base, sae: { ...base.sae, kind: "topk" as const, k: 4 } };
+    const t = decodeSafetensors(encodeFinalCheckpoint({ run_id: "run-t", cfg: topk, step: 16 }, weights(d, k, false), norm));
+    expect(JSON.parse(t.metadata.cfg)).toMatchObject({ architecture: "topk", k: 4 });
+    expect(t.tensors.threshold).toBeUndefined();
+  });
 
   it("records the data's origin (layer, vit_ckpt) in a final checkpoint's metadata when given", () => {
     const origin = { layer: 11, vit_ckpt: "hf-hub:timm/vit", vit_family: "clip" };

@@ -51,6 +51,10 @@ describe("sae-swarm fit", () => {
     const matryoshka = await cli([...args, "--n-prefixes", "10"], env);
     expect(lastLine(matryoshka.stdout)).toBe(`fit: ${want(10)} SAEs per chunk (513 MiB each)`);
     expect(want(10)).toBeLessThan(want(1));
+    const batchtopk = await cli([...args, "--batchtopk"], env);
+    expect(batchtopk.stdout).toContain("1 prefix, BatchTopK");
+    const wantBatch = planMemory({ maxStorageBufferBindingSize: 2147483644, maxBufferSize: 2147483644 }, { d_vit: 1024, d_sae: 16384, batch_size: 16384, n_prefixes: 1, batchtopk: true }, { memoryBudget: 24e9 }).maxSaes;
+    expect(lastLine(batchtopk.stdout)).toBe(`fit: ${wantBatch} SAEs per chunk (513 MiB each)`);
     const bad = await cli(["fit", "--d-vit", "768", "--exp-factor", "16", "--gpu-memory", "lots", "--max-binding", "2147483644"]);
     expect(bad.code).toBe(1);
     expect(bad.stderr).toContain("--gpu-memory must be a positive number of GB");

@@ -2,6 +2,7 @@
 // the claim race, lease expiry and takeover, stale writes, idempotent metrics, retries, and a sweep to completion.
 import { env } from "cloudflare:test";
 import { beforeEach, describe, expect, it } from "vitest";
+import { planMemory } from "../../shaders/fit";
 import type { ClaimResponse } from "../../worker/protocol";
 import {
   RUNNER, SMALL_SWEEP, SUBMIT, adapter, call, claim, evalBody, json, metricRow, putCheckpoint, resetDb, safetensors, checkpointFor, sent, sleep, submit,
@@ -284,6 +285,16 @@ describe("claims and leases", () => {
     expect(mid.sweep.status).toBe("running");
     await finishLease(c);
     expect((await json(await call("GET", `/v1/sweeps/${s.id}`), 200)).sweep.status).toBe("done");
+  });
+
+  it("sizes a BatchTopK group's chunk with its select buffers (the plan the engine allocates)", async () => {
+    const s = await submit(SMALL_SWEEP.replace("sae = { exp_factor = 4 }", 'sae = { exp_factor = 4, kind = "batchtopk", k = 4, aux_coeff = 0 }'));
+    // a budget for 2 ReLU SAEs of this tiny shape holds no BatchTopK one: its 65 536-bin histogram is larger
+    expect(await claim("a", 2)).toBeNull();
+    const size = 2 ** 28;
+    const memoryBudget = planMemory({ maxStorageBufferBindingSize: size, maxBufferSize: size }, { d_vit: 16, d_sae: 64, batch_size: 64, batchtopk: true }, { saes: 2 }).totalBytes;
+    const got = await json<ClaimResponse>(await call("POST", "/v1/claims", { json: { runner_id: "b", adapter: { ...adapter(), memoryBudget } } }), 200);
+    expect(got.group.cfgs.map((r) => r.run_id)).toEqual([`${s.id}-r0`, `${s.id}-r1`]);
   });
 
   it("sizes the chunk with the runner's memory budget and the group's Matryoshka prefixes; refuses a bad budget", async () => {

@@ -63,8 +63,9 @@ async function storeRuns() {
       bytes = encodeFinalCheckpoint({ run_id, cfg, step: 10, data_origin: ORIGIN }, w, { mean, scale });
     }
     if (i === 3) {
-      // No trainer here writes BatchTopK yet, so the strict upload check (worker/checkpoint-check.ts) refuses its
-      // layout: store it as an upload would, straight into R2 and D1.
+      // Our engine uploads BatchTopK's θ as threshold [d_sae] (which the strict upload check, worker/checkpoint-check.ts,
+      // requires); this scalar θ, as other trainers store it, is refused there: store it straight into R2 and D1, to
+      // show that the export still broadcasts it.
       const key = `${sweep.id}/${run_id}/final-10-${c.lease.id}.safetensors`;
       await env.CHECKPOINTS.put(key, bytes);
       await env.DB.prepare(`INSERT INTO checkpoints (run_id, kind, step, key, bytes, lease_id, created_at) VALUES (?1, 'final', 10, ?2, ?3, ?4, 0)`).bind(run_id, key, bytes.byteLength, c.lease.id).run();
