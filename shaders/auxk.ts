@@ -31,16 +31,19 @@
  *
  * Integration (what the engine's step does for a slab holding AuxK SAEs; shaders/engine.ts is not changed here):
  *  New buffers: per SAE persistent `counters` [n] u32 (zero at init, saved in resume checkpoints) and per slab
- *  `nDead` [K] u32 (cleared by the step before DEAD_COUNTERS); per SAE of the working set auxAct [C, n], auxR [C, d],
- *  auxDenPart [S, d, 3], auxNumPart [S, d], auxBEnc [n, 2], auxScal [4] (fit.ts's workingTensors must count them:
- *  auxAct is as large as H); `auxMeta` [Kall, 4] written once. Order within the step:
+ *  `nDead` [K] u32 (cleared by the step before DEAD_COUNTERS); per SAE of the working set auxAct [C, n], auxCut
+ *  [C, 2] u32, auxR [C, d], auxDenPart [S, d, 3], auxNumPart [S, d], auxBEnc [n, 2], auxScal [4] (fit.ts's
+ *  workingTensors must count them: auxAct is as large as H); `auxMeta` [Kall, 4] written once. Order in the step:
  *   1. The denominator needs the whole batch's e before any chunk's aux backward. With one row chunk it comes from
- *      that chunk's forward; with several, a forward-only sweep first: per chunk encode → the main selection (TopK
- *      in place; BatchTopK's apply, BATCH_RESTART before the training sweep) → decode → AUX_DEN_COLS. Either way,
- *      then AUX_DEN_FINISH (dispatch (1, 1, K)).
+ *      that chunk's forward; with several, a forward-only sweep first (after BatchTopK's select sweeps): per chunk
+ *      encode → the main selection (TopK's row select; BatchTopK's ties/apply/advance, then BATCH_RESTART once
+ *      before the training sweep) → decode → AUX_DEN_COLS. Either way, then AUX_DEN_FINISH (dispatch (1, 1, K)).
+ *      (The alternative without the extra sweep: keep the aux W_enc/W_dec gradients in buffers of their own and
+ *      scale them by 1/den at the end: as much memory as two more gradient tensors per SAE.)
  *   2. Training sweep, per chunk c:
- *      encode → AUX_SELECT (topkDims, topkMeta, H, counters, auxAct, auxCut; dispatch (rows, K, 1)); it must read
- *        the raw h, so it runs before TopK's in-place select / BatchTopK's apply
+ *      encode (BatchTopK with one chunk: the H its select sweeps left) → AUX_SELECT (topkDims, topkMeta, H,
+ *        counters, auxAct, auxCut; dispatch (rows, K, 1)): it must read the raw h, so it runs before TopK's
+ *        in-place row select and BatchTopK's apply
  *      → the main selection → decode → RESID_COLS (→ AUX_DEN_COLS here when there is one chunk, then AUX_DEN_FINISH)
  *      → AUX_DECODE (writes auxR) → AUX_NUM_COLS
  *      → the engine's backward (GRAD_F, LATENT_COLS, GRAD_W_ENC, GRAD_W_DEC)
@@ -49,9 +52,11 @@
  *      The adds rely on the engine's gradient kernels having written the chunk first (they do: same chunk, earlier).
  *   3. Epilogue: LATENT_FINISH → AUX_B_ENC_ADD (grad.b_enc += auxBEnc) → GRAD_B_DEC (its −W_enc·gb_enc then carries
  *      the aux term into b_dec, as the reference's b_dec gradient) → REMOVE_PARALLEL (the aux W_dec gradient is
- *      projected too, as in the reference) → clipping → Adam; and DEAD_COUNTERS (topk.ts: fired = colStats' first
- *      K·n words, the count of f > 0 per latent) after the last chunk's AUX_SELECT → AUX_LOSS (reads nDead).
- *  Metrics: aux_loss = auxScal[sae·4 + 2], n_dead_train = nDead[sae]; loss = mse + aux_coeff·aux_loss.
+ *      projected too, as in the reference) → max_grad_norm clipping (over the gradients with the aux terms) → Adam;
+ *      and DEAD_COUNTERS (topk.ts, with the slab's topkDims {n, K, B}: fired = colStats' first K·n words, the count
+ *      of f > 0 per latent) after the last chunk's AUX_SELECT → AUX_LOSS (reads nDead).
+ *  Metrics: aux_loss = auxScal[sae·4 + 2], n_dead_train = nDead[sae] (copy both to the staging buffer on log steps);
+ *  loss = mse + aux_coeff·aux_loss. Resume checkpoints must carry `counters` (test/reference/topk.ts SelectState).
  *  Cost: AUX_DECODE and the three gradient matmuls are dense over n (as many flops as decode each); auxAct has at
  *  most k_aux non-zeros per row, so a sparse (gathered) form could make them nearly free, a later optimization.
  */
