@@ -7,6 +7,7 @@ import { checkpointCases } from "./checkpoint-cases";
 import { engineCases } from "./engine-cases";
 import { matmulCases } from "./matmul-cases";
 import { topkCases } from "./topk-cases";
+import { auxkCases } from "./auxk-cases";
 
 export type GpuCase = (device: GPUDevice, input: any) => Promise<unknown>;
 
@@ -19,4 +20,5 @@ export const cases: Record<string, GpuCase> = {
   ...checkpointCases,
   ...matmulCases,
   ...topkCases,
+  ...auxkCases,
 };

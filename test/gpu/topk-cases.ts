@@ -11,7 +11,7 @@ import type { GpuCase } from "./cases";
 const storage = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
 const NAN_BITS = 0x7fc00000;
 
-function buffer(device: GPUDevice, data: ArrayBufferView<ArrayBuffer> | number, usage = storage()): GPUBuffer {
+export function buffer(device: GPUDevice, data: ArrayBufferView<ArrayBuffer> | number, usage = storage()): GPUBuffer {
   const bytes = typeof data === "number" ? data : data.byteLength;
   const b = device.createBuffer({ size: Math.max(16, Math.ceil(bytes / 4) * 4), usage });
   if (typeof data === "number") device.queue.writeBuffer(b, 0, new Uint32Array(b.size / 4).fill(NAN_BITS));
@@ -19,7 +19,7 @@ function buffer(device: GPUDevice, data: ArrayBufferView<ArrayBuffer> | number, 
   return b;
 }
 
-async function read(device: GPUDevice, b: GPUBuffer): Promise<ArrayBuffer> {
+export async function read(device: GPUDevice, b: GPUBuffer): Promise<ArrayBuffer> {
   const rb = device.createBuffer({ size: b.size, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
   const enc = device.createCommandEncoder();
   enc.copyBufferToBuffer(b, 0, rb, 0, b.size);
@@ -31,10 +31,10 @@ async function read(device: GPUDevice, b: GPUBuffer): Promise<ArrayBuffer> {
   return out;
 }
 
-type Kernel = ReturnType<typeof makeKernel>;
+export type Kernel = ReturnType<typeof makeKernel>;
 
 /** makeKernel, failing loudly on a WGSL or pipeline error (a failed pipeline would otherwise leave the poison). */
-async function kernel(device: GPUDevice, label: string, code: string): Promise<Kernel> {
+export async function kernel(device: GPUDevice, label: string, code: string): Promise<Kernel> {
   device.pushErrorScope("validation");
   const k = makeKernel(device, label, code);
   const err = await device.popErrorScope();
@@ -42,7 +42,7 @@ async function kernel(device: GPUDevice, label: string, code: string): Promise<K
   return k;
 }
 
-function dispatch(device: GPUDevice, enc: GPUCommandEncoder, k: Kernel, bufs: GPUBuffer[], size: [number, number, number]): void {
+export function dispatch(device: GPUDevice, enc: GPUCommandEncoder, k: Kernel, bufs: GPUBuffer[], size: [number, number, number]): void {
   if (bufs.length !== k.count) throw new Error(`${k.pipeline.label}: ${k.count} bindings, got ${bufs.length}`);
   const bind = device.createBindGroup({ layout: k.layout, entries: bufs.map((buffer, binding) => ({ binding, resource: { buffer } })) });
   const pass = enc.beginComputePass();
@@ -52,9 +52,9 @@ function dispatch(device: GPUDevice, enc: GPUCommandEncoder, k: Kernel, bufs: GP
   pass.end();
 }
 
-const uniform = (device: GPUDevice, words: Uint32Array<ArrayBuffer>) => buffer(device, words, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST);
-const f32 = (a: ArrayBuffer) => Array.from(new Float32Array(a));
-const u32 = (a: ArrayBuffer) => Array.from(new Uint32Array(a));
+export const uniform = (device: GPUDevice, words: Uint32Array<ArrayBuffer>) => buffer(device, words, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST);
+export const f32 = (a: ArrayBuffer) => Array.from(new Float32Array(a));
+export const u32 = (a: ArrayBuffer) => Array.from(new Uint32Array(a));
 
 export interface RowsInput {
   n: number;

@@ -1,0 +1,170 @@
+// shaders/auxk.ts against the float64 reference (test/reference/auxk.ts) in Chromium and on Dawn: one step's AuxK
+// kernels over three row chunks (the last one short) on fresh random inputs with ties planted among the dead
+// latents' pre-activations (few levels, −0 beside +0), outputs poisoned with NaN; four SAEs side by side: AuxK with
+// k_aux < #dead, AuxK off (left untouched), Matryoshka with k_aux > #dead and a residual of large mean (the
+// denominator's merge), and nothing dead (aux = 0, gradients unchanged).
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { AUX_META_WORDS, AUX_SCALARS } from "../../shaders/auxk";
+import { TOPK_META_WORDS } from "../../shaders/topk";
+import { dawnUnavailable, openChrome, openDawn, type GpuBackend } from "../helpers/gpu-backends";
+import { mulberry32, testSeed } from "../helpers/random";
+import { auxAct, auxDen, auxGradBEnc, auxGradH, auxGradWDec, auxGradWEnc, auxGScale, auxResid, sumSquares } from "../reference/auxk";
+import { deadMask } from "../reference/topk";
+import type { AuxkInput } from "./auxk-cases";
+
+const dawnSkip = await dawnUnavailable();
+const backends: Array<[string, () => Promise<GpuBackend>, string | null, boolean]> = [
+  ["chrome", openChrome, null, false],
+  ["dawn", openDawn, dawnSkip, true],
+];
+
+const bits = new Uint32Array(1);
+const asF32 = new Float32Array(bits.buffer);
+const toBits = (v: number) => ((asF32[0] = v), bits[0]);
+const isPoison = (v: number | null) => v === null || Number.isNaN(v);
+const abs = (a: ArrayLike<number>) => Float64Array.from(a, Math.abs);
+
+interface Spec {
+  kAux: number;
+  coeff: number;
+  deadAfter: number;
+  P: number;
+  /** Mean added to the residual's columns. */
+  shift: number;
+}
+
+function makeInput(seed: number, direct: boolean) {
+  const rand = mulberry32(seed);
+  const K = 4, d = 20, n = 70, B = 37, C = 16, rpp = 8, Pmax = 3;
+  const specs: Spec[] = [
+    { kAux: 4, coeff: 1 / 32, deadAfter: 100, P: 1, shift: 0 },
+    { kAux: 0, coeff: 0, deadAfter: 0, P: 2, shift: 0 },
+    { kAux: 50, coeff: 0.5, deadAfter: 100, P: 3, shift: 3 },
+    { kAux: 8, coeff: 1, deadAfter: 2 ** 30, P: 1, shift: 0 },
+  ];
+  const f = (s = 1) => Math.fround((rand() * 2 - 1) * s);
+  const arr = (len: number, s = 1) => Array.from({ length: len }, () => f(s));
+  // ties planted: a third of the entries from 5 levels, some ±0, the rest continuous, negatives included
+  const h = Array.from({ length: K * B * n }, () => {
+    const u = rand();
+    if (u < 0.05) return -0;
+    if (u < 0.1) return 0;
+    if (u < 0.45) return Math.fround(Math.floor(rand() * 5 - 1) / 4);
+    return f(2);
+  });
+  const topkMeta = new Uint32Array(K * TOPK_META_WORDS);
+  const auxMeta = new Uint32Array(K * AUX_META_WORDS);
+  const auxF = new Float32Array(auxMeta.buffer);
+  specs.forEach((s, i) => {
+    topkMeta[i * TOPK_META_WORDS + 2] = s.kAux;
+    topkMeta[i * TOPK_META_WORDS + 4] = s.deadAfter;
+    auxMeta[i * AUX_META_WORDS] = s.kAux > 0 ? 1 : 0;
+    auxF[i * AUX_META_WORDS + 1] = s.coeff;
+  });
+  const counters = Array.from({ length: K * n }, () => (rand() < 0.35 ? 100 + Math.floor(rand() * 50) : Math.floor(rand() * 100)));
+  const resid = Array.from({ length: K * B * d }, (_, i) => Math.fround(f(0.8) + specs[Math.floor(i / (B * d))].shift * (1 + ((i % d) % 3))));
+  const input: AuxkInput = {
+    K, d, n, B, C, rowsPerPartial: rpp, Pmax, P: specs.map((s) => s.P), direct,
+    topkMeta: Array.from(topkMeta), auxMeta: Array.from(auxMeta),
+    x: arr(B * d), b_dec: arr(K * d, 0.3), W_dec: arr(K * n * d, 0.5), h: h.map(toBits), resid, counters,
+    fired: Array.from({ length: K * n }, () => (rand() < 0.5 ? Math.floor(rand() * 4) : 0)),
+    gW_enc: arr(K * d * n, 0.1), gW_dec: arr(K * n * d, 0.1), gb_enc: arr(K * n, 0.1),
+  };
+  return { input, specs, h };
+}
+
+for (const [name, open, skip, direct] of backends) {
+  describe.skipIf(skip !== null)(`AuxK kernels on ${name}`, () => {
+    let gpu: GpuBackend;
+    beforeAll(async () => {
+      gpu = await open();
+    }, 120_000);
+    afterAll(async () => gpu?.close());
+
+    it(`one step over row chunks (${direct ? "direct" : "tiled"} matmuls): selection, e − ê, loss, gradients, counters`, async () => {
+      const seed = testSeed();
+      const { input, specs, h } = makeInput(seed, direct);
+      const { K, d, n, B } = input;
+      type Out = Record<"act" | "auxR" | "G" | "gW_enc" | "gW_dec" | "gb_enc" | "scal", (number | null)[]> & { counters: number[]; nDead: number[] };
+      const got = await gpu.run<Out>("auxk.step", input);
+      /** got[i] within tol of want, or (want null) still poisoned. */
+      const near = (label: string, g: number | null, want: number | null, tol = 0) => {
+        const ok = want === null ? isPoison(g) : g !== null && Math.abs(g - want) <= tol;
+        if (!ok) expect.fail(`seed ${seed} ${label}: got ${g}, want ${want} ± ${tol}`);
+      };
+      const EPS = 3e-5; // relative to the sum of the magnitudes of the terms (f32 over ≤ 70-term dot products)
+      let tiesCut = 0;
+      for (let s = 0; s < K; s++) {
+        const sp = specs[s];
+        const sl = <T>(a: T[], len: number) => a.slice(s * len, (s + 1) * len);
+        const hs = sl(h, B * n);
+        const W = Float64Array.from(sl(input.W_dec, n * d));
+        const bd = sl(input.b_dec, d);
+        const e = Float64Array.from(sl(input.resid, B * d), (v) => -v);
+        const cnt = sl(input.counters, n);
+        const dead = sp.deadAfter ? deadMask(cnt, sp.deadAfter) : new Uint8Array(n);
+        const nDead = dead.reduce((a, v) => a + v, 0);
+        // the counters (topk.ts's DEAD_COUNTERS, as the step runs it) and n_dead_train
+        expect(got.nDead[s], `seed ${seed} sae ${s} n_dead`).toBe(nDead);
+        for (let j = 0; j < n; j++) {
+          const c0 = cnt[j], fired = input.fired[s * n + j];
+          expect(got.counters[s * n + j], `seed ${seed} sae ${s} counter ${j}`).toBe(!sp.deadAfter ? c0 : fired > 0 ? 0 : c0 + B);
+        }
+        const off = sp.kAux === 0;
+        const act = auxAct(hs, dead, sp.kAux, B, n);
+        const r = auxResid(act, W, e, B, n, d);
+        const den = auxDen(e, B, d), num = sumSquares(r);
+        const gs = auxGScale(sp.coeff, den);
+        const gh = auxGradH(r, W, act, gs, B, n, d);
+        // magnitudes: the same formulas on absolute values bound each result's rounding
+        const rMag = auxResid(act, abs(W).map((v) => -v), abs(e), B, n, d);
+        const ghMag = auxGradH(rMag, abs(W), act, Math.abs(gs), B, n, d);
+        const xs = Float64Array.from({ length: B * d }, (_, i) => Math.abs(input.x[i] - bd[i % d]));
+        const wDec = { want: auxGradWDec(act, r, gs, B, n, d), mag: auxGradWDec(act, rMag, Math.abs(gs), B, n, d) };
+        const wEnc = { want: auxGradWEnc(input.x, bd, gh, B, n, d), mag: auxGradWEnc(xs, new Float64Array(d), ghMag, B, n, d) };
+        const bEnc = { want: auxGradBEnc(gh, B, n), mag: auxGradBEnc(ghMag, B, n) };
+        for (let i = 0; i < B * n; i++) {
+          near(`sae ${s} act[${i}]`, got.act[s * B * n + i], off ? null : act[i]);
+          near(`sae ${s} G[${i}]`, got.G[s * B * n + i], off ? null : gh[i], EPS * ghMag[i] + 1e-30);
+        }
+        for (let i = 0; i < B * d; i++) near(`sae ${s} e − ê [${i}]`, got.auxR[s * B * d + i], off ? null : r[i], EPS * rMag[i]);
+        const terms: Array<[string, ArrayLike<number>, { want: Float64Array; mag: Float64Array }]> = [
+          ["gW_dec", input.gW_dec, wDec],
+          ["gW_enc", input.gW_enc, wEnc],
+          ["gb_enc", input.gb_enc, bEnc],
+        ];
+        for (const [label, g0, { want, mag }] of terms) {
+          const len = want.length;
+          for (let i = 0; i < len; i++) {
+            const before = g0[s * len + i];
+            // AuxK off or nothing selected: the engine's gradient is left exactly as it was
+            if (off || nDead === 0) expect(got[label as "gW_dec"][s * len + i], `seed ${seed} sae ${s} ${label}[${i}]`).toBe(before);
+            else near(`sae ${s} ${label}[${i}]`, got[label as "gW_dec"][s * len + i], before + want[i], EPS * mag[i] + 1e-7 * Math.abs(before));
+          }
+        }
+        const sc = got.scal.slice(s * AUX_SCALARS, (s + 1) * AUX_SCALARS);
+        if (off) {
+          for (const v of sc) expect(isPoison(v), `seed ${seed} sae ${s}: auxScal left alone`).toBe(true);
+          continue;
+        }
+        near(`sae ${s} den`, sc[0], den, 1e-5 * den);
+        near(`sae ${s} gscale`, sc[1], gs, 1e-5 * Math.abs(gs));
+        const aux = nDead > 0 ? num / den : 0;
+        near(`sae ${s} aux`, sc[2], aux, 2e-5 * aux);
+        near(`sae ${s} num`, sc[3], num, 2e-5 * num);
+        if (s === 0) {
+          expect(nDead, `seed ${seed}: SAE 0 must have more dead latents than k_aux`).toBeGreaterThan(sp.kAux);
+          expect(aux).toBeGreaterThan(0);
+        }
+        if (s === 2) expect(nDead, `seed ${seed}: SAE 2 must have fewer dead latents than k_aux`).toBeLessThan(sp.kAux);
+        if (s === 3) expect([nDead, aux]).toEqual([0, 0]);
+        // planted ties among the dead: a row whose kept set stops inside a run of equal values
+        for (let b = 0; b < B && sp.kAux < nDead; b++) {
+          const deadVals = hs.slice(b * n, (b + 1) * n).map((v, j) => (dead[j] ? v : -Infinity)).sort((a, c) => c - a);
+          if (deadVals[sp.kAux - 1] === deadVals[sp.kAux]) tiesCut++;
+        }
+      }
+      expect(tiesCut, `seed ${seed}: the planted ties must have been cut somewhere`).toBeGreaterThan(0);
+    }, 120_000);
+  });
+}
