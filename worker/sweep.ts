@@ -534,14 +534,28 @@ export function sortedJson(v: unknown): string {
   return JSON.stringify(v ?? null);
 }
 
+/** CANNOT_PARALLELIZE in sorted order (the key's order), each with its JSON name and where its value is read. */
+const KEY_PARTS = [...CANNOT_PARALLELIZE].sort().map((name) => ({
+  prefix: JSON.stringify(name) + ":",
+  ignored: (IGNORED_SAEV_KEYS as readonly string[]).includes(name),
+  name,
+  path: name.split("."),
+}));
+
 /** The CANNOT_PARALLELIZE values of one config, keyed by their dotted names, as sorted JSON. */
 export function groupKey(c: ExpandedConfig): string {
-  const flat: Record<string, unknown> = {};
-  for (const name of CANNOT_PARALLELIZE) {
-    if ((IGNORED_SAEV_KEYS as readonly string[]).includes(name)) flat[name] = c.ignored[name] ?? null;
-    else flat[name] = name.split(".").reduce<any>((o, p) => o?.[p], c.cfg) ?? null;
+  let out = "{";
+  for (let i = 0; i < KEY_PARTS.length; i++) {
+    const p = KEY_PARTS[i];
+    let v: any;
+    if (p.ignored) v = c.ignored[p.name];
+    else {
+      v = c.cfg;
+      for (const k of p.path) v = v?.[k];
+    }
+    out += (i ? "," : "") + p.prefix + sortedJson(v ?? null);
   }
-  return sortedJson(flat);
+  return out + "}";
 }
 
 /**

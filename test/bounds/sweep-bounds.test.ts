@@ -43,7 +43,7 @@ function measure(name: string, body: string, contentType: string, cpuMs = CPU_MS
   expect(Buffer.byteLength(body), `${name}: the bomb fits the body limit`).toBeLessThanOrEqual(BODY_LIMITS.sweep);
   const file = path.join(dir, `${name}.txt`);
   writeFileSync(file, body);
-  const r = spawnSync(process.execPath, ["--expose-gc", "--max-old-space-size=96", "--import", "tsx", "test/bounds/measure-sweep.ts", file, contentType], {
+  const r = spawnSync(process.execPath, ["--expose-gc", "--max-old-space-size=96", "--min-semi-space-size=64", "--max-semi-space-size=64", "--import", "tsx", "test/bounds/measure-sweep.ts", file, contentType], {
     cwd: root,
     encoding: "utf8",
   });
