@@ -10,7 +10,10 @@ import { parse as parseToml, TomlError } from "smol-toml";
 import { z } from "zod";
 import { CANNOT_PARALLELIZE, type DataConfig, type TrainConfig, nSteps } from "../shaders/config";
 import { badRequest, mediaType, unsupportedMediaType, type Issue } from "./errors";
+import { MAX_DEPTH, MAX_TABLE_KEYS, scanJson, scanToml } from "./sweep-scan";
 import { SAE_KINDS, SCHEDULE_LEAVES, SELECT_SAE_LEAVES, checkSelect, scheduleFields, selectSaeFields, selectWarnings } from "./sweep-select";
+
+export { MAX_DEPTH, MAX_TABLE_KEYS };
 
 /** saev keys that load unchanged but mean nothing here (each gives a warning). They still split groups, as in saev. */
 export const IGNORED_SAEV_KEYS = ["n_workers", "device", "ckpt_path", "slurm_acct", "slurm_partition", "n_hours", "log_to"] as const;
@@ -19,6 +22,11 @@ export interface ExpandedConfig {
   cfg: TrainConfig;
   /** Values of IGNORED_SAEV_KEYS the file gave this config (for splitCfgs only). */
   ignored: Record<string, unknown>;
+  /**
+   * Which values this config took on the axes that can change its group (expandSweep): configs of one combo have
+   * the same group key, so splitCfgs computes it once per combo.
+   */
+  combo?: number;
 }
 
 export interface ExpandedSweep {
@@ -43,20 +51,24 @@ export function checkSweepContentType(contentType: string | undefined): void {
   throw unsupportedMediaType("application/toml or application/json (a sweep file)", t);
 }
 
-/** TOML when the content type says so (or the body does not look like JSON), else JSON. */
-export function parseSweepText(text: string, contentType: string | undefined): { raw: unknown; format: SweepFormat } {
+/**
+ * TOML when the content type says so (or the body does not look like JSON), else JSON. The text's structure is
+ * bounded first (sweep-scan.ts: depth, keys per table, list lengths up to `maxRuns`), before a parser builds it.
+ */
+export function parseSweepText(text: string, contentType: string | undefined, maxRuns = 4096): { raw: unknown; format: SweepFormat } {
   const ct = (contentType ?? "").toLowerCase();
   const json = ct.includes("json") || (!ct.includes("toml") && /^\s*\{/.test(text));
   if (!text.trim()) throw badRequest("empty_body", "the sweep file is empty", "body");
   if (json) {
     // Refused before JSON.parse builds it: half a million nested arrays cost ~1 s of CPU to parse.
-    if (jsonDepth(text) > MAX_DEPTH) throw badRequest("too_deep", `nested more than ${MAX_DEPTH} levels deep (a sweep file needs at most 7)`, "body");
+    scanJson(text, maxRuns);
     try {
       return { raw: JSON.parse(text), format: "json" };
     } catch (e) {
       throw badRequest("invalid_json", `the sweep file is not valid JSON: ${(e as Error).message}`, "body");
     }
   }
+  scanToml(text, maxRuns);
   try {
     // Its inline nesting capped as JSON's is (smol-toml refuses deeper inline arrays and tables as it reads them).
     return { raw: parseToml(text, { maxDepth: MAX_DEPTH }), format: "toml" };
@@ -65,22 +77,6 @@ export function parseSweepText(text: string, contentType: string | undefined): {
     const first = (e as Error).message.split("\n")[0];
     throw badRequest("invalid_toml", `the sweep file is not valid TOML${where}: ${first}`, "body");
   }
-}
-
-/** Deepest bracket nesting of JSON text (strings skipped), stopping early past MAX_DEPTH. One pass, no allocation. */
-function jsonDepth(text: string): number {
-  let depth = 0;
-  let max = 0;
-  for (let i = 0; i < text.length; i++) {
-    const ch = text.charCodeAt(i);
-    if (ch === 0x22) {
-      // a string: skip to its closing quote, over escapes
-      for (i++; i < text.length && text.charCodeAt(i) !== 0x22; i++) if (text.charCodeAt(i) === 0x5c) i++;
-    } else if (ch === 0x5b || ch === 0x7b) {
-      if (++depth > max && (max = depth) > MAX_DEPTH) return max;
-    } else if (ch === 0x5d || ch === 0x7d) depth--;
-  }
-  return max;
 }
 
 const isTable = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
@@ -290,15 +286,6 @@ function walk(raw: Record<string, unknown>, tree: Tree, path: string[], axes: Ax
   }
 }
 
-/**
- * Deepest nesting a sweep file needs: W&B's `parameters.sae.parameters.tags.values[i][j]` is 7 levels. Checked
- * before anything copies or walks the parsed value, without recursion (a 1 MiB body can nest 500 000 deep).
- */
-export const MAX_DEPTH = 10;
-
-/** Most keys one table of a sweep file may have (saev's largest, the top level, has about 30). */
-export const MAX_TABLE_KEYS = 256;
-
 function checkDepth(v: unknown): void {
   // Recursion is safe here: it never goes deeper than MAX_DEPTH. The path is built only on the way out of a failure.
   const tooDeep = (x: unknown, depth: number): string[] | null => {
@@ -344,18 +331,21 @@ export const MAX_EXPANDED_BYTES = 8 << 20;
 /** Most metric rows one run may log (n_steps / log_every): 4 096 runs of 10 000 rows are ~4 GB of D1. */
 export const MAX_METRIC_ROWS_PER_RUN = 10_000;
 
-/** Sets `value` at `path`, copying each table on the way that is not in `copied` yet (so `obj`'s source stays intact). */
-function setPath(obj: Record<string, unknown>, path: string[], value: unknown, copied: Set<object>) {
-  let t = obj;
-  for (const p of path.slice(0, -1)) {
-    if (!copied.has(t[p] as object)) {
-      t[p] = { ...(t[p] as Record<string, unknown>) };
-      copied.add(t[p] as object);
-    }
-    t = t[p] as Record<string, unknown>;
-  }
-  t[path[path.length - 1]] = value;
+/**
+ * The tables one config copies from the file's (each once, parents first), so that it can set its axes' values
+ * without touching what the other configs share: the parents of the axes' paths, as paths.
+ */
+function tablesToCopy(axes: Axis[]): string[][] {
+  const seen = new Map<string, string[]>();
+  for (const a of axes) for (let n = 1; n < a.path.length; n++) seen.set(a.path.slice(0, n).join("."), a.path.slice(0, n));
+  return [...seen.values()].sort((x, y) => x.length - y.length);
 }
+
+/** Keys of the file (ours) that CANNOT_PARALLELIZE's resolved values are read from (resolve: data reads sae.d_vit and n_patches). */
+const GROUPING_INPUTS = [...CANNOT_PARALLELIZE.filter((k) => !k.startsWith("data")), "data"].map((k) => k.split("."));
+
+/** Whether an axis can change a config's group: its path and a grouping input's are one the other's prefix. */
+const groups = (a: Axis) => GROUPING_INPUTS.some((g) => g.every((p, i) => i >= a.path.length || a.path[i] === p));
 
 function fail(issues: Issue[], code = "invalid_sweep"): never {
   const message = issues.map((i) => `${i.field}: ${i.message}`).join("; ");
@@ -402,21 +392,40 @@ export function expandSweep(parsed: unknown, maxRuns = 4096): ExpandedSweep {
 
   const seedIsAxis = axes.some((a) => a.path.length === 1 && a.path[0] === "seed");
   const configs: ExpandedConfig[] = [];
+  const copies = tablesToCopy(axes);
+  const grouping = axes.map(groups);
   // No clone per config: each config copies only the tables on its axes' paths and points at the picked values
   // (resolve reads them and builds fresh objects), so a config costs the same whatever the file holds besides.
   for (let i = 0; i < total; i++) {
     const one: Record<string, unknown> = { ...raw };
-    const copied = new Set<object>([one]);
-    // The earliest axis varies slowest: index i in mixed radix, last axis fastest.
+    for (const path of copies) {
+      let t = one;
+      for (let k = 0; k < path.length - 1; k++) t = t[path[k]] as Record<string, unknown>;
+      const last = path[path.length - 1];
+      t[last] = { ...(t[last] as Record<string, unknown>) };
+    }
+    // The earliest axis varies slowest: index i in mixed radix, last axis fastest. The axes that can change the
+    // config's group give its `combo` (splitCfgs keys each combo once, not each config).
     let rest = i;
+    let combo = 0;
+    let radix = 1;
     const picks: unknown[] = new Array(axes.length);
     for (let a = axes.length - 1; a >= 0; a--) {
-      picks[a] = axes[a].values[rest % axes[a].values.length];
-      rest = Math.floor(rest / axes[a].values.length);
+      const n = axes[a].values.length;
+      const at = rest % n;
+      picks[a] = axes[a].values[at];
+      rest = Math.floor(rest / n);
+      if (grouping[a]) {
+        combo += at * radix;
+        radix *= n;
+      }
+      const path = axes[a].path;
+      let t = one;
+      for (let k = 0; k < path.length - 1; k++) t = t[path[k]] as Record<string, unknown>;
+      t[path[path.length - 1]] = picks[a];
     }
-    axes.forEach((a, k) => setPath(one, a.path, picks[k], copied));
     const resolved = resolve(one, i, seedIsAxis, issues);
-    if (resolved) configs.push(resolved);
+    if (resolved) configs.push({ ...resolved, combo });
     if (issues.length) {
       // Name the config when the problem depends on a swept value.
       const where = axes.length ? ` (config ${i}: ${axes.map((a, k) => `${a.path.join(".")}=${JSON.stringify(picks[k])}`).join(", ")})` : "";
@@ -530,7 +539,12 @@ function resolve(o: Record<string, any>, i: number, seedIsAxis: boolean, issues:
 /** JSON with object keys sorted at every depth (Python's json.dumps(sort_keys=True) order). */
 export function sortedJson(v: unknown): string {
   if (Array.isArray(v)) return `[${v.map(sortedJson).join(",")}]`;
-  if (isTable(v)) return `{${Object.keys(v).sort().map((k) => `${JSON.stringify(k)}:${sortedJson(v[k])}`).join(",")}}`;
+  if (isTable(v)) {
+    const keys = Object.keys(v).sort();
+    // A flat table (a DataConfig): JSON.stringify writes the keys in the order of its replacer list, natively.
+    if (keys.every((k) => v[k] !== undefined && (typeof v[k] !== "object" || v[k] === null))) return JSON.stringify(v, keys);
+    return `{${keys.map((k) => `${JSON.stringify(k)}:${sortedJson(v[k])}`).join(",")}}`;
+  }
   return JSON.stringify(v ?? null);
 }
 
@@ -564,8 +578,13 @@ export function groupKey(c: ExpandedConfig): string {
  */
 export function splitCfgs<T extends ExpandedConfig>(cfgs: T[]): T[][] {
   const byKey = new Map<string, T[]>();
+  const keyOfCombo = new Map<number, string>();
   for (const c of cfgs) {
-    const k = groupKey(c);
+    let k = c.combo === undefined ? undefined : keyOfCombo.get(c.combo);
+    if (k === undefined) {
+      k = groupKey(c);
+      if (c.combo !== undefined) keyOfCombo.set(c.combo, k);
+    }
     const g = byKey.get(k);
     if (g) g.push(c);
     else byKey.set(k, [c]);

@@ -44,10 +44,10 @@ try {
   peak = Math.max(peak, process.memoryUsage().heapUsed);
   const stored = p.shared.length + [...p.groupChunks, ...p.runChunks].reduce((n, s) => n + s.length, 0);
   // Outside the measurement: the last run's config read back as a claim does equals the expanded one.
-  const runs = p.runChunks.flatMap((s) => JSON.parse(s) as { idx: number; groupId: string; cfg: string }[]);
-  const groups = new Map(p.groupChunks.flatMap((s) => JSON.parse(s) as { id: string; data: string }[]).map((g) => [g.id, g]));
-  const last = runs.find((r) => r.idx === p.nRuns - 1)!;
-  const back = fullConfig({ shared: p.shared, cfg: last.cfg, data: groups.get(last.groupId)!.data });
+  const runs = p.runChunks.flatMap((s) => JSON.parse(s) as [number, number, string][]);
+  const groups = new Map(p.groupChunks.flatMap((s) => JSON.parse(s) as [number, string, string][]).map((g) => [g[0], g]));
+  const last = runs.find((r) => r[0] === p.nRuns - 1)!;
+  const back = fullConfig({ shared: p.shared, cfg: last[2], data: groups.get(last[1])![2] });
   const want = expandSweep(parseSweepText(text, contentType).raw).configs[p.nRuns - 1].cfg;
   outcome = { ok: true, n_runs: p.nRuns, n_groups: p.groups.length, stored_bytes: stored, roundtrip: sortedJson(back) === sortedJson(want) };
 } catch (e) {

@@ -20,41 +20,49 @@ export interface SweepPlan {
   groups: { id: string; n_runs: number }[];
   /** JSON of what every run shares (sweeps.cfg_shared). */
   shared: string;
-  /** Group rows and run rows as JSON arrays (each at most ~512 KB), inserted through json_each. */
+  /**
+   * Group rows [idx, key, data, n_runs] and run rows [idx, group idx, cfg, track, n_steps, d_sae], as JSON arrays
+   * of rows (each at most ~512 KB), inserted through json_each.
+   */
   groupChunks: string[];
   runChunks: string[];
 }
 
 export function planSweep(text: string, contentType: string | undefined, id: string, now: number, env: Env): SweepPlan {
-  const { raw, format } = parseSweepText(text, contentType);
-  const { configs, warnings } = expandSweep(raw, settings(env).maxSweepRuns);
+  const { maxSweepRuns } = settings(env);
+  const { raw, format } = parseSweepText(text, contentType, maxSweepRuns);
+  const { configs, warnings } = expandSweep(raw, maxSweepRuns);
   checkArtifacts(configs.map((x) => x.cfg), env);
   const grouped = splitCfgs(configs);
-  const position = new Map(configs.map((cfg, i) => [cfg, i]));
   // Each run stores only where it differs from the sweep's shared keys; its group stores the data (run-config.ts).
   const { shared, deltas } = splitShared(configs.map((c) => c.cfg));
-  const groupRows: object[] = [];
-  const runRows: object[] = [];
+  // Rows as JSON arrays of their own columns only: the sweep id and the time are bound once per statement, and the
+  // ids are built in SQL from the sweep id and the indices (`${id}-g${idx}`, `${id}-r${idx}`).
+  const groupRows: string[] = [];
+  const runRows: string[] = [];
   const groups: { id: string; n_runs: number }[] = [];
+  const position = new Map(configs.map((cfg, i) => [cfg, i]));
   grouped.forEach((members, g) => {
-    const groupId = `${id}-g${g}`;
-    groups.push({ id: groupId, n_runs: members.length });
-    groupRows.push({ id: groupId, sweepId: id, idx: g, createdAt: now, key: groupKey(members[0]), data: JSON.stringify(members[0].cfg.data), nRuns: members.length });
+    groups.push({ id: `${id}-g${g}`, n_runs: members.length });
+    const first = members[0].cfg;
+    groupRows.push(JSON.stringify([g, groupKey(members[0]), JSON.stringify(first.data), members.length]));
+    // The run columns read from the config are the same across a group (n_patches, batch size, d_sae are
+    // CANNOT_PARALLELIZE); track is too.
+    const tail = `,${first.track ? 1 : 0},${nSteps(first)},${dSae(first)}]`;
     for (const m of members) {
       const i = position.get(m)!;
-      runRows.push({ id: `${id}-r${i}`, sweepId: id, groupId, idx: i, cfg: JSON.stringify(deltas[i]), track: m.cfg.track ? 1 : 0, nSteps: nSteps(m.cfg), dSae: dSae(m.cfg) });
+      runRows.push(`[${i},${g},${JSON.stringify(JSON.stringify(deltas[i]))}${tail}`);
     }
   });
   return { id, now, text, format, warnings, nRuns: configs.length, groups, shared: JSON.stringify(shared), groupChunks: jsonChunks(groupRows), runChunks: jsonChunks(runRows) };
 }
 
-/** Rows as JSON arrays of at most ~512 KB each (D1 caps one bound value at 2 MB). */
-function jsonChunks(rows: object[], maxBytes = 512 * 1024): string[] {
+/** Rows (JSON each) as JSON arrays of at most ~512 KB each (D1 caps one bound value at 2 MB). */
+function jsonChunks(rows: string[], maxBytes = 512 * 1024): string[] {
   const out: string[] = [];
   let part: string[] = [];
   let bytes = 0;
-  for (const r of rows) {
-    const j = JSON.stringify(r);
+  for (const j of rows) {
     if (part.length && bytes + j.length > maxBytes) {
       out.push(`[${part.join(",")}]`);
       part = [];

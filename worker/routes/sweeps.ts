@@ -34,11 +34,10 @@ sweepRoutes.post("/", async (c) => {
       d1
         .prepare(
           `INSERT INTO groups (id, sweep_id, idx, created_at, status, key, data, n_runs, failures)
-           SELECT json_extract(value, '$.id'), json_extract(value, '$.sweepId'), json_extract(value, '$.idx'), json_extract(value, '$.createdAt'),
-                  'waiting', json_extract(value, '$.key'), json_extract(value, '$.data'), json_extract(value, '$.nRuns'), 0
+           SELECT ?2 || '-g' || (value ->> 0), ?2, value ->> 0, ?3, 'waiting', value ->> 1, value ->> 2, value ->> 3, 0
            FROM json_each(?1)`,
         )
-        .bind(part),
+        .bind(part, p.id, p.now),
     );
   }
   for (const part of p.runChunks) {
@@ -46,11 +45,10 @@ sweepRoutes.post("/", async (c) => {
       d1
         .prepare(
           `INSERT INTO runs (id, sweep_id, group_id, idx, cfg, track, n_steps, d_sae, status, attempts)
-           SELECT json_extract(value, '$.id'), json_extract(value, '$.sweepId'), json_extract(value, '$.groupId'), json_extract(value, '$.idx'),
-                  json_extract(value, '$.cfg'), json_extract(value, '$.track'), json_extract(value, '$.nSteps'), json_extract(value, '$.dSae'), 'waiting', 0
+           SELECT ?2 || '-r' || (value ->> 0), ?2, ?2 || '-g' || (value ->> 1), value ->> 0, value ->> 2, value ->> 3, value ->> 4, value ->> 5, 'waiting', 0
            FROM json_each(?1)`,
         )
-        .bind(part),
+        .bind(part, p.id),
     );
   }
   await d1.batch(stmts);
