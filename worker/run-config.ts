@@ -43,6 +43,14 @@ function get(t: Table, path: string[]): Json | undefined {
   return at;
 }
 
+/** A reader of one leaf path; the one- and two-part paths TrainConfig has get a direct one (no loop per read). */
+function reader(path: string[]): (t: Table) => Json | undefined {
+  const [a, b] = path;
+  if (path.length === 1) return (t) => t[a];
+  if (path.length === 2) return (t) => (t[a] as Table | undefined)?.[b];
+  return (t) => get(t, path);
+}
+
 /** Equal leaves: the same scalar, or arrays of the same scalars (TrainConfig's only arrays are tags). */
 function same(a: Json | undefined, b: Json | undefined): boolean {
   if (a === b) return true;
@@ -70,13 +78,11 @@ export function splitShared(cfgs: TrainConfig[]): { shared: Table; deltas: Table
   const paths = leafPaths(tables[0], [], []).filter((p) => p[0] !== "data");
   const first = paths.map((p) => get(tables[0], p));
   const varies = paths.map(() => false);
-  let sameShape = true;
+  const readers = paths.map(reader);
   const n0 = paths.length;
-  for (let c = 1; c < tables.length; c++) {
-    for (let j = 0; j < n0; j++) if (!varies[j] && !same(get(tables[c], paths[j]), first[j])) varies[j] = true;
-    if (sameShape && countLeaves(tables[c]) !== n0) sameShape = false;
-  }
-  if (!sameShape) {
+  for (let c = 1; c < tables.length; c++) for (let j = 0; j < n0; j++) if (!varies[j] && !same(readers[j](tables[c]), first[j])) varies[j] = true;
+  // Every config has the first one's keys (resolve fills them all); counted on the last, as a guard.
+  if (countLeaves(tables[tables.length - 1]) !== n0) {
     // Some config has keys the first lacks: add them as differing.
     const known = new Set(paths.map((p) => p.join(".")));
     for (const t of tables)
@@ -91,10 +97,12 @@ export function splitShared(cfgs: TrainConfig[]): { shared: Table; deltas: Table
     if (!varies[j]) setLeaf(shared, p, first[j]!);
   });
   const varying = paths.filter((_, j) => varies[j]);
+  const read = varying.map(reader);
   const deltas = tables.map((t) => {
     const d: Table = {};
-    for (const p of varying) {
-      const v = get(t, p);
+    for (let j = 0; j < varying.length; j++) {
+      const p = varying[j];
+      const v = read[j](t);
       if (v !== undefined) setLeaf(d, p, v);
     }
     return d;

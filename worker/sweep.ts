@@ -394,6 +394,7 @@ export function expandSweep(parsed: unknown, maxRuns = 4096): ExpandedSweep {
   const configs: ExpandedConfig[] = [];
   const copies = tablesToCopy(axes);
   const grouping = axes.map(groups);
+  const dataMemo: DataMemo = {};
   // No clone per config: each config copies only the tables on its axes' paths and points at the picked values
   // (resolve reads them and builds fresh objects), so a config costs the same whatever the file holds besides.
   for (let i = 0; i < total; i++) {
@@ -424,8 +425,11 @@ export function expandSweep(parsed: unknown, maxRuns = 4096): ExpandedSweep {
       for (let k = 0; k < path.length - 1; k++) t = t[path[k]] as Record<string, unknown>;
       t[path[path.length - 1]] = picks[a];
     }
-    const resolved = resolve(one, i, seedIsAxis, issues);
-    if (resolved) configs.push({ ...resolved, combo });
+    const resolved = resolve(one, i, seedIsAxis, issues, dataMemo);
+    if (resolved) {
+      resolved.combo = combo;
+      configs.push(resolved);
+    }
     if (issues.length) {
       // Name the config when the problem depends on a swept value.
       const where = axes.length ? ` (config ${i}: ${axes.map((a, k) => `${a.path.join(".")}=${JSON.stringify(picks[k])}`).join(", ")})` : "";
@@ -439,15 +443,8 @@ export function expandSweep(parsed: unknown, maxRuns = 4096): ExpandedSweep {
 }
 
 /** Fills one config's defaults (SAE.md) and checks what depends on several keys. */
-function resolve(o: Record<string, any>, i: number, seedIsAxis: boolean, issues: Issue[]): ExpandedConfig | null {
-  const ignored: Record<string, unknown> = {};
-  for (const k of IGNORED_SAEV_KEYS) if (k in o) ignored[k] = o[k];
-  const seed: number = seedIsAxis ? o.seed : (o.seed ?? 42) + i;
-  const n_patches: number = o.n_patches ?? 100_000_000;
-  const s = o.sae ?? {};
-  const obj = o.objective ?? {};
-  const d = (o.data ?? {}) as Record<string, any>;
-
+/** The DataConfig a config's data table, [sae] table and n_patches resolve to, and the SAE's d_vit. */
+function resolveData(d: Record<string, any>, s: Record<string, any>, n_patches: number, issues: Issue[]): { data: DataConfig; d_vit: number } {
   const kind = d.kind ?? (d.url !== undefined ? "shards" : d.n_features !== undefined || d.d_vit !== undefined ? "synthetic" : "shards");
   let data: DataConfig;
   let d_vit: number = s.d_vit ?? 1024;
@@ -460,30 +457,62 @@ function resolve(o: Record<string, any>, i: number, seedIsAxis: boolean, issues:
       issues.push({ field: "sae.d_vit", message: `must equal data.d_vit (${d.d_vit}), got ${s.d_vit}` });
     for (const k of ["n_features", "sparsity"]) if (d[k] === undefined) issues.push({ field: `data.${k}`, message: "is required for synthetic data" });
     d_vit = dv;
+    // Keys in sorted order (here and below): its JSON is then the sorted JSON a group key holds (dataJson).
     data = {
-      kind: "synthetic",
       d_vit: dv,
-      n_features: d.n_features,
-      sparsity: d.sparsity,
-      seed: d.seed ?? 0,
-      noise: d.noise ?? 0,
+      kind: "synthetic",
       n_examples: d.n_examples ?? n_patches,
+      n_features: d.n_features,
+      noise: d.noise ?? 0,
+      seed: d.seed ?? 0,
+      sparsity: d.sparsity,
     };
   } else {
     for (const k of ["d_vit", "n_features", "sparsity", "noise", "n_examples"])
       if (k in d) issues.push({ field: `data.${k}`, message: 'applies to data.kind = "synthetic" only' });
     data = {
       kind: "shards",
-      url: d.url ?? "./shards",
       layer: d.layer ?? -2,
+      n_random_samples: d.n_random_samples ?? 2 ** 19,
       patches: d.patches ?? "patches",
       scale_mean: d.scale_mean ?? true,
       scale_norm: d.scale_norm ?? true,
-      n_random_samples: d.n_random_samples ?? 2 ** 19,
       // A constant default: the data must be equal across a group, and config seeds differ.
       seed: d.seed ?? 0,
+      url: d.url ?? "./shards",
     };
   }
+  return { data, d_vit };
+}
+
+/** No ignored saev keys (most configs): one shared object rather than one each. */
+const NONE: Record<string, unknown> = Object.freeze({}) as Record<string, unknown>;
+
+/**
+ * The data half of resolve, remembered for its last inputs: configs that differ in no data key, sae.d_vit or
+ * n_patches (every config of a sweep that does not sweep these) share one DataConfig object and its checks.
+ */
+interface DataMemo {
+  d?: Record<string, any>;
+  sdv?: unknown;
+  np?: number;
+  out?: { data: DataConfig; d_vit: number };
+}
+
+function resolve(o: Record<string, any>, i: number, seedIsAxis: boolean, issues: Issue[], memo: DataMemo = {}): ExpandedConfig | null {
+  let ignored = NONE;
+  for (const k of IGNORED_SAEV_KEYS) if (k in o) (ignored === NONE ? (ignored = {}) : ignored)[k] = o[k];
+  const seed: number = seedIsAxis ? o.seed : (o.seed ?? 42) + i;
+  const n_patches: number = o.n_patches ?? 100_000_000;
+  const s = o.sae ?? {};
+  const obj = o.objective ?? {};
+  const d = (o.data ?? {}) as Record<string, any>;
+  if (!(memo.out && memo.d === d && memo.sdv === s.d_vit && memo.np === n_patches)) {
+    const n = issues.length;
+    const out = resolveData(d, s, n_patches, issues);
+    Object.assign(memo, { d, sdv: s.d_vit, np: n_patches, out: issues.length === n ? out : undefined });
+  }
+  const { data, d_vit } = memo.out ?? resolveData(d, s, n_patches, []);
   const cfg: TrainConfig = {
     data,
     n_patches,
@@ -556,6 +585,15 @@ const KEY_PARTS = [...CANNOT_PARALLELIZE].sort().map((name) => ({
   path: name.split("."),
 }));
 
+const dataJsons = new WeakMap<DataConfig, string>();
+
+/** A DataConfig's sorted JSON (what groups.data stores), once per object: the configs of a group often share it. */
+export function dataJson(data: DataConfig): string {
+  let j = dataJsons.get(data);
+  if (j === undefined) dataJsons.set(data, (j = sortedJson(data)));
+  return j;
+}
+
 /** The CANNOT_PARALLELIZE values of one config, keyed by their dotted names, as sorted JSON. */
 export function groupKey(c: ExpandedConfig): string {
   let out = "{";
@@ -563,7 +601,10 @@ export function groupKey(c: ExpandedConfig): string {
     const p = KEY_PARTS[i];
     let v: any;
     if (p.ignored) v = c.ignored[p.name];
-    else {
+    else if (p.name === "data") {
+      out += (i ? "," : "") + p.prefix + dataJson(c.cfg.data);
+      continue;
+    } else {
       v = c.cfg;
       for (const k of p.path) v = v?.[k];
     }

@@ -7,7 +7,7 @@ import { dSae, nSteps } from "../../shaders/config";
 import type { Env } from "../env";
 import { settings } from "../env";
 import { checkArtifacts } from "../artifacts";
-import { expandSweep, groupKey, parseSweepText, splitCfgs, type SweepFormat } from "../sweep";
+import { dataJson, expandSweep, groupKey, parseSweepText, splitCfgs, type SweepFormat } from "../sweep";
 import { splitShared } from "../run-config";
 
 export interface SweepPlan {
@@ -45,7 +45,7 @@ export function planSweep(text: string, contentType: string | undefined, id: str
   grouped.forEach((members, g) => {
     groups.push({ id: `${id}-g${g}`, n_runs: members.length });
     const first = members[0].cfg;
-    groupRows.push(JSON.stringify([g, groupKey(members[0]), JSON.stringify(first.data), members.length]));
+    groupRows.push(JSON.stringify([g, groupKey(members[0]), dataJson(first.data), members.length]));
     // The run columns read from the config are the same across a group (n_patches, batch size, d_sae are
     // CANNOT_PARALLELIZE); track is too.
     const tail = `,${first.track ? 1 : 0},${nSteps(first)},${dSae(first)}]`;
