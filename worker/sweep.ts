@@ -585,13 +585,20 @@ const KEY_PARTS = [...CANNOT_PARALLELIZE].sort().map((name) => ({
   path: name.split("."),
 }));
 
-const dataJsons = new WeakMap<DataConfig, string>();
-
-/** A DataConfig's sorted JSON (what groups.data stores), once per object: the configs of a group often share it. */
+/** A DataConfig's sorted JSON (what groups.data stores). */
 export function dataJson(data: DataConfig): string {
-  let j = dataJsons.get(data);
-  if (j === undefined) dataJsons.set(data, (j = sortedJson(data)));
-  return j;
+  return flatSorted(data) ? JSON.stringify(data) : sortedJson(data);
+}
+
+/** A table whose keys are in sorted order and whose values are all set and not objects (resolve's DataConfig). */
+function flatSorted(t: object): boolean {
+  let prev = "";
+  for (const k in t) {
+    const v = (t as Record<string, unknown>)[k];
+    if (k < prev || v === undefined || (typeof v === "object" && v !== null)) return false;
+    prev = k;
+  }
+  return true;
 }
 
 /** The CANNOT_PARALLELIZE values of one config, keyed by their dotted names, as sorted JSON. */
@@ -608,7 +615,7 @@ export function groupKey(c: ExpandedConfig): string {
       v = c.cfg;
       for (const k of p.path) v = v?.[k];
     }
-    out += (i ? "," : "") + p.prefix + sortedJson(v ?? null);
+    out += (i ? "," : "") + p.prefix + (typeof v === "object" && v !== null ? sortedJson(v) : JSON.stringify(v ?? null));
   }
   return out + "}";
 }
@@ -618,7 +625,12 @@ export function groupKey(c: ExpandedConfig): string {
  * appearance, configs in their order inside a group.
  */
 export function splitCfgs<T extends ExpandedConfig>(cfgs: T[]): T[][] {
-  const byKey = new Map<string, T[]>();
+  return keyedGroups(cfgs).map((g) => g.members);
+}
+
+/** splitCfgs with each group's key (groupKey of its configs). */
+export function keyedGroups<T extends ExpandedConfig>(cfgs: T[]): { key: string; members: T[] }[] {
+  const byKey = new Map<string, { key: string; members: T[] }>();
   const keyOfCombo = new Map<number, string>();
   for (const c of cfgs) {
     let k = c.combo === undefined ? undefined : keyOfCombo.get(c.combo);
@@ -627,9 +639,8 @@ export function splitCfgs<T extends ExpandedConfig>(cfgs: T[]): T[][] {
       if (c.combo !== undefined) keyOfCombo.set(c.combo, k);
     }
     const g = byKey.get(k);
-    if (g) g.push(c);
-    else byKey.set(k, [c]);
+    if (g) g.members.push(c);
+    else byKey.set(k, { key: k, members: [c] });
   }
   return [...byKey.values()];
 }
-

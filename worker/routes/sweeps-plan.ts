@@ -7,7 +7,7 @@ import { dSae, nSteps } from "../../shaders/config";
 import type { Env } from "../env";
 import { settings } from "../env";
 import { checkArtifacts } from "../artifacts";
-import { dataJson, expandSweep, groupKey, parseSweepText, splitCfgs, type SweepFormat } from "../sweep";
+import { dataJson, expandSweep, keyedGroups, parseSweepText, type SweepFormat } from "../sweep";
 import { splitShared } from "../run-config";
 
 export interface SweepPlan {
@@ -28,24 +28,28 @@ export interface SweepPlan {
   runChunks: string[];
 }
 
-export function planSweep(text: string, contentType: string | undefined, id: string, now: number, env: Env): SweepPlan {
+/** `probe` is called between the phases (test/bounds samples the heap there); the route passes none. */
+export function planSweep(text: string, contentType: string | undefined, id: string, now: number, env: Env, probe?: () => void): SweepPlan {
   const { maxSweepRuns } = settings(env);
   const { raw, format } = parseSweepText(text, contentType, maxSweepRuns);
+  probe?.();
   const { configs, warnings } = expandSweep(raw, maxSweepRuns);
+  probe?.();
   checkArtifacts(configs.map((x) => x.cfg), env);
-  const grouped = splitCfgs(configs);
+  const grouped = keyedGroups(configs);
   // Each run stores only where it differs from the sweep's shared keys; its group stores the data (run-config.ts).
   const { shared, deltas } = splitShared(configs.map((c) => c.cfg));
+  probe?.();
   // Rows as JSON arrays of their own columns only: the sweep id and the time are bound once per statement, and the
   // ids are built in SQL from the sweep id and the indices (`${id}-g${idx}`, `${id}-r${idx}`).
   const groupRows: string[] = [];
   const runRows: string[] = [];
   const groups: { id: string; n_runs: number }[] = [];
   const position = new Map(configs.map((cfg, i) => [cfg, i]));
-  grouped.forEach((members, g) => {
+  grouped.forEach(({ key, members }, g) => {
     groups.push({ id: `${id}-g${g}`, n_runs: members.length });
     const first = members[0].cfg;
-    groupRows.push(JSON.stringify([g, groupKey(members[0]), dataJson(first.data), members.length]));
+    groupRows.push(JSON.stringify([g, key, dataJson(first.data), members.length]));
     // The run columns read from the config are the same across a group (n_patches, batch size, d_sae are
     // CANNOT_PARALLELIZE); track is too.
     const tail = `,${first.track ? 1 : 0},${nSteps(first)},${dSae(first)}]`;
@@ -54,6 +58,7 @@ export function planSweep(text: string, contentType: string | undefined, id: str
       runRows.push(`[${i},${g},${JSON.stringify(JSON.stringify(deltas[i]))}${tail}`);
     }
   });
+  probe?.();
   return { id, now, text, format, warnings, nRuns: configs.length, groups, shared: JSON.stringify(shared), groupChunks: jsonChunks(groupRows), runChunks: jsonChunks(runRows) };
 }
 
