@@ -602,14 +602,14 @@ function flatSorted(t: object): boolean {
 }
 
 /** The CANNOT_PARALLELIZE values of one config, keyed by their dotted names, as sorted JSON. */
-export function groupKey(c: ExpandedConfig): string {
+export function groupKey(c: ExpandedConfig, data = dataJson(c.cfg.data)): string {
   let out = "{";
   for (let i = 0; i < KEY_PARTS.length; i++) {
     const p = KEY_PARTS[i];
     let v: any;
     if (p.ignored) v = c.ignored[p.name];
     else if (p.name === "data") {
-      out += (i ? "," : "") + p.prefix + dataJson(c.cfg.data);
+      out += (i ? "," : "") + p.prefix + data;
       continue;
     } else {
       v = c.cfg;
@@ -628,19 +628,20 @@ export function splitCfgs<T extends ExpandedConfig>(cfgs: T[]): T[][] {
   return keyedGroups(cfgs).map((g) => g.members);
 }
 
-/** splitCfgs with each group's key (groupKey of its configs). */
-export function keyedGroups<T extends ExpandedConfig>(cfgs: T[]): { key: string; members: T[] }[] {
-  const byKey = new Map<string, { key: string; members: T[] }>();
-  const keyOfCombo = new Map<number, string>();
+/** splitCfgs with each group's key (groupKey of its configs) and its data's sorted JSON (dataJson). */
+export function keyedGroups<T extends ExpandedConfig>(cfgs: T[]): { key: string; data: string; members: T[] }[] {
+  const byKey = new Map<string, { key: string; data: string; members: T[] }>();
+  const keyOfCombo = new Map<number, { key: string; data: string }>();
   for (const c of cfgs) {
     let k = c.combo === undefined ? undefined : keyOfCombo.get(c.combo);
     if (k === undefined) {
-      k = groupKey(c);
+      const data = dataJson(c.cfg.data);
+      k = { key: groupKey(c, data), data };
       if (c.combo !== undefined) keyOfCombo.set(c.combo, k);
     }
-    const g = byKey.get(k);
+    const g = byKey.get(k.key);
     if (g) g.members.push(c);
-    else byKey.set(k, { key: k, members: [c] });
+    else byKey.set(k.key, { ...k, members: [c] });
   }
   return [...byKey.values()];
 }

@@ -47,10 +47,10 @@ try {
   peak = Math.max(peak, process.memoryUsage().heapUsed);
   const stored = p.shared.length + [...p.groupChunks, ...p.runChunks].reduce((n, s) => n + s.length, 0);
   // Outside the measurement: the last run's config read back as a claim does equals the expanded one.
-  const runs = p.runChunks.flatMap((s) => JSON.parse(s) as [number, number, string][]);
-  const groups = new Map(p.groupChunks.flatMap((s) => JSON.parse(s) as [number, string, string][]).map((g) => [g[0], g]));
+  const runs = p.runChunks.flatMap((s) => JSON.parse(s) as [number, number, object][]);
+  const groups = new Map(p.groupChunks.flatMap((s) => JSON.parse(s) as [number, object, object][]).map((g) => [g[0], g]));
   const last = runs.find((r) => r[0] === p.nRuns - 1)!;
-  const back = fullConfig({ shared: p.shared, cfg: last[2], data: groups.get(last[1])![2] });
+  const back = fullConfig({ shared: p.shared, cfg: JSON.stringify(last[2]), data: JSON.stringify(groups.get(last[1])![2]) });
   const want = expandSweep(parseSweepText(text, contentType).raw).configs[p.nRuns - 1].cfg;
   outcome = { ok: true, n_runs: p.nRuns, n_groups: p.groups.length, stored_bytes: stored, roundtrip: sortedJson(back) === sortedJson(want) };
 } catch (e) {

@@ -4,8 +4,11 @@
  * capped, measuring process CPU time and heap growth around what POST /v1/sweeps does before D1. Before these
  * bounds a 945 KB body took 35 s of CPU and 3.7 GB of heap, and a 66 KB body expanded to 88 MB of run configs.
  *
- * The limits asserted are the budget with headroom for this shared 2-core machine (CPU time, not wall time, so load
- * matters little); the figures are printed for BENCHMARKS.md.
+ * The limits asserted are the budget with headroom for this shared 2-core machine, where the same code runs 1.5-3×
+ * slower under load than idle (CPU time, not wall time, still moves with load): refusals 5× the ~50 ms budget
+ * (measured 0.2-30 ms), acceptances at the cap 10× (measured 60-100 ms for 4096 runs in one group, 200-400 ms for
+ * 4096 groups). The heap is load-independent: 32 MiB as the issue says. The figures are in BENCHMARKS.md
+ * ("Sweep submit"); each measurement is printed.
  */
 import { spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -18,10 +21,9 @@ const root = path.resolve(__dirname, "../..");
 const dir = mkdtempSync(path.join(tmpdir(), "sweep-bounds-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-// The budget is ~50 ms on a Worker; this 2-core machine shared by several test suites runs the same code several
-// times slower (0.3–0.7 s seen for the accepted bodies at the cap under load), so the assertion is a regression
-// guard, not a benchmark: 2 s (4 s at the cap), still far below the 35 s the unbounded expansion cost.
-const CPU_MS = 2000;
+/** CPU ms allowed to refuse a body, and to accept one at the run cap (see the header). */
+const CPU_MS = 250;
+const CAP_CPU_MS = 1000;
 const HEAP_MIB = 32;
 
 interface Measured {
@@ -58,8 +60,8 @@ function measure(name: string, body: string, contentType: string, cpuMs = CPU_MS
   const m = run([]);
   m.heap_growth_mib = run(["--max-semi-space-size=1"]).heap_growth_mib;
   console.log(`[bounds] ${name}: ${JSON.stringify(m)}`);
-  expect(m.cpu_ms, `${name}: CPU ms`).toBeLessThan(cpuMs);
-  expect(m.heap_growth_mib, `${name}: heap MiB`).toBeLessThan(HEAP_MIB);
+  expect(m.cpu_ms, `${name}: ${m.cpu_ms.toFixed(1)} ms of CPU, the bound here is ${cpuMs}`).toBeLessThan(cpuMs);
+  expect(m.heap_growth_mib, `${name}: ${m.heap_growth_mib.toFixed(1)} MiB of heap, the bound is ${HEAP_MIB}`).toBeLessThan(HEAP_MIB);
   return m;
 }
 
@@ -139,8 +141,8 @@ describe("sweep bodies up to the limit cost bounded CPU and heap", () => {
     const tags = JSON.stringify(Array.from({ length: 64 }, (_, i) => `${i}`.padEnd(256, "t")));
     const lrs = Array.from({ length: 64 }, (_, i) => (i + 1) * 1e-5).join(",");
     const seeds = Array.from({ length: 64 }, (_, i) => i).join(",");
-    // Accepted at the cap: 4096 configs to resolve, group and split (0.3-0.6 s of CPU on this loaded machine).
-    const m = measure("product-at-cap", `{${SYNTH}, "n_train": 4096, "batch_size": 64, "tags": ${tags}, "lr": [${lrs}], "seed": [${seeds}]}`, "application/json", 2 * CPU_MS);
+    // Accepted at the cap: 4096 configs to resolve and split; one group key (the group-changing axes are fixed).
+    const m = measure("product-at-cap", `{${SYNTH}, "n_train": 4096, "batch_size": 64, "tags": ${tags}, "lr": [${lrs}], "seed": [${seeds}]}`, "application/json", CAP_CPU_MS);
     expect(m).toMatchObject({ ok: true, n_runs: 4096, n_groups: 1, roundtrip: true });
     expect(m.stored_bytes!).toBeLessThan(4096 * 120); // lr, seed, sae.seed per run; the 17 KB of tags once
   });
@@ -156,8 +158,8 @@ describe("sweep bodies up to the limit cost bounded CPU and heap", () => {
 
   it("4096 datasets of long URLs (a group each) fit", () => {
     const urls = Array.from({ length: 4096 }, (_, i) => `{"url": "https://example.com/${String(i).padEnd(200, "u")}"}`);
-    // The heaviest accepted body: 4096 groups to key and store (~0.3-0.7 s of CPU on this loaded machine).
-    const m = measure("datasets-at-cap", `{"n_train": 65536, "batch_size": 64, "data": [${urls.join(",")}]}`, "application/json", 2 * CPU_MS);
+    // The heaviest accepted body: 4096 groups to key and store, 950 KB to parse (0.2-0.4 s of CPU here under load).
+    const m = measure("datasets-at-cap", `{"n_train": 65536, "batch_size": 64, "data": [${urls.join(",")}]}`, "application/json", CAP_CPU_MS);
     expect(m).toMatchObject({ ok: true, n_runs: 4096, n_groups: 4096, roundtrip: true });
   });
 });

@@ -7,7 +7,7 @@ import { dSae, nSteps } from "../../shaders/config";
 import type { Env } from "../env";
 import { settings } from "../env";
 import { checkArtifacts } from "../artifacts";
-import { dataJson, expandSweep, keyedGroups, parseSweepText, type SweepFormat } from "../sweep";
+import { expandSweep, keyedGroups, parseSweepText, type SweepFormat } from "../sweep";
 import { splitShared } from "../run-config";
 
 export interface SweepPlan {
@@ -21,7 +21,8 @@ export interface SweepPlan {
   /** JSON of what every run shares (sweeps.cfg_shared). */
   shared: string;
   /**
-   * Group rows [idx, key, data, n_runs] and run rows [idx, group idx, cfg, track, n_steps, d_sae], as JSON arrays
+   * Group rows [idx, key, data, n_runs] and run rows [idx, group idx, cfg, track, n_steps, d_sae] (key, data and
+   * cfg as JSON objects), as JSON arrays
    * of rows (each at most ~512 KB), inserted through json_each.
    */
   groupChunks: string[];
@@ -46,16 +47,18 @@ export function planSweep(text: string, contentType: string | undefined, id: str
   const runRows: string[] = [];
   const groups: { id: string; n_runs: number }[] = [];
   const position = new Map(configs.map((cfg, i) => [cfg, i]));
-  grouped.forEach(({ key, members }, g) => {
+  grouped.forEach(({ key, data, members }, g) => {
     groups.push({ id: `${id}-g${g}`, n_runs: members.length });
     const first = members[0].cfg;
-    groupRows.push(JSON.stringify([g, key, dataJson(first.data), members.length]));
+    // The key, the data and the runs' cfg are JSON already: they go into the row as JSON values, not as strings
+    // holding JSON (no escaping), and SQL reads them back as text with `->`.
+    groupRows.push(`[${g},${key},${data},${members.length}]`);
     // The run columns read from the config are the same across a group (n_patches, batch size, d_sae are
     // CANNOT_PARALLELIZE); track is too.
     const tail = `,${first.track ? 1 : 0},${nSteps(first)},${dSae(first)}]`;
     for (const m of members) {
       const i = position.get(m)!;
-      runRows.push(`[${i},${g},${JSON.stringify(JSON.stringify(deltas[i]))}${tail}`);
+      runRows.push(`[${i},${g},${JSON.stringify(deltas[i])}${tail}`);
     }
   });
   probe?.();

@@ -34,7 +34,7 @@ sweepRoutes.post("/", async (c) => {
       d1
         .prepare(
           `INSERT INTO groups (id, sweep_id, idx, created_at, status, key, data, n_runs, failures)
-           SELECT ?2 || '-g' || (value ->> 0), ?2, value ->> 0, ?3, 'waiting', value ->> 1, value ->> 2, value ->> 3, 0
+           SELECT ?2 || '-g' || (value ->> 0), ?2, value ->> 0, ?3, 'waiting', value -> 1, value -> 2, value ->> 3, 0
            FROM json_each(?1)`,
         )
         .bind(part, p.id, p.now),
@@ -45,7 +45,7 @@ sweepRoutes.post("/", async (c) => {
       d1
         .prepare(
           `INSERT INTO runs (id, sweep_id, group_id, idx, cfg, track, n_steps, d_sae, status, attempts)
-           SELECT ?2 || '-r' || (value ->> 0), ?2, ?2 || '-g' || (value ->> 1), value ->> 0, value ->> 2, value ->> 3, value ->> 4, value ->> 5, 'waiting', 0
+           SELECT ?2 || '-r' || (value ->> 0), ?2, ?2 || '-g' || (value ->> 1), value ->> 0, value -> 2, value ->> 3, value ->> 4, value ->> 5, 'waiting', 0
            FROM json_each(?1)`,
         )
         .bind(part, p.id),
