@@ -16,14 +16,39 @@ type Table = { [k: string]: Json };
 
 const isTable = (v: unknown): v is Table => typeof v === "object" && v !== null && !Array.isArray(v);
 
-/** Leaves of a config as [dotted path, value] (arrays are leaves), in key order. */
-function leaves(t: Table, prefix: string, out: Array<[string, Json]>) {
+/** Paths of a config's leaves (arrays are leaves), in key order, each as its parts. */
+function leafPaths(t: Table, prefix: string[], out: string[][]) {
   for (const k in t) {
     const v = t[k];
-    if (isTable(v)) leaves(v, `${prefix}${k}.`, out);
-    else out.push([prefix + k, v]);
+    if (isTable(v)) leafPaths(v, [...prefix, k], out);
+    else out.push([...prefix, k]);
   }
   return out;
+}
+
+/** How many leaves a config has outside `data` (no allocation). */
+function countLeaves(t: Table, top = true): number {
+  let n = 0;
+  for (const k in t) {
+    if (top && k === "data") continue;
+    const v = t[k];
+    n += isTable(v) ? countLeaves(v, false) : 1;
+  }
+  return n;
+}
+
+function get(t: Table, path: string[]): Json | undefined {
+  let at: Json | undefined = t;
+  for (const p of path) at = isTable(at) ? at[p] : undefined;
+  return at;
+}
+
+/** A reader of one leaf path; the one- and two-part paths TrainConfig has get a direct one (no loop per read). */
+function reader(path: string[]): (t: Table) => Json | undefined {
+  const [a, b] = path;
+  if (path.length === 1) return (t) => t[a];
+  if (path.length === 2) return (t) => (t[a] as Table | undefined)?.[b];
+  return (t) => get(t, path);
 }
 
 /** Equal leaves: the same scalar, or arrays of the same scalars (TrainConfig's only arrays are tags). */
@@ -34,8 +59,7 @@ function same(a: Json | undefined, b: Json | undefined): boolean {
   return true;
 }
 
-function setLeaf(t: Table, path: string, value: Json) {
-  const parts = path.split(".");
+function setLeaf(t: Table, parts: string[], value: Json) {
   let at = t;
   for (let i = 0; i < parts.length - 1; i++) at = (isTable(at[parts[i]]) ? at[parts[i]] : (at[parts[i]] = {})) as Table;
   at[parts[parts.length - 1]] = value;
@@ -43,26 +67,44 @@ function setLeaf(t: Table, path: string, value: Json) {
 
 /**
  * Splits a sweep's configs (data left out: it goes to its group) into what every config shares and what each sets
- * differently. Linear in the number of configs times their leaves; values are compared, never serialized.
+ * differently. Every config has the same keys (resolve fills them all), so the leaves are listed once, from the
+ * first config, and each config is read along those paths: linear in configs × leaves, nothing serialized, nothing
+ * allocated per leaf. Keys only some configs have (none today) are found too and count as differing.
  */
 export function splitShared(cfgs: TrainConfig[]): { shared: Table; deltas: Table[] } {
-  const flats = cfgs.map((c) => {
-    const { data: _data, ...rest } = c;
-    return new Map(leaves(rest as unknown as Table, "", []));
-  });
+  const tables = cfgs.map((c) => c as unknown as Table);
   const shared: Table = {};
-  const varying: string[] = [];
-  if (flats.length) {
-    for (const [path, v] of flats[0]) {
-      if (flats.every((f) => same(f.get(path), v))) setLeaf(shared, path, v);
-      else varying.push(path);
-    }
-    // Keys only some configs have (none today: resolve fills every key) differ too.
-    for (const f of flats) for (const path of f.keys()) if (!flats[0].has(path) && !varying.includes(path)) varying.push(path);
+  if (!tables.length) return { shared, deltas: [] };
+  const paths = leafPaths(tables[0], [], []).filter((p) => p[0] !== "data");
+  const first = paths.map((p) => get(tables[0], p));
+  const varies = paths.map(() => false);
+  const readers = paths.map(reader);
+  const n0 = paths.length;
+  for (let c = 1; c < tables.length; c++) for (let j = 0; j < n0; j++) if (!varies[j] && !same(readers[j](tables[c]), first[j])) varies[j] = true;
+  // Every config has the first one's keys (resolve fills them all); counted on the last, as a guard.
+  if (countLeaves(tables[tables.length - 1]) !== n0) {
+    // Some config has keys the first lacks: add them as differing.
+    const known = new Set(paths.map((p) => p.join(".")));
+    for (const t of tables)
+      for (const p of leafPaths(t, [], []))
+        if (p[0] !== "data" && !known.has(p.join("."))) {
+          known.add(p.join("."));
+          paths.push(p);
+          varies.push(true);
+        }
   }
-  const deltas = flats.map((f) => {
+  paths.forEach((p, j) => {
+    if (!varies[j]) setLeaf(shared, p, first[j]!);
+  });
+  const varying = paths.filter((_, j) => varies[j]);
+  const read = varying.map(reader);
+  const deltas = tables.map((t) => {
     const d: Table = {};
-    for (const path of varying) if (f.has(path)) setLeaf(d, path, f.get(path)!);
+    for (let j = 0; j < varying.length; j++) {
+      const p = varying[j];
+      const v = read[j](t);
+      if (v !== undefined) setLeaf(d, p, v);
+    }
     return d;
   });
   return { shared, deltas };

@@ -10,7 +10,10 @@ import { parse as parseToml, TomlError } from "smol-toml";
 import { z } from "zod";
 import { CANNOT_PARALLELIZE, type DataConfig, type TrainConfig, nSteps } from "../shaders/config";
 import { badRequest, mediaType, unsupportedMediaType, type Issue } from "./errors";
+import { MAX_DEPTH, MAX_TABLE_KEYS, scanJson, scanToml } from "./sweep-scan";
 import { SAE_KINDS, SCHEDULE_LEAVES, SELECT_SAE_LEAVES, checkSelect, scheduleFields, selectSaeFields, selectWarnings } from "./sweep-select";
+
+export { MAX_DEPTH, MAX_TABLE_KEYS };
 
 /** saev keys that load unchanged but mean nothing here (each gives a warning). They still split groups, as in saev. */
 export const IGNORED_SAEV_KEYS = ["n_workers", "device", "ckpt_path", "slurm_acct", "slurm_partition", "n_hours", "log_to"] as const;
@@ -19,6 +22,11 @@ export interface ExpandedConfig {
   cfg: TrainConfig;
   /** Values of IGNORED_SAEV_KEYS the file gave this config (for splitCfgs only). */
   ignored: Record<string, unknown>;
+  /**
+   * Which values this config took on the axes that can change its group (expandSweep): configs of one combo have
+   * the same group key, so splitCfgs computes it once per combo.
+   */
+  combo?: number;
 }
 
 export interface ExpandedSweep {
@@ -43,20 +51,24 @@ export function checkSweepContentType(contentType: string | undefined): void {
   throw unsupportedMediaType("application/toml or application/json (a sweep file)", t);
 }
 
-/** TOML when the content type says so (or the body does not look like JSON), else JSON. */
-export function parseSweepText(text: string, contentType: string | undefined): { raw: unknown; format: SweepFormat } {
+/**
+ * TOML when the content type says so (or the body does not look like JSON), else JSON. The text's structure is
+ * bounded first (sweep-scan.ts: depth, keys per table, list lengths up to `maxRuns`), before a parser builds it.
+ */
+export function parseSweepText(text: string, contentType: string | undefined, maxRuns = 4096): { raw: unknown; format: SweepFormat } {
   const ct = (contentType ?? "").toLowerCase();
   const json = ct.includes("json") || (!ct.includes("toml") && /^\s*\{/.test(text));
   if (!text.trim()) throw badRequest("empty_body", "the sweep file is empty", "body");
   if (json) {
     // Refused before JSON.parse builds it: half a million nested arrays cost ~1 s of CPU to parse.
-    if (jsonDepth(text) > MAX_DEPTH) throw badRequest("too_deep", `nested more than ${MAX_DEPTH} levels deep (a sweep file needs at most 7)`, "body");
+    scanJson(text, maxRuns);
     try {
       return { raw: JSON.parse(text), format: "json" };
     } catch (e) {
       throw badRequest("invalid_json", `the sweep file is not valid JSON: ${(e as Error).message}`, "body");
     }
   }
+  scanToml(text, maxRuns);
   try {
     // Its inline nesting capped as JSON's is (smol-toml refuses deeper inline arrays and tables as it reads them).
     return { raw: parseToml(text, { maxDepth: MAX_DEPTH }), format: "toml" };
@@ -65,22 +77,6 @@ export function parseSweepText(text: string, contentType: string | undefined): {
     const first = (e as Error).message.split("\n")[0];
     throw badRequest("invalid_toml", `the sweep file is not valid TOML${where}: ${first}`, "body");
   }
-}
-
-/** Deepest bracket nesting of JSON text (strings skipped), stopping early past MAX_DEPTH. One pass, no allocation. */
-function jsonDepth(text: string): number {
-  let depth = 0;
-  let max = 0;
-  for (let i = 0; i < text.length; i++) {
-    const ch = text.charCodeAt(i);
-    if (ch === 0x22) {
-      // a string: skip to its closing quote, over escapes
-      for (i++; i < text.length && text.charCodeAt(i) !== 0x22; i++) if (text.charCodeAt(i) === 0x5c) i++;
-    } else if (ch === 0x5b || ch === 0x7b) {
-      if (++depth > max && (max = depth) > MAX_DEPTH) return max;
-    } else if (ch === 0x5d || ch === 0x7d) depth--;
-  }
-  return max;
 }
 
 const isTable = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
@@ -249,11 +245,12 @@ const MAX_ISSUES = 50;
 function walk(raw: Record<string, unknown>, tree: Tree, path: string[], axes: Axis[], issues: Issue[], shown: string[] = path) {
   for (const [key, value] of Object.entries(raw)) {
     if (issues.length >= MAX_ISSUES) return;
-    const field = [...shown, written.get(raw)?.[key] ?? key].join(".");
+    // Built only for a message: 4096 tables of a data axis walk ~60 000 keys that are fine.
+    const field = () => [...shown, written.get(raw)?.[key] ?? key].join(".");
     // Own keys only: "constructor" or "__proto__" are unknown keys, not Object.prototype's.
     const spec = Object.hasOwn(tree, key) ? tree[key] : undefined;
     if (!spec) {
-      issues.push({ field, message: "unknown key" });
+      issues.push({ field: field(), message: "unknown key" });
       continue;
     }
     if ("table" in spec) {
@@ -267,37 +264,28 @@ function walk(raw: Record<string, unknown>, tree: Tree, path: string[], axes: Ax
             for (const a of inner) issues.push({ field: a.path.join("."), message: "a list inside a list of tables is not supported" });
           });
         axes.push({ path: [...path, key], values: value, check });
-      } else if (Array.isArray(value) && value.length === 0) issues.push({ field, message: "an empty list sweeps nothing" });
-      else issues.push({ field, message: "must be a table" });
+      } else if (Array.isArray(value) && value.length === 0) issues.push({ field: field(), message: "an empty list sweeps nothing" });
+      else issues.push({ field: field(), message: "must be a table" });
       continue;
     }
     // A list is an axis, except for list-valued keys (tags), whose axis is a list of lists.
     const isAxis = Array.isArray(value) && (!spec.list || value.some(Array.isArray));
     if (isAxis) {
       const values = value as unknown[];
-      if (values.length === 0) issues.push({ field, message: "an empty list sweeps nothing" });
+      if (values.length === 0) issues.push({ field: field(), message: "an empty list sweeps nothing" });
       const check = () => {
         for (let i = 0; i < values.length && issues.length < MAX_ISSUES; i++) {
           const r = spec.leaf.safeParse(values[i]);
-          if (!r.success) issues.push({ field: `${field}[${i}]`, message: r.error.issues[0].message });
+          if (!r.success) issues.push({ field: `${field()}[${i}]`, message: r.error.issues[0].message });
         }
       };
       axes.push({ path: [...path, key], values, check });
     } else {
       const r = spec.leaf.safeParse(value);
-      if (!r.success) issues.push({ field, message: r.error.issues[0].message });
+      if (!r.success) issues.push({ field: field(), message: r.error.issues[0].message });
     }
   }
 }
-
-/**
- * Deepest nesting a sweep file needs: W&B's `parameters.sae.parameters.tags.values[i][j]` is 7 levels. Checked
- * before anything copies or walks the parsed value, without recursion (a 1 MiB body can nest 500 000 deep).
- */
-export const MAX_DEPTH = 10;
-
-/** Most keys one table of a sweep file may have (saev's largest, the top level, has about 30). */
-export const MAX_TABLE_KEYS = 256;
 
 function checkDepth(v: unknown): void {
   // Recursion is safe here: it never goes deeper than MAX_DEPTH. The path is built only on the way out of a failure.
@@ -344,18 +332,21 @@ export const MAX_EXPANDED_BYTES = 8 << 20;
 /** Most metric rows one run may log (n_steps / log_every): 4 096 runs of 10 000 rows are ~4 GB of D1. */
 export const MAX_METRIC_ROWS_PER_RUN = 10_000;
 
-/** Sets `value` at `path`, copying each table on the way that is not in `copied` yet (so `obj`'s source stays intact). */
-function setPath(obj: Record<string, unknown>, path: string[], value: unknown, copied: Set<object>) {
-  let t = obj;
-  for (const p of path.slice(0, -1)) {
-    if (!copied.has(t[p] as object)) {
-      t[p] = { ...(t[p] as Record<string, unknown>) };
-      copied.add(t[p] as object);
-    }
-    t = t[p] as Record<string, unknown>;
-  }
-  t[path[path.length - 1]] = value;
+/**
+ * The tables one config copies from the file's (each once, parents first), so that it can set its axes' values
+ * without touching what the other configs share: the parents of the axes' paths, as paths.
+ */
+function tablesToCopy(axes: Axis[]): string[][] {
+  const seen = new Map<string, string[]>();
+  for (const a of axes) for (let n = 1; n < a.path.length; n++) seen.set(a.path.slice(0, n).join("."), a.path.slice(0, n));
+  return [...seen.values()].sort((x, y) => x.length - y.length);
 }
+
+/** Keys of the file (ours) that CANNOT_PARALLELIZE's resolved values are read from (resolve: data reads sae.d_vit and n_patches). */
+const GROUPING_INPUTS = [...CANNOT_PARALLELIZE.filter((k) => !k.startsWith("data")), "data"].map((k) => k.split("."));
+
+/** Whether an axis can change a config's group: its path and a grouping input's are one the other's prefix. */
+const groups = (a: Axis) => GROUPING_INPUTS.some((g) => g.every((p, i) => i >= a.path.length || a.path[i] === p));
 
 function fail(issues: Issue[], code = "invalid_sweep"): never {
   const message = issues.map((i) => `${i.field}: ${i.message}`).join("; ");
@@ -402,21 +393,44 @@ export function expandSweep(parsed: unknown, maxRuns = 4096): ExpandedSweep {
 
   const seedIsAxis = axes.some((a) => a.path.length === 1 && a.path[0] === "seed");
   const configs: ExpandedConfig[] = [];
+  const copies = tablesToCopy(axes);
+  const grouping = axes.map(groups);
+  const dataMemo: DataMemo = {};
   // No clone per config: each config copies only the tables on its axes' paths and points at the picked values
   // (resolve reads them and builds fresh objects), so a config costs the same whatever the file holds besides.
   for (let i = 0; i < total; i++) {
     const one: Record<string, unknown> = { ...raw };
-    const copied = new Set<object>([one]);
-    // The earliest axis varies slowest: index i in mixed radix, last axis fastest.
+    for (const path of copies) {
+      let t = one;
+      for (let k = 0; k < path.length - 1; k++) t = t[path[k]] as Record<string, unknown>;
+      const last = path[path.length - 1];
+      t[last] = { ...(t[last] as Record<string, unknown>) };
+    }
+    // The earliest axis varies slowest: index i in mixed radix, last axis fastest. The axes that can change the
+    // config's group give its `combo` (splitCfgs keys each combo once, not each config).
     let rest = i;
+    let combo = 0;
+    let radix = 1;
     const picks: unknown[] = new Array(axes.length);
     for (let a = axes.length - 1; a >= 0; a--) {
-      picks[a] = axes[a].values[rest % axes[a].values.length];
-      rest = Math.floor(rest / axes[a].values.length);
+      const n = axes[a].values.length;
+      const at = rest % n;
+      picks[a] = axes[a].values[at];
+      rest = Math.floor(rest / n);
+      if (grouping[a]) {
+        combo += at * radix;
+        radix *= n;
+      }
+      const path = axes[a].path;
+      let t = one;
+      for (let k = 0; k < path.length - 1; k++) t = t[path[k]] as Record<string, unknown>;
+      t[path[path.length - 1]] = picks[a];
     }
-    axes.forEach((a, k) => setPath(one, a.path, picks[k], copied));
-    const resolved = resolve(one, i, seedIsAxis, issues);
-    if (resolved) configs.push(resolved);
+    const resolved = resolve(one, i, seedIsAxis, issues, dataMemo);
+    if (resolved) {
+      resolved.combo = combo;
+      configs.push(resolved);
+    }
     if (issues.length) {
       // Name the config when the problem depends on a swept value.
       const where = axes.length ? ` (config ${i}: ${axes.map((a, k) => `${a.path.join(".")}=${JSON.stringify(picks[k])}`).join(", ")})` : "";
@@ -430,15 +444,8 @@ export function expandSweep(parsed: unknown, maxRuns = 4096): ExpandedSweep {
 }
 
 /** Fills one config's defaults (SAE.md) and checks what depends on several keys. */
-function resolve(o: Record<string, any>, i: number, seedIsAxis: boolean, issues: Issue[]): ExpandedConfig | null {
-  const ignored: Record<string, unknown> = {};
-  for (const k of IGNORED_SAEV_KEYS) if (k in o) ignored[k] = o[k];
-  const seed: number = seedIsAxis ? o.seed : (o.seed ?? 42) + i;
-  const n_patches: number = o.n_patches ?? 100_000_000;
-  const s = o.sae ?? {};
-  const obj = o.objective ?? {};
-  const d = (o.data ?? {}) as Record<string, any>;
-
+/** The DataConfig a config's data table, [sae] table and n_patches resolve to, and the SAE's d_vit. */
+function resolveData(d: Record<string, any>, s: Record<string, any>, n_patches: number, issues: Issue[]): { data: DataConfig; d_vit: number } {
   const kind = d.kind ?? (d.url !== undefined ? "shards" : d.n_features !== undefined || d.d_vit !== undefined ? "synthetic" : "shards");
   let data: DataConfig;
   let d_vit: number = s.d_vit ?? 1024;
@@ -451,30 +458,62 @@ function resolve(o: Record<string, any>, i: number, seedIsAxis: boolean, issues:
       issues.push({ field: "sae.d_vit", message: `must equal data.d_vit (${d.d_vit}), got ${s.d_vit}` });
     for (const k of ["n_features", "sparsity"]) if (d[k] === undefined) issues.push({ field: `data.${k}`, message: "is required for synthetic data" });
     d_vit = dv;
+    // Keys in sorted order (here and below): its JSON is then the sorted JSON a group key holds (dataJson).
     data = {
-      kind: "synthetic",
       d_vit: dv,
-      n_features: d.n_features,
-      sparsity: d.sparsity,
-      seed: d.seed ?? 0,
-      noise: d.noise ?? 0,
+      kind: "synthetic",
       n_examples: d.n_examples ?? n_patches,
+      n_features: d.n_features,
+      noise: d.noise ?? 0,
+      seed: d.seed ?? 0,
+      sparsity: d.sparsity,
     };
   } else {
     for (const k of ["d_vit", "n_features", "sparsity", "noise", "n_examples"])
       if (k in d) issues.push({ field: `data.${k}`, message: 'applies to data.kind = "synthetic" only' });
     data = {
       kind: "shards",
-      url: d.url ?? "./shards",
       layer: d.layer ?? -2,
+      n_random_samples: d.n_random_samples ?? 2 ** 19,
       patches: d.patches ?? "patches",
       scale_mean: d.scale_mean ?? true,
       scale_norm: d.scale_norm ?? true,
-      n_random_samples: d.n_random_samples ?? 2 ** 19,
       // A constant default: the data must be equal across a group, and config seeds differ.
       seed: d.seed ?? 0,
+      url: d.url ?? "./shards",
     };
   }
+  return { data, d_vit };
+}
+
+/** No ignored saev keys (most configs): one shared object rather than one each. */
+const NONE: Record<string, unknown> = Object.freeze({}) as Record<string, unknown>;
+
+/**
+ * The data half of resolve, remembered for its last inputs: configs that differ in no data key, sae.d_vit or
+ * n_patches (every config of a sweep that does not sweep these) share one DataConfig object and its checks.
+ */
+interface DataMemo {
+  d?: Record<string, any>;
+  sdv?: unknown;
+  np?: number;
+  out?: { data: DataConfig; d_vit: number };
+}
+
+function resolve(o: Record<string, any>, i: number, seedIsAxis: boolean, issues: Issue[], memo: DataMemo = {}): ExpandedConfig | null {
+  let ignored = NONE;
+  for (const k of IGNORED_SAEV_KEYS) if (k in o) (ignored === NONE ? (ignored = {}) : ignored)[k] = o[k];
+  const seed: number = seedIsAxis ? o.seed : (o.seed ?? 42) + i;
+  const n_patches: number = o.n_patches ?? 100_000_000;
+  const s = o.sae ?? {};
+  const obj = o.objective ?? {};
+  const d = (o.data ?? {}) as Record<string, any>;
+  if (!(memo.out && memo.d === d && memo.sdv === s.d_vit && memo.np === n_patches)) {
+    const n = issues.length;
+    const out = resolveData(d, s, n_patches, issues);
+    Object.assign(memo, { d, sdv: s.d_vit, np: n_patches, out: issues.length === n ? out : undefined });
+  }
+  const { data, d_vit } = memo.out ?? resolveData(d, s, n_patches, []);
   const cfg: TrainConfig = {
     data,
     n_patches,
@@ -530,18 +569,56 @@ function resolve(o: Record<string, any>, i: number, seedIsAxis: boolean, issues:
 /** JSON with object keys sorted at every depth (Python's json.dumps(sort_keys=True) order). */
 export function sortedJson(v: unknown): string {
   if (Array.isArray(v)) return `[${v.map(sortedJson).join(",")}]`;
-  if (isTable(v)) return `{${Object.keys(v).sort().map((k) => `${JSON.stringify(k)}:${sortedJson(v[k])}`).join(",")}}`;
+  if (isTable(v)) {
+    const keys = Object.keys(v).sort();
+    // A flat table (a DataConfig): JSON.stringify writes the keys in the order of its replacer list, natively.
+    if (keys.every((k) => v[k] !== undefined && (typeof v[k] !== "object" || v[k] === null))) return JSON.stringify(v, keys);
+    return `{${keys.map((k) => `${JSON.stringify(k)}:${sortedJson(v[k])}`).join(",")}}`;
+  }
   return JSON.stringify(v ?? null);
 }
 
-/** The CANNOT_PARALLELIZE values of one config, keyed by their dotted names, as sorted JSON. */
-export function groupKey(c: ExpandedConfig): string {
-  const flat: Record<string, unknown> = {};
-  for (const name of CANNOT_PARALLELIZE) {
-    if ((IGNORED_SAEV_KEYS as readonly string[]).includes(name)) flat[name] = c.ignored[name] ?? null;
-    else flat[name] = name.split(".").reduce<any>((o, p) => o?.[p], c.cfg) ?? null;
+/** CANNOT_PARALLELIZE in sorted order (the key's order), each with its JSON name and where its value is read. */
+const KEY_PARTS = [...CANNOT_PARALLELIZE].sort().map((name) => ({
+  prefix: JSON.stringify(name) + ":",
+  ignored: (IGNORED_SAEV_KEYS as readonly string[]).includes(name),
+  name,
+  path: name.split("."),
+}));
+
+/** A DataConfig's sorted JSON (what groups.data stores). */
+export function dataJson(data: DataConfig): string {
+  return flatSorted(data) ? JSON.stringify(data) : sortedJson(data);
+}
+
+/** A table whose keys are in sorted order and whose values are all set and not objects (resolve's DataConfig). */
+function flatSorted(t: object): boolean {
+  let prev = "";
+  for (const k in t) {
+    const v = (t as Record<string, unknown>)[k];
+    if (k < prev || v === undefined || (typeof v === "object" && v !== null)) return false;
+    prev = k;
   }
-  return sortedJson(flat);
+  return true;
+}
+
+/** The CANNOT_PARALLELIZE values of one config, keyed by their dotted names, as sorted JSON. */
+export function groupKey(c: ExpandedConfig, data = dataJson(c.cfg.data)): string {
+  let out = "{";
+  for (let i = 0; i < KEY_PARTS.length; i++) {
+    const p = KEY_PARTS[i];
+    let v: any;
+    if (p.ignored) v = c.ignored[p.name];
+    else if (p.name === "data") {
+      out += (i ? "," : "") + p.prefix + data;
+      continue;
+    } else {
+      v = c.cfg;
+      for (const k of p.path) v = v?.[k];
+    }
+    out += (i ? "," : "") + p.prefix + (typeof v === "object" && v !== null ? sortedJson(v) : JSON.stringify(v ?? null));
+  }
+  return out + "}";
 }
 
 /**
@@ -549,13 +626,23 @@ export function groupKey(c: ExpandedConfig): string {
  * appearance, configs in their order inside a group.
  */
 export function splitCfgs<T extends ExpandedConfig>(cfgs: T[]): T[][] {
-  const byKey = new Map<string, T[]>();
+  return keyedGroups(cfgs).map((g) => g.members);
+}
+
+/** splitCfgs with each group's key (groupKey of its configs) and its data's sorted JSON (dataJson). */
+export function keyedGroups<T extends ExpandedConfig>(cfgs: T[]): { key: string; data: string; members: T[] }[] {
+  const byKey = new Map<string, { key: string; data: string; members: T[] }>();
+  const keyOfCombo = new Map<number, { key: string; data: string }>();
   for (const c of cfgs) {
-    const k = groupKey(c);
-    const g = byKey.get(k);
-    if (g) g.push(c);
-    else byKey.set(k, [c]);
+    let k = c.combo === undefined ? undefined : keyOfCombo.get(c.combo);
+    if (k === undefined) {
+      const data = dataJson(c.cfg.data);
+      k = { key: groupKey(c, data), data };
+      if (c.combo !== undefined) keyOfCombo.set(c.combo, k);
+    }
+    const g = byKey.get(k.key);
+    if (g) g.members.push(c);
+    else byKey.set(k.key, { ...k, members: [c] });
   }
   return [...byKey.values()];
 }
-

@@ -4,8 +4,11 @@
  * capped, measuring process CPU time and heap growth around what POST /v1/sweeps does before D1. Before these
  * bounds a 945 KB body took 35 s of CPU and 3.7 GB of heap, and a 66 KB body expanded to 88 MB of run configs.
  *
- * The limits asserted are the budget with headroom for this shared 2-core machine (CPU time, not wall time, so load
- * matters little); the figures are printed for BENCHMARKS.md.
+ * The limits asserted are the budget with headroom for this shared 2-core machine, where the same code runs 1.5-3×
+ * slower under load than idle (CPU time, not wall time, still moves with load): refusals 5× the ~50 ms budget
+ * (measured 0.2-30 ms), acceptances at the cap 10× (measured 60-100 ms for 4096 runs in one group, 200-400 ms for
+ * 4096 groups). The heap is load-independent: 32 MiB as the issue says. The figures are in BENCHMARKS.md
+ * ("Sweep submit"); each measurement is printed.
  */
 import { spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -18,10 +21,9 @@ const root = path.resolve(__dirname, "../..");
 const dir = mkdtempSync(path.join(tmpdir(), "sweep-bounds-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-// The budget is ~50 ms on a Worker; this 2-core machine shared by several test suites runs the same code several
-// times slower (0.3–0.7 s seen for the accepted bodies at the cap under load), so the assertion is a regression
-// guard, not a benchmark: 2 s (4 s at the cap), still far below the 35 s the unbounded expansion cost.
-const CPU_MS = 2000;
+/** CPU ms allowed to refuse a body, and to accept one at the run cap (see the header). */
+const CPU_MS = 250;
+const CAP_CPU_MS = 1000;
 const HEAP_MIB = 32;
 
 interface Measured {
@@ -39,19 +41,27 @@ interface Measured {
   heap_growth_mib: number;
 }
 
+/**
+ * Runs the body twice in a child process: for CPU with V8's default heap settings (as an isolate runs it), and for
+ * heap with a 1 MiB young generation (garbage collected as it goes, so the samples are what the plan holds live).
+ */
 function measure(name: string, body: string, contentType: string, cpuMs = CPU_MS): Measured {
   expect(Buffer.byteLength(body), `${name}: the bomb fits the body limit`).toBeLessThanOrEqual(BODY_LIMITS.sweep);
   const file = path.join(dir, `${name}.txt`);
   writeFileSync(file, body);
-  const r = spawnSync(process.execPath, ["--expose-gc", "--max-old-space-size=96", "--import", "tsx", "test/bounds/measure-sweep.ts", file, contentType], {
-    cwd: root,
-    encoding: "utf8",
-  });
-  expect(r.status, `${name}: ${r.stderr.slice(-2000)}`).toBe(0);
-  const m = JSON.parse(r.stdout.trim().split("\n").pop()!) as Measured;
+  const run = (flags: string[]) => {
+    const r = spawnSync(process.execPath, ["--expose-gc", "--max-old-space-size=96", ...flags, "--import", "tsx", "test/bounds/measure-sweep.ts", file, contentType], {
+      cwd: root,
+      encoding: "utf8",
+    });
+    expect(r.status, `${name}: ${r.stderr.slice(-2000)}`).toBe(0);
+    return JSON.parse(r.stdout.trim().split("\n").pop()!) as Measured;
+  };
+  const m = run([]);
+  m.heap_growth_mib = run(["--max-semi-space-size=1"]).heap_growth_mib;
   console.log(`[bounds] ${name}: ${JSON.stringify(m)}`);
-  expect(m.cpu_ms, `${name}: CPU ms`).toBeLessThan(cpuMs);
-  expect(m.heap_growth_mib, `${name}: heap MiB`).toBeLessThan(HEAP_MIB);
+  expect(m.cpu_ms, `${name}: ${m.cpu_ms.toFixed(1)} ms of CPU, the bound here is ${cpuMs}`).toBeLessThan(cpuMs);
+  expect(m.heap_growth_mib, `${name}: ${m.heap_growth_mib.toFixed(1)} MiB of heap, the bound is ${HEAP_MIB}`).toBeLessThan(HEAP_MIB);
   return m;
 }
 
@@ -67,23 +77,30 @@ describe("sweep bodies up to the limit cost bounded CPU and heap", () => {
   it("deep nesting (JSON and TOML) is refused before anything walks it, naming where", () => {
     const depth = (BODY_LIMITS.sweep - 20) >> 1;
     const json = measure("deep-json", `{"lr": ${"[".repeat(depth)}${"]".repeat(depth)}}`, "application/json");
-    expect(json).toMatchObject({ ok: false, code: "too_deep", field: "body" });
+    expect(json).toMatchObject({ ok: false, code: "too_deep", field: "lr[0][0][0][0][0][0][0][0][0]" });
     const objs = measure("deep-json-objects", `{"sae": ${'{"a":'.repeat(depth / 3)}1${"}".repeat(depth / 3)}}`, "application/json");
-    expect(objs).toMatchObject({ ok: false, code: "too_deep" });
+    expect(objs).toMatchObject({ ok: false, code: "too_deep", field: "sae.a.a.a.a.a.a.a.a.a" });
     const toml = measure("deep-toml", `lr = ${"[".repeat(depth)}${"]".repeat(depth)}\n`, "application/toml");
-    expect(toml).toMatchObject({ ok: false });
-    expect(toml.code).toMatch(/too_deep|invalid_toml/);
+    expect(toml).toMatchObject({ ok: false, code: "too_deep", field: "lr[0][0][0][0][0][0][0][0][0]" });
   });
 
-  it("a long list of whole tables is refused by its length, before its tables are checked", () => {
+  it("a long list of whole tables is refused by its length, before it is parsed", () => {
     const m = measure("tables", fill(`{"data": [`, `{"kind": "synthetic", "d_vit": 8, "n_features": 8, "sparsity": 0.1}`, ",", "]}"), "application/json");
     expect(m).toMatchObject({ ok: false, code: "sweep_too_large", field: "data" });
-    expect(m.message).toMatch(/expands to \d{5} runs, more than 4096/);
+    expect(m.message).toMatch(/a list of more than 4096 values: the sweep expands to more than 4096 runs/);
+    const t = measure("tables-toml", fill(`data = [`, `{kind = "synthetic", d_vit = 8, n_features = 8, sparsity = 0.1}`, ",", "]\n"), "application/toml");
+    expect(t).toMatchObject({ ok: false, code: "sweep_too_large", field: "data" });
+    const h = measure("array-of-tables-toml", fill("", `[[data]]\nkind = "synthetic"\nd_vit = 8\nn_features = 8\nsparsity = 0.1`, "\n", "\n"), "application/toml");
+    expect(h).toMatchObject({ ok: false, code: "sweep_too_large", field: "data" });
   });
 
   it("a long flat list and many small axes are refused by the product alone", () => {
     const flat = measure("flat-list", fill(`{${SYNTH}, "lr": [`, "1e-4", ",", "]}"), "application/json");
     expect(flat).toMatchObject({ ok: false, code: "sweep_too_large", field: "lr" });
+    const flatToml = measure("flat-list-toml", fill(`[sae]\nexp_factor = [`, "1", ",", "]\n"), "application/toml");
+    expect(flatToml).toMatchObject({ ok: false, code: "sweep_too_large", field: "sae.exp_factor" });
+    const wandb = measure("flat-list-wandb", fill(`{"parameters": {"lr": {"values": [`, "1e-4", ",", "]}}}"), "application/json");
+    expect(wandb).toMatchObject({ ok: false, code: "sweep_too_large", field: "parameters.lr.values" });
     const axes = measure("many-axes", `{${SYNTH}, "sae": {"exp_factor": [1, 2]}, "lr": [1e-4, 2e-4, 3e-4, 4e-4, 5e-4, 6e-4, 7e-4, 8e-4], "seed": [${Array.from({ length: 100_000 }, (_, i) => i).join(",")}]}`, "application/json");
     expect(axes).toMatchObject({ ok: false, code: "sweep_too_large" });
   });
@@ -95,7 +112,7 @@ describe("sweep bodies up to the limit cost bounded CPU and heap", () => {
     expect(s.message).toMatch(/at most 1024 characters/);
     let k = 0;
     const t = measure("ignored-table", fill(`{${SYNTH}, "device": {`, `"k000000": [1, 2, 3, 4, 5, 6, 7, 8]`, ",", "}}").replace(/k000000/g, () => `k${String(k++).padStart(6, "0")}`), "application/json");
-    expect(t).toMatchObject({ ok: false, code: "too_many_keys", field: "body" });
+    expect(t).toMatchObject({ ok: false, code: "too_many_keys", field: "device" });
     const small = measure("ignored-small-table", `{${SYNTH}, "device": {"k": [1, 2, 3]}}`, "application/json");
     expect(small).toMatchObject({ ok: false, code: "invalid_sweep", field: "device" });
     const l = measure("ignored-list-of-tables", fill(`{${SYNTH}, "n_workers": [`, `{"a": "${"y".repeat(100)}"}`, ",", "]}"), "application/json");
@@ -106,6 +123,15 @@ describe("sweep bodies up to the limit cost bounded CPU and heap", () => {
     let i = 0;
     const m = measure("unknown-keys", fill("{", `"k000000": 1`, ",", "}").replace(/k000000/g, () => `k${String(i++).padStart(6, "0")}`), "application/json");
     expect(m).toMatchObject({ ok: false, code: "too_many_keys", field: "body" });
+    i = 0;
+    const toml = measure("unknown-keys-toml", fill("", `k000000 = 1`, "\n", "\n").replace(/k000000/g, () => `k${String(i++).padStart(6, "0")}`), "application/toml");
+    expect(toml).toMatchObject({ ok: false, code: "too_many_keys", field: "body" });
+    i = 0;
+    const inline = measure("unknown-keys-toml-inline", fill("sae = {", `k000000 = 1`, ",", "}\n").replace(/k000000/g, () => `k${String(i++).padStart(6, "0")}`), "application/toml");
+    expect(inline).toMatchObject({ ok: false, code: "too_many_keys", field: "sae" });
+    i = 0;
+    const headers = measure("headers-toml", fill("", `[k000000]`, "\n", "\n").replace(/k000000/g, () => `k${String(i++).padStart(6, "0")}`), "application/toml");
+    expect(headers).toMatchObject({ ok: false, code: "too_many_keys", field: "body" });
     const some = measure("some-unknown-keys", `{${Array.from({ length: 256 }, (_, j) => `"k${String(j).padStart(6, "0")}": 1`).join(", ")}}`, "application/json");
     expect(some).toMatchObject({ ok: false, code: "invalid_sweep", field: "k000000", n_issues: 50 });
   });
@@ -115,8 +141,8 @@ describe("sweep bodies up to the limit cost bounded CPU and heap", () => {
     const tags = JSON.stringify(Array.from({ length: 64 }, (_, i) => `${i}`.padEnd(256, "t")));
     const lrs = Array.from({ length: 64 }, (_, i) => (i + 1) * 1e-5).join(",");
     const seeds = Array.from({ length: 64 }, (_, i) => i).join(",");
-    // Accepted at the cap: 4096 configs to resolve, group and split (0.3-0.6 s of CPU on this loaded machine).
-    const m = measure("product-at-cap", `{${SYNTH}, "n_train": 4096, "batch_size": 64, "tags": ${tags}, "lr": [${lrs}], "seed": [${seeds}]}`, "application/json", 2 * CPU_MS);
+    // Accepted at the cap: 4096 configs to resolve and split; one group key (the group-changing axes are fixed).
+    const m = measure("product-at-cap", `{${SYNTH}, "n_train": 4096, "batch_size": 64, "tags": ${tags}, "lr": [${lrs}], "seed": [${seeds}]}`, "application/json", CAP_CPU_MS);
     expect(m).toMatchObject({ ok: true, n_runs: 4096, n_groups: 1, roundtrip: true });
     expect(m.stored_bytes!).toBeLessThan(4096 * 120); // lr, seed, sae.seed per run; the 17 KB of tags once
   });
@@ -132,8 +158,8 @@ describe("sweep bodies up to the limit cost bounded CPU and heap", () => {
 
   it("4096 datasets of long URLs (a group each) fit", () => {
     const urls = Array.from({ length: 4096 }, (_, i) => `{"url": "https://example.com/${String(i).padEnd(200, "u")}"}`);
-    // The heaviest accepted body: 4096 groups to key and store (~0.3-0.7 s of CPU on this loaded machine).
-    const m = measure("datasets-at-cap", `{"n_train": 65536, "batch_size": 64, "data": [${urls.join(",")}]}`, "application/json", 2 * CPU_MS);
+    // The heaviest accepted body: 4096 groups to key and store, 950 KB to parse (0.2-0.4 s of CPU here under load).
+    const m = measure("datasets-at-cap", `{"n_train": 65536, "batch_size": 64, "data": [${urls.join(",")}]}`, "application/json", CAP_CPU_MS);
     expect(m).toMatchObject({ ok: true, n_runs: 4096, n_groups: 4096, roundtrip: true });
   });
 });

@@ -202,7 +202,7 @@ describe("expandSweep rejects bad input, naming the key", () => {
     expect(rows).toMatchObject({ code: "invalid_sweep", field: "log_every" });
     expect(rows.message).toMatch(/logs 625000 metric rows per run \(n_steps 15625000 \/ log_every 25\), more than 10000; set log_every >= 1563/);
     expect(toml(`n_train = 1_000_000_000\nbatch_size = 64\nlog_every = 1563`).configs).toHaveLength(1);
-    expect(rejects(() => parseSweepText(`{"lr": [[[[[[[[[[[1]]]]]]]]]]]}`, "application/json"))).toMatchObject({ code: "too_deep", field: "body" });
+    expect(rejects(() => parseSweepText(`{"lr": [[[[[[[[[[[1]]]]]]]]]]]}`, "application/json"))).toMatchObject({ code: "too_deep", field: "lr[0][0][0][0][0][0][0][0][0]" });
     expect(rejects(() => expandSweep({ sae: { a: { b: { c: { d: { e: { f: { g: { h: { i: { j: 1 } } } } } } } } } } }))).toMatchObject({ code: "too_deep", field: "sae.a.b.c.d.e.f.g.h.i" });
   });
   it("stores each run's differences from what the sweep shares, and reads the full config back", () => {

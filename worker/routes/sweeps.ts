@@ -1,17 +1,15 @@
 /** POST /v1/sweeps (submit), GET /v1/sweeps, GET /v1/sweeps/:id (read), DELETE /v1/sweeps/:id. Submitter token. */
 import { Hono } from "hono";
 import { asc, desc, eq, sql } from "drizzle-orm";
-import { dSae, nSteps } from "../../shaders/config";
 import type { SubmitResponse } from "../protocol";
 import type { Env } from "../env";
-import { settings } from "../env";
 import { intQuery, notFound } from "../errors";
 import { wandbView } from "../wandb/consumer";
 import { getDb, newId, schema } from "../db";
-import { checkArtifacts } from "../artifacts";
-import { checkSweepContentType, expandSweep, groupKey, parseSweepText, splitCfgs } from "../sweep";
+import { checkSweepContentType } from "../sweep";
+import { planSweep } from "./sweeps-plan";
 import { utf8Body } from "../bodies";
-import { fullConfig, splitShared } from "../run-config";
+import { fullConfig } from "../run-config";
 import { evalSummary, leaseView, progressOf, stepMetrics } from "./views";
 import { deleteSweep } from "../retention";
 
@@ -22,60 +20,39 @@ sweepRoutes.post("/", async (c) => {
   // Decoded by hand (strict UTF-8): workerd warns when .text() reads a body whose type (application/toml) it does
   // not know as text.
   const text = await utf8Body(c);
-  const { raw, format } = parseSweepText(text, c.req.header("content-type"));
-  const { configs, warnings } = expandSweep(raw, settings(c.env).maxSweepRuns);
-  checkArtifacts(configs.map((x) => x.cfg), c.env);
-  const grouped = splitCfgs(configs);
-  const now = Date.now();
-  const id = newId("sw_");
-
-  const runRows: (typeof schema.runs.$inferInsert)[] = [];
-  const groupRows: (typeof schema.groups.$inferInsert)[] = [];
-  const position = new Map(configs.map((cfg, i) => [cfg, i]));
-  // Each run stores only where it differs from the sweep's shared keys; its group stores the data (run-config.ts).
-  const { shared, deltas } = splitShared(configs.map((c) => c.cfg));
-  grouped.forEach((members, g) => {
-    const groupId = `${id}-g${g}`;
-    groupRows.push({ id: groupId, sweepId: id, idx: g, createdAt: now, key: groupKey(members[0]), data: JSON.stringify(members[0].cfg.data), nRuns: members.length });
-    for (const m of members) {
-      const i = position.get(m)!;
-      runRows.push({ id: `${id}-r${i}`, sweepId: id, groupId, idx: i, cfg: JSON.stringify(deltas[i]), track: m.cfg.track, nSteps: nSteps(m.cfg), dSae: dSae(m.cfg) });
-    }
-  });
+  const p = planSweep(text, c.req.header("content-type"), newId("sw_"), Date.now(), c.env);
   // One batch: D1 runs it as one transaction, so a failure leaves nothing. Rows travel as JSON arrays expanded by
   // json_each, a few statements per sweep, well under D1's limits on bound parameters and queries per request.
   const d1 = c.env.DB;
   const stmts: D1PreparedStatement[] = [
     d1
       .prepare(`INSERT INTO sweeps (id, created_at, status, spec, format, warnings, n_runs, n_groups, cfg_shared) VALUES (?1, ?2, 'waiting', ?3, ?4, ?5, ?6, ?7, ?8)`)
-      .bind(id, now, text, format, JSON.stringify(warnings), configs.length, grouped.length, JSON.stringify(shared)),
+      .bind(p.id, p.now, text, p.format, JSON.stringify(p.warnings), p.nRuns, p.groups.length, p.shared),
   ];
-  for (const part of jsonChunks(groupRows)) {
+  for (const part of p.groupChunks) {
     stmts.push(
       d1
         .prepare(
           `INSERT INTO groups (id, sweep_id, idx, created_at, status, key, data, n_runs, failures)
-           SELECT json_extract(value, '$.id'), json_extract(value, '$.sweepId'), json_extract(value, '$.idx'), json_extract(value, '$.createdAt'),
-                  'waiting', json_extract(value, '$.key'), json_extract(value, '$.data'), json_extract(value, '$.nRuns'), 0
+           SELECT ?2 || '-g' || (value ->> 0), ?2, value ->> 0, ?3, 'waiting', value -> 1, value -> 2, value ->> 3, 0
            FROM json_each(?1)`,
         )
-        .bind(part),
+        .bind(part, p.id, p.now),
     );
   }
-  for (const part of jsonChunks(runRows.map((r) => ({ ...r, track: r.track ? 1 : 0 })))) {
+  for (const part of p.runChunks) {
     stmts.push(
       d1
         .prepare(
           `INSERT INTO runs (id, sweep_id, group_id, idx, cfg, track, n_steps, d_sae, status, attempts)
-           SELECT json_extract(value, '$.id'), json_extract(value, '$.sweepId'), json_extract(value, '$.groupId'), json_extract(value, '$.idx'),
-                  json_extract(value, '$.cfg'), json_extract(value, '$.track'), json_extract(value, '$.nSteps'), json_extract(value, '$.dSae'), 'waiting', 0
+           SELECT ?2 || '-r' || (value ->> 0), ?2, ?2 || '-g' || (value ->> 1), value ->> 0, value -> 2, value ->> 3, value ->> 4, value ->> 5, 'waiting', 0
            FROM json_each(?1)`,
         )
-        .bind(part),
+        .bind(part, p.id),
     );
   }
   await d1.batch(stmts);
-  return c.json({ id, n_runs: configs.length, n_groups: grouped.length, groups: groupRows.map((g) => ({ id: g.id as string, n_runs: g.nRuns as number })), warnings } satisfies SubmitResponse, 201);
+  return c.json({ id: p.id, n_runs: p.nRuns, n_groups: p.groups.length, groups: p.groups, warnings: p.warnings } satisfies SubmitResponse, 201);
 });
 
 /** Run counts per status, for progress. */
@@ -200,22 +177,3 @@ sweepRoutes.delete("/:id", async (c) => {
   const progress = await deleteSweep(c.env, id);
   return c.json({ id, ...progress }, progress.done ? 200 : 202);
 });
-
-/** Rows as JSON arrays of at most ~512 KB each (D1 caps one bound value at 2 MB). */
-function jsonChunks(rows: object[], maxBytes = 512 * 1024): string[] {
-  const out: string[] = [];
-  let part: string[] = [];
-  let bytes = 0;
-  for (const r of rows) {
-    const j = JSON.stringify(r);
-    if (part.length && bytes + j.length > maxBytes) {
-      out.push(`[${part.join(",")}]`);
-      part = [];
-      bytes = 0;
-    }
-    part.push(j);
-    bytes += j.length + 1;
-  }
-  if (part.length) out.push(`[${part.join(",")}]`);
-  return out;
-}

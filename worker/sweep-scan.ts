@@ -1,0 +1,253 @@
+/**
+ * Bounds a sweep file's structure on its text, before any parser builds it (issue 15: any body up to the limit is
+ * refused or accepted within ~50 ms of CPU and ~32 MiB). A sweep file never needs more than MAX_DEPTH levels of
+ * nesting, MAX_TABLE_KEYS keys in one table, or a list longer than the sweep's run cap (an axis of N values is N
+ * runs at least; a tags list holds at most 64): a body that breaks one of these is refused here, naming where, in
+ * one pass over its characters that allocates nothing per value. JSON.parse of 80 000 keys, or smol-toml reading
+ * 200 000 list values or one table of 80 000 keys (0.1–0.3 s and ~60 MiB), never runs.
+ *
+ * The scanners only count; the parsers still decide what is valid. Text that is not valid JSON or TOML may scan
+ * fine (the parser then refuses it), and a miscount on odd but valid text can only be an overcount of keys or list
+ * values that a real sweep is far from.
+ */
+import { badRequest } from "./errors";
+
+/** Deepest nesting a sweep file needs: W&B's `parameters.sae.parameters.tags.values[i][j]` is 7 levels. */
+export const MAX_DEPTH = 10;
+
+/** Most keys one table of a sweep file may have (saev's largest, the top level, has about 30). */
+export const MAX_TABLE_KEYS = 256;
+
+/** Longest list a sweep with at most `maxRuns` runs can hold: an axis of maxRuns values, or a list of 64 tags. */
+export const maxListLength = (maxRuns: number) => Math.max(maxRuns, 64);
+
+interface Frame {
+  list: boolean;
+  /** Separators seen (commas), and whether a value follows the last one. */
+  commas: number;
+  any: boolean;
+  /** Where this container sits in its parent: the key's text span, or the index in a list. */
+  keyFrom: number;
+  keyTo: number;
+  index: number;
+}
+
+const count = (f: Frame) => f.commas + (f.any ? 1 : 0);
+
+/** A key's text as written (JSON-unquoted when quoted). */
+function keyText(text: string, from: number, to: number): string {
+  const raw = text.slice(from, to).trim();
+  if (raw.startsWith('"')) {
+    try {
+      return JSON.parse(raw) as string;
+    } catch {
+      return raw;
+    }
+  }
+  return raw.startsWith("'") ? raw.slice(1, -1) : raw;
+}
+
+function pathOf(text: string, prefix: string, stack: Frame[]): string {
+  let out = prefix;
+  for (const f of stack) {
+    if (f.index >= 0) out += `[${f.index}]`;
+    else if (f.keyFrom >= 0) out += (out ? "." : "") + keyText(text, f.keyFrom, f.keyTo);
+  }
+  return out || "body";
+}
+
+function tooDeep(field: string): never {
+  throw badRequest("too_deep", `nested more than ${MAX_DEPTH} levels deep (a sweep file needs at most 7)`, field);
+}
+
+/**
+ * Refuses the innermost container (the top of `stack`) once it holds more values or keys than any sweep needs:
+ * called at each comma, so a long list is refused as soon as it is too long, not read to its end.
+ */
+function checkCount(text: string, prefix: string, stack: Frame[], maxRuns: number) {
+  const f = stack[stack.length - 1];
+  const n = count(f);
+  if (f.list && n > maxListLength(maxRuns))
+    throw badRequest("sweep_too_large", `a list of more than ${maxListLength(maxRuns)} values: the sweep expands to more than ${maxRuns} runs`, pathOf(text, prefix, stack));
+  if (!f.list && n > MAX_TABLE_KEYS) throw badRequest("too_many_keys", `a table with more than ${MAX_TABLE_KEYS} keys; a sweep file's tables have at most ${MAX_TABLE_KEYS}`, pathOf(text, prefix, stack));
+}
+
+/** Index just past the JSON string that opens at `i`. */
+function skipJsonString(text: string, i: number): number {
+  for (i++; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 0x5c) i++;
+    else if (c === 0x22) return i + 1;
+  }
+  return i;
+}
+
+/** Refuses JSON text nested too deep, with a table of too many keys or a list too long, naming where. */
+export function scanJson(text: string, maxRuns: number): void {
+  const stack: Frame[] = [];
+  let keyFrom = -1;
+  let keyTo = -1;
+  let expectKey = false;
+  for (let i = 0; i < text.length; i++) {
+    const ch = text.charCodeAt(i);
+    if (ch === 0x20 || ch === 0x0a || ch === 0x0d || ch === 0x09) continue;
+    const top = stack.length ? stack[stack.length - 1] : undefined;
+    if (ch === 0x22) {
+      const end = skipJsonString(text, i);
+      if (expectKey) {
+        keyFrom = i;
+        keyTo = end;
+        expectKey = false;
+      } else if (top) top.any = true;
+      i = end - 1;
+    } else if (ch === 0x7b || ch === 0x5b) {
+      if (top) top.any = true;
+      const inList = !!top?.list;
+      stack.push({ list: ch === 0x5b, commas: 0, any: false, keyFrom: top && !inList ? keyFrom : -1, keyTo, index: inList ? top!.commas : -1 });
+      if (stack.length > MAX_DEPTH) tooDeep(pathOf(text, "", stack));
+      expectKey = ch === 0x7b;
+    } else if (ch === 0x5d || ch === 0x7d) {
+      stack.pop();
+      expectKey = false;
+    } else if (ch === 0x2c) {
+      if (top) {
+        top.commas++;
+        top.any = true;
+        checkCount(text, "", stack, maxRuns);
+        top.any = false;
+        expectKey = !top.list;
+      }
+    } else if (ch !== 0x3a && top) top.any = true;
+  }
+}
+
+/** Index just past the TOML string (basic, literal, or either multi-line) that opens at `i`. */
+function skipTomlString(text: string, i: number): number {
+  const q = text[i];
+  const basic = q === '"';
+  if (text.startsWith(q.repeat(3), i)) {
+    const close = q.repeat(3);
+    for (let j = i + 3; j < text.length; j++) {
+      if (basic && text.charCodeAt(j) === 0x5c) j++;
+      else if (text.startsWith(close, j)) {
+        // Up to two more quotes may end the content ("""a""""" is `a""`).
+        let end = j + 3;
+        while (end < text.length && text[end] === q && end < j + 5) end++;
+        return end;
+      }
+    }
+    return text.length;
+  }
+  for (let j = i + 1; j < text.length; j++) {
+    const c = text.charCodeAt(j);
+    if (basic && c === 0x5c) j++;
+    else if (text[j] === q || c === 0x0a) return j + 1;
+  }
+  return text.length;
+}
+
+/**
+ * The same bounds on TOML text: inline arrays and tables as JSON's, keys counted per [section] (dotted keys count
+ * where they are written: an overcount), [[name]] headers counted per name as a list of tables, [section] headers
+ * counted as keys of the document. Depth: the header's parts, the key's parts and the inline nesting.
+ */
+export function scanToml(text: string, maxRuns: number): void {
+  const stack: Frame[] = [];
+  let section = "";
+  let sectionDepth = 0;
+  let sectionKeys = 0;
+  let tableHeaders = 0;
+  const arrayTables = new Map<string, number>();
+  let lineStart = true; // at the top level, only blanks since the line began
+  let inValue = false; // at the top level, past the line's "="
+  let lineKeyFrom = -1;
+  let lineKeyTo = -1;
+  let keyDepth = 0;
+  let inlineKeyFrom = -1;
+  let inlineKeyTo = -1;
+  for (let i = 0; i < text.length; i++) {
+    const ch = text.charCodeAt(i);
+    if (ch === 0x20 || ch === 0x09 || ch === 0x0d) continue;
+    if (ch === 0x0a) {
+      if (!stack.length) {
+        lineStart = true;
+        inValue = false;
+      }
+      continue;
+    }
+    if (ch === 0x23) {
+      // a comment, to the end of the line
+      const nl = text.indexOf("\n", i);
+      i = (nl < 0 ? text.length : nl) - 1;
+      continue;
+    }
+    const top = stack.length ? stack[stack.length - 1] : undefined;
+    if (!top && lineStart && ch === 0x5b) {
+      // [section] or [[array of tables]]
+      const double = text.charCodeAt(i + 1) === 0x5b;
+      let j = i + (double ? 2 : 1);
+      while (j < text.length && text[j] !== "]" && text[j] !== "\n") j = text[j] === '"' || text[j] === "'" ? skipTomlString(text, j) : j + 1;
+      const name = text.slice(i + (double ? 2 : 1), j).trim();
+      i = j + (double ? 1 : 0);
+      lineStart = false;
+      inValue = true; // the rest of the line holds no key
+      section = name;
+      sectionDepth = name.split(".").length;
+      sectionKeys = 0;
+      if (1 + sectionDepth > MAX_DEPTH) tooDeep(name);
+      if (double) {
+        const n = (arrayTables.get(name) ?? 0) + 1;
+        arrayTables.set(name, n);
+        if (n > maxListLength(maxRuns)) {
+          let total = n;
+          for (let k = text.indexOf(`[[${name}]]`, i); k >= 0; k = text.indexOf(`[[${name}]]`, k + 1)) total++;
+          throw badRequest("sweep_too_large", `${total} [[${name}]] tables at least: the sweep expands to ${total} runs at least, more than ${maxRuns}`, name);
+        }
+      } else if (++tableHeaders > MAX_TABLE_KEYS) throw badRequest("too_many_keys", `more than ${MAX_TABLE_KEYS} [table] headers; a sweep file's tables have at most ${MAX_TABLE_KEYS} keys`, "body");
+      continue;
+    }
+    if (!top && !inValue) {
+      // a key at the top level of the current section, up to its "="
+      if (lineStart) {
+        lineStart = false;
+        lineKeyFrom = i;
+      }
+      if (ch === 0x22 || ch === 0x27) i = skipTomlString(text, i) - 1;
+      else if (ch === 0x3d) {
+        inValue = true;
+        lineKeyTo = i;
+        keyDepth = keyText(text, lineKeyFrom, lineKeyTo).split(".").length;
+        if (++sectionKeys > MAX_TABLE_KEYS)
+          throw badRequest("too_many_keys", `a table with more than ${MAX_TABLE_KEYS} keys; a sweep file's tables have at most ${MAX_TABLE_KEYS}`, section || "body");
+      }
+      continue;
+    }
+    if (ch === 0x22 || ch === 0x27) {
+      i = skipTomlString(text, i) - 1;
+      if (top) top.any = true;
+    } else if (ch === 0x5b || ch === 0x7b) {
+      if (top) top.any = true;
+      const inList = !!top?.list;
+      const f: Frame = { list: ch === 0x5b, commas: 0, any: false, keyFrom: -1, keyTo: -1, index: inList ? top!.commas : -1 };
+      if (!top) [f.keyFrom, f.keyTo] = [lineKeyFrom, lineKeyTo];
+      else if (!inList) [f.keyFrom, f.keyTo] = [inlineKeyFrom, inlineKeyTo];
+      stack.push(f);
+      if (1 + sectionDepth + keyDepth - 1 + stack.length > MAX_DEPTH) tooDeep(pathOf(text, section, stack));
+      inlineKeyFrom = i + 1;
+    } else if (ch === 0x5d || ch === 0x7d) {
+      stack.pop();
+    } else if (ch === 0x2c) {
+      if (top) {
+        top.commas++;
+        top.any = true;
+        checkCount(text, section, stack, maxRuns);
+        top.any = false;
+        inlineKeyFrom = i + 1;
+      }
+    } else if (top) {
+      // An inline table's key ends at its "=": the span from the last "{" or "," names a value nested there.
+      if (ch === 0x3d && !top.list) inlineKeyTo = i;
+      else top.any = true;
+    }
+  }
+}
