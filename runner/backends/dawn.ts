@@ -54,6 +54,8 @@ export class DawnBackend implements RunnerBackend {
   private dataAbort: AbortController | null = null;
   /** Aborts every request of the current session (device lost, close). */
   private sessionAbort: AbortController | null = null;
+  /** After close(), a loop still unwinding (its requests aborted, its device destroyed) reports nothing more. */
+  private closed = false;
 
   constructor(private readonly o: DawnOptions) {}
 
@@ -97,6 +99,7 @@ export class DawnBackend implements RunnerBackend {
       return "device-lost" as const;
     });
     const emit = (e: RunnerEvent) => {
+      if (this.closed) return;
       if (e.kind === "phase") this.phase = e.phase;
       if (e.kind === "claimed" || e.kind === "done") this.phase = null;
       s.onEvent(e);
@@ -134,6 +137,8 @@ export class DawnBackend implements RunnerBackend {
   }
 
   async close(): Promise<void> {
+    this.closed = true;
+    this.loop?.stop("abandon");
     this.sessionAbort?.abort();
     this.dataAbort?.abort();
     this.gpu?.device.destroy();
