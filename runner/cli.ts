@@ -22,7 +22,7 @@ export const COMMANDS: Record<string, Command> = {
   status: { summary: "show sweeps, or one sweep's groups, leases and runs with their latest metrics", run: status },
   download: { summary: "download finished runs: SAELens directories (default) or the native checkpoints", run: download },
   delete: { summary: "cancel a sweep and delete its runs, metrics, evals and checkpoints from the server", run: deleteCommand },
-  runner: { summary: "train groups from a sae-swarm server on this machine's GPU, in headless Chrome", run: runner },
+  runner: { summary: "train groups from a sae-swarm server on this machine's GPU, in headless Chrome or Dawn (--backend dawn)", run: runner },
   retry: { summary: "re-queue a failed group, or every failed group of a sweep", run: retry },
   fit: { summary: "how many SAEs of a shape fit one runner's GPU (plan a sweep)", run: fit },
   shards: { summary: "write synthetic activation shards in saev's layout (metadata.json + acts*.bin)", run: shards },

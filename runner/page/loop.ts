@@ -114,6 +114,7 @@ export class RunnerLoop {
 
   /** Waits `ms` (announced with `event`), or less when the runner stops. */
   private async pause(ms: number, event: (wait_ms: number) => RunnerEvent): Promise<void> {
+    if (this.stopMode) return; // a stopped loop ends now: no timer may keep the runner's process alive
     this.o.emit(event(Math.round(ms)));
     await new Promise<void>((r) => {
       this.wake = r;

@@ -274,7 +274,7 @@ describe("runner lifecycle", () => {
 
   it("detects a renderer crash of the runner page", async () => {
     const { launchChrome } = await import("../../runner/chrome");
-    const { runPage } = await import("../../runner/commands/runner");
+    const { runPage } = await import("../../runner/backends/chrome");
     const { bundleForBrowser: bundle } = await import("../../runner/serve");
     const page = await servePage(await bundle(path.join(root, "runner/page/main.ts")), "t", apiProxy({ server: srv.url, key: "kc" }));
     const chrome = await launchChrome();
