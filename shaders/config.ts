@@ -156,6 +156,9 @@ export interface StepMetrics {
   "progress/n_patches_seen": number;
   "progress/learning_rate": number;
   "progress/sparsity_coeff": number;
+  /** AuxK SAEs (TopK/BatchTopK with aux_coeff > 0): Σ‖e − ê‖² / Σ‖e − ē‖², and the latents dead during the step. */
+  aux_loss?: number;
+  n_dead_train?: number;
 }
 
 /** saev's EvalMetrics, plus FVU and explained variance. */
