@@ -25,7 +25,7 @@
  *   const weights = await engine.exportWeights();
  */
 import type { EvalMetrics, StepMetrics, TrainConfig } from "./config";
-import { ALMOST_DEAD_THRESHOLD, DENSE_THRESHOLD, isSelectKind } from "./config";
+import { ALMOST_DEAD_THRESHOLD, DENSE_THRESHOLD, isSelectKind, usesAuxK } from "./config";
 import { DEFAULT_MEMORY_BUDGET, persistentTensors, planMemory, STAGED_AUX_WORDS, workingTensors, type MemoryPlan, type SaeShape } from "./fit";
 import * as K from "./kernels";
 import * as TK from "./topk";
@@ -141,8 +141,8 @@ interface Slab {
 const ceil = (a: number, b: number) => Math.ceil(a / b);
 const DIMS_WORDS = 16;
 
-/** Whether an SAE trains with AuxK (SAE.md: TopK/BatchTopK with aux_coeff > 0; shaders/auxk.ts's auxMetaWords). */
-const auxOn = (c: TrainConfig): boolean => isSelectKind(c.sae.kind) && c.sae.aux_coeff > 0 && c.sae.k_aux > 0;
+/** Whether an SAE trains with AuxK (as shaders/auxk.ts's auxMetaWords decides). */
+const auxOn = usesAuxK;
 
 export class SaeEngine {
   readonly K: number;
