@@ -2,8 +2,9 @@
  * The engine with AuxK (shaders/auxk.ts wired into shaders/engine.ts) against the float64 reference
  * (test/reference/topk.ts trainStepSelect), in Chromium and in Dawn, at small shapes: one step element by element
  * after NaN poisoning, over the whole batch (one slab holding every kind) and in row chunks of 8 (one slab per SAE:
- * the forward-only sweep for AuxK's denominator), with dead latents planted through the counters; a mix of TopK and
- * BatchTopK with AuxK (Matryoshka, θ unset and set, clipping after the aux terms), TopK without it and ReLU. Then
+ * the forward-only sweep for AuxK's denominator; tiled matmuls in Chromium, direct on Dawn), with dead latents
+ * planted through the counters; a mix of TopK and BatchTopK with AuxK (Matryoshka, θ unset and set, clipping after
+ * the aux terms), TopK without it and ReLU. Then
  * resume: the counters travel through exportState/importState. The training run on synthetic data that shows AuxK
  * reviving latents is Dawn only (it is a property of training, not of a backend).
  */
@@ -120,7 +121,8 @@ for (const [name, open, skip] of backends) {
         const x = Array.from({ length: B * D }, () => Math.fround(rand() * 2 - 1));
         const options = chunked ? chunkedOptions(cfgs, 8) : undefined;
         const extra = chunked ? [] : ["auxAct"];
-        const out = await gpu.run<StepOut>("engineStep", { cfgs, state: json, x, matmul: "direct", options, extra });
+        // Chromium: the tiled matmuls (the GPUs' variant), Dawn: the direct ones
+        const out = await gpu.run<StepOut>("engineStep", { cfgs, state: json, x, matmul: name === "chrome" ? "tiled" : "direct", options, extra });
         if (chunked) expect([out.plan.rowsPerChunk, out.plan.rowChunks, out.plan.slabs]).toEqual([8, 4, cfgs.length]);
         else expect([out.plan.rowChunks, out.plan.slabs]).toEqual([1, 1]);
         const errors: Record<string, number> = {};
