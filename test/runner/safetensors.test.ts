@@ -139,10 +139,13 @@ describe(`safetensors (TEST_SEED=${seed})`, () => {
     expect(decodeSafetensors(resume).tensors.aux_counters).toMatchObject({ dtype: "I64", shape: [k] });
     expect(() => encodeResumeCheckpoint({ run_id: "run-b", cfg, step: 16 }, w, norm, adam)).toThrow(/aux_counters/);
     const noAux = { ...cfg, sae: { ...cfg.sae, aux_coeff: 0 } };
-    expect(decodeSafetensors(encodeResumeCheckpoint({ run_id: "run-b", cfg: noAux, step: 16 }, w, norm, adam)).tensors.aux_counters).toBeUndefined();
+    const withoutCounters = encodeResumeCheckpoint({ run_id: "run-b", cfg: noAux, step: 16 }, w, norm, adam);
+    expect(decodeSafetensors(withoutCounters).tensors.aux_counters).toBeUndefined();
     const target = (kind: "final" | "resume") => ({ runId: "run-b", cfg, kind, step: 16 });
     expect(checkCheckpointHeader(final, final.byteLength, target("final"))).toBe(final.byteLength);
     expect(checkCheckpointHeader(resume, resume.byteLength, target("resume"))).toBe(resume.byteLength);
+    // the Worker refuses an AuxK run's resume checkpoint without its counters, naming the tensor
+    expect(() => checkCheckpointHeader(withoutCounters, withoutCounters.byteLength, target("resume"))).toThrow(/aux_counters/);
     // without θ: the encoder refuses, and a file without it (as a ReLU's) is refused by the Worker, naming the tensor
     expect(() => encodeFinalCheckpoint({ run_id: "run-b", cfg, step: 16 }, weights(d, k, false), norm)).toThrow(/batchtopk SAE needs 'threshold'/);
     const noTheta = encodeFinalCheckpoint({ run_id: "run-b", cfg: base, step: 16 }, weights(d, k, false), norm);
