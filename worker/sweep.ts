@@ -345,6 +345,22 @@ function tablesToCopy(axes: Axis[]): string[][] {
 /** Keys of the file (ours) that CANNOT_PARALLELIZE's resolved values are read from (resolve: data reads sae.d_vit and n_patches). */
 const GROUPING_INPUTS = [...CANNOT_PARALLELIZE.filter((k) => !k.startsWith("data")), "data"].map((k) => k.split("."));
 
+/**
+ * Leaves that resolve copies into the config unchanged (`cfg.x = o.x ?? default`) and that no check of resolve reads:
+ * an axis on one of these changes that leaf only, so configs that differ only in them (and in seed) are resolved once
+ * (expandSweep). None of them is a grouping input. seed is handled apart: it also feeds sae.seed when that is unset.
+ */
+const SELF_ONLY = new Set([
+  "lr",
+  "n_lr_warmup",
+  "n_sparsity_warmup",
+  "n_eval",
+  "tags",
+  ...Object.keys(SCHEDULE_LEAVES),
+  "objective.sparsity_coeff",
+  ...["normalize_w_dec", "remove_parallel_grads", "seed", "init_threshold", "bandwidth", "n_reinit_samples", "threshold_beta", "aux_coeff", "dead_after"].map((k) => `sae.${k}`),
+]);
+
 /** Whether an axis can change a config's group: its path and a grouping input's are one the other's prefix. */
 const groups = (a: Axis) => GROUPING_INPUTS.some((g) => g.every((p, i) => i >= a.path.length || a.path[i] === p));
 
@@ -396,21 +412,25 @@ export function expandSweep(parsed: unknown, maxRuns = 4096): ExpandedSweep {
   const copies = tablesToCopy(axes);
   const grouping = axes.map(groups);
   const dataMemo: DataMemo = {};
+  // Axes that set only their own leaf (or seed): the configs that share every other axis's value share one resolved
+  // template, and each is that template with its own picks written in (64 lr × 64 seeds resolve 1 config, not 4096).
+  const selfOnly = axes.map((a, k) => !grouping[k] && (SELF_ONLY.has(a.path.join(".")) || (a.path.length === 1 && a.path[0] === "seed")));
+  const seedAxis = axes.findIndex((a) => a.path.length === 1 && a.path[0] === "seed");
+  const baseSeed = (raw.seed as number | undefined) ?? 42;
+  const saeAxes = axes.some((a, k) => selfOnly[k] && a.path[0] === "sae");
+  const objectiveAxes = axes.some((a, k) => selfOnly[k] && a.path[0] === "objective");
+  const templates = new Map<number, { cfg: TrainConfig; ignored: Record<string, unknown>; saeSeedFromSeed: boolean }>();
   // No clone per config: each config copies only the tables on its axes' paths and points at the picked values
   // (resolve reads them and builds fresh objects), so a config costs the same whatever the file holds besides.
   for (let i = 0; i < total; i++) {
-    const one: Record<string, unknown> = { ...raw };
-    for (const path of copies) {
-      let t = one;
-      for (let k = 0; k < path.length - 1; k++) t = t[path[k]] as Record<string, unknown>;
-      const last = path[path.length - 1];
-      t[last] = { ...(t[last] as Record<string, unknown>) };
-    }
     // The earliest axis varies slowest: index i in mixed radix, last axis fastest. The axes that can change the
-    // config's group give its `combo` (splitCfgs keys each combo once, not each config).
+    // config's group give its `combo` (splitCfgs keys each combo once, not each config); the others that are not
+    // self-only give its template.
     let rest = i;
     let combo = 0;
     let radix = 1;
+    let slow = 0;
+    let slowRadix = 1;
     const picks: unknown[] = new Array(axes.length);
     for (let a = axes.length - 1; a >= 0; a--) {
       const n = axes[a].values.length;
@@ -421,6 +441,37 @@ export function expandSweep(parsed: unknown, maxRuns = 4096): ExpandedSweep {
         combo += at * radix;
         radix *= n;
       }
+      if (!selfOnly[a]) {
+        slow += at * slowRadix;
+        slowRadix *= n;
+      }
+    }
+    const template = templates.get(slow);
+    if (template) {
+      // resolve(one) for this config would give the template with these leaves set (and its seed): write them in.
+      const cfg = { ...template.cfg } as Record<string, any>;
+      const seed = seedAxis >= 0 ? (picks[seedAxis] as number) : baseSeed + i;
+      cfg.seed = seed;
+      if (saeAxes || template.saeSeedFromSeed) cfg.sae = { ...cfg.sae };
+      if (template.saeSeedFromSeed) cfg.sae.seed = seed;
+      if (objectiveAxes) cfg.objective = { ...cfg.objective };
+      for (let a = 0; a < axes.length; a++) {
+        if (!selfOnly[a] || a === seedAxis) continue;
+        const path = axes[a].path;
+        if (path.length === 1) cfg[path[0]] = picks[a];
+        else cfg[path[0]][path[1]] = picks[a];
+      }
+      configs.push({ cfg: cfg as TrainConfig, ignored: template.ignored, combo });
+      continue;
+    }
+    const one: Record<string, unknown> = { ...raw };
+    for (const path of copies) {
+      let t = one;
+      for (let k = 0; k < path.length - 1; k++) t = t[path[k]] as Record<string, unknown>;
+      const last = path[path.length - 1];
+      t[last] = { ...(t[last] as Record<string, unknown>) };
+    }
+    for (let a = 0; a < axes.length; a++) {
       const path = axes[a].path;
       let t = one;
       for (let k = 0; k < path.length - 1; k++) t = t[path[k]] as Record<string, unknown>;
@@ -430,6 +481,7 @@ export function expandSweep(parsed: unknown, maxRuns = 4096): ExpandedSweep {
     if (resolved) {
       resolved.combo = combo;
       configs.push(resolved);
+      templates.set(slow, { cfg: resolved.cfg, ignored: resolved.ignored, saeSeedFromSeed: (one.sae as Record<string, unknown> | undefined)?.seed === undefined });
     }
     if (issues.length) {
       // Name the config when the problem depends on a swept value.
