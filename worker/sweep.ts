@@ -142,27 +142,35 @@ const IGNORED_VALUE = z.union([text(1024), z.number().finite("must be finite"), 
   message: "must be a string, number, true/false or null (a saev key sae-swarm ignores)",
 });
 
-type Leaf = { leaf: z.ZodType; list?: boolean };
+/**
+ * `ok`, where given, accepts the common values without zod (a data axis of 4096 tables checks ~4096 × a few keys, and
+ * zod costs microseconds each): it must accept nothing the zod check refuses; what it does not accept goes to zod,
+ * which gives the message.
+ */
+type Leaf = { leaf: z.ZodType; list?: boolean; ok?: (v: unknown) => boolean };
 type Tree = { [key: string]: Leaf | { table: Tree } };
 const L = (leaf: z.ZodType, list = false): Leaf => ({ leaf, list });
+const fast = (leaf: z.ZodType, ok: (v: unknown) => boolean): Leaf => ({ leaf, ok });
+const isInt = (v: unknown, min = -Infinity, max = Infinity): boolean => Number.isSafeInteger(v) && (v as number) >= min && (v as number) <= max;
+const isNum = (v: unknown): v is number => typeof v === "number" && Number.isFinite(v);
 
 const DATA: Tree = {
-  kind: L(z.enum(["synthetic", "shards"], { message: 'must be "synthetic" or "shards"' })),
+  kind: fast(z.enum(["synthetic", "shards"], { message: 'must be "synthetic" or "shards"' }), (v) => v === "synthetic" || v === "shards"),
   // synthetic
-  d_vit: L(int(1, ">= 1").max(65536, "must be <= 65536")),
-  n_features: L(int(1, ">= 1")),
-  sparsity: L(z.number().gt(0, "must be > 0").max(1, "must be <= 1")),
-  noise: L(z.number().min(0, "must be >= 0").finite()),
-  n_examples: L(int(1, ">= 1")),
+  d_vit: fast(int(1, ">= 1").max(65536, "must be <= 65536"), (v) => isInt(v, 1, 65536)),
+  n_features: fast(int(1, ">= 1"), (v) => isInt(v, 1)),
+  sparsity: fast(z.number().gt(0, "must be > 0").max(1, "must be <= 1"), (v) => isNum(v) && v > 0 && v <= 1),
+  noise: fast(z.number().min(0, "must be >= 0").finite(), (v) => isNum(v) && v >= 0),
+  n_examples: fast(int(1, ">= 1"), (v) => isInt(v, 1)),
   // shards (saev's DataLoad; shard_root is read as url)
-  url: L(text(4096).min(1, "must not be empty")),
-  layer: L(z.number().int("must be an integer")),
-  patches: L(z.enum(["patches", "cls", "meanpool"], { message: 'must be "patches", "cls" or "meanpool"' })),
-  scale_mean: L(bool),
-  scale_norm: L(bool),
-  n_random_samples: L(int(1, ">= 1")),
-  seed: L(z.number().int("must be an integer")),
-  clamp: L(posNum), // saev's; we always clamp at 1e5
+  url: fast(text(4096).min(1, "must not be empty"), (v) => typeof v === "string" && v.length >= 1 && v.length <= 4096),
+  layer: fast(z.number().int("must be an integer"), (v) => isInt(v)),
+  patches: fast(z.enum(["patches", "cls", "meanpool"], { message: 'must be "patches", "cls" or "meanpool"' }), (v) => v === "patches" || v === "cls" || v === "meanpool"),
+  scale_mean: fast(bool, (v) => typeof v === "boolean"),
+  scale_norm: fast(bool, (v) => typeof v === "boolean"),
+  n_random_samples: fast(int(1, ">= 1"), (v) => isInt(v, 1)),
+  seed: fast(z.number().int("must be an integer"), (v) => isInt(v)),
+  clamp: fast(posNum, (v) => isNum(v) && v > 0), // saev's; we always clamp at 1e5
 };
 
 const SAE: Tree = {
@@ -275,12 +283,13 @@ function walk(raw: Record<string, unknown>, tree: Tree, path: string[], axes: Ax
       if (values.length === 0) issues.push({ field: field(), message: "an empty list sweeps nothing" });
       const check = () => {
         for (let i = 0; i < values.length && issues.length < MAX_ISSUES; i++) {
+          if (spec.ok?.(values[i])) continue;
           const r = spec.leaf.safeParse(values[i]);
           if (!r.success) issues.push({ field: `${field()}[${i}]`, message: r.error.issues[0].message });
         }
       };
       axes.push({ path: [...path, key], values, check });
-    } else {
+    } else if (!spec.ok?.(value)) {
       const r = spec.leaf.safeParse(value);
       if (!r.success) issues.push({ field: field(), message: r.error.issues[0].message });
     }
@@ -345,6 +354,22 @@ function tablesToCopy(axes: Axis[]): string[][] {
 /** Keys of the file (ours) that CANNOT_PARALLELIZE's resolved values are read from (resolve: data reads sae.d_vit and n_patches). */
 const GROUPING_INPUTS = [...CANNOT_PARALLELIZE.filter((k) => !k.startsWith("data")), "data"].map((k) => k.split("."));
 
+/**
+ * Leaves that resolve copies into the config unchanged (`cfg.x = o.x ?? default`) and that no check of resolve reads:
+ * an axis on one of these changes that leaf only, so configs that differ only in them (and in seed) are resolved once
+ * (expandSweep). None of them is a grouping input. seed is handled apart: it also feeds sae.seed when that is unset.
+ */
+const SELF_ONLY = new Set([
+  "lr",
+  "n_lr_warmup",
+  "n_sparsity_warmup",
+  "n_eval",
+  "tags",
+  ...Object.keys(SCHEDULE_LEAVES),
+  "objective.sparsity_coeff",
+  ...["normalize_w_dec", "remove_parallel_grads", "seed", "init_threshold", "bandwidth", "n_reinit_samples", "threshold_beta", "aux_coeff", "dead_after"].map((k) => `sae.${k}`),
+]);
+
 /** Whether an axis can change a config's group: its path and a grouping input's are one the other's prefix. */
 const groups = (a: Axis) => GROUPING_INPUTS.some((g) => g.every((p, i) => i >= a.path.length || a.path[i] === p));
 
@@ -396,21 +421,25 @@ export function expandSweep(parsed: unknown, maxRuns = 4096): ExpandedSweep {
   const copies = tablesToCopy(axes);
   const grouping = axes.map(groups);
   const dataMemo: DataMemo = {};
+  // Axes that set only their own leaf (or seed): the configs that share every other axis's value share one resolved
+  // template, and each is that template with its own picks written in (64 lr × 64 seeds resolve 1 config, not 4096).
+  const selfOnly = axes.map((a, k) => !grouping[k] && (SELF_ONLY.has(a.path.join(".")) || (a.path.length === 1 && a.path[0] === "seed")));
+  const seedAxis = axes.findIndex((a) => a.path.length === 1 && a.path[0] === "seed");
+  const baseSeed = (raw.seed as number | undefined) ?? 42;
+  const saeAxes = axes.some((a, k) => selfOnly[k] && a.path[0] === "sae");
+  const objectiveAxes = axes.some((a, k) => selfOnly[k] && a.path[0] === "objective");
+  const templates = new Map<number, { cfg: TrainConfig; ignored: Record<string, unknown>; saeSeedFromSeed: boolean }>();
   // No clone per config: each config copies only the tables on its axes' paths and points at the picked values
   // (resolve reads them and builds fresh objects), so a config costs the same whatever the file holds besides.
   for (let i = 0; i < total; i++) {
-    const one: Record<string, unknown> = { ...raw };
-    for (const path of copies) {
-      let t = one;
-      for (let k = 0; k < path.length - 1; k++) t = t[path[k]] as Record<string, unknown>;
-      const last = path[path.length - 1];
-      t[last] = { ...(t[last] as Record<string, unknown>) };
-    }
     // The earliest axis varies slowest: index i in mixed radix, last axis fastest. The axes that can change the
-    // config's group give its `combo` (splitCfgs keys each combo once, not each config).
+    // config's group give its `combo` (splitCfgs keys each combo once, not each config); the others that are not
+    // self-only give its template.
     let rest = i;
     let combo = 0;
     let radix = 1;
+    let slow = 0;
+    let slowRadix = 1;
     const picks: unknown[] = new Array(axes.length);
     for (let a = axes.length - 1; a >= 0; a--) {
       const n = axes[a].values.length;
@@ -421,6 +450,37 @@ export function expandSweep(parsed: unknown, maxRuns = 4096): ExpandedSweep {
         combo += at * radix;
         radix *= n;
       }
+      if (!selfOnly[a]) {
+        slow += at * slowRadix;
+        slowRadix *= n;
+      }
+    }
+    const template = templates.get(slow);
+    if (template) {
+      // resolve(one) for this config would give the template with these leaves set (and its seed): write them in.
+      const cfg = { ...template.cfg } as Record<string, any>;
+      const seed = seedAxis >= 0 ? (picks[seedAxis] as number) : baseSeed + i;
+      cfg.seed = seed;
+      if (saeAxes || template.saeSeedFromSeed) cfg.sae = { ...cfg.sae };
+      if (template.saeSeedFromSeed) cfg.sae.seed = seed;
+      if (objectiveAxes) cfg.objective = { ...cfg.objective };
+      for (let a = 0; a < axes.length; a++) {
+        if (!selfOnly[a] || a === seedAxis) continue;
+        const path = axes[a].path;
+        if (path.length === 1) cfg[path[0]] = picks[a];
+        else cfg[path[0]][path[1]] = picks[a];
+      }
+      configs.push({ cfg: cfg as TrainConfig, ignored: template.ignored, combo });
+      continue;
+    }
+    const one: Record<string, unknown> = { ...raw };
+    for (const path of copies) {
+      let t = one;
+      for (let k = 0; k < path.length - 1; k++) t = t[path[k]] as Record<string, unknown>;
+      const last = path[path.length - 1];
+      t[last] = { ...(t[last] as Record<string, unknown>) };
+    }
+    for (let a = 0; a < axes.length; a++) {
       const path = axes[a].path;
       let t = one;
       for (let k = 0; k < path.length - 1; k++) t = t[path[k]] as Record<string, unknown>;
@@ -430,6 +490,7 @@ export function expandSweep(parsed: unknown, maxRuns = 4096): ExpandedSweep {
     if (resolved) {
       resolved.combo = combo;
       configs.push(resolved);
+      templates.set(slow, { cfg: resolved.cfg, ignored: resolved.ignored, saeSeedFromSeed: (one.sae as Record<string, unknown> | undefined)?.seed === undefined });
     }
     if (issues.length) {
       // Name the config when the problem depends on a swept value.
@@ -438,8 +499,10 @@ export function expandSweep(parsed: unknown, maxRuns = 4096): ExpandedSweep {
     }
   }
   warnings.push(...selectWarnings(raw, configs.map((c) => c.cfg)));
-  const urls = new Set(configs.filter((c) => c.cfg.data.kind === "shards").map((c) => (c.cfg.data as { url: string }).url));
-  for (const u of urls) if (!/^https?:\/\//.test(u)) warnings.push(`data.url: ${JSON.stringify(u)} is not an HTTP(S) URL; runners resolve it themselves`);
+  // Only the URLs warned about are deduplicated (hashing 4096 distinct URLs of ~200 characters costs more than the test).
+  const urls = new Set<string>();
+  for (const c of configs) if (c.cfg.data.kind === "shards" && !/^https?:\/\//.test(c.cfg.data.url)) urls.add(c.cfg.data.url);
+  for (const u of urls) warnings.push(`data.url: ${JSON.stringify(u)} is not an HTTP(S) URL; runners resolve it themselves`);
   return { configs, warnings };
 }
 
@@ -602,23 +665,46 @@ function flatSorted(t: object): boolean {
   return true;
 }
 
-/** The CANNOT_PARALLELIZE values of one config, keyed by their dotted names, as sorted JSON. */
-export function groupKey(c: ExpandedConfig, data = dataJson(c.cfg.data)): string {
-  let out = "{";
+/** The CANNOT_PARALLELIZE values of one config but data, in KEY_PARTS's order (data's slot left undefined), into `out`. */
+function keyValues(c: ExpandedConfig, out: unknown[]): unknown[] {
   for (let i = 0; i < KEY_PARTS.length; i++) {
     const p = KEY_PARTS[i];
     let v: any;
-    if (p.ignored) v = c.ignored[p.name];
-    else if (p.name === "data") {
-      out += (i ? "," : "") + p.prefix + data;
-      continue;
-    } else {
+    if (p.name === "data") v = undefined;
+    else if (p.ignored) v = c.ignored[p.name];
+    else {
       v = c.cfg;
       for (const k of p.path) v = v?.[k];
     }
-    out += (i ? "," : "") + p.prefix + (typeof v === "object" && v !== null ? sortedJson(v) : JSON.stringify(v ?? null));
+    out[i] = v;
   }
-  return out + "}";
+  return out;
+}
+
+/** A group key's text before and after its data (the key is head + data's sorted JSON + tail), from keyValues. */
+function keyAround(values: unknown[]): [string, string] {
+  let head = "{";
+  let tail = "";
+  let out = "";
+  for (let i = 0; i < KEY_PARTS.length; i++) {
+    const p = KEY_PARTS[i];
+    out += (i ? "," : "") + p.prefix;
+    if (p.name === "data") {
+      head += out;
+      out = "";
+      continue;
+    }
+    const v = values[i];
+    out += typeof v === "object" && v !== null ? sortedJson(v) : JSON.stringify(v ?? null);
+  }
+  tail = out + "}";
+  return [head, tail];
+}
+
+/** The CANNOT_PARALLELIZE values of one config, keyed by their dotted names, as sorted JSON. */
+export function groupKey(c: ExpandedConfig, data = dataJson(c.cfg.data)): string {
+  const [head, tail] = keyAround(keyValues(c, new Array(KEY_PARTS.length)));
+  return head + data + tail;
 }
 
 /**
@@ -633,11 +719,21 @@ export function splitCfgs<T extends ExpandedConfig>(cfgs: T[]): T[][] {
 export function keyedGroups<T extends ExpandedConfig>(cfgs: T[]): { key: string; data: string; members: T[] }[] {
   const byKey = new Map<string, { key: string; data: string; members: T[] }>();
   const keyOfCombo = new Map<number, { key: string; data: string }>();
+  // The key's text around its data, kept while the configs' other grouping values stay the same (4096 datasets
+  // differ in data only: the other ~15 values are serialized once, not 4096 times).
+  const values: unknown[] = new Array(KEY_PARTS.length);
+  let last: unknown[] | undefined;
+  let around: [string, string] = ["", ""];
   for (const c of cfgs) {
     let k = c.combo === undefined ? undefined : keyOfCombo.get(c.combo);
     if (k === undefined) {
       const data = dataJson(c.cfg.data);
-      k = { key: groupKey(c, data), data };
+      keyValues(c, values);
+      if (!last || values.some((v, i) => v !== last![i])) {
+        around = keyAround(values);
+        last = values.slice();
+      }
+      k = { key: around[0] + data + around[1], data };
       if (c.combo !== undefined) keyOfCombo.set(c.combo, k);
     }
     const g = byKey.get(k.key);
