@@ -24,6 +24,7 @@ import { ALMOST_DEAD_THRESHOLD, DENSE_THRESHOLD } from "./config";
 import { DEFAULT_MEMORY_BUDGET, persistentTensors, planMemory, workingTensors, type MemoryPlan, type SaeShape } from "./fit";
 import * as K from "./kernels";
 import { rowSelectKernel, TOPK_META_WORDS as TOPK_META_WORDS_PER_SAE, topkDims, topkMetaWords } from "./topk";
+import { choiceFor, matmulGrid, type MatmulChoice } from "./matmul-template";
 import { adamScalars, initWeights, learningRate, prefixBounds, sparsityCoeff } from "./schedule";
 
 export const PARAM_NAMES = ["W_enc", "b_enc", "W_dec", "b_dec", "log_threshold"] as const;
@@ -60,6 +61,8 @@ export interface EngineOptions {
    * software adapters such as SwiftShader, which run barriers as fiber switches). Default: by the adapter.
    */
   matmul?: "tiled" | "direct";
+  /** A choice per step matmul (shaders/autotune.ts picks them per adapter and shape); missing ones: `matmul`'s. */
+  kernels?: K.MatmulChoices;
 }
 
 const SOFTWARE_ADAPTER = /swiftshader|llvmpipe|lavapipe|softpipe|warp|microsoft basic render/i;
@@ -135,6 +138,8 @@ export class SaeEngine {
   readonly batchSize: number;
   readonly maxPrefixes: number;
   readonly matmulVariant: "tiled" | "direct";
+  /** The choice each step matmul runs (options.kernels, else matmulVariant's). */
+  readonly kernels: Record<K.MatmulName, MatmulChoice>;
   /** Row chunks and slabs, as planned from the device limits and the memory budget. */
   readonly plan: MemoryPlan;
   private t = 0;
@@ -241,7 +246,8 @@ export class SaeEngine {
     // Kernels and their bind groups (train: dims + meta; eval: evalDims + evalMeta).
     const k = (label: string, code: string) => makeKernel(device, label, code);
     this.matmulVariant = options.matmul ?? (isSoftwareDevice(device) ? "direct" : "tiled");
-    const mm = K.matmulKernels(this.matmulVariant === "direct");
+    this.kernels = Object.fromEntries(K.MATMUL_NAMES.map((m) => [m, options.kernels?.[m] ?? choiceFor(this.matmulVariant === "direct")])) as Record<K.MatmulName, MatmulChoice>;
+    const mm = K.matmulKernels(this.kernels, { d, n, B: C });
     const kn = {
       normalize: k("normalize_rows", K.NORMALIZE_ROWS),
       thresholds: k("thresholds", K.THRESHOLDS),
@@ -261,7 +267,6 @@ export class SaeEngine {
       // TopK: f = ReLU(h) on each row's k largest, written over H, so the ReLU kernels (θ = 0) then run unchanged
       rowSelect: k("row_select", rowSelectKernel({ kWord: 0, deadOnly: false, inPlace: true })),
     };
-    const T = K.TILE;
     const rowsOf = (c: number) => Math.min(C, B - c * C);
     const partialsOf = (c: number) => ceil(rowsOf(c), this.plan.rowsPerPartial);
     this.stepPasses = [];
@@ -278,13 +283,14 @@ export class SaeEngine {
         return { kernel, bind, size };
       };
       const Ks = slab.count;
+      const grid = (m: K.MatmulName, M: number, N: number) => matmulGrid(this.kernels[m], M, N, Ks);
       const tr = (c: number) => [`dims#${slab.index}/${c}`, "meta"];
       const ev = (c: number) => [`evalDims#${slab.index}/${c}`, "evalMeta"];
       const normalize = dispatch(kn.normalize, [...tr(0), "W_dec"], [ceil(n, 64), 1, Ks]);
       this.normalizePasses.push(normalize);
       const thresholds = (names: string[]) => dispatch(kn.thresholds, [...names, "log_threshold", "theta"], [ceil(n, 64), 1, Ks]);
-      const encode = (names: string[], c: number) => dispatch(kn.encode, [...names, "x", "b_dec", "W_enc", "b_enc", "H"], [ceil(n, T), ceil(rowsOf(c), T), Ks]);
-      const decode = (names: string[], c: number) => dispatch(kn.decode, [...names, "x", "b_dec", "W_dec", "H", "theta", "R"], [ceil(d, T), ceil(rowsOf(c), T), Ks]);
+      const encode = (names: string[], c: number) => dispatch(kn.encode, [...names, "x", "b_dec", "W_enc", "b_enc", "H"], grid("ENCODE", rowsOf(c), n));
+      const decode = (names: string[], c: number) => dispatch(kn.decode, [...names, "x", "b_dec", "W_dec", "H", "theta", "R"], grid("DECODE", rowsOf(c), d));
       // encode, then (a slab with TopK SAEs) the selection in place: the other kinds' rows are left as they are
       const encodeAndSelect = (names: string[], c: number, dimsName: string) =>
         this.selects(slab) ? [encode(names, c), dispatch(kn.rowSelect, [`${dimsName}#${slab.index}/${c}`, `topkMeta#${slab.index}`, "H", "cut"], [rowsOf(c), Ks, 1])] : [encode(names, c)];
@@ -293,10 +299,10 @@ export class SaeEngine {
         chunks: Array.from({ length: rowChunks }, (_, c) => ({
           forward: [...encodeAndSelect(tr(c), c, "topkDims"), decode(tr(c), c), dispatch(kn.resid, [...tr(c), "R", "residPart"], [ceil(d, 64), partialsOf(c), Ks])],
           backward: [
-            dispatch(kn.gradF, [...tr(c), "R", "W_dec", "H", "G"], [ceil(n, T), ceil(rowsOf(c), T), Ks]),
+            dispatch(kn.gradF, [...tr(c), "R", "W_dec", "H", "G"], grid("GRAD_F", rowsOf(c), n)),
             dispatch(kn.latent, [...tr(c), "H", "theta", "G", "latentPart"], [ceil(n, 64), partialsOf(c), Ks]),
-            dispatch(kn.gradWEnc, [...tr(c), "x", "b_dec", "G", "H", "theta", "grad.W_enc"], [ceil(n, T), ceil(d, T), Ks]),
-            dispatch(kn.gradWDec, [...tr(c), "H", "theta", "R", "grad.W_dec"], [ceil(d, T), ceil(n, T), Ks]),
+            dispatch(kn.gradWEnc, [...tr(c), "x", "b_dec", "G", "H", "theta", "grad.W_enc"], grid("GRAD_W_ENC", d, n)),
+            dispatch(kn.gradWDec, [...tr(c), "H", "theta", "R", "grad.W_dec"], grid("GRAD_W_DEC", n, d)),
           ],
         })),
         epilogue: [

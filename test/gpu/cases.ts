@@ -3,6 +3,7 @@
  * in the Chrome page (through page.evaluate) and in Node on Dawn. Compare outputs with a reference in the test.
  */
 import { runAxpy } from "../../shaders/axpy";
+import { autotuneCases } from "./autotune-cases";
 import { engineCases } from "./engine-cases";
 import { matmulCases } from "./matmul-cases";
 import { topkCases } from "./topk-cases";
@@ -15,6 +16,7 @@ export const cases: Record<string, GpuCase> = {
     return Array.from(out);
   },
   ...engineCases,
+  ...autotuneCases,
   ...matmulCases,
   ...topkCases,
 };
