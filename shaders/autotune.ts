@@ -47,7 +47,7 @@ export interface TuneResult {
 export interface TuneOptions {
   /** Software adapter (SwiftShader …): the small candidate set. */
   software: boolean;
-  /** Stop starting new candidates after this long (ms); default 4000 on GPUs, 1500 on software adapters. */
+  /** Stop starting new candidates after this long (ms); default 4000 on GPUs, 2000 on software adapters. */
   budgetMs?: number;
   /** Largest total size of the tuning buffers (bytes); default 512 MiB (software: 16 MiB). */
   maxBytes?: number;
@@ -164,9 +164,9 @@ interface Candidate {
  */
 export async function autotune(device: GPUDevice, shape: TuneShape, o: TuneOptions): Promise<TuneResult> {
   const t0 = performance.now();
-  const budget = o.budgetMs ?? (o.software ? 1500 : 4000);
+  const budget = o.budgetMs ?? (o.software ? 2000 : 4000);
   // software: a few hundred rows rank the kernels as well as the whole chunk and keep tuning to about a second
-  const s = shrinkShape(shape, o.maxBytes ?? (o.software ? 16 * 2 ** 20 : 512 * 2 ** 20), o.software ? 256 : Infinity);
+  const s = shrinkShape(o.software ? { ...shape, K: Math.min(shape.K, 4) } : shape, o.maxBytes ?? (o.software ? 16 * 2 ** 20 : 512 * 2 ** 20), o.software ? 256 : Infinity);
   const cands = candidatesFor(device, o.software, o.candidates);
   const stamps = device.features.has("timestamp-query");
   const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
@@ -215,65 +215,78 @@ export async function autotune(device: GPUDevice, shape: TuneShape, o: TuneOptio
   };
 
   const result = {} as Record<MatmulName, TunedKernel>;
+  const over = () => performance.now() - t0 > budget;
+  /** Compiles choice for matmul m (null when this adapter cannot build it: then it is no candidate). */
+  const build = async (m: MatmulName, choice: MatmulChoice): Promise<Candidate | null> => {
+    const { M, N } = matmulShape(m, { d: s.d, n: s.n, B: s.B });
+    const code = kernelCode(m, choice, s);
+    const entries: GPUBindGroupLayoutEntry[] = [];
+    const resources: GPUBindGroupEntry[] = [];
+    for (const b of bindingsOf(code)) {
+      entries.push({ binding: b.binding, visibility: GPUShaderStage.COMPUTE, buffer: { type: b.kind === "uniform" ? "uniform" : b.readOnly ? "read-only-storage" : "storage" } });
+      const buffer = b.kind === "uniform" ? dimsBuf : b.name === "saeMeta" ? metaBuf : tensor(b.name);
+      resources.push({ binding: b.binding, resource: { buffer } });
+    }
+    const layout = device.createBindGroupLayout({ entries });
+    const pipeline = await device
+      .createComputePipelineAsync({
+        label: `tune ${m} ${choiceId(choice)}`,
+        layout: device.createPipelineLayout({ bindGroupLayouts: [layout] }),
+        compute: { module: device.createShaderModule({ code }), entryPoint: "main" },
+      })
+      .catch(() => null);
+    if (!pipeline) return null;
+    device.pushErrorScope("validation");
+    const bind = device.createBindGroup({ layout, entries: resources });
+    if (await device.popErrorScope()) return null;
+    return { choice, pipeline, bind, grid: matmulGrid(choice, M, N, s.K), best: Infinity };
+  };
+  // GPUs: every compile starts now (the driver may compile in parallel); software adapters compile one at a time
+  // as the budget allows (compiling is most of their tuning time; the default's pipeline is the engine's own, which
+  // Dawn and Chrome reuse, so it costs nothing extra).
+  const pending = new Map<string, Promise<Candidate | null>>();
+  const get = (m: MatmulName, c: MatmulChoice) => {
+    const k = `${m} ${choiceId(c)}`;
+    if (!pending.has(k)) pending.set(k, build(m, c));
+    return pending.get(k)!;
+  };
+  if (!o.software) for (const c of cands) for (const m of MATMUL_NAMES) void get(m, c);
+  const live = new Map<MatmulName, Candidate[]>(MATMUL_NAMES.map((m) => [m, []]));
   let timed = 0;
   try {
+    // candidate by candidate across the five matmuls (the default first), so a budget that runs out leaves every
+    // matmul the same candidates; the first dispatch warms up (first touches, lazy compilation) and sizes the runs
+    outer: for (const [i, c] of cands.entries())
+      for (const m of MATMUL_NAMES) {
+        if (i > 0 && over()) break outer;
+        const cand = await get(m, c);
+        if (!cand) continue;
+        cand.best = await time(cand, 1);
+        // software: one more dispatch for the first candidate only (its first one also cleared the fresh buffers)
+        if (o.software && i === 0) cand.best = Math.min(cand.best, await time(cand, 1));
+        live.get(m)!.push(cand);
+        timed = Math.max(timed, i + 1);
+      }
+    // GPUs: two more rounds of ~5 ms of work per candidate, interleaved (load drift hits every candidate alike)
+    if (!o.software)
+      for (let round = 0; round < 2; round++)
+        for (const m of MATMUL_NAMES)
+          for (const c of live.get(m)!) {
+            if (over() && round > 0) break;
+            const reps = Math.max(1, Math.min(50, Math.round(0.005 / c.best)));
+            c.best = Math.min(c.best, await time(c, reps));
+          }
     for (const m of MATMUL_NAMES) {
+      const list = live.get(m)!;
+      if (list.length === 0) throw new Error(`autotune: no candidate of ${m} could be built on this device`);
       const { M, N, KD } = matmulShape(m, { d: s.d, n: s.n, B: s.B });
       const flops = 2 * M * N * KD * s.K;
-      const built: Candidate[] = [];
-      // compile every candidate at once (createComputePipelineAsync may use the driver's threads); past the budget
-      // only the default
-      const list = performance.now() - t0 > budget ? cands.slice(0, 1) : cands;
-      const compiled = await Promise.all(
-        list.map(async (choice) => {
-          const code = kernelCode(m, choice, s);
-          const entries: GPUBindGroupLayoutEntry[] = [];
-          const resources: GPUBindGroupEntry[] = [];
-          for (const b of bindingsOf(code)) {
-            entries.push({ binding: b.binding, visibility: GPUShaderStage.COMPUTE, buffer: { type: b.kind === "uniform" ? "uniform" : b.readOnly ? "read-only-storage" : "storage" } });
-            const buffer = b.kind === "uniform" ? dimsBuf : b.name === "saeMeta" ? metaBuf : tensor(b.name);
-            resources.push({ binding: b.binding, resource: { buffer } });
-          }
-          const layout = device.createBindGroupLayout({ entries });
-          const pipeline = await device
-            .createComputePipelineAsync({
-              label: `tune ${m} ${choiceId(choice)}`,
-              layout: device.createPipelineLayout({ bindGroupLayouts: [layout] }),
-              compute: { module: device.createShaderModule({ code }), entryPoint: "main" },
-            })
-            .catch(() => null); // a choice this adapter cannot build is simply not a candidate
-          return pipeline && { choice, pipeline, layout, resources };
-        }),
-      );
-      for (const c of compiled) {
-        if (!c) continue;
-        device.pushErrorScope("validation");
-        const bind = device.createBindGroup({ layout: c.layout, entries: c.resources });
-        if (!(await device.popErrorScope())) built.push({ choice: c.choice, pipeline: c.pipeline, bind, grid: matmulGrid(c.choice, M, N, s.K), best: Infinity });
-      }
-      if (built.length === 0) throw new Error(`autotune: no candidate of ${m} could be built on this device`);
-      built.sort((a, b) => cands.indexOf(a.choice) - cands.indexOf(b.choice));
-      // warm-up (first touches, lazy compilation), which also sizes the timed runs: ~5 ms of work each on a GPU
-      const first = new Map<Candidate, number>();
-      for (const c of built) {
-        if (c !== built[0] && performance.now() - t0 > budget) break;
-        first.set(c, await time(c, 1));
-      }
-      const live = built.filter((c) => first.has(c));
-      const reps = (c: Candidate) => (o.software ? 1 : Math.max(1, Math.min(50, Math.round(0.005 / first.get(c)!))));
-      // two rounds, interleaved, fastest kept: drift in the machine's load hits every candidate alike
-      for (let round = 0; round < (o.software ? 1 : 2); round++)
-        for (const c of live) {
-          if (c !== live[0] && performance.now() - t0 > budget) continue;
-          c.best = Math.min(c.best, await time(c, reps(c)));
-        }
-      for (const c of live) if (!Number.isFinite(c.best)) c.best = first.get(c)!;
-      const win = live.reduce((a, b) => (b.best < a.best ? b : a));
-      const def = live.find((c) => choiceId(c.choice) === choiceId(cands[0])) ?? win;
+      const win = list.reduce((a, b) => (b.best < a.best ? b : a));
+      const def = list.find((c) => choiceId(c.choice) === choiceId(cands[0])) ?? win;
       result[m] = { choice: choiceId(win.choice), gflops: flops / win.best / 1e9, default_gflops: flops / def.best / 1e9 };
-      timed = Math.max(timed, live.length);
     }
   } finally {
+    // compiles still in flight (GPUs, past the budget) finish on their own; only buffers are ours to free
     for (const b of created) b.destroy();
     readback?.destroy();
     querySet?.destroy();
