@@ -84,6 +84,30 @@ for (const variant of roofVariants) {
 }
 const best = roof.reduce((a, b) => (b.gflops > a.gflops ? b : a));
 
+// Per-dispatch cost: 256 dispatches of a one-invocation kernel (one store each) in one compute pass, as a step
+// records its ~17 dispatches; minus one such dispatch alone, per dispatch.
+let dispatchUs = NaN;
+{
+  const module = device.createShaderModule({ code: "@group(0) @binding(0) var<storage, read_write> o: array<u32>;\n@compute @workgroup_size(1) fn main() { o[0] = o[0] + 1u; }" });
+  const pipeline = device.createComputePipeline({ layout: "auto", compute: { module, entryPoint: "main" } });
+  const buf = device.createBuffer({ size: 16, usage: GPUBufferUsage.STORAGE });
+  const bind = device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries: [{ binding: 0, resource: { buffer: buf } }] });
+  const pass = (n: number) => () => {
+    const enc = device.createCommandEncoder();
+    const p = enc.beginComputePass();
+    p.setPipeline(pipeline);
+    p.setBindGroup(0, bind);
+    for (let i = 0; i < n; i++) p.dispatchWorkgroups(1);
+    p.end();
+    device.queue.submit([enc.finish()]);
+  };
+  const many = await timeIt(pass(256), 3);
+  const one = await timeIt(pass(1), 3);
+  dispatchUs = ((many - one) / 255) * 1e6;
+  console.log(`dispatch cost: ${dispatchUs.toFixed(1)} µs per dispatch (256 one-invocation dispatches in one pass: ${(many * 1000).toFixed(2)} ms; one alone: ${(one * 1000).toFixed(2)} ms)`);
+  buf.destroy();
+}
+
 const torchSkip = torchUnavailable();
 let torchDevice = "";
 const byK = new Map<number, { pct: number; ratio: string }>();
@@ -234,7 +258,8 @@ if (idleRows.length) printTable(idleRows);
 
 for (const { K, r } of tunings)
   console.log(`\nautotune at K ${K} (${r.timing} timing, ${r.candidates} candidates, ${r.tuned_ms} ms, timed at ${JSON.stringify(r.shape)}):\n  ${describeKernels(r).join("\n  ")}`);
-console.log(`\nroofline: matmul ${best.variant} ${best.gflops.toFixed(2)} GFLOP/s ([${B}, ${d}] × [${d}, ${n}])`);
+console.log(`\ndispatch cost: ${dispatchUs.toFixed(1)} µs per dispatch (a step at one row chunk and one slab is 17 dispatches)`);
+console.log(`roofline: matmul ${best.variant} ${best.gflops.toFixed(2)} GFLOP/s ([${B}, ${d}] × [${d}, ${n}])`);
 const header = ["K", "ms/step", "GFLOP/s", "SAE-samples/s", "of matmul", "PyTorch ms/step", "engine/PyTorch", "kernels"];
 printTable([header, ...rows], 0);
 for (const line of chunkNotes) console.log(line);
