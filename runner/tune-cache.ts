@@ -8,7 +8,7 @@
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { homedir } from "node:os";
 import path from "node:path";
-import type { TuneResult } from "../shaders/autotune";
+import type { KernelReport, TuneResult } from "../shaders/autotune";
 import type { AdapterReport } from "../shaders/device";
 
 const VERSION = 1;
@@ -52,4 +52,32 @@ export function saveTuned(adapter: string, shapeKey: string, result: TuneResult)
   const tmp = `${cachePath()}.${process.pid}.tmp`;
   writeFileSync(tmp, JSON.stringify(f, null, 1));
   renameSync(tmp, cachePath());
+}
+
+/**
+ * The runner side of the cache for one adapter, whichever backend runs the loop: `tuned` (this adapter's entries,
+ * for the Chrome page's start options), `cache` (a KernelCache for a loop in this process: Dawn), and `onEvent`,
+ * which writes a newly tuned shape (a loop's "kernels" event) to disk.
+ */
+export function kernelCacheFor(adapter: Pick<AdapterReport, "vendor" | "architecture" | "device" | "description">, runtime: "chrome" | "dawn", log: (s: string) => void) {
+  const key = adapterKey(adapter, runtime);
+  const tuned = loadTuned(key);
+  const save = (shape: string, result: TuneResult) => {
+    tuned[shape] = result;
+    try {
+      saveTuned(key, shape, result);
+    } catch (err) {
+      log(`[runner] could not write the kernel cache ${cachePath()}: ${(err as Error).message}`);
+    }
+  };
+  return {
+    tuned,
+    cache: { get: (shape: string) => tuned[shape], put: save },
+    onEvent(e: { kind: string; report?: KernelReport }): void {
+      if (e.kind === "kernels" && e.report?.source === "tuned" && runtime === "chrome") {
+        const { key: shape, source: _, ...result } = e.report;
+        save(shape, result);
+      }
+    },
+  };
 }

@@ -1,6 +1,6 @@
 /** `sae-swarm runner`: trains groups from a sae-swarm server on this machine's GPU, in headless Chrome. */
 import { describeKernels } from "../../shaders/autotune";
-import { adapterKey, cachePath, loadTuned, saveTuned } from "../tune-cache";
+import { kernelCacheFor } from "../tune-cache";
 import { randomBytes } from "node:crypto";
 import { hostname } from "node:os";
 import path from "node:path";
@@ -332,20 +332,13 @@ export async function runPage(chrome: LaunchedChrome, url: string, o: PageOption
   // and a CDP call outlives no protocolTimeout.
   let exited: ((e: Extract<RunnerEvent, { kind: "exit" }>) => void) | null = null;
   const exit = new Promise<Extract<RunnerEvent, { kind: "exit" }>>((r) => (exited = r));
-  let tuneKey: string | null = null;
+  let tune: ReturnType<typeof kernelCacheFor> | null = null;
   try {
     await tab.exposeFunction(EVENT_BINDING, (json: string) => {
       const e = JSON.parse(json) as RunnerEvent;
       o.onEvent(e);
       // a newly tuned shape goes into the disk cache, for every later group and runner session on this adapter
-      if (e.kind === "kernels" && e.report.source === "tuned" && tuneKey) {
-        const { key, source: _, ...result } = e.report;
-        try {
-          saveTuned(tuneKey, key, result);
-        } catch (err) {
-          o.log(`[runner] could not write the kernel cache ${cachePath()}: ${(err as Error).message}`);
-        }
-      }
+      tune?.onEvent(e);
       if (e.kind === "device-lost") failed?.("device-lost");
       if (e.kind === "exit") exited?.(e);
     });
@@ -359,7 +352,7 @@ export async function runPage(chrome: LaunchedChrome, url: string, o: PageOption
     await tab.waitForFunction(() => window.__runner !== undefined);
     const report = (await tab.evaluate(() => window.__runner.ready)) as AdapterReport;
     o.log(`[runner] WebGPU adapter: ${describeReport(report)}`);
-    tuneKey = adapterKey(report, "chrome");
+    tune = kernelCacheFor(report, "chrome", o.log);
     if (o.memory) o.log(`[runner] GPU memory budget: ${describeGpuMemory(o.memory)}`);
     if (report.isFallbackAdapter && !o.allowSoftware) {
       console.error("[runner] refusing to train on a software adapter; pass --allow-software-adapter to use it anyway");
@@ -369,7 +362,7 @@ export async function runPage(chrome: LaunchedChrome, url: string, o: PageOption
     o.onTab(tab);
     await tab.evaluate((opts) => {
       void window.__runner.start(opts).catch(() => {}); // its end (or error) arrives as the "exit" event
-    }, { runnerId: o.runnerId, once: o.once, memoryBudget: o.memory?.bytes, memorySource: o.memory?.source, tuned: loadTuned(tuneKey) });
+    }, { runnerId: o.runnerId, once: o.once, memoryBudget: o.memory?.bytes, memorySource: o.memory?.source, tuned: tune.tuned });
     const end = await Promise.race([exit, failure]);
     if (typeof end === "string") return end;
     if (end.reason === "error") throw new Error(end.message ?? "the runner loop failed");

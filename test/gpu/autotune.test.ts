@@ -13,7 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { choicesOf, TUNER_CHOICES, type TuneResult } from "../../shaders/autotune";
 import { MATMUL_NAMES } from "../../shaders/kernels";
 import { choiceId } from "../../shaders/matmul-template";
-import { adapterKey, cachePath, loadTuned, saveTuned } from "../../runner/tune-cache";
+import { adapterKey, cachePath, kernelCacheFor, loadTuned, saveTuned } from "../../runner/tune-cache";
 import { dawnUnavailable, openChrome, openDawn, type GpuBackend } from "../helpers/gpu-backends";
 import { mulberry32, testSeed } from "../helpers/random";
 import { trainConfig } from "../helpers/train-config";
@@ -76,6 +76,14 @@ describe("the kernel cache on disk", () => {
       expect(Object.keys(loadTuned(b))).toEqual(["d32-n128-b512-k12-p1"]);
       expect(loadTuned(b)["d32-n128-b512-k12-p1"].timing).toBe("wall");
       expect(JSON.parse(readFileSync(cachePath(), "utf8")).version).toBe(1);
+      // the runner's glue: a loop's "kernels" event of a tuned shape is written, a cached one is not
+      const hooks = kernelCacheFor({ vendor: "google", architecture: "swiftshader", device: "", description: "" }, "chrome", () => {});
+      expect(Object.keys(hooks.tuned)).toEqual(["d32-n128-b512-k12-p1"]);
+      hooks.onEvent({ kind: "kernels", report: { ...r, key: "d8-n32-b256-k1-p1", source: "cache" } });
+      expect(Object.keys(loadTuned(b))).toEqual(["d32-n128-b512-k12-p1"]);
+      hooks.onEvent({ kind: "kernels", report: { ...r, key: "d8-n32-b256-k1-p1", source: "tuned" } });
+      expect(Object.keys(loadTuned(b)).sort()).toEqual(["d32-n128-b512-k12-p1", "d8-n32-b256-k1-p1"]);
+      expect(hooks.cache.get("d8-n32-b256-k1-p1")).toMatchObject({ tuned_ms: 1234 });
       writeFileSync(cachePath(), "{ not json");
       expect(loadTuned(a)).toEqual({});
       saveTuned(a, "k", r);
