@@ -116,16 +116,22 @@ function tensorFloats(name: string, s: TuneShape): number {
   return sizes[name];
 }
 
-/** Total bytes of the tuning buffers of the largest matmul at shape s. */
+/** Total bytes of the tuning buffers at shape s (every tensor of the five matmuls: they are allocated once). */
 function tuneBytes(s: TuneShape): number {
-  return 4 * Math.max(...MATMUL_NAMES.map((m) => [...bindingsOf(kernelCode(m, choiceFor(false), s))].filter((b) => b.kind === "storage" && b.name !== "saeMeta").reduce((a, b) => a + tensorFloats(b.name, s), 0)));
+  const names = new Set(MATMUL_NAMES.flatMap((m) => [...bindingsOf(kernelCode(m, choiceFor(false), s))].filter((b) => b.kind === "storage" && b.name !== "saeMeta").map((b) => b.name)));
+  return 4 * [...names].reduce((a, name) => a + tensorFloats(name, s), 0);
 }
 
-/** The shape actually timed: fewer SAEs, then fewer rows (halved, multiples of 4 kept), until the buffers fit. */
-export function shrinkShape(s: TuneShape, maxBytes: number, maxRows = Infinity): TuneShape {
+/**
+ * The shape actually timed: fewer SAEs, then fewer rows (halved, multiples of 4 kept, not below minRows), until the
+ * buffers fit maxBytes. Past that they are allowed: one SAE's weights and gradients are needed whatever the rows, and
+ * the engine (created after tuning, whose buffers are freed first) needs more than them for that SAE alone.
+ */
+export function shrinkShape(s: TuneShape, maxBytes: number, maxRows = Infinity, minRows = 64): TuneShape {
   let t = { ...s, B: Math.min(s.B, Math.max(4, maxRows)) };
   while (tuneBytes(t) > maxBytes && t.K > 1) t = { ...t, K: Math.ceil(t.K / 2) };
-  while (tuneBytes(t) > maxBytes && t.B > 64) t = { ...t, B: Math.max(64, 4 * Math.ceil(t.B / 8)) };
+  const floor = Math.min(t.B, minRows);
+  while (tuneBytes(t) > maxBytes && t.B > floor) t = { ...t, B: Math.max(floor, 4 * Math.ceil(t.B / 8)) };
   return t;
 }
 
@@ -167,7 +173,10 @@ export async function autotune(device: GPUDevice, shape: TuneShape, o: TuneOptio
   const t0 = performance.now();
   const budget = o.budgetMs ?? (o.software ? 2000 : 4000);
   // software: a few hundred rows rank the kernels as well as the whole chunk and keep tuning to about a second
-  const s = shrinkShape(o.software ? { ...shape, K: Math.min(shape.K, 4) } : shape, o.maxBytes ?? (o.software ? 16 * 2 ** 20 : 512 * 2 ** 20), o.software ? 256 : Infinity);
+  // GPUs: at least 1024 rows (or the chunk's), so that a matmul over the rows still fills the device
+  const s = o.software
+    ? shrinkShape({ ...shape, K: Math.min(shape.K, 4) }, o.maxBytes ?? 16 * 2 ** 20, 256)
+    : shrinkShape(shape, o.maxBytes ?? 512 * 2 ** 20, Infinity, 1024);
   const cands = candidatesFor(device, o.software, o.candidates);
   const stamps = device.features.has("timestamp-query");
   const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
