@@ -70,9 +70,13 @@ export function kernelCacheFor(adapter: Pick<AdapterReport, "vendor" | "architec
       log(`[runner] could not write the kernel cache ${cachePath()}: ${(err as Error).message}`);
     }
   };
+  // SAE_SWARM_TUNE_BUDGET_MS: how long tuning may try candidates past the defaults (the tests keep it short)
+  const budget = Number(process.env.SAE_SWARM_TUNE_BUDGET_MS);
+  const budgetMs = process.env.SAE_SWARM_TUNE_BUDGET_MS && Number.isFinite(budget) && budget >= 0 ? budget : undefined;
   return {
     tuned,
-    cache: { get: (shape: string) => tuned[shape], put: save },
+    budgetMs,
+    cache: { get: (shape: string) => tuned[shape], put: save, budgetMs },
     onEvent(e: { kind: string; report?: KernelReport }): void {
       if (e.kind === "kernels" && e.report?.source === "tuned" && runtime === "chrome") {
         const { key: shape, source: _, ...result } = e.report;

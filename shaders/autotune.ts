@@ -331,6 +331,8 @@ export interface KernelReport extends TuneResult {
 export interface KernelCache {
   get(key: string): TuneResult | undefined;
   put(key: string, r: TuneResult): void;
+  /** The tuning budget (ms) instead of the adapter's default (the runner: SAE_SWARM_TUNE_BUDGET_MS). */
+  budgetMs?: number;
 }
 
 /**
@@ -347,7 +349,7 @@ export async function kernelsFor(
   const key = shapeKey(tuneShapeOf(plan, { d_vit: s.d_vit, d_sae: s.d_sae, prefixes: s.prefixes }));
   const hit = cache.get(key);
   if (hit && Object.keys(choicesOf(hit)).length === MATMUL_NAMES.length) return { ...hit, key, source: "cache" };
-  const r = await autotune(device, tuneShapeOf(plan, { d_vit: s.d_vit, d_sae: s.d_sae, prefixes: s.prefixes }), { software: o.software, ...o.tune });
+  const r = await autotune(device, tuneShapeOf(plan, { d_vit: s.d_vit, d_sae: s.d_sae, prefixes: s.prefixes }), { software: o.software, ...(cache.budgetMs !== undefined ? { budgetMs: cache.budgetMs } : {}), ...o.tune });
   cache.put(key, r);
   return { ...r, key, source: "tuned" };
 }

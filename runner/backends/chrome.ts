@@ -194,7 +194,7 @@ export async function runPage(chrome: LaunchedChrome, url: string, o: PageOption
     o.onTab(tab);
     await tab.evaluate((opts) => {
       void window.__runner.start(opts).catch(() => {}); // its end (or error) arrives as the "exit" event
-    }, { runnerId: o.runnerId, once: o.once, memoryBudget: o.memory?.bytes, memorySource: o.memory?.source, tuned: tune.tuned });
+    }, { runnerId: o.runnerId, once: o.once, memoryBudget: o.memory?.bytes, memorySource: o.memory?.source, tuned: tune.tuned, tuneBudgetMs: tune.budgetMs });
     const end = await Promise.race([exit, failure]);
     if (typeof end === "string") return end;
     if (end.reason === "error") throw new Error(end.message ?? "the runner loop failed");

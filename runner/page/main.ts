@@ -15,6 +15,8 @@ export interface StartOptions {
   memorySource?: AdapterReport["memorySource"];
   /** This adapter's tuned kernels by shape, from the CLI's disk cache (runner/tune-cache.ts). */
   tuned?: Record<string, TuneResult>;
+  /** SAE_SWARM_TUNE_BUDGET_MS, read by the CLI (the page has no environment). */
+  tuneBudgetMs?: number;
 }
 
 declare global {
@@ -63,7 +65,7 @@ window.__runner = {
     const adapter: AdapterReport = { ...gpu!.report, ...(opts.memoryBudget ? { memoryBudget: opts.memoryBudget, memorySource: opts.memorySource } : {}) };
     // shapes tuned in this page are kept here too; the CLI writes them to disk from the loop's "kernels" events
     const tuned = new Map(Object.entries(opts.tuned ?? {}));
-    const kernelCache = { get: (k: string) => tuned.get(k), put: (k: string, r: TuneResult) => void tuned.set(k, r) };
+    const kernelCache = { get: (k: string) => tuned.get(k), put: (k: string, r: TuneResult) => void tuned.set(k, r), budgetMs: opts.tuneBudgetMs };
     loop = new RunnerLoop({ api, dataFetch, device: gpu!.device, adapter, runnerId: opts.runnerId, emit, once: opts.once, kernelCache });
     try {
       const reason = await loop.run();
