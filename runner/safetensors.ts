@@ -6,7 +6,7 @@
  * "__metadata__": {string: string}} padded with spaces so that the data starts 8-byte aligned, then the data
  * (offsets relative to the start of the data, tensors packed back to back, little-endian, C order).
  */
-import type { TrainConfig } from "../shaders/config";
+import { usesAuxK, type TrainConfig } from "../shaders/config";
 import type { DataOrigin } from "../worker/protocol";
 
 export type Dtype = "F32" | "F64" | "I32" | "I64" | "U8";
@@ -180,6 +180,8 @@ export interface AdamState {
   v: SaeWeights;
   /** Optimizer steps taken (= the training step to resume at). */
   step: number;
+  /** AuxK SAEs (usesAuxK): examples since each latent last fired [d_sae], the dead set's state (`aux_counters`). */
+  counters?: Uint32Array;
 }
 
 export const CHECKPOINT_FORMAT = "sae-swarm/1";
@@ -262,7 +264,15 @@ export function encodeFinalCheckpoint(info: CheckpointInfo, weights: SaeWeights,
   return encodeSafetensors({ ...paramTensors(weights, info.cfg), ...normTensors(norm, info.cfg) }, metadataFor(info, "final"));
 }
 
-/** A resume checkpoint: the final layout plus `adam_m.<param>`, `adam_v.<param>` and `step` (I64 scalar). */
+/** AuxK's u32 counters as I64 (the checkpoint dtypes have no U32; I64 holds every u32 exactly). */
+function countersI64(counters: Uint32Array | undefined, cfg: TrainConfig): BigInt64Array {
+  const n = paramShapes(cfg).b_enc[0];
+  if (!counters || counters.length !== n) throw new Error(`checkpoint: an AuxK SAE needs aux_counters [${n}], got ${counters ? counters.length : "none"}`);
+  return BigInt64Array.from(counters, (c) => BigInt(c));
+}
+
+/** A resume checkpoint: the final layout plus `adam_m.<param>`, `adam_v.<param>`, `step` (I64 scalar) and, for
+ *  AuxK SAEs, `aux_counters` (I64 [d_sae]: examples since each latent last fired). */
 export function encodeResumeCheckpoint(info: CheckpointInfo, weights: SaeWeights, norm: Normalization, adam: AdamState): Uint8Array {
   if (adam.step !== info.step) throw new Error(`checkpoint: Adam step ${adam.step} differs from the checkpoint step ${info.step}`);
   return encodeSafetensors(
@@ -272,6 +282,7 @@ export function encodeResumeCheckpoint(info: CheckpointInfo, weights: SaeWeights
       ...paramTensors(adam.m, info.cfg, "adam_m."),
       ...paramTensors(adam.v, info.cfg, "adam_v."),
       step: tensor(new BigInt64Array([BigInt(adam.step)]), []),
+      ...(usesAuxK(info.cfg) ? { aux_counters: tensor(countersI64(adam.counters, info.cfg), paramShapes(info.cfg).b_enc) } : {}),
     },
     metadataFor(info, "resume"),
   );
@@ -291,6 +302,7 @@ export function checkpointLayout(cfg: TrainConfig, kind: "final" | "resume"): Re
     if (p === "") Object.assign(out, { norm_mean: { dtype: "F32", shape: [cfg.sae.d_vit] }, norm_scale: { dtype: "F32", shape: [] } });
   }
   if (kind === "resume") out.step = { dtype: "I64", shape: [] };
+  if (kind === "resume" && usesAuxK(cfg)) out.aux_counters = { dtype: "I64", shape: shapes.b_enc };
   return out;
 }
 
@@ -349,6 +361,12 @@ export function decodeCheckpoint(bytes: Uint8Array): DecodedCheckpoint {
     const adamStep = Number((s.data as BigInt64Array)[0]);
     if (adamStep !== step) throw new Error(`checkpoint: tensor step ${adamStep} differs from metadata step ${step}`);
     out.adam = { m: takeParams(t, cfg, "adam_m."), v: takeParams(t, cfg, "adam_v."), step: adamStep };
+    if (usesAuxK(cfg)) {
+      const c = t.aux_counters;
+      const n = paramShapes(cfg).b_enc[0];
+      if (!c || c.dtype !== "I64" || c.shape.join(",") !== String(n)) throw new Error(`checkpoint: resume 'aux_counters' is missing or not I64 [${n}]`);
+      out.adam.counters = Uint32Array.from(c.data as BigInt64Array, (v) => Number(v));
+    }
   }
   return out;
 }

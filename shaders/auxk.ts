@@ -29,7 +29,7 @@
  *   auxBEnc [K, n, 2]: Σ over the batch of dL_aux/dh per latent (sum, compensation), accumulated over the chunks.
  *   G [K, C, n]: the engine's dL/df; free once the chunk's engine backward has run, then it holds dL_aux/dh.
  *
- * Integration (what the engine's step does for a slab holding AuxK SAEs; shaders/engine.ts is not changed here):
+ * Integration (what the engine's step does for a slab holding AuxK SAEs; shaders/engine.ts follows it):
  *  New buffers: per SAE persistent `counters` [n] u32 (zero at init, saved in resume checkpoints) and per slab
  *  `nDead` [K] u32 (cleared by the step before DEAD_COUNTERS); per SAE of the working set auxAct [C, n], auxCut
  *  [C, 2] u32, auxR [C, d], auxDenPart [S, d, 3], auxNumPart [S, d], auxBEnc [n, 2], auxScal [4] (fit.ts's

@@ -42,6 +42,8 @@ export type SaeKind = "relu" | "jumprelu" | "topk" | "batchtopk";
 export const SELECT_KINDS: readonly SaeKind[] = ["topk", "batchtopk"];
 /** True for the kinds that select latents (TopK, BatchTopK): no sparsity penalty, AuxK for dead latents. */
 export const isSelectKind = (kind: SaeKind): kind is "topk" | "batchtopk" => kind === "topk" || kind === "batchtopk";
+/** True for the SAEs that train with AuxK (SAE.md): TopK/BatchTopK with aux_coeff > 0 (and k_aux > 0). */
+export const usesAuxK = (cfg: { sae: Pick<SaeConfig, "kind" | "aux_coeff" | "k_aux"> }): boolean => isSelectKind(cfg.sae.kind) && cfg.sae.aux_coeff > 0 && cfg.sae.k_aux > 0;
 
 export interface SaeConfig {
   kind: SaeKind;
@@ -156,6 +158,9 @@ export interface StepMetrics {
   "progress/n_patches_seen": number;
   "progress/learning_rate": number;
   "progress/sparsity_coeff": number;
+  /** AuxK SAEs (TopK/BatchTopK with aux_coeff > 0): Σ‖e − ê‖² / Σ‖e − ē‖², and the latents dead during the step. */
+  aux_loss?: number;
+  n_dead_train?: number;
 }
 
 /** saev's EvalMetrics, plus FVU and explained variance. */

@@ -1,7 +1,7 @@
 /**
  * The batched SAE training engine: K SAEs of one shape (same d_vit, exp_factor and batch size; any mix of
  * ReLU/JumpReLU/TopK/BatchTopK, Vanilla/Matryoshka, lr, sparsity_coeff, schedules, max_grad_norm, seeds) trained in
- * lock-step on one batch with the WGSL kernels of kernels.ts and topk.ts, computing SAE.md exactly (AuxK: not yet).
+ * lock-step on one batch with the WGSL kernels of kernels.ts, topk.ts and auxk.ts, computing SAE.md exactly.
  * Runtime-agnostic: give it a GPUDevice (Chrome or Dawn).
  *
  * Memory (shaders/fit.ts `planMemory`, which the Worker's chunking and `sae-swarm fit` use too): the SAEs are spread
@@ -11,6 +11,9 @@
  *   the chunks] → for each row chunk: forward (encode, TopK/BatchTopK selection in place, decode, residual columns)
  *   and backward (dL/df, latent columns, dW_enc and dW_dec accumulated over the chunks) → epilogue (sum the partials
  *   of the whole batch, dL/db_enc, dL/dθ, dL/db_dec, parallel removal, max_grad_norm clipping, Adam).
+ * A slab with AuxK SAEs adds shaders/auxk.ts's kernels as its integration note orders them: with several row chunks a
+ * forward-only sweep first (AuxK's denominator needs the whole batch's residual), in each chunk the dead latents'
+ * select on the raw pre-activations, the aux reconstruction and its gradients, and the dead counters at the end.
  * The normalizations are the whole batch's, so the chunks add up to SAE.md's full-batch step.
  *
  *   const engine = SaeEngine.create(device, cfgs);
@@ -22,11 +25,12 @@
  *   const weights = await engine.exportWeights();
  */
 import type { EvalMetrics, StepMetrics, TrainConfig } from "./config";
-import { ALMOST_DEAD_THRESHOLD, DENSE_THRESHOLD, isSelectKind } from "./config";
-import { DEFAULT_MEMORY_BUDGET, persistentTensors, planMemory, workingTensors, type MemoryPlan, type SaeShape } from "./fit";
+import { ALMOST_DEAD_THRESHOLD, DENSE_THRESHOLD, isSelectKind, usesAuxK } from "./config";
+import { DEFAULT_MEMORY_BUDGET, persistentTensors, planMemory, STAGED_AUX_WORDS, workingTensors, type MemoryPlan, type SaeShape } from "./fit";
 import * as K from "./kernels";
 import * as TK from "./topk";
 import { BATCH_STATE_WORDS, rowSelectKernel, topkDims, topkMetaWords } from "./topk";
+import * as AK from "./auxk";
 import { BATCH_THETA, thetaOf, thetaWords } from "./batchtopk";
 import { choiceFor, matmulGrid, type MatmulChoice } from "./matmul-template";
 import { adamScalars, initWeights, learningRate, prefixBounds, sparsityCoeff } from "./schedule";
@@ -48,8 +52,9 @@ export interface SaeWeights {
 /** Everything needed to resume: parameters, Adam moments, and the number of steps taken. */
 export interface EngineState {
   step: number;
-  /** theta: BatchTopK's θ (null or absent: not set yet, the next step sets it to that step's smallest kept value). */
-  saes: Array<{ params: SaeParams; m?: SaeParams; v?: SaeParams; theta?: number | null }>;
+  /** theta: BatchTopK's θ (null or absent: not set yet, the next step sets it to that step's smallest kept value).
+   *  counters: AuxK's examples since each latent last fired [d_sae] (AuxK SAEs; absent: zero, nothing dead). */
+  saes: Array<{ params: SaeParams; m?: SaeParams; v?: SaeParams; theta?: number | null; counters?: Uint32Array }>;
 }
 
 export interface EngineOptions {
@@ -138,6 +143,9 @@ interface Slab {
 const ceil = (a: number, b: number) => Math.ceil(a / b);
 const DIMS_WORDS = 16;
 
+/** Whether an SAE trains with AuxK (as shaders/auxk.ts's auxMetaWords decides). */
+const auxOn = usesAuxK;
+
 export class SaeEngine {
   readonly K: number;
   readonly d_vit: number;
@@ -182,9 +190,6 @@ export class SaeEngine {
       ] as const)
         if (a !== b) throw new Error(`engine: config ${i} has ${key} = ${a} but config 0 has ${b}; a group must share it`);
       if (c.objective.kind === "matryoshka" && c.objective.n_prefixes < 1) throw new Error(`engine: config ${i}: objective.n_prefixes must be ≥ 1`);
-      // What of issue 13 the engine does not run yet is refused rather than trained wrongly.
-      if (isSelectKind(c.sae.kind) && c.sae.aux_coeff > 0)
-        throw new Error(`engine: config ${i}: sae.aux_coeff = ${c.sae.aux_coeff}: AuxK is not yet supported by the engine (issue 13); set sae.aux_coeff = 0 to train ${c.sae.kind} without it`);
       if (c.max_grad_norm != null && !(c.max_grad_norm > 0)) throw new Error(`engine: config ${i}: max_grad_norm must be > 0 or null, got ${c.max_grad_norm}`);
       if (c.sae.kind === "jumprelu" && !(c.sae.bandwidth > 0 && c.sae.init_threshold > 0))
         throw new Error(`engine: config ${i}: JumpReLU needs sae.bandwidth > 0 and sae.init_threshold > 0`);
@@ -194,7 +199,7 @@ export class SaeEngine {
     this.d_sae = c0.sae.d_vit * c0.sae.exp_factor;
     this.batchSize = c0.sae_batch_size;
     this.maxPrefixes = Math.max(...cfgs.map((c) => prefixBounds(c, 0).length - 1));
-    const shape: SaeShape = { d_vit: this.d_vit, d_sae: this.d_sae, batch_size: this.batchSize, n_prefixes: this.maxPrefixes, batchtopk: cfgs.some((c) => c.sae.kind === "batchtopk") };
+    const shape: SaeShape = { d_vit: this.d_vit, d_sae: this.d_sae, batch_size: this.batchSize, n_prefixes: this.maxPrefixes, batchtopk: cfgs.some((c) => c.sae.kind === "batchtopk"), auxk: cfgs.some(auxOn) };
     const budget = options.memoryBudget ?? DEFAULT_MEMORY_BUDGET;
     const limits = {
       maxStorageBufferBindingSize: Math.min(device.limits.maxStorageBufferBindingSize, options.maxBindingSize ?? Infinity),
@@ -224,6 +229,10 @@ export class SaeEngine {
     add("xStats", 4 * 4 * d);
     add("meta", 4 * this.metaWords());
     add("evalMeta", 4 * this.metaWords());
+    if (shape.auxk) {
+      add("auxMeta", 4 * this.K * AK.AUX_META_WORDS);
+      device.queue.writeBuffer(this.buf("auxMeta"), 0, AK.auxMetaWords(cfgs));
+    }
     const uniform = GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST;
     for (const slab of this.slabs) {
       // shaders/topk.ts's constants per SAE of the slab (TopK's k, BatchTopK's k·B and β, max_grad_norm), its Dims
@@ -252,7 +261,7 @@ export class SaeEngine {
       }
     }
     this.uploads = [0, 1].map((i) => device.createBuffer({ label: `upload${i}`, size: 4 * B * d, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC }));
-    this.staging = device.createBuffer({ label: "staging", size: Math.max(16, 4 * this.K * (2 * n + d)), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+    this.staging = device.createBuffer({ label: "staging", size: Math.max(16, 4 * this.K * (2 * n + d + (shape.auxk ? STAGED_AUX_WORDS : 0))), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
 
     // Kernels and their bind groups (train: dims + meta; eval: evalDims + evalMeta).
     const k = (label: string, code: string) => makeKernel(device, label, code);
@@ -289,6 +298,28 @@ export class SaeEngine {
       gradNormFinish: k("grad_norm_finish", TK.GRAD_NORM_FINISH),
       gradScale: k("grad_scale", TK.GRAD_SCALE),
     };
+    // AuxK (shaders/auxk.ts), compiled only for a group that has it
+    const ak = shape.auxk
+      ? (() => {
+          const mma = AK.auxMatmulKernels(this.matmulVariant === "direct");
+          return {
+            denCols: k("aux_den_cols", AK.AUX_DEN_COLS),
+            denFinish: k("aux_den_finish", AK.AUX_DEN_FINISH),
+            select: k("aux_select", AK.AUX_SELECT),
+            decode: k("aux_decode", mma.AUX_DECODE),
+            numCols: k("aux_num_cols", AK.AUX_NUM_COLS),
+            gradH: k("aux_grad_h", mma.AUX_GRAD_H),
+            gradWDec: k("aux_grad_w_dec", mma.AUX_GRAD_W_DEC),
+            gradWEnc: k("aux_grad_w_enc", mma.AUX_GRAD_W_ENC),
+            bEncCols: k("aux_b_enc_cols", AK.AUX_B_ENC_COLS),
+            bEncAdd: k("aux_b_enc_add", AK.AUX_B_ENC_ADD),
+            dead: k("dead_counters", AK.DEAD_COUNTERS),
+            loss: k("aux_loss", AK.AUX_LOSS),
+            batchRestart: k("batch_restart", TK.BATCH_RESTART),
+          };
+        })()
+      : null;
+    const auxGrid = (M: number, N: number, z: number) => matmulGrid(choiceFor(this.matmulVariant === "direct"), M, N, z);
     const rowsOf = (c: number) => Math.min(C, B - c * C);
     const partialsOf = (c: number) => ceil(rowsOf(c), this.plan.rowsPerPartial);
     this.stepPasses = [];
@@ -346,25 +377,69 @@ export class SaeEngine {
             dispatch(kn.gradNormFinish, [`clipDims#${slab.index}.W_enc`, meta, "normPart", "clip"], [1, 1, Ks]),
             ...PARAM_NAMES.map((p) => dispatch(kn.gradScale, [`clipDims#${slab.index}.${p}`, meta, "clip", `grad.${p}`], [Math.min(ceil(this.sizes[p], 256), 65535), 1, Ks])),
           ];
+      // AuxK (a slab with AuxK SAEs; the others' entries are left alone by every kernel): see shaders/auxk.ts
+      const aux = ak && this.auxes(slab) ? ak : null;
+      const am = (c: number) => [...tr(c), "auxMeta"];
+      const denCols = (c: number) => (aux ? [dispatch(aux.denCols, [...am(c), "R", "auxDenPart"], [ceil(d, 64), partialsOf(c), Ks])] : []);
+      const denFinish = aux ? [dispatch(aux.denFinish, [...am(0), "auxDenPart", "auxScal"], [1, 1, Ks])] : [];
+      // several chunks: a forward-only sweep for the denominator, BatchTopK's tie count restarted after it
+      const denSweep =
+        !aux || kept
+          ? []
+          : [
+              ...chunkIds.flatMap((c) => [...encodeAndSelect(tr(c), c, "topkDims"), ...batchApply(c), decode(tr(c), c), ...denCols(c)]),
+              ...(batches ? [dispatch(aux.batchRestart, [...sel("topkDims", 0), "batchState"], [1, Ks, 1])] : []),
+              ...denFinish,
+            ];
+      // on the raw h, before the main selection overwrites H
+      const auxSelect = (c: number) => (aux ? [dispatch(aux.select, [...sel("topkDims", c), "H", "counters", "auxAct", "auxCut"], [rowsOf(c), Ks, 1])] : []);
+      const auxForward = (c: number) =>
+        !aux
+          ? []
+          : [
+              ...(kept ? [...denCols(c), ...denFinish] : []),
+              dispatch(aux.decode, [...am(c), "auxAct", "W_dec", "R", "auxR"], auxGrid(rowsOf(c), d, Ks)),
+              dispatch(aux.numCols, [...am(c), "auxR", "auxNumPart"], [ceil(d, 64), partialsOf(c), Ks]),
+            ];
+      const auxBackward = (c: number) =>
+        !aux
+          ? []
+          : [
+              dispatch(aux.gradH, [...am(c), "auxScal", "auxR", "W_dec", "auxAct", "G"], auxGrid(rowsOf(c), n, Ks)),
+              dispatch(aux.gradWDec, [...am(c), "auxScal", "auxAct", "auxR", "grad.W_dec"], auxGrid(n, d, Ks)),
+              dispatch(aux.gradWEnc, [...am(c), "x", "b_dec", "G", "grad.W_enc"], auxGrid(d, n, Ks)),
+              dispatch(aux.bEncCols, [...am(c), "G", "auxBEnc"], [ceil(n, 64), 1, Ks]),
+            ];
+      // after LATENT_FINISH (colStats' count of f > 0 per latent), before GRAD_B_DEC (it carries gb_enc into b_dec)
+      const auxEpilogue = !aux
+        ? []
+        : [
+            dispatch(aux.bEncAdd, [...am(0), "auxBEnc", "grad.b_enc"], [ceil(n, 64), 1, Ks]),
+            dispatch(aux.dead, [`slabTopkDims#${slab.index}`, meta, "colStats", "counters", "nDead"], [ceil(n, 64), 1, Ks]),
+            dispatch(aux.loss, [...am(0), "auxNumPart", "nDead", "auxScal"], [1, 1, Ks]),
+          ];
       this.stepPasses.push({
         prologue: [normalize, thresholds(tr(0))],
-        select: batchSelect,
+        select: [...batchSelect, ...denSweep],
         chunks: chunkIds.map((c) => ({
           forward: [
-            ...(batches && kept ? rowSelect("topkDims", c) : encodeAndSelect(tr(c), c, "topkDims")),
+            ...(batches && kept ? [...auxSelect(c), ...rowSelect("topkDims", c)] : [encode(tr(c), c), ...auxSelect(c), ...rowSelect("topkDims", c)]),
             ...batchApply(c),
             decode(tr(c), c),
             dispatch(kn.resid, [...tr(c), "R", "residPart"], [ceil(d, 64), partialsOf(c), Ks]),
+            ...auxForward(c),
           ],
           backward: [
             dispatch(kn.gradF, [...tr(c), "R", "W_dec", "H", "G"], grid("GRAD_F", rowsOf(c), n)),
             dispatch(kn.latent, [...tr(c), "H", "theta", "G", "latentPart"], [ceil(n, 64), partialsOf(c), Ks]),
             dispatch(kn.gradWEnc, [...tr(c), "x", "b_dec", "G", "H", "theta", "grad.W_enc"], grid("GRAD_W_ENC", d, n)),
             dispatch(kn.gradWDec, [...tr(c), "H", "theta", "R", "grad.W_dec"], grid("GRAD_W_DEC", n, d)),
+            ...auxBackward(c),
           ],
         })),
         epilogue: [
           dispatch(kn.latentFinish, [...tr(0), "theta", "latentPart", "grad.b_enc", "grad.log_threshold", "colStats"], [ceil(n, 64), 1, Ks]),
+          ...auxEpilogue,
           dispatch(kn.gradBDec, [...tr(0), "residPart", "W_enc", "grad.b_enc", "grad.b_dec", "colStats"], [ceil(d, 64), 1, Ks]),
           dispatch(kn.removeParallel, [...tr(0), "W_dec", "grad.W_dec"], [ceil(n, 64), 1, Ks]),
           ...clip,
@@ -418,6 +493,11 @@ export class SaeEngine {
   /** Whether a slab holds a BatchTopK SAE (and so selects over the whole batch before the chunks' forward). */
   private batches(slab: Slab): boolean {
     return this.cfgs.slice(slab.sae0, slab.sae0 + slab.count).some((c) => c.sae.kind === "batchtopk");
+  }
+
+  /** Whether a slab holds an SAE with AuxK (and so runs shaders/auxk.ts's kernels). */
+  private auxes(slab: Slab): boolean {
+    return this.cfgs.slice(slab.sae0, slab.sae0 + slab.count).some(auxOn);
   }
 
   /** Whether a slab holds an SAE with max_grad_norm (and so clips the gradients before Adam). */
@@ -557,11 +637,22 @@ export class SaeEngine {
       if (batch.size < bytes) throw new Error(`engine: batch buffer holds ${batch.size} bytes, a batch needs ${bytes}`);
       enc.copyBufferToBuffer(batch, 0, this.buf("x"), 0, bytes);
     }
+    // AuxK's n_dead_train: DEAD_COUNTERS adds into it
+    for (const slab of this.slabs) if (this.auxes(slab)) enc.clearBuffer(this.buf(this.slabName("nDead", slab)));
     this.encodePasses(enc, this.stepDispatches(), opts.timestampWrites);
     const log = opts.metrics || (t + 1) % this.cfgs[0].log_every === 0;
     const { d_sae: n, d_vit: d } = this;
-    const statsBytes = 4 * this.K * (2 * n + d);
-    if (log) for (const slab of this.slabs) enc.copyBufferToBuffer(this.buf(this.slabName("colStats", slab)), 0, this.staging, 4 * slab.sae0 * (2 * n + d), 4 * slab.count * (2 * n + d));
+    const auxWords = this.buffers.has("auxMeta") ? STAGED_AUX_WORDS : 0;
+    const statsBytes = 4 * this.K * (2 * n + d + auxWords);
+    // staging: every slab's colStats, then (AuxK) auxScal [K, 4] and nDead [K] in group order
+    const auxAt = this.K * (2 * n + d);
+    if (log)
+      for (const slab of this.slabs) {
+        enc.copyBufferToBuffer(this.buf(this.slabName("colStats", slab)), 0, this.staging, 4 * slab.sae0 * (2 * n + d), 4 * slab.count * (2 * n + d));
+        if (!this.auxes(slab)) continue;
+        enc.copyBufferToBuffer(this.buf(this.slabName("auxScal", slab)), 0, this.staging, 4 * (auxAt + slab.sae0 * AK.AUX_SCALARS), 4 * slab.count * AK.AUX_SCALARS);
+        enc.copyBufferToBuffer(this.buf(this.slabName("nDead", slab)), 0, this.staging, 4 * (auxAt + this.K * AK.AUX_SCALARS + slab.sae0), 4 * slab.count);
+      }
     this.device.queue.submit([enc.finish()]);
     this.t++;
     this.decoderDirty = true;
@@ -583,8 +674,13 @@ export class SaeEngine {
       const coeff = this.coeffAt(c, t);
       const mse = sq / (B * P * d);
       const sparsity = coeff * (c.sae.kind === "jumprelu" ? l0 / B : l1 / B);
+      // AuxK: aux_loss and n_dead_train (the latents dead during the step); loss = mse + aux_coeff·aux (SAE.md)
+      const aux = auxOn(c)
+        ? { aux_loss: stats[auxAt + k * AK.AUX_SCALARS + 2], n_dead_train: new Uint32Array(stats.buffer, 4 * (auxAt + this.K * AK.AUX_SCALARS + k), 1)[0] }
+        : null;
       return {
-        loss: mse + sparsity,
+        ...(aux ?? {}),
+        loss: mse + sparsity + (aux ? c.sae.aux_coeff * aux.aux_loss : 0),
         mse,
         l0: l0 / B,
         l1: l1 / B,
@@ -647,7 +743,10 @@ export class SaeEngine {
   /** Fills every intermediate and gradient buffer with NaN, so a test sees any element a kernel failed to write. */
   poison(): void {
     const names = ["H", "G", "R", "latentPart", "residPart"];
-    for (const slab of this.slabs) for (const p of ["colStats", ...PARAM_NAMES.map((p) => `grad.${p}`)]) names.push(this.slabName(p, slab));
+    const aux = this.buffers.has("auxMeta");
+    if (aux) names.push("auxAct", "auxCut", "auxR", "auxDenPart", "auxNumPart", "auxBEnc");
+    for (const slab of this.slabs)
+      for (const p of ["colStats", ...PARAM_NAMES.map((p) => `grad.${p}`), ...(aux ? ["auxScal", "nDead"] : [])]) names.push(this.slabName(p, slab));
     for (const name of names) {
       const b = this.buf(name);
       this.device.queue.writeBuffer(b, 0, new Float32Array(b.size / 4).fill(NaN));
@@ -786,7 +885,16 @@ export class SaeEngine {
   /** Parameters, Adam moments, BatchTopK's θ and the step, exactly as they are (for resume checkpoints). */
   async exportState(): Promise<EngineState> {
     const [params, m, v, thetas] = [await this.readParams(""), await this.readParams("m."), await this.readParams("v."), await this.thetas()];
-    return { step: this.t, saes: params.map((p, k) => ({ params: p, m: m[k], v: v[k], theta: thetas[k] })) };
+    const counters = await this.counters();
+    return { step: this.t, saes: params.map((p, k) => ({ params: p, m: m[k], v: v[k], theta: thetas[k], ...(counters[k] ? { counters: counters[k]! } : {}) })) };
+  }
+
+  /** AuxK's per-latent counters (examples since each latent last fired) per SAE; null for SAEs without AuxK. */
+  async counters(): Promise<Array<Uint32Array | null>> {
+    if (!this.buffers.has("auxMeta")) return this.cfgs.map(() => null);
+    const all = new Uint32Array((await this.readBuffer("counters")).buffer);
+    const n = this.d_sae;
+    return this.cfgs.map((c, k) => (auxOn(c) ? all.slice(k * n, (k + 1) * n) : null));
   }
 
   /** Restores parameters (and Adam moments, zero when absent), BatchTopK's θ (unset when absent) and the step count. */
@@ -801,6 +909,8 @@ export class SaeEngine {
           const src = source(s, kind);
           if (src && src[p].length !== this.sizes[p]) throw new Error(`engine: state of SAE ${k}: ${kind}${p} has ${src[p].length} values, expected ${this.sizes[p]}`);
         }
+    for (const [k, s] of state.saes.entries())
+      if (s.counters && s.counters.length !== this.d_sae) throw new Error(`engine: state of SAE ${k}: counters has ${s.counters.length} values, expected ${this.d_sae}`);
     for (const [k, s] of state.saes.entries()) {
       const { slab, i } = this.slabOf(k);
       for (const kind of kinds) {
@@ -812,6 +922,10 @@ export class SaeEngine {
         }
       }
       this.device.queue.writeBuffer(this.buf(this.slabName("batchState", slab)), 4 * i * BATCH_STATE_WORDS, thetaWords(this.cfgs[k].sae.kind === "batchtopk" ? (s.theta ?? null) : null));
+      if (this.buffers.has(this.slabName("counters", slab))) {
+        const counters = auxOn(this.cfgs[k]) && s.counters ? s.counters : new Uint32Array(this.d_sae);
+        this.device.queue.writeBuffer(this.buf(this.slabName("counters", slab)), 4 * i * this.d_sae, counters.buffer, counters.byteOffset, counters.byteLength);
+      }
     }
     this.t = state.step;
     this.decoderDirty = false;

@@ -14,6 +14,7 @@
  * Keep these formulas in step with the buffers `SaeEngine` allocates.
  */
 import type { AdapterLimits } from "./device";
+import { AUX_DEN_STATS, AUX_SCALARS } from "./auxk";
 import { BATCH_BINS, BATCH_STATE_WORDS, NORM_WORKGROUPS } from "./topk";
 
 /** The engine's parameter tensors (W_enc, b_enc, W_dec, b_dec, log θ): gradient clipping sums over all of them. */
@@ -39,6 +40,8 @@ export interface SaeShape {
   n_prefixes?: number;
   /** Whether the group holds a BatchTopK SAE: its whole-batch histogram select needs working buffers of its own. */
   batchtopk?: boolean;
+  /** Whether the group holds a TopK/BatchTopK SAE with AuxK (aux_coeff > 0): dead counters and AuxK's working set. */
+  auxk?: boolean;
 }
 
 export type BindingLimits = Pick<AdapterLimits, "maxStorageBufferBindingSize" | "maxBufferSize">;
@@ -102,6 +105,9 @@ export function persistentTensors(s: SaeShape): Record<string, number> {
   out.batchState = BATCH_STATE_WORDS;
   out.normPart = PARAM_COUNT * NORM_WORKGROUPS;
   out.clip = 2;
+  // AuxK (shaders/auxk.ts): examples since each latent fired (u32, in resume checkpoints), the step's n_dead_train
+  // (u32) and [den, gscale, aux, num]; per slab, so log steps read every slab's after the step
+  if (s.auxk) Object.assign(out, { counters: n, nDead: 1, auxScal: AUX_SCALARS });
   return out;
 }
 
@@ -118,15 +124,23 @@ export function workingTensors(s: SaeShape, rowsPerChunk: number): Record<string
     cut: 2 * rowsPerChunk, // TopK: each row's selection threshold and tie cut (shaders/topk.ts)
     // BatchTopK (shaders/topk.ts): the whole batch's 16-bit radix histogram, and each row's ties with the threshold
     ...(s.batchtopk ? { batchHist: BATCH_BINS, rowTies: rowsPerChunk } : {}),
+    // AuxK (shaders/auxk.ts): the dead latents' kept ReLU(h) (as large as H), its select's cut, e − ê, the whole
+    // batch's partials of the denominator and numerator, and Σ_b dL_aux/dh (compensated)
+    ...(s.auxk
+      ? { auxAct: rowsPerChunk * n, auxCut: 2 * rowsPerChunk, auxR: rowsPerChunk * d, auxDenPart: AUX_DEN_STATS * partials * d, auxNumPart: partials * d, auxBEnc: 2 * n }
+      : {}),
   };
 }
+
+/** Words per SAE the engine's metrics staging buffer holds for AuxK: auxScal and nDead. */
+export const STAGED_AUX_WORDS = AUX_SCALARS + 1;
 
 const sum = (r: Record<string, number>) => Object.values(r).reduce((a, b) => a + b, 0);
 const largest = (r: Record<string, number>) => Math.max(...Object.values(r));
 
 /** Bytes every SAE keeps (plus its share of the metrics staging buffer). */
 export function bytesPerSae(s: SaeShape): number {
-  return 4 * (sum(persistentTensors(s)) + 2 * s.d_sae + s.d_vit);
+  return 4 * (sum(persistentTensors(s)) + 2 * s.d_sae + s.d_vit + (s.auxk ? STAGED_AUX_WORDS : 0));
 }
 
 /** Bytes shared by the whole group: the batch (working copy and two upload buffers), eval x statistics, and room

@@ -61,12 +61,6 @@ export function selectWarnings(raw: Record<string, any>, cfgs: TrainConfig[]): s
   const gaveCoeff = typeof objective === "object" && objective !== null && "sparsity_coeff" in objective;
   if (gaveCoeff && cfgs.some((c) => isSelectKind(c.sae.kind)))
     warnings.push("objective.sparsity_coeff: ignored by the topk and batchtopk runs (they select latents; no sparsity penalty)");
-  // The engine trains TopK and BatchTopK without AuxK only, for now (shaders/engine.ts refuses AuxK): say so at
-  // submit, so nobody waits for runs whose runners will fail them.
-  const untrainable = [cfgs.some((c) => isSelectKind(c.sae.kind) && c.sae.aux_coeff > 0) && "sae.aux_coeff > 0 (AuxK; set sae.aux_coeff = 0)"].filter(
-    (x): x is string => !!x,
-  );
-  if (untrainable.length) warnings.push(`not yet trained by the engine (issue 13), so those runs will fail: ${untrainable.join(", ")}`);
   if ("lr_final" in raw && !cfgs.some((c) => c.lr_schedule === "warmup_cosine"))
     warnings.push('lr_final: ignored; it applies to lr_schedule = "warmup_cosine" only');
   return warnings;

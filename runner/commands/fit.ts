@@ -17,6 +17,8 @@ is 'fit: N SAEs per chunk (M MiB each)' (M: what every SAE keeps: weights, gradi
   --batch-size B     sae_batch_size (default 16384)
   --n-prefixes P     most Matryoshka prefixes in the group (default 1: Vanilla)
   --batchtopk        the group holds a BatchTopK SAE (its whole-batch select needs buffers of its own)
+  --auxk             the group holds a TopK/BatchTopK SAE with AuxK (aux_coeff > 0: dead counters, a working set
+                     as large as the pre-activations)
   --gpu-memory GB    device memory the engine may use, GB of 10^9 bytes (default as the runner finds it:
                      env ${GPU_MEMORY_ENV}, else 90 % of what nvidia-smi or rocm-smi report as free, else 2 GiB)
   --max-binding B    the adapter's maxStorageBufferBindingSize in bytes (also taken as maxBufferSize; default:
@@ -82,6 +84,7 @@ export async function fit(argv: string[]): Promise<number> {
       "batch-size": { type: "string" },
       "n-prefixes": { type: "string" },
       batchtopk: { type: "boolean", default: false },
+      auxk: { type: "boolean", default: false },
       "gpu-memory": { type: "string" },
       "max-binding": { type: "string" },
       help: { type: "boolean", short: "h", default: false },
@@ -107,8 +110,8 @@ export async function fit(argv: string[]): Promise<number> {
     limits = local?.limits ?? WEBGPU_MIN_LIMITS;
     adapter = local ? `this machine's adapter (${local.name})` : "no WebGPU adapter here: WebGPU's minimum limits";
   }
-  const shape = { d_vit, d_sae: d_vit * exp, batch_size, n_prefixes, batchtopk: values.batchtopk === true };
-  console.log(`shape: d_vit ${d_vit}, d_sae ${shape.d_sae}, batch ${batch_size}, ${n_prefixes} prefix${n_prefixes > 1 ? "es" : ""}${shape.batchtopk ? ", BatchTopK" : ""}`);
+  const shape = { d_vit, d_sae: d_vit * exp, batch_size, n_prefixes, batchtopk: values.batchtopk === true, auxk: values.auxk === true };
+  console.log(`shape: d_vit ${d_vit}, d_sae ${shape.d_sae}, batch ${batch_size}, ${n_prefixes} prefix${n_prefixes > 1 ? "es" : ""}${shape.batchtopk ? ", BatchTopK" : ""}${shape.auxk ? ", AuxK" : ""}`);
   console.log(`memory: ${describeGpuMemory(memory)}; limits: ${adapter}`);
   const plan = planMemory(limits, shape, { memoryBudget: memory.bytes });
   if (plan.maxSaes === 0) console.log("not even one SAE of this shape fits: lower the batch size or the expansion factor, or use a larger GPU");

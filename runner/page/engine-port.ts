@@ -7,7 +7,7 @@
  * log θ, the parameter Adam actually updates. ReLU SAEs carry no threshold: their log θ has zero gradient and stays
  * at its init, so a resume restores it from the config. BatchTopK's θ (not a parameter: the EMA of the smallest
  * kept value) travels as `threshold` too, one value repeated per latent as SAELens saves it; its Adam moments are
- * those of its unused log θ (zeros).
+ * those of its unused log θ (zeros). AuxK's per-latent counters travel with the Adam state (`aux_counters`).
  */
 import type { DataConfig, EvalMetrics, StepMetrics, TrainConfig } from "../../shaders/config";
 import { SaeEngine, type EngineOptions, type SaeParams } from "../../shaders/engine";
@@ -89,7 +89,7 @@ export async function createGroupEngine(device: GPUDevice, cfgs: TrainConfig[], 
       const state = await engine.exportState();
       return state.saes.map((s, k) => ({
         weights: toWeights(s.params, k, exp, batch[k] ? (s.theta ?? null) : undefined),
-        adam: { m: toWeights(s.m!, k, same), v: toWeights(s.v!, k, same), step: state.step },
+        adam: { m: toWeights(s.m!, k, same), v: toWeights(s.v!, k, same), step: state.step, ...(s.counters ? { counters: s.counters } : {}) },
       }));
     },
     importState: async (states) => {
@@ -103,6 +103,8 @@ export async function createGroupEngine(device: GPUDevice, cfgs: TrainConfig[], 
           v: toParams(s.adam.v, k, same, 0),
           // θ was set by the first step: a checkpoint taken before any step has none yet
           theta: batch[k] && s.adam.step > 0 ? s.weights.threshold![0] : null,
+          // AuxK's dead counters (absent: zero, nothing dead yet)
+          counters: s.adam.counters,
         })),
       });
     },

@@ -341,6 +341,8 @@ export function atStep(checkpointPath: string, step: number): string {
 
 const now = () => (typeof performance !== "undefined" ? performance.now() : Date.now());
 
+/** The rows to post for one log step: every key the engine returned, so AuxK SAEs' optional `aux_loss` and
+ *  `n_dead_train` go with their step's metrics (the other SAEs' rows have neither). */
 export function metricRows(runIds: string[], step: number, metrics: StepMetrics[]): MetricRow[] {
   if (metrics.length !== runIds.length) throw new Error(`engine returned ${metrics.length} metric sets for ${runIds.length} runs`);
   return metrics.map((m, i) => ({ run_id: runIds[i], step, ...m }));

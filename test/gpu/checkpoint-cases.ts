@@ -48,6 +48,11 @@ export const checkpointCases = {
       return {
         maxDiff,
         resumeThresholds: files.map((f) => decodeSafetensors(f).tensors.threshold?.shape ?? null),
+        // AuxK's dead counters in the resume checkpoints: shape, and the largest (null where there are none)
+        resumeCounters: files.map((f) => {
+          const c = decodeSafetensors(f).tensors.aux_counters;
+          return c ? { shape: c.shape, max: Math.max(...Array.from(c.data as BigInt64Array, Number)) } : null;
+        }),
         thresholds: finals.map((f) => (f.tensors.threshold ? Array.from(f.tensors.threshold.data as Float32Array) : null)),
       };
     } finally {

@@ -10,8 +10,8 @@ import { createMatmul, type MatmulVariant } from "../../shaders/matmul";
 type JsonParams = Record<ParamName, number[]>;
 export interface JsonState {
   step: number;
-  /** theta: BatchTopK's θ (null or absent: unset). */
-  saes: Array<{ params: JsonParams; m?: JsonParams; v?: JsonParams; theta?: number | null }>;
+  /** theta: BatchTopK's θ (null or absent: unset); counters: AuxK's per-latent counters (absent: zero). */
+  saes: Array<{ params: JsonParams; m?: JsonParams; v?: JsonParams; theta?: number | null; counters?: number[] }>;
 }
 
 const toF32 = (p: JsonParams) => Object.fromEntries(PARAM_NAMES.map((n) => [n, Float32Array.from(p[n])])) as Record<ParamName, Float32Array>;
@@ -20,7 +20,7 @@ const toJson = (p: Record<ParamName, Float32Array>) => Object.fromEntries(PARAM_
 function importJson(engine: SaeEngine, s: JsonState): void {
   const state: EngineState = {
     step: s.step,
-    saes: s.saes.map((x) => ({ params: toF32(x.params), m: x.m && toF32(x.m), v: x.v && toF32(x.v), theta: x.theta })),
+    saes: s.saes.map((x) => ({ params: toF32(x.params), m: x.m && toF32(x.m), v: x.v && toF32(x.v), theta: x.theta, counters: x.counters && Uint32Array.from(x.counters) })),
   };
   engine.importState(state);
 }
@@ -35,17 +35,18 @@ async function gpuErrors<T>(device: GPUDevice, fn: () => Promise<T>): Promise<T>
 
 export const engineCases = {
   /** One step from a given state on a given batch, every intermediate buffer poisoned with NaN first. */
-  async engineStep(device: GPUDevice, input: { cfgs: TrainConfig[]; state: JsonState; x: number[]; matmul?: "tiled" | "direct"; options?: EngineOptions }) {
+  async engineStep(device: GPUDevice, input: { cfgs: TrainConfig[]; state: JsonState; x: number[]; matmul?: "tiled" | "direct"; options?: EngineOptions; extra?: string[] }) {
     return gpuErrors(device, async () => {
       const engine = SaeEngine.create(device, input.cfgs, { ...input.options, matmul: input.matmul });
       try {
         importJson(engine, input.state);
         engine.poison();
         const metrics = await engine.step(Float32Array.from(input.x), { metrics: true });
-        const names = ["H", "G", "R", ...PARAM_NAMES.flatMap((p) => [`grad.${p}`, p, `m.${p}`, `v.${p}`])];
+        const names = ["H", "G", "R", ...PARAM_NAMES.flatMap((p) => [`grad.${p}`, p, `m.${p}`, `v.${p}`]), ...(input.extra ?? [])];
         const buffers: Record<string, number[]> = {};
         for (const name of names) buffers[name] = Array.from(await engine.readBuffer(name));
-        return { metrics, buffers, maxPrefixes: engine.maxPrefixes, variant: engine.matmulVariant, plan: engine.plan, thetas: await engine.thetas() };
+        const counters = (await engine.counters()).map((c) => (c ? Array.from(c) : null));
+        return { metrics, buffers, maxPrefixes: engine.maxPrefixes, variant: engine.matmulVariant, plan: engine.plan, thetas: await engine.thetas(), counters };
       } finally {
         engine.destroy();
       }
@@ -158,7 +159,8 @@ export const engineCases = {
             const x = s1.saes[k].params[p], y = s2.saes[k].params[p];
             for (let i = 0; i < x.length; i++) maxDiff = Math.max(maxDiff, Math.abs(x[i] - y[i]));
           }
-        return { maxDiff, steps: [s1.step, s2.step], thetas: [await one.thetas(), await two.thetas()] };
+        const counters = [s1, s2].map((s) => s.saes.map((x) => (x.counters ? Array.from(x.counters) : null)));
+        return { maxDiff, steps: [s1.step, s2.step], thetas: [await one.thetas(), await two.thetas()], counters };
       } finally {
         one.destroy();
         two.destroy();

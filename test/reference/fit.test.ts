@@ -14,17 +14,19 @@ const shapes: SaeShape[] = [
   { d_vit: 17, d_sae: 51, batch_size: 37, n_prefixes: 6 },
   { d_vit: 768, d_sae: 12288, batch_size: 16384, batchtopk: true },
   { d_vit: 17, d_sae: 51, batch_size: 37, n_prefixes: 6, batchtopk: true },
+  { d_vit: 768, d_sae: 12288, batch_size: 16384, batchtopk: true, auxk: true },
+  { d_vit: 17, d_sae: 51, batch_size: 37, n_prefixes: 6, auxk: true },
 ];
 
 describe("memory plan", () => {
   for (const s of shapes)
     for (const gb of [2, 24, 80, 141])
-      it(`d_vit ${s.d_vit}, d_sae ${s.d_sae}, batch ${s.batch_size}, ${s.n_prefixes ?? 1} prefixes${s.batchtopk ? ", BatchTopK" : ""} at ${gb} GB: every K up to the max fits budget and bindings`, () => {
+      it(`d_vit ${s.d_vit}, d_sae ${s.d_sae}, batch ${s.batch_size}, ${s.n_prefixes ?? 1} prefixes${s.batchtopk ? ", BatchTopK" : ""}${s.auxk ? ", AuxK" : ""} at ${gb} GB: every K up to the max fits budget and bindings`, () => {
         const budget = gb * 1e9;
         const max = maxSaesThatFit(NVIDIA, s, budget);
         // never fewer than before (but for the metrics staging buffer, which the old formula did not count; it knew
         // no BatchTopK, whose histogram dominates tiny shapes)
-        if (!s.batchtopk) expect(max).toBeGreaterThanOrEqual(Math.floor(0.98 * maxSaesUnchunked(NVIDIA, s, budget)));
+        if (!s.batchtopk && !s.auxk) expect(max).toBeGreaterThanOrEqual(Math.floor(0.98 * maxSaesUnchunked(NVIDIA, s, budget)));
         for (const K of new Set([1, 2, Math.ceil(max / 3), max - 1, max].filter((k) => k >= 1 && k <= max))) {
           const p = planMemory(NVIDIA, s, { memoryBudget: budget, saes: K });
           expect(p.fits).toBe(true);
@@ -62,6 +64,15 @@ describe("memory plan", () => {
     expect(batch.workingBytesPerSae - plain.workingBytesPerSae).toBe(4 * (65536 + plain.rowsPerChunk));
     expect(batch.bytesPerSae).toBe(plain.bytesPerSae);
     expect(maxSaesThatFit(NVIDIA, b, 24e9)).toBeLessThanOrEqual(maxSaesThatFit(NVIDIA, s, 24e9));
+    // AuxK: per SAE the dead counters, n_dead and 4 scalars (plus their staging); per SAE of the working slab the
+    // dead latents' activations (as large as H), their cut, e − ê, the denominator's and numerator's partials, Σ dh
+    const aux = planMemory(small, { ...s, auxk: true }, { memoryBudget: 24e9, saes: 4 });
+    const C = aux.rowsPerChunk, S = aux.partials;
+    expect(aux.workingBytesPerSae - planMemory(small, s, { memoryBudget: 24e9, saes: 4, maxRowsPerChunk: C }).workingBytesPerSae).toBe(
+      4 * (C * 12288 + 2 * C + C * 768 + 3 * S * 768 + S * 768 + 2 * 12288),
+    );
+    expect(aux.bytesPerSae - plain.bytesPerSae).toBe(4 * (12288 + 1 + 4 + 5));
+    expect(maxSaesThatFit(NVIDIA, { ...s, auxk: true }, 24e9)).toBeLessThan(maxSaesThatFit(NVIDIA, s, 24e9));
     // a batch larger than one binding fits nothing
     expect(maxSaesThatFit({ maxStorageBufferBindingSize: 4 * 16384 * 768 - 4, maxBufferSize: 2 ** 40 }, s, 80e9)).toBe(0);
   });

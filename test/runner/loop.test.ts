@@ -14,7 +14,7 @@ import { WorkerClient } from "../../runner/api";
 import { ShardSource } from "../../runner/data/shards";
 import { sparseFeatureGenerator, writeShards } from "../../runner/data/write-shards";
 import type { RunnerEvent } from "../../runner/events";
-import { RunnerLoop } from "../../runner/page/loop";
+import { metricRows, RunnerLoop } from "../../runner/page/loop";
 import { decodeCheckpoint } from "../../runner/safetensors";
 import { trainConfig } from "./fixtures";
 import { serveProtocol, type ProtocolServer } from "./protocol-server";
@@ -285,5 +285,15 @@ describe("RunnerLoop", () => {
     loop.stop("drain");
     expect(await run).toBe("stopped");
     expect(Date.now() - t0).toBeLessThan(5000);
+  });
+});
+
+describe("metricRows", () => {
+  it("posts AuxK's optional aux_loss and n_dead_train with the step's metrics, and nothing of them for other SAEs", () => {
+    const base = { loss: 1.5, mse: 1, l0: 4, l1: 2, sparsity: 0, "progress/n_patches_seen": 64, "progress/learning_rate": 1e-3, "progress/sparsity_coeff": 0 };
+    const rows = metricRows(["a", "b"], 7, [{ ...base, aux_loss: 0.5, n_dead_train: 12 }, base]);
+    expect(rows[0]).toEqual({ run_id: "a", step: 7, ...base, aux_loss: 0.5, n_dead_train: 12 });
+    expect(rows[1]).toEqual({ run_id: "b", step: 7, ...base });
+    expect("aux_loss" in rows[1] || "n_dead_train" in rows[1]).toBe(false);
   });
 });

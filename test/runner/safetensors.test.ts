@@ -130,11 +130,22 @@ describe(`safetensors (TEST_SEED=${seed})`, () => {
     expect(raw.tensors.threshold.shape).toEqual([k]);
     expect(JSON.parse(raw.metadata.cfg)).toMatchObject({ architecture: "jumprelu", d_in: d, d_sae: k });
     expect(decodeCheckpoint(final).weights.threshold).toEqual(w.threshold);
-    const resume = encodeResumeCheckpoint({ run_id: "run-b", cfg, step: 16 }, w, norm, { m: { ...w, threshold: new Float32Array(k) }, v: { ...w, threshold: new Float32Array(k) }, step: 16 });
+    // AuxK (aux_coeff defaults to 1/32): the dead counters travel as aux_counters, I64 [d_sae], every u32 exact
+    const counters = Uint32Array.from({ length: k }, (_, j) => (j === 3 ? 0xffffffff : j * 1000));
+    const adam = { m: { ...w, threshold: new Float32Array(k) }, v: { ...w, threshold: new Float32Array(k) }, step: 16 };
+    const resume = encodeResumeCheckpoint({ run_id: "run-b", cfg, step: 16 }, w, norm, { ...adam, counters });
     expect(decodeCheckpoint(resume).weights.threshold).toEqual(w.threshold);
+    expect(decodeCheckpoint(resume).adam!.counters).toEqual(counters);
+    expect(decodeSafetensors(resume).tensors.aux_counters).toMatchObject({ dtype: "I64", shape: [k] });
+    expect(() => encodeResumeCheckpoint({ run_id: "run-b", cfg, step: 16 }, w, norm, adam)).toThrow(/aux_counters/);
+    const noAux = { ...cfg, sae: { ...cfg.sae, aux_coeff: 0 } };
+    const withoutCounters = encodeResumeCheckpoint({ run_id: "run-b", cfg: noAux, step: 16 }, w, norm, adam);
+    expect(decodeSafetensors(withoutCounters).tensors.aux_counters).toBeUndefined();
     const target = (kind: "final" | "resume") => ({ runId: "run-b", cfg, kind, step: 16 });
     expect(checkCheckpointHeader(final, final.byteLength, target("final"))).toBe(final.byteLength);
     expect(checkCheckpointHeader(resume, resume.byteLength, target("resume"))).toBe(resume.byteLength);
+    // the Worker refuses an AuxK run's resume checkpoint without its counters, naming the tensor
+    expect(() => checkCheckpointHeader(withoutCounters, withoutCounters.byteLength, target("resume"))).toThrow(/aux_counters/);
     // without θ: the encoder refuses, and a file without it (as a ReLU's) is refused by the Worker, naming the tensor
     expect(() => encodeFinalCheckpoint({ run_id: "run-b", cfg, step: 16 }, weights(d, k, false), norm)).toThrow(/batchtopk SAE needs 'threshold'/);
     const noTheta = encodeFinalCheckpoint({ run_id: "run-b", cfg: base, step: 16 }, weights(d, k, false), norm);

@@ -55,6 +55,12 @@ describe("sae-swarm fit", () => {
     expect(batchtopk.stdout).toContain("1 prefix, BatchTopK");
     const wantBatch = planMemory({ maxStorageBufferBindingSize: 2147483644, maxBufferSize: 2147483644 }, { d_vit: 1024, d_sae: 16384, batch_size: 16384, n_prefixes: 1, batchtopk: true }, { memoryBudget: 24e9 }).maxSaes;
     expect(lastLine(batchtopk.stdout)).toBe(`fit: ${wantBatch} SAEs per chunk (513 MiB each)`);
+    // AuxK: its dead counters (per SAE) and working set (as large as H, per SAE of the working slab)
+    const auxk = await cli([...args, "--batchtopk", "--auxk"], env);
+    expect(auxk.stdout).toContain("1 prefix, BatchTopK, AuxK");
+    const wantAux = planMemory({ maxStorageBufferBindingSize: 2147483644, maxBufferSize: 2147483644 }, { d_vit: 1024, d_sae: 16384, batch_size: 16384, n_prefixes: 1, batchtopk: true, auxk: true }, { memoryBudget: 24e9 }).maxSaes;
+    expect(wantAux).toBeLessThan(wantBatch);
+    expect(lastLine(auxk.stdout)).toBe(`fit: ${wantAux} SAEs per chunk (513 MiB each)`);
     const bad = await cli(["fit", "--d-vit", "768", "--exp-factor", "16", "--gpu-memory", "lots", "--max-binding", "2147483644"]);
     expect(bad.code).toBe(1);
     expect(bad.stderr).toContain("--gpu-memory must be a positive number of GB");

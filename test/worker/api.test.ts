@@ -297,6 +297,17 @@ describe("claims and leases", () => {
     expect(got.group.cfgs.map((r) => r.run_id)).toEqual([`${s.id}-r0`, `${s.id}-r1`]);
   });
 
+  it("sizes an AuxK group's chunk with its dead counters and working set (the plan the engine allocates)", async () => {
+    // TopK with AuxK's default aux_coeff (1/32): auxAct is as large as H, so a budget for 2 plain TopK SAEs holds 1
+    const s = await submit(SMALL_SWEEP.replace("sae = { exp_factor = 4 }", 'sae = { exp_factor = 4, kind = "topk", k = 4 }'));
+    const one = (await claim("a", 2))!;
+    expect(one.group.cfgs.map((r) => r.run_id)).toEqual([`${s.id}-r0`]);
+    const size = 2 ** 28;
+    const memoryBudget = planMemory({ maxStorageBufferBindingSize: size, maxBufferSize: size }, { d_vit: 16, d_sae: 64, batch_size: 64, auxk: true }, { saes: 2 }).totalBytes;
+    const got = await json<ClaimResponse>(await call("POST", "/v1/claims", { json: { runner_id: "b", adapter: { ...adapter(), memoryBudget } } }), 200);
+    expect(got.group.cfgs.map((r) => r.run_id)).toEqual([`${s.id}-r1`, `${s.id}-r2`]);
+  });
+
   it("sizes the chunk with the runner's memory budget and the group's Matryoshka prefixes; refuses a bad budget", async () => {
     // SMALL_SWEEP's shape with 10 prefixes: each SAE's residuals take 10× the memory, so a budget for 2 Vanilla SAEs holds 1
     const s = await submit(SMALL_SWEEP.replace("objective = {", 'objective = { kind = "matryoshka", n_prefixes = 10,'));

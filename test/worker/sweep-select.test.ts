@@ -24,7 +24,7 @@ function rejects(text: string): ApiError {
 describe("TopK/BatchTopK and schedule keys: defaults and groups", () => {
   it("fills SAE.md's defaults; ReLU runs have k = null", () => {
     const { configs, warnings } = toml(`sae = { kind = ["relu", "topk"], k = 8, exp_factor = 4 }`);
-    expect(warnings).toEqual([expect.stringMatching(/^not yet trained by the engine .*sae\.aux_coeff > 0/)]); // AuxK's default 1/32
+    expect(warnings).toEqual([]); // AuxK's default 1/32 trains (issue 13)
     const [relu, topk] = configs.map((c) => c.cfg);
     expect(topk.sae).toMatchObject({ kind: "topk", k: 8, threshold_beta: 0.999, k_aux: 512, aux_coeff: 1 / 32, dead_after: 10_000_000 });
     expect(relu.sae).toMatchObject({ kind: "relu", k: 8 });
@@ -58,11 +58,9 @@ describe("TopK/BatchTopK and schedule keys: defaults and groups", () => {
     expect(toml(`sae = { kind = ["relu", "topk"], k = 8, aux_coeff = 0 }\nobjective = { sparsity_coeff = 1e-3 }`).warnings).toEqual([
       expect.stringMatching(/^objective\.sparsity_coeff: ignored by the topk and batchtopk runs/),
     ]);
-    // the engine trains BatchTopK and max_grad_norm: no warning; AuxK (aux_coeff > 0) still warns
+    // the engine trains BatchTopK, max_grad_norm and AuxK: no warning
     expect(toml(`sae = { kind = "batchtopk", k = 8, aux_coeff = 0 }\nmax_grad_norm = 1.0`).warnings).toEqual([]);
-    expect(toml(`sae = { kind = "batchtopk", k = 8 }\nmax_grad_norm = 1.0`).warnings).toEqual([
-      "not yet trained by the engine (issue 13), so those runs will fail: sae.aux_coeff > 0 (AuxK; set sae.aux_coeff = 0)",
-    ]);
+    expect(toml(`sae = { kind = "batchtopk", k = 8 }\nmax_grad_norm = 1.0`).warnings).toEqual([]);
     expect(toml(`sae = { kind = "relu" }\nobjective = { sparsity_coeff = 1e-3 }`).warnings).toEqual([]);
     expect(toml(`lr_final = 1e-5`).warnings).toEqual([expect.stringMatching(/^lr_final: ignored/)]);
     expect(toml(`lr_final = 1e-5\nlr_schedule = "warmup_cosine"`).warnings).toEqual([]);

@@ -48,18 +48,22 @@ claimRoutes.post("/", async (c) => {
   /** The oldest groups (sweep order, then group order) with a claimable run that this adapter can hold. */
   const readCandidates = async (): Promise<Candidate[]> => {
     // Only the shape of one claimable run per group (and the most Matryoshka prefixes of its claimable runs, which
-    // bounds any chunk's, and whether one is BatchTopK, whose select needs buffers of its own), so that a claim reads
+    // bounds any chunk's, whether one is BatchTopK, whose select needs buffers of its own, and whether one trains
+    // with AuxK, whose dead counters and working set (as large as H) count too), so that a claim reads
     // a few bytes per group, not configs.
     const { results } = await db
       .prepare(
-        `SELECT group_id, sweep_id, shape, n_prefixes, batchtopk FROM (
+        `SELECT group_id, sweep_id, shape, n_prefixes, batchtopk, auxk FROM (
            SELECT g.id AS group_id, g.sweep_id, g.created_at, g.idx,
              (SELECT json_array(${runConfigValueSql("$.sae.d_vit")}, ${runConfigValueSql("$.sae.exp_factor")}, ${runConfigValueSql("$.sae_batch_size")})
               FROM runs r LEFT JOIN leases l ON l.id = r.lease_id WHERE r.group_id = g.id AND ${CLAIMABLE} ORDER BY r.idx LIMIT 1) AS shape,
              (SELECT max(CASE WHEN ${runConfigValueSql("$.objective.kind")} = 'matryoshka' THEN ${runConfigValueSql("$.objective.n_prefixes")} ELSE 1 END)
               FROM runs r LEFT JOIN leases l ON l.id = r.lease_id WHERE r.group_id = g.id AND ${CLAIMABLE}) AS n_prefixes,
              (SELECT max(CASE WHEN ${runConfigValueSql("$.sae.kind")} = 'batchtopk' THEN 1 ELSE 0 END)
-              FROM runs r LEFT JOIN leases l ON l.id = r.lease_id WHERE r.group_id = g.id AND ${CLAIMABLE}) AS batchtopk
+              FROM runs r LEFT JOIN leases l ON l.id = r.lease_id WHERE r.group_id = g.id AND ${CLAIMABLE}) AS batchtopk,
+             (SELECT max(CASE WHEN ${runConfigValueSql("$.sae.kind")} IN ('topk', 'batchtopk')
+                AND COALESCE(${runConfigValueSql("$.sae.aux_coeff")}, 1) > 0 AND COALESCE(${runConfigValueSql("$.sae.k_aux")}, 1) > 0 THEN 1 ELSE 0 END)
+              FROM runs r LEFT JOIN leases l ON l.id = r.lease_id WHERE r.group_id = g.id AND ${CLAIMABLE}) AS auxk
            FROM groups g
            WHERE g.status IN ('waiting', 'running'))
          WHERE shape IS NOT NULL
@@ -67,11 +71,11 @@ claimRoutes.post("/", async (c) => {
          LIMIT ${CANDIDATES}`,
       )
       .bind(Date.now())
-      .all<{ group_id: string; sweep_id: string; shape: string; n_prefixes: number | null; batchtopk: number | null }>();
+      .all<{ group_id: string; sweep_id: string; shape: string; n_prefixes: number | null; batchtopk: number | null; auxk: number | null }>();
     const out: Candidate[] = [];
     for (const g of results) {
       const [d_vit, exp_factor, batch_size] = JSON.parse(g.shape) as number[];
-      const k = maxSaesThatFit(limits, { d_vit, d_sae: d_vit * exp_factor, batch_size, n_prefixes: g.n_prefixes ?? 1, batchtopk: g.batchtopk === 1 }, memoryBudget);
+      const k = maxSaesThatFit(limits, { d_vit, d_sae: d_vit * exp_factor, batch_size, n_prefixes: g.n_prefixes ?? 1, batchtopk: g.batchtopk === 1, auxk: g.auxk === 1 }, memoryBudget);
       if (k >= 1) out.push({ group_id: g.group_id, sweep_id: g.sweep_id, k }); // else leave it for a bigger runner
     }
     return out;
