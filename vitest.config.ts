@@ -9,5 +9,7 @@ export default defineConfig({
     hookTimeout: 300_000,
     // GPU work on SwiftShader is CPU-bound; two cores do not gain from more files at once.
     maxWorkers: 2,
+    // SAE_SWARM_CACHE → a temp dir per test file: runners' autotuned kernels never touch ~/.cache
+    setupFiles: ["test/helpers/tune-cache-env.ts"],
   },
 });

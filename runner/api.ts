@@ -137,8 +137,8 @@ export class WorkerClient {
   }
 
   /** POST /v1/leases/:id/heartbeat; returns the Worker's answer (the extended lease, when it sends one). */
-  async heartbeat(lease: Lease, progress: HeartbeatRequest["progress"], retry?: Partial<RetryPolicy>): Promise<Partial<Lease>> {
-    const body: HeartbeatRequest = { token: lease.token, progress };
+  async heartbeat(lease: Lease, progress: HeartbeatRequest["progress"], retry?: Partial<RetryPolicy>, kernels?: HeartbeatRequest["kernels"]): Promise<Partial<Lease>> {
+    const body: HeartbeatRequest = { token: lease.token, progress, ...(kernels ? { kernels } : {}) };
     const res = await this.request({ method: "POST", path: `/v1/leases/${enc(lease.id)}/heartbeat`, json: body, leaseId: lease.id, retry });
     const parsed = (await res.json().catch(() => ({}))) as { lease?: Partial<Lease> } & Partial<Lease>;
     return parsed.lease ?? parsed;

@@ -3,6 +3,7 @@
  * restart logic need. JSON-serializable; shared by both sides.
  */
 import type { Lease } from "../worker/protocol";
+import type { KernelReport } from "../shaders/autotune";
 
 export interface SaeProgress {
   run_id: string;
@@ -21,6 +22,8 @@ export type RunnerEvent =
   | { kind: "backoff"; failures: number; wait_ms: number }
   | { kind: "log"; level: "info" | "warn" | "error"; message: string }
   | { kind: "device-lost"; message: string }
+  /** The matmul kernels of a group's engine (autotuned now, or from the cache): the CLI caches tuned ones on disk. */
+  | { kind: "kernels"; group_id: string; report: KernelReport }
   /** failing: groups kept failing here, so the loop stopped claiming (message says why). */
   | { kind: "exit"; reason: "no-work" | "stopped" | "failing" | "error"; message?: string };
 

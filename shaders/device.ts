@@ -42,6 +42,8 @@ export interface AdapterReport {
    */
   memoryBudget?: number;
   memorySource?: MemorySource;
+  /** Stored by the Worker once the runner reports them (a heartbeat's `kernels`): the lease's autotuned matmuls. */
+  kernels?: import("./autotune").KernelReport;
 }
 
 const SOFTWARE_HINTS = /swiftshader|llvmpipe|lavapipe|softpipe|warp|microsoft basic render|cpu/i;

@@ -31,8 +31,8 @@ import * as K from "./kernels";
 import * as TK from "./topk";
 import { BATCH_STATE_WORDS, rowSelectKernel, topkDims, topkMetaWords } from "./topk";
 import * as AK from "./auxk";
-import { choiceFor, matmulGrid } from "./matmul-template";
 import { BATCH_THETA, thetaOf, thetaWords } from "./batchtopk";
+import { choiceFor, matmulGrid, type MatmulChoice } from "./matmul-template";
 import { adamScalars, initWeights, learningRate, prefixBounds, sparsityCoeff } from "./schedule";
 
 export const PARAM_NAMES = ["W_enc", "b_enc", "W_dec", "b_dec", "log_threshold"] as const;
@@ -71,6 +71,8 @@ export interface EngineOptions {
    * software adapters such as SwiftShader, which run barriers as fiber switches). Default: by the adapter.
    */
   matmul?: "tiled" | "direct";
+  /** A choice per step matmul (shaders/autotune.ts picks them per adapter and shape); missing ones: `matmul`'s. */
+  kernels?: K.MatmulChoices;
 }
 
 const SOFTWARE_ADAPTER = /swiftshader|llvmpipe|lavapipe|softpipe|warp|microsoft basic render/i;
@@ -151,6 +153,8 @@ export class SaeEngine {
   readonly batchSize: number;
   readonly maxPrefixes: number;
   readonly matmulVariant: "tiled" | "direct";
+  /** The choice each step matmul runs (options.kernels, else matmulVariant's). */
+  readonly kernels: Record<K.MatmulName, MatmulChoice>;
   /** Row chunks and slabs, as planned from the device limits and the memory budget. */
   readonly plan: MemoryPlan;
   private t = 0;
@@ -262,7 +266,8 @@ export class SaeEngine {
     // Kernels and their bind groups (train: dims + meta; eval: evalDims + evalMeta).
     const k = (label: string, code: string) => makeKernel(device, label, code);
     this.matmulVariant = options.matmul ?? (isSoftwareDevice(device) ? "direct" : "tiled");
-    const mm = K.matmulKernels(this.matmulVariant === "direct");
+    this.kernels = Object.fromEntries(K.MATMUL_NAMES.map((m) => [m, options.kernels?.[m] ?? choiceFor(this.matmulVariant === "direct")])) as Record<K.MatmulName, MatmulChoice>;
+    const mm = K.matmulKernels(this.kernels, { d, n, B: C });
     const kn = {
       normalize: k("normalize_rows", K.NORMALIZE_ROWS),
       thresholds: k("thresholds", K.THRESHOLDS),
@@ -315,7 +320,6 @@ export class SaeEngine {
         })()
       : null;
     const auxGrid = (M: number, N: number, z: number) => matmulGrid(choiceFor(this.matmulVariant === "direct"), M, N, z);
-    const T = K.TILE;
     const rowsOf = (c: number) => Math.min(C, B - c * C);
     const partialsOf = (c: number) => ceil(rowsOf(c), this.plan.rowsPerPartial);
     this.stepPasses = [];
@@ -332,13 +336,14 @@ export class SaeEngine {
         return { kernel, bind, size };
       };
       const Ks = slab.count;
+      const grid = (m: K.MatmulName, M: number, N: number) => matmulGrid(this.kernels[m], M, N, Ks);
       const tr = (c: number) => [`dims#${slab.index}/${c}`, "meta"];
       const ev = (c: number) => [`evalDims#${slab.index}/${c}`, "evalMeta"];
       const normalize = dispatch(kn.normalize, [...tr(0), "W_dec"], [ceil(n, 64), 1, Ks]);
       this.normalizePasses.push(normalize);
       const thresholds = (names: string[]) => dispatch(kn.thresholds, [...names, "log_threshold", "theta"], [ceil(n, 64), 1, Ks]);
-      const encode = (names: string[], c: number) => dispatch(kn.encode, [...names, "x", "b_dec", "W_enc", "b_enc", "H"], [ceil(n, T), ceil(rowsOf(c), T), Ks]);
-      const decode = (names: string[], c: number) => dispatch(kn.decode, [...names, "x", "b_dec", "W_dec", "H", "theta", "R"], [ceil(d, T), ceil(rowsOf(c), T), Ks]);
+      const encode = (names: string[], c: number) => dispatch(kn.encode, [...names, "x", "b_dec", "W_enc", "b_enc", "H"], grid("ENCODE", rowsOf(c), n));
+      const decode = (names: string[], c: number) => dispatch(kn.decode, [...names, "x", "b_dec", "W_dec", "H", "theta", "R"], grid("DECODE", rowsOf(c), d));
       const meta = `topkMeta#${slab.index}`;
       const sel = (dimsName: string, c: number) => [`${dimsName}#${slab.index}/${c}`, meta];
       // encode, then (a slab with TopK SAEs) the selection in place: the other kinds' rows are left as they are
@@ -425,10 +430,10 @@ export class SaeEngine {
             ...auxForward(c),
           ],
           backward: [
-            dispatch(kn.gradF, [...tr(c), "R", "W_dec", "H", "G"], [ceil(n, T), ceil(rowsOf(c), T), Ks]),
+            dispatch(kn.gradF, [...tr(c), "R", "W_dec", "H", "G"], grid("GRAD_F", rowsOf(c), n)),
             dispatch(kn.latent, [...tr(c), "H", "theta", "G", "latentPart"], [ceil(n, 64), partialsOf(c), Ks]),
-            dispatch(kn.gradWEnc, [...tr(c), "x", "b_dec", "G", "H", "theta", "grad.W_enc"], [ceil(n, T), ceil(d, T), Ks]),
-            dispatch(kn.gradWDec, [...tr(c), "H", "theta", "R", "grad.W_dec"], [ceil(d, T), ceil(n, T), Ks]),
+            dispatch(kn.gradWEnc, [...tr(c), "x", "b_dec", "G", "H", "theta", "grad.W_enc"], grid("GRAD_W_ENC", d, n)),
+            dispatch(kn.gradWDec, [...tr(c), "H", "theta", "R", "grad.W_dec"], grid("GRAD_W_DEC", n, d)),
             ...auxBackward(c),
           ],
         })),

@@ -6,6 +6,8 @@
 import type { Context } from "hono";
 import { z } from "zod";
 import { LIMIT_NAMES, MEMORY_SOURCES } from "../shaders/device";
+import { MATMUL_NAMES } from "../shaders/kernels";
+import { parseChoiceId } from "../shaders/matmul-template";
 import { badRequest, fromZod, mediaType, unsupportedMediaType } from "./errors";
 
 /** What a value is, for "must be X, got Y". */
@@ -53,8 +55,27 @@ export const ClaimBody = object({
   }),
 });
 
+/** One autotuned matmul: a choice the generator builds (matmul-template.ts choiceId) and its measured rates. */
+const TunedKernel = object({
+  choice: str(64).refine((id) => parseChoiceId(id) !== null, { message: "must be a matmul choice such as 64x64/4x4/k16/tiled" }),
+  gflops: nonNeg(),
+  default_gflops: nonNeg(),
+});
+
+/** The kernels a runner's engine runs for a lease (shaders/autotune.ts KernelReport). */
+export const KernelsBody = object({
+  key: str(200),
+  source: z.enum(["tuned", "cache"], { error: 'must be "tuned" or "cache"' }),
+  timing: z.enum(["timestamp", "wall"], { error: 'must be "timestamp" or "wall"' }),
+  tuned_ms: nonNeg(),
+  candidates: int(0),
+  shape: object({ d: int(1), n: int(1), B: int(1), K: int(1), P: int(1) }),
+  kernels: object(Object.fromEntries(MATMUL_NAMES.map((m) => [m, TunedKernel])) as Record<(typeof MATMUL_NAMES)[number], typeof TunedKernel>),
+});
+
 export const HeartbeatBody = object({
   token,
+  kernels: KernelsBody.optional(),
   progress: object({
     step: int(0),
     n_steps: int(0),

@@ -3,6 +3,7 @@
  * The Worker validates them with zod (worker/), the runner builds them (runner/). Types only, no runtime code.
  */
 import type { AdapterReport } from "../shaders/device";
+import type { KernelReport } from "../shaders/autotune";
 import type { DataConfig, EvalMetrics, StepMetrics, TrainConfig } from "../shaders/config";
 
 /** Every 4xx/5xx: `field` names the bad value's path ("rows[1].mse", "sae.exp_factor", "body", "token", …). */
@@ -69,6 +70,8 @@ export interface ClaimResponse {
 export interface HeartbeatRequest {
   token: string;
   progress: { step: number; n_steps: number; samples_per_s?: number };
+  /** The matmul kernels the runner's engine runs for this lease (shaders/autotune.ts), stored in the lease's adapter. */
+  kernels?: KernelReport;
 }
 
 /** 200 to a heartbeat: the lease's new expiry. 409 (code "stale_lease") once the lease has expired or ended. */

@@ -3,6 +3,7 @@
  * served with the API and data proxies (runner/proxy.ts) on 127.0.0.1. Launch profiles are tried in turn until one
  * gives a GPU; a Chrome that died is launched again for the next session.
  */
+import { kernelCacheFor } from "../tune-cache";
 import { randomBytes } from "node:crypto";
 import path from "node:path";
 import type { Page } from "puppeteer-core";
@@ -163,10 +164,13 @@ export async function runPage(chrome: LaunchedChrome, url: string, o: PageOption
   // and a CDP call outlives no protocolTimeout.
   let exited: ((e: Extract<RunnerEvent, { kind: "exit" }>) => void) | null = null;
   const exit = new Promise<Extract<RunnerEvent, { kind: "exit" }>>((r) => (exited = r));
+  let tune: ReturnType<typeof kernelCacheFor> | null = null;
   try {
     await tab.exposeFunction(EVENT_BINDING, (json: string) => {
       const e = JSON.parse(json) as RunnerEvent;
       o.onEvent(e);
+      // a newly tuned shape goes into the disk cache, for every later group and runner session on this adapter
+      tune?.onEvent(e);
       if (e.kind === "device-lost") failed?.("device-lost");
       if (e.kind === "exit") exited?.(e);
     });
@@ -180,6 +184,7 @@ export async function runPage(chrome: LaunchedChrome, url: string, o: PageOption
     await tab.waitForFunction(() => window.__runner !== undefined);
     const report = (await tab.evaluate(() => window.__runner.ready)) as AdapterReport;
     o.log(`[runner] WebGPU adapter: ${describeReport(report)}`);
+    tune = kernelCacheFor(report, "chrome", o.log);
     if (o.memory) o.log(`[runner] GPU memory budget: ${describeGpuMemory(o.memory)}`);
     if (report.isFallbackAdapter && !o.allowSoftware) {
       console.error("[runner] refusing to train on a software adapter; pass --allow-software-adapter to use it anyway");
@@ -189,7 +194,7 @@ export async function runPage(chrome: LaunchedChrome, url: string, o: PageOption
     o.onTab(tab);
     await tab.evaluate((opts) => {
       void window.__runner.start(opts).catch(() => {}); // its end (or error) arrives as the "exit" event
-    }, { runnerId: o.runnerId, once: o.once, memoryBudget: o.memory?.bytes, memorySource: o.memory?.source });
+    }, { runnerId: o.runnerId, once: o.once, memoryBudget: o.memory?.bytes, memorySource: o.memory?.source, tuned: tune.tuned, tuneBudgetMs: tune.budgetMs });
     const end = await Promise.race([exit, failure]);
     if (typeof end === "string") return end;
     if (end.reason === "error") throw new Error(end.message ?? "the runner loop failed");

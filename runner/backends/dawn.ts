@@ -9,6 +9,7 @@
  * must not hold the stop up), and a lost device or close() aborts every request of the session, so a loop left
  * behind can write nothing more under its lease.
  */
+import { kernelCacheFor } from "../tune-cache";
 import { existsSync } from "node:fs";
 import { requestSaeDevice, type AdapterReport, type SaeDevice } from "../../shaders/device";
 import { Aborted, WorkerClient, type FetchFn } from "../api";
@@ -112,7 +113,9 @@ export class DawnBackend implements RunnerBackend {
     });
     const dataFetch = abortable(this.o.dataFetch ?? ((u, i) => fetch(u, i)), AbortSignal.any([data.signal, all.signal]));
     const adapter: AdapterReport = { ...gpu.report, ...(s.memory ? { memoryBudget: s.memory.bytes, memorySource: s.memory.source } : {}) };
-    const loop = (this.loop = new RunnerLoop({ api, dataFetch, device: gpu.device, adapter, runnerId: s.runnerId, emit, once: s.once }));
+    // tuned kernels per shape: read from and written to the disk cache directly (the loop runs in this process)
+    const kernelCache = kernelCacheFor(gpu.report, "dawn", s.log).cache;
+    const loop = (this.loop = new RunnerLoop({ api, dataFetch, device: gpu.device, adapter, runnerId: s.runnerId, emit, once: s.once, kernelCache }));
     if (this.stopMode) this.stop(this.stopMode);
     try {
       const end = await Promise.race([loop.run(), lost]);

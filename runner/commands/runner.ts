@@ -1,4 +1,5 @@
 /** `sae-swarm runner`: trains groups from a sae-swarm server on this machine's GPU, in headless Chrome or in Dawn. */
+import { describeKernels } from "../../shaders/autotune";
 import { hostname } from "node:os";
 import { parseArgs } from "node:util";
 import { launchProfiles } from "../chrome";
@@ -150,6 +151,11 @@ export async function runner(argv: string[]): Promise<number> {
       case "idle":
         display.status(`[runner] no group waiting; next claim in ${duration(e.wait_ms / 1000)}`, true);
         break;
+      case "kernels": {
+        const r = e.report;
+        log(`[runner] matmul kernels for ${r.key} (${r.source === "tuned" ? `tuned in ${(r.tuned_ms / 1000).toFixed(1)} s, ${r.candidates} candidates, ${r.timing} timing` : "cached"}): ${describeKernels(r).join("; ")}`);
+        break;
+      }
       case "backoff":
         log(`[runner] ${e.failures} group${e.failures > 1 ? "s" : ""} failed here in a row; next claim in ${duration(e.wait_ms / 1000)}`);
         break;

@@ -13,6 +13,7 @@ keys that vary across the sweep, status, step, latest training loss/L0/MSE, eval
 
   --server URL   the sae-swarm Worker (env SAE_SWARM_SERVER; default http://127.0.0.1:8787)
   --token T      the submitter token (env SAE_SWARM_TOKEN; default SUBMIT_TOKEN from ./.dev.vars)
+  --kernels      the matmul kernels each group's runner autotuned for its adapter and shape, with their GFLOP/s
   --json         print the sweep and its runs as JSON
   -h, --help     this help`;
 
@@ -43,9 +44,20 @@ interface LeaseView {
   progress: { step: number; n_steps: number; samples_per_s?: number } | null;
   run_ids: string[];
 }
+/** What the sweep view says of the kernels a group's latest runner reported (worker/routes/views.ts kernelsView). */
+export interface GroupKernels {
+  runner_id: string;
+  adapter: string;
+  key: string;
+  source: "tuned" | "cache";
+  timing: string;
+  tuned_ms: number;
+  candidates: number;
+  kernels: Record<string, { choice: string; gflops: number; default_gflops: number }>;
+}
 interface SweepDetail {
   sweep: SweepSummary;
-  groups: { id: string; idx: number; status: string; n_runs: number; failures: number; last_error: string | null; progress: Progress; leases: LeaseView[] }[];
+  groups: { id: string; idx: number; status: string; n_runs: number; failures: number; last_error: string | null; progress: Progress; leases: LeaseView[]; kernels?: GroupKernels | null }[];
   runs: { id: string; idx: number; group_id: string; status: string; n_steps: number; error: string | null; cfg: Record<string, unknown> }[];
 }
 export interface RunDetail {
@@ -152,8 +164,33 @@ export function sweepReport(d: SweepDetail, runs: Map<string, RunDetail["run"]>,
   return out.join("\n");
 }
 
+/** `status --kernels`: per group, the runner's adapter and shape, then each step matmul's kernel and rate. */
+export function kernelsReport(d: Pick<SweepDetail, "sweep" | "groups">): string {
+  const out: string[] = [];
+  for (const g of d.groups) {
+    const k = g.kernels;
+    if (!k) {
+      out.push(`group ${shortId(g.id, d.sweep.id)}: no kernels reported yet`);
+      continue;
+    }
+    const how = k.source === "tuned" ? `tuned in ${(k.tuned_ms / 1000).toFixed(1)} s over ${k.candidates} candidates (${k.timing} timing)` : "from the runner's cache";
+    out.push(`group ${shortId(g.id, d.sweep.id)}: ${k.runner_id} on ${k.adapter}, ${k.key}, ${how}`);
+    out.push(
+      table(
+        ["matmul", "kernel", "GFLOP/s", "default GFLOP/s"],
+        Object.entries(k.kernels).map(([m, x]) => [m, x.choice, x.gflops.toFixed(2), x.default_gflops.toFixed(2)]),
+      )
+        .split("\n")
+        .map((l) => `  ${l}`)
+        .join("\n"),
+    );
+  }
+  return out.join("\n");
+}
+
 export async function status(argv: string[]): Promise<number> {
-  const args = parseClientArgs(argv, "status", STATUS_USAGE, { min: 0, max: 1, what: "at most one sweep id" });
+  const showKernels = argv.includes("--kernels");
+  const args = parseClientArgs(argv.filter((a) => a !== "--kernels"), "status", STATUS_USAGE, { min: 0, max: 1, what: "at most one sweep id" });
   if (typeof args === "number") return args;
   const { values, positionals } = args;
   const t = resolveTarget(values);
@@ -168,6 +205,10 @@ export async function status(argv: string[]): Promise<number> {
     id = sweeps[0].id;
   }
   const detail = await apiJson<SweepDetail>(t, `/v1/sweeps/${encodeURIComponent(id)}`);
+  if (showKernels && !values.json) {
+    console.log(kernelsReport(detail));
+    return 0;
+  }
   const runs = await runDetails(t, detail.runs.map((r) => r.id));
   if (values.json) console.log(JSON.stringify({ ...detail, runs: detail.runs.map((r) => ({ ...r, ...runs.get(r.id) })) }, null, 2));
   else console.log(sweepReport(detail, runs));

@@ -11,6 +11,8 @@
  */
 import type { DataConfig, EvalMetrics, StepMetrics, TrainConfig } from "../../shaders/config";
 import { SaeEngine, type EngineOptions, type SaeParams } from "../../shaders/engine";
+import { choicesOf, kernelsFor, type KernelCache, type KernelReport } from "../../shaders/autotune";
+import { prefixBounds } from "../../shaders/schedule";
 import type { AdamState, Normalization, SaeWeights } from "../safetensors";
 import { ShardSource, type FetchFn } from "../data/shards";
 import { SyntheticSource } from "../data/synthetic-source";
@@ -33,12 +35,30 @@ export interface GroupEngine {
   /** Restores weights, Adam moments and the step (all SAEs at the same step). */
   importState(states: Array<{ weights: SaeWeights; adam: AdamState }>): Promise<void>;
   destroy(): void;
+  /** The matmul kernels it runs, when they were autotuned (or taken from the tuning cache) for this shape. */
+  readonly kernels?: KernelReport;
+}
+
+/** Autotuning for createGroupEngine: the cache of tuned shapes, and whether the adapter is a software one. */
+export interface TuneContext {
+  cache: KernelCache;
+  software: boolean;
 }
 
 /** Builds the group's engine on this device (every SAE of the group in one SaeEngine, lock-step); `options`:
  *  the memory budget the runner reported with its claim, so the engine plans as the Worker chunked. */
-export async function createGroupEngine(device: GPUDevice, cfgs: TrainConfig[], options: EngineOptions = {}): Promise<GroupEngine> {
-  const engine = SaeEngine.create(device, cfgs, options);
+export async function createGroupEngine(device: GPUDevice, cfgs: TrainConfig[], options: EngineOptions = {}, tune?: TuneContext): Promise<GroupEngine> {
+  const c0 = cfgs[0];
+  // the matmul kernels for this shape on this adapter: cached, else timed now (a few seconds at most)
+  const kernels = tune
+    ? await kernelsFor(
+        device,
+        { d_vit: c0.sae.d_vit, d_sae: c0.sae.d_vit * c0.sae.exp_factor, batch: c0.sae_batch_size, prefixes: Math.max(...cfgs.map((c) => prefixBounds(c, 0).length - 1)), saes: cfgs.length },
+        tune.cache,
+        { software: tune.software, engine: options },
+      )
+    : undefined;
+  const engine = SaeEngine.create(device, cfgs, kernels ? { ...options, kernels: choicesOf(kernels) } : options);
   const jump = cfgs.map((c) => c.sae.kind === "jumprelu");
   const batch = cfgs.map((c) => c.sae.kind === "batchtopk");
   /** `batchTheta`: BatchTopK's θ (weights), or undefined (moments: log θ's, as for JumpReLU). */
@@ -89,6 +109,7 @@ export async function createGroupEngine(device: GPUDevice, cfgs: TrainConfig[], 
       });
     },
     destroy: () => engine.destroy(),
+    kernels,
   };
 }
 

@@ -16,6 +16,7 @@ import type { FetchFn } from "../data/shards";
 import type { RunnerEvent, SaeProgress, StopMode } from "../events";
 import { decodeCheckpoint, encodeFinalCheckpoint, encodeResumeCheckpoint, type Normalization } from "../safetensors";
 import { createGroupEngine, openBatchSource, type GroupEngine } from "./engine-port";
+import type { KernelCache } from "../../shaders/autotune";
 
 export interface LoopOptions {
   api: WorkerClient;
@@ -39,6 +40,8 @@ export interface LoopOptions {
   /** Default: engine-port.ts (the WGSL engine and the data sources); tests of the loop's protocol pass their own. */
   createEngine?: typeof createGroupEngine;
   openSource?: typeof openBatchSource;
+  /** Tuned matmul kernels per shape (the runner's disk cache): with it, each new shape is autotuned once. */
+  kernelCache?: KernelCache;
 }
 
 export type GroupOutcome = "completed" | "lease-lost" | "abandoned" | "failed";
@@ -191,7 +194,16 @@ export class RunnerLoop {
       if (this.abandoning()) return await this.release(lease, group.id, queue);
 
       phase("init");
-      engine = await (this.o.createEngine ?? createGroupEngine)(this.o.device, cfgs, { memoryBudget: this.o.adapter.memoryBudget });
+      const tune = this.o.kernelCache && { cache: this.o.kernelCache, software: this.o.adapter.isFallbackAdapter };
+      engine = await (this.o.createEngine ?? createGroupEngine)(this.o.device, cfgs, { memoryBudget: this.o.adapter.memoryBudget }, tune);
+      if (engine.kernels) {
+        // the kernels go with the lease's adapter report (a heartbeat now carries them to the Worker)
+        emit({ kind: "kernels", group_id: group.id, report: engine.kernels });
+        await this.o.api.heartbeat(lease, { step, n_steps: total }, { maxAttempts: 3 }, engine.kernels).catch((e) => {
+          if (e instanceof LeaseLost) throw e;
+          emit({ kind: "log", level: "warn", message: `could not report the kernels: ${(e as Error).message}` });
+        });
+      }
       if (states) {
         await engine.importState(states);
         source.skip(resumeStep);

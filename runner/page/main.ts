@@ -1,6 +1,7 @@
 // The runner page: opens the WebGPU device (adapter limits at their maximum), reports the adapter to the CLI, and
 // runs the training loop when the CLI says so. It reaches the Worker through the CLI's /api proxy (same origin).
 import { requestSaeDevice, type AdapterReport, type SaeDevice } from "../../shaders/device";
+import type { TuneResult } from "../../shaders/autotune";
 import { Aborted, WorkerClient } from "../api";
 import { EVENT_BINDING, type RunnerEvent, type StopMode } from "../events";
 import { API_PREFIX, DATA_PATH, KEY_HEADER } from "../proxy-path";
@@ -12,6 +13,10 @@ export interface StartOptions {
   /** Device memory the engine may use (bytes) and where that figure came from (runner/gpu-memory.ts). */
   memoryBudget?: number;
   memorySource?: AdapterReport["memorySource"];
+  /** This adapter's tuned kernels by shape, from the CLI's disk cache (runner/tune-cache.ts). */
+  tuned?: Record<string, TuneResult>;
+  /** SAE_SWARM_TUNE_BUDGET_MS, read by the CLI (the page has no environment). */
+  tuneBudgetMs?: number;
 }
 
 declare global {
@@ -58,7 +63,10 @@ window.__runner = {
       onRetry: (what, attempt, delay, why) => emit({ kind: "log", level: "warn", message: `${what} failed (${why}); retry ${attempt} in ${Math.round(delay)} ms` }),
     });
     const adapter: AdapterReport = { ...gpu!.report, ...(opts.memoryBudget ? { memoryBudget: opts.memoryBudget, memorySource: opts.memorySource } : {}) };
-    loop = new RunnerLoop({ api, dataFetch, device: gpu!.device, adapter, runnerId: opts.runnerId, emit, once: opts.once });
+    // shapes tuned in this page are kept here too; the CLI writes them to disk from the loop's "kernels" events
+    const tuned = new Map(Object.entries(opts.tuned ?? {}));
+    const kernelCache = { get: (k: string) => tuned.get(k), put: (k: string, r: TuneResult) => void tuned.set(k, r), budgetMs: opts.tuneBudgetMs };
+    loop = new RunnerLoop({ api, dataFetch, device: gpu!.device, adapter, runnerId: opts.runnerId, emit, once: opts.once, kernelCache });
     try {
       const reason = await loop.run();
       emit({ kind: "exit", reason, ...(loop.failing ? { message: loop.failing } : {}) });

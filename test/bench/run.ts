@@ -22,7 +22,9 @@
 import { existsSync } from "node:fs";
 import { SaeEngine, type EngineOptions } from "../../shaders/engine";
 import { persistentTensors, workingTensors } from "../../shaders/fit";
-import { createMatmul, MATMUL_VARIANTS } from "../../shaders/matmul";
+import { createMatmul, generatedVariant, MATMUL_VARIANTS } from "../../shaders/matmul";
+import { autotune, candidatesFor, choicesOf, describeKernels, planFor, tuneShapeOf, type TuneResult } from "../../shaders/autotune";
+import { choiceId } from "../../shaders/matmul-template";
 import { requestSaeDevice } from "../../shaders/device";
 import { trainConfig } from "../helpers/train-config";
 import { measureIdle, type IdleCase, type IdleResult } from "./idle";
@@ -62,10 +64,12 @@ async function timeIt(fn: () => void, repeats: number): Promise<number> {
   return (performance.now() - t0) / 1000 / repeats;
 }
 
-// Roofline: the best of our plain matmuls at the step's dominant shape [B, d] × [d, n].
+// Roofline: the best of our plain matmuls at the step's dominant shape [B, d] × [d, n]: the hand-written pair, the
+// generator's defaults, and every choice the autotuner may pick on this adapter.
 const rand = (len: number) => Float32Array.from({ length: len }, (_, i) => Math.sin(i * 12.9898) * 0.5);
 const roof: Array<{ variant: string; gflops: number }> = [];
-for (const variant of MATMUL_VARIANTS) {
+const roofVariants = [...new Set([...MATMUL_VARIANTS, ...candidatesFor(device, software).map(generatedVariant)])];
+for (const variant of roofVariants) {
   const mm = createMatmul(device, variant, B, n, d, rand(B * d), rand(d * n));
   const perCall = 4;
   const secs = await timeIt(() => {
@@ -80,6 +84,30 @@ for (const variant of MATMUL_VARIANTS) {
 }
 const best = roof.reduce((a, b) => (b.gflops > a.gflops ? b : a));
 
+// Per-dispatch cost: 256 dispatches of a one-invocation kernel (one store each) in one compute pass, as a step
+// records its ~17 dispatches; minus one such dispatch alone, per dispatch.
+let dispatchUs = NaN;
+{
+  const module = device.createShaderModule({ code: "@group(0) @binding(0) var<storage, read_write> o: array<u32>;\n@compute @workgroup_size(1) fn main() { o[0] = o[0] + 1u; }" });
+  const pipeline = device.createComputePipeline({ layout: "auto", compute: { module, entryPoint: "main" } });
+  const buf = device.createBuffer({ size: 16, usage: GPUBufferUsage.STORAGE });
+  const bind = device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries: [{ binding: 0, resource: { buffer: buf } }] });
+  const pass = (n: number) => () => {
+    const enc = device.createCommandEncoder();
+    const p = enc.beginComputePass();
+    p.setPipeline(pipeline);
+    p.setBindGroup(0, bind);
+    for (let i = 0; i < n; i++) p.dispatchWorkgroups(1);
+    p.end();
+    device.queue.submit([enc.finish()]);
+  };
+  const many = await timeIt(pass(256), 3);
+  const one = await timeIt(pass(1), 3);
+  dispatchUs = ((many - one) / 255) * 1e6;
+  console.log(`dispatch cost: ${dispatchUs.toFixed(1)} µs per dispatch (256 one-invocation dispatches in one pass: ${(many * 1000).toFixed(2)} ms; one alone: ${(one * 1000).toFixed(2)} ms)`);
+  buf.destroy();
+}
+
 const torchSkip = torchUnavailable();
 let torchDevice = "";
 const byK = new Map<number, { pct: number; ratio: string }>();
@@ -92,7 +120,9 @@ function engineRow(label: string, K: number, secs: number, engine: SaeEngine, to
   const flops = 10 * B * d * n * K; // encode, decode, dL/df, dL/dW_enc, dL/dW_dec: 2·B·d·n each
   const gflops = flops / secs / 1e9;
   const pct = (100 * gflops) / best.gflops;
-  rows.push([label, (secs * 1000).toFixed(1), gflops.toFixed(2), ((K * B) / secs).toFixed(0), `${pct.toFixed(0)} %`, torch.ms, torch.ratio, `${engine.matmulVariant}, ${layoutOf(engine)}`]);
+  const kernels = [...new Set(Object.values(engine.kernels).map(choiceId))];
+  const what = kernels.length === 1 ? kernels[0] : "tuned (see above)";
+  rows.push([label, (secs * 1000).toFixed(1), gflops.toFixed(2), ((K * B) / secs).toFixed(0), `${pct.toFixed(0)} %`, torch.ms, torch.ratio, `${what}, ${layoutOf(engine)}`]);
   return pct;
 }
 // saev's step in PyTorch, same shape and K, right after the engine's (so both see about the same machine load)
@@ -107,6 +137,10 @@ function torchBeside(K: number, secs: number): { ms: string; ratio: string } {
     return { ms: "error", ratio: "-" };
   }
 }
+// Each K: the engine with the default kernels, then (when the autotuner, as a runner runs it at this shape, chose
+// otherwise) with the tuned ones; the summary takes the tuned engine (what a runner trains with).
+const tunings: Array<{ K: number; r: TuneResult }> = [];
+const defaultIds = (engine: SaeEngine) => Object.values(engine.kernels).map(choiceId).join();
 for (const K of Ks) {
   let engine: SaeEngine;
   try {
@@ -117,9 +151,23 @@ for (const K of Ks) {
   }
   const batch = engine.uploadBatch(rand(B * d));
   const secs = await timeIt(() => void engine.step(batch), reps);
-  const torch = torchBeside(K, secs);
-  byK.set(K, { pct: engineRow(String(K), K, secs, engine, torch), ratio: torch.ratio });
+  const plan = planFor(device, { d_vit: d, d_sae: n, batch: B, prefixes: 1, saes: K }, { memoryBudget: budget });
+  const tuned = await autotune(device, tuneShapeOf(plan, { d_vit: d, d_sae: n, prefixes: 1 }), { software });
+  tunings.push({ K, r: tuned });
+  const kernels = choicesOf(tuned);
+  const same = Object.values(kernels).map(choiceId).join() === defaultIds(engine);
+  let pick = { secs, engine, label: String(K) };
+  if (!same) {
+    const te = SaeEngine.create(device, benchConfigs(K), { memoryBudget: budget, kernels });
+    const tb = te.uploadBatch(rand(B * d));
+    const tsecs = await timeIt(() => void te.step(tb), reps);
+    engineRow(String(K), K, secs, engine);
+    pick = { secs: tsecs, engine: te, label: `${K} tuned` };
+  }
+  const torch = torchBeside(K, pick.secs);
+  byK.set(K, { pct: engineRow(pick.label, K, pick.secs, pick.engine, torch), ratio: torch.ratio });
   engine.destroy();
+  if (pick.engine !== engine) pick.engine.destroy();
 }
 
 // Chunking's cost: K = BENCH_CHUNKED_K SAEs in one pass, in BENCH_CHUNKS row chunks, and in as many row chunks over
@@ -208,8 +256,11 @@ function printTable(rows: string[][], leftCols = 1): void {
 if (idleNote) console.log(`\n${idleNote}`);
 if (idleRows.length) printTable(idleRows);
 
-console.log(`\nroofline: matmul ${best.variant} ${best.gflops.toFixed(2)} GFLOP/s ([${B}, ${d}] × [${d}, ${n}])`);
-const header = ["K", "ms/step", "GFLOP/s", "SAE-samples/s", "of matmul", "PyTorch ms/step", "engine/PyTorch", "variant"];
+for (const { K, r } of tunings)
+  console.log(`\nautotune at K ${K} (${r.timing} timing, ${r.candidates} candidates, ${r.tuned_ms} ms, timed at ${JSON.stringify(r.shape)}):\n  ${describeKernels(r).join("\n  ")}`);
+console.log(`\ndispatch cost: ${dispatchUs.toFixed(1)} µs per dispatch (a step at one row chunk and one slab is 17 dispatches)`);
+console.log(`roofline: matmul ${best.variant} ${best.gflops.toFixed(2)} GFLOP/s ([${B}, ${d}] × [${d}, ${n}])`);
+const header = ["K", "ms/step", "GFLOP/s", "SAE-samples/s", "of matmul", "PyTorch ms/step", "engine/PyTorch", "kernels"];
 printTable([header, ...rows], 0);
 for (const line of chunkNotes) console.log(line);
 console.log(torchSkip ? `PyTorch: skipped: ${torchSkip}` : `PyTorch: scripts/torch_step.py on ${torchDevice} (saev's ReLU/Vanilla step, same shape and K)`);

@@ -4,6 +4,7 @@
  */
 import { runAxpy } from "../../shaders/axpy";
 import { checkpointCases } from "./checkpoint-cases";
+import { autotuneCases } from "./autotune-cases";
 import { engineCases } from "./engine-cases";
 import { matmulCases } from "./matmul-cases";
 import { topkCases } from "./topk-cases";
@@ -18,6 +19,7 @@ export const cases: Record<string, GpuCase> = {
   },
   ...engineCases,
   ...checkpointCases,
+  ...autotuneCases,
   ...matmulCases,
   ...topkCases,
   ...auxkCases,

@@ -1,10 +1,12 @@
 /**
  * Every matmul kernel matmul-template.ts builds within WebGPU's default limits (tile 64/128 × 64/128, 4×4/8×4/8×8
  * outputs per thread, BK 8/16/32 or direct, ± vec4) against float64, in Chromium and Dawn: the plain C = A·B at odd
- * sizes and at a vec4 shape, outputs poisoned with NaN first. The step's fused matmuls with the default choice are
- * covered by engine.test.ts.
+ * sizes and at a vec4 shape, outputs poisoned with NaN first: every choice the autotuner can pick, and a spread of
+ * the others. The step's fused matmuls: the default choices in engine.test.ts (against float64), every tuner choice
+ * in autotune.test.ts (against the default engine).
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { TUNER_CHOICES } from "../../shaders/autotune";
 import { allChoices, choiceId } from "../../shaders/matmul-template";
 import { dawnUnavailable, openChrome, openDawn, type GpuBackend } from "../helpers/gpu-backends";
 import { mulberry32, testSeed } from "../helpers/random";
@@ -19,12 +21,13 @@ const backends: Array<[string, () => Promise<GpuBackend>, string | null]> = (
   ] as Array<[string, () => Promise<GpuBackend>, string | null]>
 ).filter(([name]) => !only || only.includes(name));
 
-// A spread of the generator's choices (the full list, allChoices(), is 54 and too slow to compile on SwiftShader):
-// the two defaults, each tile shape, each outputs-per-thread, each BK, tiled and direct, with and without vec4.
+// Every choice the autotuner can pick (shaders/autotune.ts TUNER_CHOICES), plus a spread of the rest: each tile
+// shape, outputs per thread, BK, tiled and direct, with and without vec4 (the full list, allChoices(), is 54 and
+// too slow to compile on SwiftShader).
 const ids = [
-  "64x64/4x4/k16/tiled", "64x64/4x4/k16/direct", "128x64/8x4/k8/tiled", "64x64/8x8/k32/tiled/v4", "64x128/8x4/k16/tiled/v4",
-  "128x128/8x8/k16/tiled", "64x64/4x4/k16/direct/v4", "128x64/8x4/k16/direct",
-];
+  ...TUNER_CHOICES.map(choiceId),
+  "128x64/8x4/k8/tiled", "64x64/8x8/k32/tiled/v4", "64x128/8x4/k16/tiled/v4", "64x64/4x4/k16/direct/v4",
+].filter((id, i, all) => all.indexOf(id) === i);
 const unknown = ids.filter((id) => !allChoices().some((c) => choiceId(c) === id));
 if (unknown.length) throw new Error(`not generator choices: ${unknown.join(", ")}`);
 
@@ -67,8 +70,9 @@ for (const [name, open, skip] of backends) {
       it(`the plain C = A·B by a spread of the generator's kernels matches float64: ${M}×${N}×${K}, ${which}`, async () => {
         const seed = testSeed();
         const { a, b, want } = plainCase(mulberry32(seed), M, N, K);
-        // at odd sizes a vec4 choice compiles to its scalar twin, which the list holds too
-        const choices = K % 4 ? ids.filter((id) => !id.endsWith("/v4")) : ids;
+        // at odd sizes a vec4 choice compiles to its scalar twin, which the list holds too; the vec4 shape runs the
+        // vec4 choices and the two defaults (the step's specs have no vec4 forms: the tuner's choices run scalar)
+        const choices = K % 4 ? ids.filter((id) => !id.endsWith("/v4")) : ids.filter((id) => id.endsWith("/v4") || id === "64x64/4x4/k16/tiled" || id === "64x64/4x4/k16/direct");
         const out = await gpu.run<Array<{ choice: string; c: (number | null)[]; error: string | null }>>("matmulVariants", { M, N, K, a, b, choices });
         expect(out.map((o) => o.choice)).toEqual(choices);
         for (const o of out) {

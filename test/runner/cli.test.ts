@@ -1,5 +1,5 @@
 import { spawn } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -9,6 +9,10 @@ import { ShardSource } from "../../runner/data/shards";
 import { serveProtocol, type ProtocolServer } from "./protocol-server";
 import { serveDirWithRanges } from "./range-server";
 import { trainConfig } from "./fixtures";
+import { SOFTWARE_CANDIDATES } from "../../shaders/autotune";
+import { MATMUL_NAMES } from "../../shaders/kernels";
+import { choiceId } from "../../shaders/matmul-template";
+import type { HeartbeatRequest } from "../../worker/protocol";
 
 const root = path.resolve(__dirname, "../..");
 
@@ -152,6 +156,18 @@ describe("sae-swarm CLI", () => {
       expect(paths.indexOf("/v1/leases/lease-a/complete")).toBeGreaterThan(paths.indexOf("/v1/leases/lease-a/evals"));
       expect(r.stdout).toContain("claimed group grp-1 of sweep sw-1: 1 SAEs");
       expect(r.stdout).toMatch(/group grp-1: completed/);
+      // the engine's kernels were autotuned for this shape (software: barrier-free candidates), reported with the
+      // lease by a heartbeat, printed, and cached on disk for the next group of this shape (SAE_SWARM_CACHE)
+      const hb = reqs.filter((q) => q.path === "/v1/leases/lease-a/heartbeat").map((q) => JSON.parse(q.body) as HeartbeatRequest);
+      const kernels = hb.find((h) => h.kernels)?.kernels;
+      expect(kernels, JSON.stringify(hb)).toMatchObject({ source: "tuned" });
+      expect(kernels!.key).toMatch(/^d8-n\d+-b256-k1-p1$/);
+      for (const m of MATMUL_NAMES) expect(SOFTWARE_CANDIDATES.map(choiceId)).toContain(kernels!.kernels[m].choice);
+      expect(r.stdout).toMatch(/\[runner\] matmul kernels for d8-n\d+-b256-k1-p1 \(tuned in [\d.]+ s, \d candidates, (timestamp|wall) timing\): ENCODE \S+ [\d.]+ GFLOP\/s/);
+      const cache = JSON.parse(readFileSync(path.join(process.env.SAE_SWARM_CACHE!, "kernels.json"), "utf8"));
+      const entries = Object.values(cache.adapters as Record<string, Record<string, { kernels: unknown }>>);
+      expect(entries.some((e) => JSON.stringify(e[kernels!.key]?.kernels) === JSON.stringify(kernels!.kernels))).toBe(true);
+      console.log(`autotuned in ${kernels!.tuned_ms} ms over ${kernels!.candidates} candidates: ${JSON.stringify(kernels!.kernels)}`);
     } finally {
       await files.close();
       rmSync(out, { recursive: true, force: true });

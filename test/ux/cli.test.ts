@@ -136,6 +136,16 @@ describe("sae-swarm submit", () => {
   });
 });
 
+const KERNELS = {
+  key: "d32-n128-b512-k12-p1",
+  source: "tuned",
+  timing: "timestamp",
+  tuned_ms: 1234,
+  candidates: 3,
+  shape: { d: 32, n: 128, B: 256, K: 4, P: 1 },
+  kernels: Object.fromEntries(["ENCODE", "DECODE", "GRAD_F", "GRAD_W_ENC", "GRAD_W_DEC"].map((m, i) => [m, { choice: "64x64/8x8/k16/direct", gflops: 1.5 + i / 100, default_gflops: 0.75 }])),
+};
+
 describe("sae-swarm status", () => {
   it("shows a finished sweep's groups and runs with their latest metrics and eval", async () => {
     const id = finishedId;
@@ -172,7 +182,8 @@ describe("sae-swarm status", () => {
     const hb = await fetch(`${dev.url}/v1/leases/${lease.id}/heartbeat`, {
       method: "POST",
       headers: { authorization: `Bearer ${dev.runnerToken}`, "content-type": "application/json" },
-      body: JSON.stringify({ token: lease.token, progress: { step: 5, n_steps: 128 } }),
+      // the kernels the runner's engine runs (autotuned), as runner/page/loop.ts reports them
+      body: JSON.stringify({ token: lease.token, progress: { step: 5, n_steps: 128 }, kernels: KERNELS }),
     });
     expect(hb.status).toBe(200);
     const r = await cli(["status", group.sweep_id, "--server", dev.url, "--token", dev.submitToken]);
@@ -180,6 +191,12 @@ describe("sae-swarm status", () => {
     const line = r.stdout.split("\n").find((l) => l.startsWith(`${group.id.slice(group.sweep_id.length + 1)} `));
     expect(line).toMatch(/running.*live-runner: 5\/128, expires in \d+s/);
     expect(r.stdout).toMatch(new RegExp(`^r0\\s.*\\sleased\\s`, "m"));
+
+    const k = await cli(["status", group.sweep_id, "--kernels", "--server", dev.url, "--token", dev.submitToken]);
+    expect(k.code, k.stderr).toBe(0);
+    expect(k.stdout).toMatch(new RegExp(`^group ${group.id.slice(group.sweep_id.length + 1)}: live-runner on test, d32-n128-b512-k12-p1, tuned in 1\\.2 s over 3 candidates \\(timestamp timing\\)$`, "m"));
+    expect(k.stdout).toMatch(/^\s+ENCODE\s+64x64\/8x8\/k16\/direct\s+1\.50\s+0\.75$/m);
+    expect(k.stdout).toMatch(/^\s+GRAD_W_DEC\s+64x64\/8x8\/k16\/direct\s+1\.54\s+0\.75$/m);
   });
 
   it("without an id lists the sweeps and details the newest; names an unknown sweep", async () => {

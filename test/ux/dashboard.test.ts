@@ -14,7 +14,7 @@ import { startWorkerDev, type WorkerDev } from "../helpers/worker-dev";
 import { seedFinishedSweep } from "./seed";
 
 const root = path.resolve(__dirname, "../..");
-const PANELS = ["sweeps", "groups", "pareto", "runs", "loss", "freqs", "means"];
+const PANELS = ["sweeps", "groups", "kernels", "pareto", "runs", "loss", "freqs", "means"];
 
 let dev: WorkerDev;
 let chrome: LaunchedChrome;
@@ -61,6 +61,7 @@ describe("dashboard", () => {
         canvases: Object.fromEntries(["pareto", "loss", "freqs", "means"].map((id) => [id, document.querySelectorAll(`#${id} canvas`).length])),
         sweepRows: document.querySelectorAll("#sweeps tbody tr").length,
         groupRows: [...document.querySelectorAll("#groups tbody tr")].map((r) => r.textContent),
+        kernelRows: [...document.querySelectorAll("#kernels tbody tr")].map((r) => r.textContent),
         runRows: [...document.querySelectorAll("#runs tbody tr")].map((r) => [...r.querySelectorAll("td")].map((td) => td.textContent)),
         runHead: [...document.querySelectorAll("#runs thead th")].map((th) => th.textContent),
         paretoLegend: [...document.querySelectorAll("#pareto .u-legend .u-label")].map((l) => l.textContent),
@@ -75,6 +76,11 @@ describe("dashboard", () => {
       expect(state.title).toContain("done, 4/4 runs done in 1 group");
       expect(state.groupRows).toHaveLength(1);
       expect(state.groupRows[0]).toContain("done");
+      // the kernels the seeded runner reported with its lease
+      expect(state.kernelRows).toHaveLength(1);
+      expect(state.kernelRows[0]).toContain("seed-runner");
+      expect(state.kernelRows[0]).toContain("tuned in 1.5 s, 3 candidates, timestamp");
+      expect(state.kernelRows[0]).toContain("GRAD_W_DEC 64x64/8x8/k16/direct 1.25 (0.5)");
       // The varying keys are columns; every run shows its eval.
       expect(state.runHead).toEqual(expect.arrayContaining(["sae.kind", "obj.sparsity_coeff", "eval L0", "eval MSE", "dead", "dense"]));
       expect(state.runRows).toHaveLength(4);

@@ -59,7 +59,17 @@ export async function seedFinishedSweep(dev: WorkerDev, sweepText = SEED_SWEEP):
     const L = `/v1/leases/${lease.id}`;
     const cfg0 = group.cfgs[0].cfg;
     const nSteps = Math.ceil(cfg0.n_patches / cfg0.sae_batch_size);
-    await call(dev, dev.runnerToken, `${L}/heartbeat`, { method: "POST", json: { token: lease.token, progress: { step: 0, n_steps: nSteps } } });
+    // the first heartbeat carries the engine's matmul kernels, as runner/page/loop.ts sends them after tuning
+    const kernels = {
+      key: `d${cfg0.sae.d_vit}-n${cfg0.sae.d_vit * cfg0.sae.exp_factor}-b${cfg0.sae_batch_size}-k${group.cfgs.length}-p1`,
+      source: "tuned",
+      timing: "timestamp",
+      tuned_ms: 1500,
+      candidates: 3,
+      shape: { d: cfg0.sae.d_vit, n: cfg0.sae.d_vit * cfg0.sae.exp_factor, B: cfg0.sae_batch_size, K: group.cfgs.length, P: 1 },
+      kernels: Object.fromEntries(["ENCODE", "DECODE", "GRAD_F", "GRAD_W_ENC", "GRAD_W_DEC"].map((m) => [m, { choice: "64x64/8x8/k16/direct", gflops: 1.25, default_gflops: 0.5 }])),
+    };
+    await call(dev, dev.runnerToken, `${L}/heartbeat`, { method: "POST", json: { token: lease.token, progress: { step: 0, n_steps: nSteps }, kernels } });
     const rows = [];
     for (const { run_id, cfg } of group.cfgs) {
       const coeff = cfg.objective.sparsity_coeff;

@@ -254,6 +254,21 @@ async function renderSweep(id, runId) {
   }
   $("[data-panel=groups]").dataset.state = "ready";
 
+  // The kernels each group's latest runner reported (the sweep view's groups[].kernels).
+  const kb = $("#kernels tbody");
+  kb.replaceChildren();
+  for (const g of d.groups) {
+    const k = g.kernels;
+    if (!k) {
+      kb.append(el("tr", {}, el("td", {}, shortId(g.id, s.id)), el("td", { colSpan: 4 }, "no kernels reported yet")));
+      continue;
+    }
+    const how = k.source === "tuned" ? `tuned in ${(k.tuned_ms / 1000).toFixed(1)} s, ${k.candidates} candidates, ${k.timing}` : "cached";
+    const list = Object.entries(k.kernels).map(([m, x]) => `${m} ${x.choice} ${num(x.gflops)} (${num(x.default_gflops)})`).join("; ");
+    kb.append(el("tr", {}, el("td", {}, shortId(g.id, s.id)), el("td", {}, `${k.runner_id}, ${k.adapter}`), el("td", {}, k.key), el("td", {}, how), el("td", {}, list)));
+  }
+  $("[data-panel=kernels]").dataset.state = "ready";
+
   // Each run carries its latest metrics and its eval's scalars: one request for the whole sweep, whatever its size.
   const keys = varyingKeys(d.runs.map((r) => r.cfg));
   const short = (k) => k.replace(/^objective\./, "obj.");

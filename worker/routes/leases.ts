@@ -65,8 +65,11 @@ leaseRoutes.post("/:id/heartbeat", async (c) => {
   const now = Date.now();
   const { leaseTtlMs } = settings(c.env);
   const expiresAt = now + leaseTtlMs;
-  const r = await c.env.DB.prepare(`UPDATE leases SET expires_at = ?4, heartbeat_at = ?3, progress = ?5 WHERE ${validWhere(1, 2, 3)}`)
-    .bind(id, body.token, now, expiresAt, JSON.stringify(body.progress))
+  // kernels (once, after the runner's engine is built): kept in the lease's adapter report, no column of their own
+  const r = await c.env.DB.prepare(
+    `UPDATE leases SET expires_at = ?4, heartbeat_at = ?3, progress = ?5, adapter = CASE WHEN ?6 IS NULL THEN adapter ELSE json_set(adapter, '$.kernels', json(?6)) END WHERE ${validWhere(1, 2, 3)}`,
+  )
+    .bind(id, body.token, now, expiresAt, JSON.stringify(body.progress), body.kernels ? JSON.stringify(body.kernels) : null)
     .run();
   if (r.meta.changes !== 1) {
     // Say why: 404 for no such lease, else which way the token is stale.

@@ -1,6 +1,6 @@
 /** The read API for one run (submitter token): detail, metric history, eval, final checkpoint. */
 import { Hono, type Context } from "hono";
-import { and, asc, desc, eq, gt } from "drizzle-orm";
+import { and, asc, desc, eq, gt, sql } from "drizzle-orm";
 import type { EvalMetrics } from "../../shaders/config";
 import type { Env } from "../env";
 import { ApiError, badRequest, intQuery, notFound } from "../errors";
@@ -8,7 +8,7 @@ import { getDb, schema } from "../db";
 import { wandbView } from "../wandb/consumer";
 import { readEvalArrays } from "../eval-store";
 import { runConfig } from "../run-config";
-import { evalSummary, stepMetrics } from "./views";
+import { evalSummary, latestKernelsByGroup, stepMetrics } from "./views";
 
 export const runRoutes = new Hono<{ Bindings: Env }>();
 
@@ -22,12 +22,16 @@ export async function loadRun(c: Context<{ Bindings: Env }>) {
 runRoutes.get("/:id", async (c) => {
   const run = await loadRun(c);
   const db = getDb(c.env);
-  const [latest, ev, ckpts, wb, dead] = await Promise.all([
+  const [latest, ev, ckpts, wb, dead, tuned] = await Promise.all([
     db.select().from(schema.metrics).where(eq(schema.metrics.runId, run.id)).orderBy(desc(schema.metrics.step)).limit(1),
     db.select().from(schema.evals).where(eq(schema.evals.runId, run.id)),
     db.select().from(schema.checkpoints).where(eq(schema.checkpoints.runId, run.id)).orderBy(asc(schema.checkpoints.kind), asc(schema.checkpoints.step)),
     db.select().from(schema.wandbRuns).where(eq(schema.wandbRuns.runId, run.id)),
     db.select().from(schema.wandbDeadLetters).where(eq(schema.wandbDeadLetters.runId, run.id)).orderBy(desc(schema.wandbDeadLetters.id)).limit(20),
+    db
+      .select({ id: schema.leases.id, groupId: schema.leases.groupId, runnerId: schema.leases.runnerId, createdAt: schema.leases.createdAt, adapter: schema.leases.adapter })
+      .from(schema.leases)
+      .where(sql`${schema.leases.groupId} = ${run.groupId} AND json_extract(${schema.leases.adapter}, '$.kernels') IS NOT NULL`),
   ]);
   const wandb = wandbView(wb[0], run.track, !!c.env.WANDB_API_KEY);
   return c.json({
@@ -44,6 +48,8 @@ runRoutes.get("/:id", async (c) => {
       cfg: await runConfig(c.env.DB, run.id),
       latest: latest[0] ? stepMetrics(latest[0]) : null,
       eval: ev[0] ? evalSummary(ev[0]) : null,
+      /** The matmul kernels the latest runner of its group reported (autotuned per adapter and shape). */
+      kernels: latestKernelsByGroup(tuned).get(run.groupId) ?? null,
       checkpoints: ckpts.map((k) => ({ kind: k.kind, step: k.step, bytes: k.bytes, created_at: k.createdAt })),
       wandb: wandb && {
         ...wandb,

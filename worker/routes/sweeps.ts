@@ -10,7 +10,7 @@ import { checkSweepContentType } from "../sweep";
 import { planSweep } from "./sweeps-plan";
 import { utf8Body } from "../bodies";
 import { fullConfig } from "../run-config";
-import { evalSummary, leaseView, progressOf, stepMetrics } from "./views";
+import { evalSummary, latestKernelsByGroup, leaseView, progressOf, stepMetrics } from "./views";
 import { deleteSweep } from "../retention";
 
 export const sweepRoutes = new Hono<{ Bindings: Env }>();
@@ -101,7 +101,7 @@ sweepRoutes.get("/:id", async (c) => {
   // The dashboard's one read per refresh: each run comes with its latest metric row and its eval's scalars, in
   // a constant number of queries (a max(step) per run through the (run_id, step) key), not one request per run.
   const runsOf = sql`(SELECT id FROM runs WHERE sweep_id = ${id})`;
-  const [groups, runs, leases, counts, wandbRows, latest, evals] = await Promise.all([
+  const [groups, runs, leases, counts, wandbRows, latest, evals, tuned] = await Promise.all([
     db.select().from(schema.groups).where(eq(schema.groups.sweepId, id)).orderBy(asc(schema.groups.idx)),
     db.select().from(schema.runs).where(eq(schema.runs.sweepId, id)).orderBy(asc(schema.runs.idx)),
     db
@@ -135,7 +135,14 @@ sweepRoutes.get("/:id", async (c) => {
       })
       .from(schema.evals)
       .where(sql`${schema.evals.runId} IN ${runsOf}`),
+    // the matmul kernels each group's runners reported (any lease, ended ones too: the latest per group is shown)
+    db
+      .select({ id: schema.leases.id, groupId: schema.leases.groupId, runnerId: schema.leases.runnerId, createdAt: schema.leases.createdAt, adapter: schema.leases.adapter })
+      .from(schema.leases)
+      .innerJoin(schema.groups, eq(schema.leases.groupId, schema.groups.id))
+      .where(sql`${schema.groups.sweepId} = ${id} AND json_extract(${schema.leases.adapter}, '$.kernels') IS NOT NULL`),
   ]);
+  const kernelsByGroup = latestKernelsByGroup(tuned);
   const latestByRun = new Map(latest.map((r) => [r.m.runId, stepMetrics(r.m)]));
   const evalByRun = new Map(evals.map((e) => [e.runId, evalSummary(e)]));
   const wandbByRun = new Map(wandbRows.map((r) => [r.w.runId, r.w]));
@@ -156,6 +163,7 @@ sweepRoutes.get("/:id", async (c) => {
       finished_at: g.finishedAt,
       progress: progressOf(counts.get(g.id), g.nRuns),
       leases: leases.filter((l) => l.leases.groupId === g.id).map((l) => leaseView(l.leases, now)),
+      kernels: kernelsByGroup.get(g.id) ?? null,
     })),
     runs: runs.map((r) => ({ id: r.id, idx: r.idx, group_id: r.groupId, status: r.status, n_steps: r.nSteps, error: r.error, cfg: fullConfig({ shared: s.cfgShared, cfg: r.cfg, data: dataOf.get(r.groupId)! }),
       latest: latestByRun.get(r.id) ?? null,

@@ -22,6 +22,32 @@ export function leaseView(l: typeof schema.leases.$inferSelect, now: number) {
   };
 }
 
+/**
+ * The matmul kernels a lease's runner reported (shaders/autotune.ts KernelReport, kept in the lease's adapter JSON),
+ * with the runner and its adapter; null when it reported none.
+ */
+export function kernelsView(l: { id: string; runnerId: string; createdAt: number; adapter: string }) {
+  const a = JSON.parse(l.adapter) as { vendor?: string; architecture?: string; description?: string; isFallbackAdapter?: boolean; kernels?: Record<string, unknown> };
+  if (!a.kernels) return null;
+  return {
+    lease_id: l.id,
+    runner_id: l.runnerId,
+    at: l.createdAt,
+    adapter: [a.vendor, a.architecture, a.description].filter(Boolean).join(" ") + (a.isFallbackAdapter ? " (software)" : ""),
+    ...a.kernels,
+  };
+}
+
+/** The latest lease with kernels per group (leases in any order). */
+export function latestKernelsByGroup(leases: Array<{ id: string; groupId: string; runnerId: string; createdAt: number; adapter: string }>): Map<string, NonNullable<ReturnType<typeof kernelsView>>> {
+  const out = new Map<string, NonNullable<ReturnType<typeof kernelsView>>>();
+  for (const l of [...leases].sort((a, b) => a.createdAt - b.createdAt)) {
+    const k = kernelsView(l);
+    if (k) out.set(l.groupId, k);
+  }
+  return out;
+}
+
 type MetricRow = typeof schema.metrics.$inferSelect;
 /** A stored metric row under saev's names. */
 export const stepMetrics = (m: MetricRow): { step: number; ts: number } & StepMetrics => ({

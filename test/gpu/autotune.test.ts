@@ -1,0 +1,158 @@
+/**
+ * The autotuner (shaders/autotune.ts) in Chromium and Dawn: it picks, for each step matmul, one of the candidates
+ * this device was offered, with measured rates (the winner never slower than the default it was timed against),
+ * within its budget; engines running non-default choices (every choice the tuner can pick, spread over the five
+ * matmuls of three engines, Matryoshka and JumpReLU at odd sizes) match the default engine element by element on
+ * the same inputs and init, every intermediate poisoned first (engine.test.ts checks the default one against
+ * float64, matmul-variants.test.ts every choice's plain matmul); and the runner's disk cache round-trips.
+ */
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { choicesOf, TUNER_CHOICES, type TuneResult } from "../../shaders/autotune";
+import { MATMUL_NAMES } from "../../shaders/kernels";
+import { choiceId } from "../../shaders/matmul-template";
+import { adapterKey, cachePath, kernelCacheFor, loadTuned, saveTuned } from "../../runner/tune-cache";
+import { dawnUnavailable, openChrome, openDawn, type GpuBackend } from "../helpers/gpu-backends";
+import { mulberry32, testSeed } from "../helpers/random";
+import { trainConfig } from "../helpers/train-config";
+
+const dawnSkip = await dawnUnavailable();
+const only = process.env.SAE_GPU_BACKENDS?.split(",");
+const backends = (
+  [
+    ["chrome", openChrome, null],
+    ["dawn", openDawn, dawnSkip],
+  ] as Array<[string, () => Promise<GpuBackend>, string | null]>
+).filter(([name]) => !only || only.includes(name));
+
+/** Three engines' kernels that between them run every choice the tuner can pick (each matmul a different one). */
+function spread(): Array<Record<string, string>> {
+  const ids = TUNER_CHOICES.map(choiceId);
+  const out: Array<Record<string, string>> = [];
+  for (let e = 0; e * MATMUL_NAMES.length < ids.length; e++)
+    out.push(Object.fromEntries(MATMUL_NAMES.map((m, i) => [m, ids[(e * MATMUL_NAMES.length + i) % ids.length]])));
+  return out;
+}
+
+/**
+ * max |got − want| / max(|want|, rms(want)) over every element. An element the default engine leaves unwritten
+ * (null: poison; R's rows past a Vanilla SAE's one prefix) must be unwritten in both; any other NaN is Infinity.
+ */
+function relError(got: (number | null)[], want: (number | null)[]): number {
+  if (got.length !== want.length) return Infinity;
+  let rms = 0;
+  for (const w of want) rms += (w ?? 0) ** 2;
+  if (want.every((w) => w === null)) return Infinity;
+  rms = Math.sqrt(rms / Math.max(1, want.length)) || 1e-30;
+  let worst = 0;
+  for (let i = 0; i < want.length; i++) {
+    const g = got[i], w = want[i];
+    if (g === null && w === null) continue;
+    if (g === null || w === null || !Number.isFinite(g) || !Number.isFinite(w)) return Infinity;
+    worst = Math.max(worst, Math.abs(g - w) / Math.max(Math.abs(w), rms));
+  }
+  return worst;
+}
+
+describe("the kernel cache on disk", () => {
+  it("round-trips per adapter and shape, keeps other entries, and survives a broken file", () => {
+    const dir = mkdtempSync(path.join(tmpdir(), "tune-cache-"));
+    const before = process.env.SAE_SWARM_CACHE;
+    process.env.SAE_SWARM_CACHE = dir;
+    try {
+      const a = adapterKey({ vendor: "nvidia", architecture: "hopper", device: "", description: "H200" }, "dawn");
+      const b = adapterKey({ vendor: "google", architecture: "swiftshader", device: "", description: "" }, "chrome");
+      const kernels = Object.fromEntries(MATMUL_NAMES.map((m, i) => [m, { choice: choiceId(TUNER_CHOICES[i]), gflops: 10 + i, default_gflops: 5 }])) as TuneResult["kernels"];
+      const r: TuneResult = { kernels, timing: "timestamp", tuned_ms: 1234, candidates: 11, shape: { d: 768, n: 12288, B: 4096, K: 2, P: 1 } };
+      expect(loadTuned(a)).toEqual({});
+      saveTuned(a, "d768-n12288-b4096-k2-p1", r);
+      saveTuned(b, "d32-n128-b512-k12-p1", { ...r, timing: "wall" });
+      expect(cachePath()).toBe(path.join(dir, "kernels.json"));
+      const got = loadTuned(a)["d768-n12288-b4096-k2-p1"];
+      expect(got).toMatchObject(r);
+      expect(choicesOf(got)).toEqual(Object.fromEntries(MATMUL_NAMES.map((m, i) => [m, TUNER_CHOICES[i]])));
+      expect(Object.keys(loadTuned(b))).toEqual(["d32-n128-b512-k12-p1"]);
+      expect(loadTuned(b)["d32-n128-b512-k12-p1"].timing).toBe("wall");
+      expect(JSON.parse(readFileSync(cachePath(), "utf8")).version).toBe(1);
+      // the runner's glue: a loop's "kernels" event of a tuned shape is written, a cached one is not
+      const hooks = kernelCacheFor({ vendor: "google", architecture: "swiftshader", device: "", description: "" }, "chrome", () => {});
+      expect(Object.keys(hooks.tuned)).toEqual(["d32-n128-b512-k12-p1"]);
+      hooks.onEvent({ kind: "kernels", report: { ...r, key: "d8-n32-b256-k1-p1", source: "cache" } });
+      expect(Object.keys(loadTuned(b))).toEqual(["d32-n128-b512-k12-p1"]);
+      hooks.onEvent({ kind: "kernels", report: { ...r, key: "d8-n32-b256-k1-p1", source: "tuned" } });
+      expect(Object.keys(loadTuned(b)).sort()).toEqual(["d32-n128-b512-k12-p1", "d8-n32-b256-k1-p1"]);
+      expect(hooks.cache.get("d8-n32-b256-k1-p1")).toMatchObject({ tuned_ms: 1234 });
+      writeFileSync(cachePath(), "{ not json");
+      expect(loadTuned(a)).toEqual({});
+      saveTuned(a, "k", r);
+      expect(Object.keys(loadTuned(a))).toEqual(["k"]);
+    } finally {
+      process.env.SAE_SWARM_CACHE = before;
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+for (const [name, open, skip] of backends) {
+  describe.skipIf(skip !== null)(`autotune on ${name}`, () => {
+    let gpu: GpuBackend;
+    beforeAll(async () => {
+      gpu = await open();
+    }, 120_000);
+    afterAll(async () => gpu?.close());
+
+    it("picks one of its candidates for every step matmul, with measured rates; a spent budget leaves the defaults", async () => {
+      const shape = { d: 32, n: 128, B: 512, K: 4, P: 2 };
+      type Out = { result: TuneResult; wall_ms: number; candidates: string[]; timestamps: boolean };
+      const all = await gpu.run<Out>("autotune", { shape, budgetMs: 120_000 });
+      const r = all.result;
+      console.log(`[${name}] tuned in ${all.wall_ms.toFixed(0)} ms (${r.timing}, ${r.candidates} candidates, shape ${JSON.stringify(r.shape)}):`, JSON.stringify(r.kernels));
+      expect(r.timing).toBe(all.timestamps ? "timestamp" : "wall");
+      const first = gpu.report.isFallbackAdapter ? "64x64/4x4/k16/direct" : "64x64/4x4/k16/tiled";
+      expect(all.candidates[0]).toBe(first);
+      for (const id of all.candidates) expect(TUNER_CHOICES.map(choiceId)).toContain(id);
+      expect(r.candidates).toBe(all.candidates.length); // the budget never ran out
+      for (const m of MATMUL_NAMES) {
+        const k = r.kernels[m];
+        expect(all.candidates, m).toContain(k.choice);
+        expect(Number.isFinite(k.gflops) && k.gflops > 0, `${m} ${k.gflops}`).toBe(true);
+        expect(k.gflops, m).toBeGreaterThanOrEqual(k.default_gflops);
+      }
+      expect(r.shape.d).toBe(32);
+      expect(r.shape.B).toBeLessThanOrEqual(512);
+
+      // a budget spent before the first candidate past the default: every matmul keeps the (timed) default
+      const none = (await gpu.run<Out>("autotune", { shape, budgetMs: 0 })).result;
+      expect(none.candidates).toBe(1);
+      for (const m of MATMUL_NAMES) {
+        expect(none.kernels[m].choice, m).toBe(first);
+        expect(none.kernels[m].gflops).toBe(none.kernels[m].default_gflops);
+        expect(none.kernels[m].gflops).toBeGreaterThan(0);
+      }
+    }, 300_000);
+
+    it("engines running every choice the tuner can pick match the default engine on the same inputs", async () => {
+      const seed = testSeed();
+      const rand = mulberry32(seed);
+      const d = 17, B = 37;
+      const cfgs = [
+        trainConfig({ sae_batch_size: B, seed: seed, sae: { d_vit: d, exp_factor: 3 }, objective: { kind: "matryoshka", n_prefixes: 3, sparsity_coeff: 5e-2 } }),
+        trainConfig({ sae_batch_size: B, seed: seed + 1, sae: { d_vit: d, exp_factor: 3, kind: "jumprelu", init_threshold: 0.05, bandwidth: 0.1 } }),
+      ];
+      const x = Array.from({ length: B * d }, () => Math.fround(rand() * 2 - 1));
+      const kernels = spread();
+      const out = await gpu.run<{ base: { buffers: Record<string, (number | null)[]> }; tuned: Array<{ buffers: Record<string, (number | null)[]>; kernels: Record<string, string> }> }>("engineKernels", { cfgs, x, kernels });
+      expect(out.tuned.map((t) => t.kernels)).toEqual(kernels);
+      const ran = new Set(out.tuned.flatMap((t) => Object.values(t.kernels)));
+      expect([...ran].sort()).toEqual(TUNER_CHOICES.map(choiceId).sort());
+      for (const [i, t] of out.tuned.entries())
+        for (const [buf, want] of Object.entries(out.base.buffers)) {
+          // only R holds rows no kernel writes (a Vanilla SAE's prefixes past the first)
+          if (buf !== "R") expect(want.every((w) => w !== null && Number.isFinite(w)), `default engine ${buf} fully written (seed ${seed})`).toBe(true);
+          expect(relError(t.buffers[buf], want), `engine ${i} (${JSON.stringify(t.kernels)}) ${buf}, seed ${seed}`).toBeLessThanOrEqual(1e-5);
+        }
+    }, 600_000);
+  });
+}
