@@ -6,6 +6,7 @@ import { runAxpy } from "../../shaders/axpy";
 import { engineCases } from "./engine-cases";
 import { matmulCases } from "./matmul-cases";
 import { topkCases } from "./topk-cases";
+import { topkTrainCases } from "./topk-train-cases";
 
 export type GpuCase = (device: GPUDevice, input: any) => Promise<unknown>;
 
@@ -17,4 +18,5 @@ export const cases: Record<string, GpuCase> = {
   ...engineCases,
   ...matmulCases,
   ...topkCases,
+  ...topkTrainCases,
 };
