@@ -165,21 +165,28 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
       let el = ${elig};
       var rank = 0u;
       var nElig = 0u;
-      for (var i = 0u; i < n; i++) {
-        let ki = keyOf(H[base + i]);
-        if (${eligOf("i")}) {
-          nElig += 1u;
-          if (ki > key || (ki == key && i < j)) { rank += 1u; }
+      // The count stops once rank ≥ k: the latent is not kept (kEff ≤ k), and some k latents are eligible, so
+      // kEff = k > 0. Most latents stop within a few dozen reads; only the kept ones read the whole row. An
+      // ineligible latent is never kept (thread 0 still counts, for the kEff = 0 cut).
+      var whole = el || j == 0u;
+      if (whole) {
+        for (var i = 0u; i < n; i++) {
+          let ki = keyOf(H[base + i]);
+          if (${eligOf("i")}) {
+            nElig += 1u;
+            if (ki > key || (ki == key && i < j)) { rank += 1u; }
+          }
+          if (rank >= kRow) { whole = false; break; }
         }
       }
       let kEff = min(kRow, nElig);
-      kept = el && rank < kEff;
+      kept = el && whole && rank < kEff;
       let c = (sae * dims.rowStride + row) * 2u;
-      if (el && rank + 1u == kEff) {
+      if (kept && rank + 1u == kEff) {
         cut[c] = key;
         cut[c + 1u] = j + 1u;
       }
-      if (kEff == 0u && j == 0u) { // nothing kept: T above every key
+      if (whole && kEff == 0u && j == 0u) { // nothing kept: T above every key
         cut[c] = 0xffffffffu;
         cut[c + 1u] = 0u;
       }
