@@ -137,6 +137,9 @@ export const metrics = sqliteTable(
     nPatchesSeen: real("n_patches_seen").notNull(),
     learningRate: real("learning_rate").notNull(),
     sparsityCoeff: real("sparsity_coeff").notNull(),
+    /** TopK/BatchTopK with AuxK: the aux loss and the latents dead in training (null for the other kinds). */
+    auxLoss: real("aux_loss"),
+    nDeadTrain: integer("n_dead_train"),
     /** Outbox flag: 1 once the row is on WANDB_QUEUE; a failed send resets it, so the runner's retry sends it. */
     queued: integer("queued", { mode: "boolean" }).notNull().default(false),
   },

@@ -69,10 +69,12 @@ for (;;) {
   await new Promise((r) => setTimeout(r, 2000));
 }
 
-const rows: string[][] = [["run", "sae", "objective", "coeff", "lr", "L0", "MSE", "FVU", "dead", "dense", "recovery"]];
+const rows: string[][] = [["run", "sae", "objective", "coeff / k", "lr", "L0", "MSE", "FVU", "dead", "dense", "recovery"]];
 for (const run of view.runs) {
   const c = run.cfg;
-  const row = [run.id, c.sae.kind, c.objective.kind, String(c.objective.sparsity_coeff), String(c.lr)];
+  // TopK/BatchTopK have no sparsity coefficient (it is ignored): their k is what sets L0.
+  const sparsity = c.sae.k !== null && (c.sae.kind === "topk" || c.sae.kind === "batchtopk") ? `k=${c.sae.k}` : String(c.objective.sparsity_coeff);
+  const row = [run.id, c.sae.kind, c.objective.kind, sparsity, String(c.lr)];
   if (run.status !== "done") {
     rows.push([...row, run.status, run.error ?? "", "", "", "", ""]);
     continue;

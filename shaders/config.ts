@@ -158,8 +158,9 @@ export interface StepMetrics {
   "progress/n_patches_seen": number;
   "progress/learning_rate": number;
   "progress/sparsity_coeff": number;
-  /** AuxK SAEs (TopK/BatchTopK with aux_coeff > 0): Σ‖e − ê‖² / Σ‖e − ē‖², and the latents dead during the step. */
+  /** TopK/BatchTopK with AuxK (SAE.md): the aux loss of the step (0 when no latent is dead); absent otherwise. */
   aux_loss?: number;
+  /** TopK/BatchTopK with AuxK: latents that have not fired on dead_after consecutive training examples. */
   n_dead_train?: number;
 }
 

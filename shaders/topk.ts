@@ -132,7 +132,8 @@ export function rowSelectKernel(v: RowSelectVariant): string {
     v.inPlace ? "" : `@group(0) @binding(${b++}) var<storage, read_write> out: array<f32>;`,
     `@group(0) @binding(${b++}) var<storage, read_write> cut: array<u32>;`,
   ].join("\n");
-  const elig = v.deadOnly ? "counters[sae * n + j] >= deadAfter" : "true";
+  const eligOf = (i: string) => (v.deadOnly ? `counters[sae * n + ${i}] >= deadAfter` : "true");
+  const elig = eligOf("j");
   const outName = v.inPlace ? "H" : "out";
   return /* wgsl */ `${HEADER}
 ${bindings}
@@ -150,6 +151,53 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
   let n = dims.n;
   let base = (sae * dims.rowStride + row) * n;
   let deadAfter = metaWord(sae, 4u);
+  // A row of at most WG latents (small d_sae, as the demo's 128): one latent per thread, ranked against the row in
+  // global memory: rank = #{eligible i : key_i > key_j, or key_i == key_j and i < j}, kept iff rank < min(k,
+  // #eligible); the cut is the key and index + 1 of rank kEff − 1. At most one barrier (in place: every thread has
+  // read the row before any overwrites it), where the radix select below costs a dozen barriers and thread 0's serial
+  // scans of 256 bins per row, which dominate short rows on a software adapter.
+  if (n <= WG) {
+    let kRow = metaWord(sae, ${v.kWord}u);
+    let j = tid;
+    let mine = kRow != 0u && j < n; // kRow 0: not this SAE's kind, H stays as it is
+    var h = 0.0;
+    var kept = false;
+    if (mine) {
+      h = H[base + j];
+      let key = keyOf(h);
+      let el = ${elig};
+      var rank = 0u;
+      var nElig = 0u;
+      // The count stops once rank ≥ k: the latent is not kept (kEff ≤ k), and some k latents are eligible, so
+      // kEff = k > 0. Most latents stop within a few dozen reads; only the kept ones read the whole row. An
+      // ineligible latent is never kept (thread 0 still counts, for the kEff = 0 cut).
+      var whole = el || j == 0u;
+      if (whole) {
+        for (var i = 0u; i < n; i++) {
+          let ki = keyOf(H[base + i]);
+          if (${eligOf("i")}) {
+            nElig += 1u;
+            if (ki > key || (ki == key && i < j)) { rank += 1u; }
+          }
+          if (rank >= kRow) { whole = false; break; }
+        }
+      }
+      let kEff = min(kRow, nElig);
+      kept = el && whole && rank < kEff;
+      let c = (sae * dims.rowStride + row) * 2u;
+      if (kept && rank + 1u == kEff) {
+        cut[c] = key;
+        cut[c + 1u] = j + 1u;
+      }
+      if (whole && kEff == 0u && j == 0u) { // nothing kept: T above every key
+        cut[c] = 0xffffffffu;
+        cut[c + 1u] = 0u;
+      }
+    }
+    ${v.inPlace ? "workgroupBarrier();" : ""}
+    if (mine) { ${outName}[base + j] = select(0.0, max(h, 0.0), kept); }
+    return;
+  }
   if (tid == 0u) {
     shareA = metaWord(sae, ${v.kWord}u);
     atomicStore(&eligible, 0u);

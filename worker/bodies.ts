@@ -94,6 +94,9 @@ export const MetricRowBody = object({
   "progress/n_patches_seen": nonNeg(),
   "progress/learning_rate": nonNeg(),
   "progress/sparsity_coeff": nonNeg(),
+  // AuxK's (TopK/BatchTopK runs only): optional, so rows of the other kinds and of older runners stay valid.
+  aux_loss: nonNeg().optional(),
+  n_dead_train: int(0).optional(),
 });
 
 export const MetricsBody = object({

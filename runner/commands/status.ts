@@ -9,7 +9,8 @@ export const STATUS_USAGE = `usage: sae-swarm status [SWEEP_ID] [--server URL] [
 
 Without SWEEP_ID: every sweep with its progress, then the newest sweep in detail.
 With SWEEP_ID: that sweep's groups (status, runs done, live leases: runner, step, expiry) and runs (the config
-keys that vary across the sweep, status, step, latest training loss/L0/MSE, eval L0/MSE/dead/dense).
+keys that vary across the sweep, status, step, latest training loss/L0/MSE, eval L0/MSE/dead/dense). A sweep with
+TopK or BatchTopK runs also shows their k, and AuxK's latest aux loss and latents dead in training.
 
   --server URL   the sae-swarm Worker (env SAE_SWARM_SERVER; default http://127.0.0.1:8787)
   --token T      the submitter token (env SAE_SWARM_TOKEN; default SUBMIT_TOKEN from ./.dev.vars)
@@ -66,10 +67,15 @@ export interface RunDetail {
     status: string;
     n_steps: number;
     error: string | null;
-    latest: { step: number; loss: number; mse: number; l0: number } | null;
+    latest: { step: number; loss: number; mse: number; l0: number; aux_loss?: number; n_dead_train?: number } | null;
     eval: { l0: number; mse: number; fvu: number; n_dead: number; n_dense: number } | null;
   };
 }
+
+const isSelect = (cfg: Record<string, unknown>) => {
+  const kind = (cfg.sae as { kind?: string } | undefined)?.kind;
+  return kind === "topk" || kind === "batchtopk";
+};
 
 /** Flattens a config to dotted keys ("sae.kind"), lists as JSON. */
 export function flatten(o: Record<string, unknown>, prefix = "", out: Record<string, string> = {}): Record<string, string> {
@@ -135,22 +141,26 @@ export function sweepReport(d: SweepDetail, runs: Map<string, RunDetail["run"]>,
   out.push("");
   const keys = varyingKeys(d.runs.map((r) => r.cfg));
   const flat = new Map(d.runs.map((r) => [r.id, flatten(r.cfg)]));
+  // TopK/BatchTopK runs: their k is a column even when every run shares it, and AuxK's metrics are columns.
+  const selects = d.runs.some((r) => isSelect(r.cfg));
+  if (selects && !keys.includes("sae.k")) keys.splice(keys.includes("sae.kind") ? keys.indexOf("sae.kind") + 1 : 0, 0, "sae.k");
   const short = (k: string) => k.replace(/^objective\./, "obj.").replace(/^progress\//, "");
   out.push(
     table(
-      ["run", "group", ...keys.map(short), "status", "step", "loss", "L0", "MSE", "eval L0", "eval MSE", "dead", "dense"],
+      ["run", "group", ...keys.map(short), "status", "step", "loss", "L0", "MSE", ...(selects ? ["aux", "dead (train)"] : []), "eval L0", "eval MSE", "dead", "dense"],
       d.runs.map((r) => {
         const x = runs.get(r.id);
         const f = flat.get(r.id)!;
         return [
           shortId(r.id, s.id),
           shortId(r.group_id, s.id),
-          ...keys.map((k) => { const v = f[k] ?? "–"; const n = Number(v); return v !== "" && Number.isFinite(n) && !/^(true|false)$/.test(v) ? num(n) : v; }),
+          ...keys.map((k) => { const v = f[k] === undefined || f[k] === "null" ? "–" : f[k]; const n = Number(v); return v !== "" && Number.isFinite(n) && !/^(true|false)$/.test(v) ? num(n) : v; }),
           r.status,
           `${r.status === "done" ? r.n_steps : (x?.latest?.step ?? 0)}/${r.n_steps}`, // the latest logged step until done
           num(x?.latest?.loss),
           num(x?.latest?.l0),
           num(x?.latest?.mse),
+          ...(selects ? [num(x?.latest?.aux_loss), x?.latest?.n_dead_train === undefined ? "–" : String(x.latest.n_dead_train)] : []),
           num(x?.eval?.l0),
           num(x?.eval?.mse),
           x?.eval ? String(x.eval.n_dead) : "–",

@@ -9,6 +9,7 @@ import { engineCases } from "./engine-cases";
 import { matmulCases } from "./matmul-cases";
 import { topkCases } from "./topk-cases";
 import { auxkCases } from "./auxk-cases";
+import { topkTrainCases } from "./topk-train-cases";
 
 export type GpuCase = (device: GPUDevice, input: any) => Promise<unknown>;
 
@@ -23,4 +24,5 @@ export const cases: Record<string, GpuCase> = {
   ...matmulCases,
   ...topkCases,
   ...auxkCases,
+  ...topkTrainCases,
 };

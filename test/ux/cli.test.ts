@@ -151,23 +151,32 @@ describe("sae-swarm status", () => {
     const id = finishedId;
     const r = await cli(["status", id, "--server", dev.url, "--token", dev.submitToken]);
     expect(r.code, r.stderr).toBe(0);
-    expect(r.stdout).toContain(`sweep ${id}: done, 4/4 runs done, 1 group,`);
+    expect(r.stdout).toContain(`sweep ${id}: done, 8/8 runs done, 1 group,`);
     const lines = r.stdout.split("\n");
     const head = lines.find((l) => l.startsWith("run "))!.trim().split(/\s{2,}/);
-    expect(head).toEqual(["run", "group", "sae.kind", "obj.sparsity_coeff", "status", "step", "loss", "L0", "MSE", "eval L0", "eval MSE", "dead", "dense"]);
-    expect(lines.find((l) => l.startsWith("g0 "))).toMatch(/^g0\s+done\s+4\/4\s+0\s+–$/);
-    for (let i = 0; i < 4; i++) {
+    // TopK/BatchTopK runs in the sweep: their k, and AuxK's latest aux loss and dead-in-training count.
+    expect(head).toEqual(["run", "group", "sae.kind", "sae.k", "obj.kind", "obj.sparsity_coeff", "status", "step", "loss", "L0", "MSE", "aux", "dead (train)", "eval L0", "eval MSE", "dead", "dense"]);
+    expect(lines.find((l) => l.startsWith("g0 "))).toMatch(/^g0\s+done\s+8\/8\s+0\s+–$/);
+    for (let i = 0; i < 8; i++) {
       const cells = lines.find((l) => l.startsWith(`r${i} `))!.trim().split(/\s{2,}/);
       const run = ((await (await fetch(`${dev.url}/v1/runs/${id}-r${i}`, { headers: { authorization: `Bearer ${dev.submitToken}` } })).json()) as {
-        run: { latest: { loss: number; l0: number }; eval: { l0: number; mse: number; n_dead: number; n_dense: number } };
+        run: { cfg: { sae: { kind: string; k: number | null } }; latest: { loss: number; l0: number; aux_loss?: number; n_dead_train?: number }; eval: { l0: number; mse: number; n_dead: number; n_dense: number } };
       }).run;
-      expect(cells[4]).toBe("done");
-      expect(cells[5]).toBe("32/32");
-      expect(Number(cells[6])).toBeCloseTo(run.latest.loss, 3);
-      expect(Number(cells[9])).toBeCloseTo(run.eval.l0, 3);
-      expect(Number(cells[10])).toBeCloseTo(run.eval.mse, 3);
-      expect(cells[11]).toBe(String(run.eval.n_dead));
-      expect(cells[12]).toBe(String(run.eval.n_dense));
+      const c = Object.fromEntries(head.map((h, j) => [h, cells[j]]));
+      expect(c["sae.kind"]).toBe(run.cfg.sae.kind);
+      expect(c["sae.k"]).toBe(run.cfg.sae.k === null ? "–" : String(run.cfg.sae.k));
+      expect(c.status).toBe("done");
+      expect(c.step).toBe("32/32");
+      expect(Number(c.loss)).toBeCloseTo(run.latest.loss, 3);
+      if (run.cfg.sae.k === null) expect([c.aux, c["dead (train)"]]).toEqual(["–", "–"]);
+      else {
+        expect(Number(c.aux)).toBeCloseTo(run.latest.aux_loss!, 3);
+        expect(c["dead (train)"]).toBe(String(run.latest.n_dead_train));
+      }
+      expect(Number(c["eval L0"])).toBeCloseTo(run.eval.l0, 3);
+      expect(Number(c["eval MSE"])).toBeCloseTo(run.eval.mse, 3);
+      expect(c.dead).toBe(String(run.eval.n_dead));
+      expect(c.dense).toBe(String(run.eval.n_dense));
     }
   });
 

@@ -64,7 +64,10 @@ describe("dashboard", () => {
         kernelRows: [...document.querySelectorAll("#kernels tbody tr")].map((r) => r.textContent),
         runRows: [...document.querySelectorAll("#runs tbody tr")].map((r) => [...r.querySelectorAll("td")].map((td) => td.textContent)),
         runHead: [...document.querySelectorAll("#runs thead th")].map((th) => th.textContent),
-        paretoLegend: [...document.querySelectorAll("#pareto .u-legend .u-label")].map((l) => l.textContent),
+        paretoLegend: [...document.querySelectorAll("#pareto .u-legend .u-series")].slice(1).map((row) => {
+          const marker = getComputedStyle(row.querySelector<HTMLElement>(".u-marker")!);
+          return { label: row.querySelector(".u-label")?.textContent ?? "", border: marker.borderTopColor, fill: marker.backgroundColor };
+        }),
         title: document.querySelector("#sweep-title")?.textContent,
       }));
       expect(state.rendered, state.message ?? "").toBe("ok");
@@ -73,7 +76,7 @@ describe("dashboard", () => {
       for (const p of PANELS) expect(state.panels[p], `panel ${p}`).toBe("ready");
       for (const [id, n] of Object.entries(state.canvases)) expect(n, `canvas of ${id}`).toBeGreaterThan(0);
       expect(state.sweepRows).toBe(1);
-      expect(state.title).toContain("done, 4/4 runs done in 1 group");
+      expect(state.title).toContain("done, 8/8 runs done in 1 group");
       expect(state.groupRows).toHaveLength(1);
       expect(state.groupRows[0]).toContain("done");
       // the kernels the seeded runner reported with its lease
@@ -82,13 +85,28 @@ describe("dashboard", () => {
       expect(state.kernelRows[0]).toContain("tuned in 1.5 s, 3 candidates, timestamp");
       expect(state.kernelRows[0]).toContain("GRAD_W_DEC 64x64/8x8/k16/direct 1.25 (0.5)");
       // The varying keys are columns; every run shows its eval.
-      expect(state.runHead).toEqual(expect.arrayContaining(["sae.kind", "obj.sparsity_coeff", "eval L0", "eval MSE", "dead", "dense"]));
-      expect(state.runRows).toHaveLength(4);
+      expect(state.runHead).toEqual(expect.arrayContaining(["sae.kind", "sae.k", "obj.kind", "obj.sparsity_coeff", "eval L0", "eval MSE", "dead", "dense"]));
+      expect(state.runRows).toHaveLength(8);
+      // k shows for the TopK/BatchTopK runs, "–" for the others.
+      expect(state.runRows.map((r) => [r[state.runHead.indexOf("sae.kind")], r[state.runHead.indexOf("sae.k")]])).toEqual(
+        ["relu", "relu", "jumprelu", "jumprelu", "topk", "topk", "batchtopk", "batchtopk"].map((k) => [k, k === "topk" ? "8" : k === "batchtopk" ? "6" : "–"]),
+      );
       for (const r of state.runRows) {
         expect(r).toContain("done");
         expect(r).toContain("32/32"); // 2048 / 64 steps
       }
-      expect(state.paretoLegend).toEqual(expect.arrayContaining(["relu · vanilla", "jumprelu · vanilla"]));
+      // The L0–MSE plot: a legend entry per kind and objective, in kind order; the colour is the kind's (both
+      // objectives of a kind share it, the four kinds differ), the marker the objective's (Matryoshka hollow).
+      const kinds = ["relu", "jumprelu", "topk", "batchtopk"];
+      expect(state.paretoLegend.map((l) => l.label)).toEqual(kinds.flatMap((k) => [`${k} · matryoshka`, `${k} · vanilla`]));
+      const colourOf = (label: string) => state.paretoLegend.find((l) => l.label === label)!;
+      for (const k of kinds) {
+        const [m, v] = [colourOf(`${k} · matryoshka`), colourOf(`${k} · vanilla`)];
+        expect(m.border, k).toBe(v.border);
+        expect(v.fill, k).toBe(v.border); // filled
+        expect(m.fill, k).toBe("rgb(255, 255, 255)"); // hollow
+      }
+      expect(new Set(kinds.map((k) => colourOf(`${k} · vanilla`).border)).size).toBe(4);
 
       // The eval values shown are the API's.
       const run0 = (await (await fetch(`${dev.url}/v1/runs/${sweepId}-r0`, { headers: { authorization: `Bearer ${dev.submitToken}` } })).json()) as { run: { eval: { l0: number; n_dead: number } } };
@@ -98,9 +116,10 @@ describe("dashboard", () => {
       expect(row0[state.runHead.indexOf("dead")]).toBe(String(run0.run.eval.n_dead));
 
       // Selecting another run redraws its curves and histograms.
-      await tab.click("#runs tbody tr:nth-child(4)");
-      await tab.waitForFunction(() => document.querySelector("#run-title")?.textContent?.startsWith("Run r3") && document.body.dataset.rendered === "ok", { timeout: 30_000 });
+      await tab.click("#runs tbody tr:nth-child(6)");
+      await tab.waitForFunction(() => document.querySelector("#run-title")?.textContent?.startsWith("Run r5") && document.body.dataset.rendered === "ok", { timeout: 30_000 });
       expect(await tab.evaluate(() => document.querySelectorAll("#freqs canvas").length)).toBeGreaterThan(0);
+      expect(await tab.$eval("#run-title", (e) => e.textContent)).toContain("topk SAE, matryoshka objective, k 8,"); // TopK has no sparsity coefficient
 
       mkdirSync(path.join(root, "out"), { recursive: true });
       await tab.screenshot({ path: path.join(root, "out", "dashboard.png"), fullPage: true });

@@ -2,7 +2,8 @@
  * Seeds a wrangler dev with a finished sweep through the real API, as a runner would post it: submit, claim,
  * heartbeat, metrics every log_every steps, one eval per run (freqs and mean values of d_sae features), a final
  * checkpoint per run (a valid safetensors from runner/safetensors.ts), complete. Values are made up but shaped
- * like training: the loss falls, L0 depends on the sparsity coefficient. Call it while nothing else waits.
+ * like training: the loss falls, L0 depends on the sparsity coefficient (TopK/BatchTopK: L0 = k, with AuxK's aux loss
+ * and dead-latent count). One run of each SAE kind per objective (8 runs). Call it while nothing else waits.
  */
 import { encodeFinalCheckpoint } from "../../runner/safetensors";
 import type { TrainConfig } from "../../shaders/config";
@@ -15,8 +16,8 @@ n_train = 2048
 batch_size = 64
 log_every = 4
 track = false
-sae = { kind = ["relu", "jumprelu"], exp_factor = 4 }
-objective = { kind = "vanilla", sparsity_coeff = [1e-3, 4e-3] }
+sae = [{ kind = "relu", exp_factor = 4 }, { kind = "jumprelu", exp_factor = 4 }, { kind = "topk", k = 8, exp_factor = 4 }, { kind = "batchtopk", k = 6, exp_factor = 4 }]
+objective = [{ kind = "vanilla", sparsity_coeff = 1e-3 }, { kind = "matryoshka", sparsity_coeff = 4e-3 }]
 `;
 
 const ADAPTER = { vendor: "test", architecture: "seed", device: "", description: "", isFallbackAdapter: true, features: [], limits: { maxStorageBufferBindingSize: 2 ** 30, maxBufferSize: 2 ** 30 } };
@@ -76,8 +77,16 @@ export async function seedFinishedSweep(dev: WorkerDev, sweepText = SEED_SWEEP):
       for (let step = 0; step < nSteps; step += cfg.log_every) {
         const t = step / nSteps;
         const mse = 0.05 + 0.9 * Math.exp(-4 * t) + 20 * coeff;
+        const progress = { "progress/n_patches_seen": (step + 1) * cfg.sae_batch_size, "progress/learning_rate": cfg.lr };
+        if (cfg.sae.k !== null) {
+          // TopK/BatchTopK: L0 is k, no sparsity penalty; AuxK revives the dead latents as training goes on.
+          const aux_loss = 0.8 * Math.exp(-3 * t);
+          const l0 = cfg.sae.k;
+          rows.push({ run_id, step, loss: mse + cfg.sae.aux_coeff * aux_loss, mse, l0, l1: l0 * 0.3, sparsity: 0, ...progress, "progress/sparsity_coeff": 0, aux_loss, n_dead_train: Math.round(40 * Math.exp(-3 * t)) });
+          continue;
+        }
         const l0 = 8 + 40 * Math.exp(-3 * t) - 500 * coeff;
-        rows.push({ run_id, step, loss: mse + coeff * l0, mse, l0, l1: l0 * 0.3, sparsity: coeff * l0, "progress/n_patches_seen": (step + 1) * cfg.sae_batch_size, "progress/learning_rate": cfg.lr, "progress/sparsity_coeff": coeff * Math.min(1, t * 4) });
+        rows.push({ run_id, step, loss: mse + coeff * l0, mse, l0, l1: l0 * 0.3, sparsity: coeff * l0, ...progress, "progress/sparsity_coeff": coeff * Math.min(1, t * 4) });
       }
     }
     await call(dev, dev.runnerToken, `${L}/metrics`, { method: "POST", json: { token: lease.token, rows } });
@@ -106,7 +115,7 @@ function evalFor(run_id: string, cfg: TrainConfig, rand: () => number) {
   const n_dead = freqs.filter((f) => f === 0).length;
   const n_dense = freqs.filter((f) => f > 1e-2).length;
   const l0 = freqs.reduce((a, b) => a + b, 0);
-  const mse = 0.05 + 20 * coeff + (cfg.sae.kind === "jumprelu" ? -0.01 : 0);
+  const mse = 0.05 + 20 * coeff + { relu: 0, jumprelu: -0.01, topk: -0.02, batchtopk: -0.025 }[cfg.sae.kind];
   return { run_id, l0, l1: l0 * 0.3, mse, fvu: mse / 1.2, explained_variance: 1 - mse / 1.2, n_dead, n_almost_dead: n_dead, n_dense, freqs, mean_values, n_examples: 2048 };
 }
 
@@ -114,5 +123,5 @@ function weightsFor(cfg: TrainConfig, rand: () => number) {
   const d = cfg.sae.d_vit;
   const k = d * cfg.sae.exp_factor;
   const r = (n: number) => Float32Array.from({ length: n }, () => rand() - 0.5);
-  return { W_enc: r(d * k), b_enc: r(k), W_dec: r(k * d), b_dec: r(d), ...(cfg.sae.kind === "jumprelu" ? { threshold: Float32Array.from({ length: k }, () => 0.001) } : {}) };
+  return { W_enc: r(d * k), b_enc: r(k), W_dec: r(k * d), b_dec: r(d), ...(cfg.sae.kind === "jumprelu" || cfg.sae.kind === "batchtopk" ? { threshold: Float32Array.from({ length: k }, () => 0.001) } : {}) };
 }

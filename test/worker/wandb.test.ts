@@ -88,12 +88,12 @@ async function drain(items: Pending[], perBatch = 50) {
 }
 
 /** Runs the whole sweep through the API as a runner would (metrics posted in 3 chunks per run), returning the claim. */
-async function runSweep(text: string) {
+async function runSweep(text: string, row: (run_id: string, step: number) => object = metricRow) {
   const s = await submit(text);
   const c = (await claim("runner-w", 1024, vars as Partial<Env>)) as ClaimResponse;
   const { id, token } = c.lease;
   for (const chunk of [[0, 1, 2], [3, 4, 5, 6], [7, 8, 9]]) {
-    const rows = c.group.cfgs.flatMap(({ run_id }) => chunk.map((step) => metricRow(run_id, step)));
+    const rows = c.group.cfgs.flatMap(({ run_id }) => chunk.map((step) => row(run_id, step)));
     await json(await call("POST", `/v1/leases/${id}/metrics`, { json: { token, rows }, vars }), 200);
   }
   await json(await call("POST", `/v1/leases/${id}/evals`, { json: { token, evals: c.group.cfgs.map(({ run_id }) => evalBody(run_id)) }, vars }), 200);
@@ -169,6 +169,19 @@ describe("W&B queue consumer against the stand-in", () => {
     await drain(captured.map((body, i) => ({ id: `again${i}`, body, attempts: 1 })));
     expect((await standinRuns()).map((r) => r.fileStreamRequests)).toEqual(before);
   }, 60_000);
+
+  it("TopK runs: AuxK's aux_loss and n_dead_train reach W&B as history columns", async () => {
+    const topk = TRACKED.replace("sae = { exp_factor = 4 }", 'sae = { kind = "topk", k = 8, exp_factor = 4 }');
+    await runSweep(topk, (run_id, step) => ({ ...metricRow(run_id, step), aux_loss: step / 8, n_dead_train: 20 - step }));
+    await drain(captured.map((body, i) => ({ id: `m${i}`, body, attempts: 1 })));
+    const runs = await standinRuns();
+    expect(runs).toHaveLength(2);
+    for (const r of runs) {
+      expect(r.violations).toEqual([]);
+      const lines = r.history.map((l) => JSON.parse(l));
+      expect(lines.map((l) => [l._step, l.aux_loss, l.n_dead_train])).toEqual(Array.from({ length: 10 }, (_, t) => [t, t / 8, 20 - t]));
+    }
+  });
 
   it("a consumer that dies between sending and recording it: the next one learns from W&B what landed", async () => {
     const { runIds } = await runSweep(TRACKED);

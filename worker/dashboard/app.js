@@ -174,11 +174,22 @@ function padded(u, min, max) {
   return [min - pad, max + pad];
 }
 
+/** One colour per SAE kind on the L0–MSE plot, whatever mix a sweep holds (an unknown kind is grey). */
+const KIND_COLORS = { relu: "#1f77b4", jumprelu: "#d62728", topk: "#2ca02c", batchtopk: "#9467bd" };
+const kindColor = (kind) => KIND_COLORS[kind] ?? "#7f7f7f";
+
 function paretoPlot(runs) {
   const points = runs.filter((r) => r.eval).map((r) => ({ r, e: r.eval }));
   if (points.length === 0) return emptyPlot("pareto", "no run has been evaluated yet");
+  // A series per (kind, objective): the colour says the kind, the marker the objective (Vanilla filled,
+  // Matryoshka hollow). Series are ordered by kind, so the legend reads relu, jumprelu, topk, batchtopk.
   const label = (r) => `${r.cfg.sae.kind} · ${r.cfg.objective.kind}`;
-  const labels = [...new Set(points.map((p) => label(p.r)))];
+  const order = Object.keys(KIND_COLORS);
+  const rank = (kind) => (order.includes(kind) ? order.indexOf(kind) : order.length);
+  const series = [...new Map(points.map((p) => [label(p.r), { label: label(p.r), kind: p.r.cfg.sae.kind, objective: p.r.cfg.objective.kind }])).values()].sort(
+    (a, b) => rank(a.kind) - rank(b.kind) || a.objective.localeCompare(b.objective),
+  );
+  const labels = series.map((x) => x.label);
   const xs = [...new Set(points.map((p) => p.e.l0))].sort((a, b) => a - b);
   const ys = labels.map((l) => {
     const y = new Array(xs.length).fill(null);
@@ -194,7 +205,11 @@ function paretoPlot(runs) {
       axes: [{ label: "L0 (active features per example)" }, { label: "MSE" }],
       series: [
         { label: "L0", value: (u, v) => num(v) },
-        ...labels.map((l, i) => ({ label: l, stroke: COLORS[i % COLORS.length], width: 0, paths: () => null, points: { show: true, size: 9, fill: COLORS[i % COLORS.length] }, value: (u, v) => num(v) })),
+        ...series.map(({ label: l, kind, objective }) => {
+          const c = kindColor(kind);
+          const fill = objective === "matryoshka" ? "#ffffff" : c;
+          return { label: l, stroke: c, fill, width: 0, paths: () => null, points: { show: true, size: 9, width: 2, stroke: c, fill }, value: (u, v) => num(v) };
+        }),
       ],
     },
     [xs, ...ys],
@@ -285,7 +300,8 @@ async function renderSweep(id, runId) {
       { class: r.id === selected ? "selected" : "" },
       el("td", {}, shortId(r.id, s.id)),
       el("td", {}, shortId(r.group_id, s.id)),
-      ...keys.map((k) => (Number.isFinite(Number(f[k])) && !/^(true|false)$/.test(f[k]) ? numCell(Number(f[k])) : el("td", {}, f[k] ?? "–"))),
+      // null (sae.k of a ReLU run beside TopK runs) reads as "–", not as 0.
+      ...keys.map((k) => (f[k] !== "null" && Number.isFinite(Number(f[k])) && !/^(true|false)$/.test(f[k]) ? numCell(Number(f[k])) : el("td", {}, f[k] === undefined || f[k] === "null" ? "–" : f[k]))),
       statusCell(r.status),
       numCell(`${r.status === "done" ? r.n_steps : (r.latest?.step ?? 0)}/${r.n_steps}`), // latest logged step until done
       numCell(r.latest?.loss),
@@ -308,7 +324,7 @@ async function renderSweep(id, runId) {
 async function renderRun(id, run, sweepId) {
   $("#run-panel").hidden = false;
   const cfg = run.cfg;
-  $("#run-title").textContent = `Run ${shortId(id, sweepId)}: ${cfg.sae.kind} SAE, ${cfg.objective.kind} objective, sparsity coefficient ${num(cfg.objective.sparsity_coeff)}, lr ${num(cfg.lr)}, d_sae ${cfg.sae.d_vit * cfg.sae.exp_factor} — ${run.status}`;
+  $("#run-title").textContent = `Run ${shortId(id, sweepId)}: ${cfg.sae.kind} SAE, ${cfg.objective.kind} objective, ${cfg.sae.kind === "topk" || cfg.sae.kind === "batchtopk" ? `k ${cfg.sae.k}` : `sparsity coefficient ${num(cfg.objective.sparsity_coeff)}`}, lr ${num(cfg.lr)}, d_sae ${cfg.sae.d_vit * cfg.sae.exp_factor} — ${run.status}`;
   const { rows } = await api(`/v1/runs/${encodeURIComponent(id)}/metrics?limit=100000`);
   lossPlot(rows);
   if (!run.eval) {

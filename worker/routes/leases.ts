@@ -14,6 +14,7 @@ import { CompleteBody, EvalsBody, FailBody, HeartbeatBody, MetricsBody, ReleaseB
 import type { Env } from "../env";
 import { settings } from "../env";
 import { ApiError, badRequest, conflict, notFound } from "../errors";
+import { auxOf } from "./views";
 import { enqueue, fitEval } from "../queue";
 import { CHUNKED, evalArrayInserts, readEvalArrays } from "../eval-store";
 import { getDb, newId, refreshGroup, refreshSweep, schema } from "../db";
@@ -91,8 +92,8 @@ leaseRoutes.post("/:id/metrics", async (c) => {
     if (row.step >= run.n_steps) throw badRequest("invalid_step", `step ${row.step} is past the run's last step (${run.n_steps - 1})`, `rows[${i}].step`);
   });
   const insert = c.env.DB.prepare(
-    `INSERT INTO metrics (run_id, step, lease_id, ts, loss, mse, l0, l1, sparsity, n_patches_seen, learning_rate, sparsity_coeff)
-     SELECT ?4, ?5, ?1, ?3, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13 WHERE ${valid(1, 2, 3)}
+    `INSERT INTO metrics (run_id, step, lease_id, ts, loss, mse, l0, l1, sparsity, n_patches_seen, learning_rate, sparsity_coeff, aux_loss, n_dead_train)
+     SELECT ?4, ?5, ?1, ?3, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15 WHERE ${valid(1, 2, 3)}
      ON CONFLICT (run_id, step) DO NOTHING RETURNING run_id, step`,
   );
   // The batch is one transaction and starts by reading the lease's validity: when it is stale every insert stores
@@ -100,7 +101,7 @@ leaseRoutes.post("/:id/metrics", async (c) => {
   const [check, ...results] = await c.env.DB.batch([
     c.env.DB.prepare(`SELECT ${valid(1, 2, 3)} AS ok`).bind(lease.id, body.token, now),
     ...body.rows.map((r) =>
-      insert.bind(lease.id, body.token, now, r.run_id, r.step, r.loss, r.mse, r.l0, r.l1, r.sparsity, r["progress/n_patches_seen"], r["progress/learning_rate"], r["progress/sparsity_coeff"]),
+      insert.bind(lease.id, body.token, now, r.run_id, r.step, r.loss, r.mse, r.l0, r.l1, r.sparsity, r["progress/n_patches_seen"], r["progress/learning_rate"], r["progress/sparsity_coeff"], r.aux_loss ?? null, r.n_dead_train ?? null),
     ),
   ]);
   if (!(check.results[0] as { ok: number }).ok) throw conflict("stale_lease", `lease ${lease.id} is no longer active`, "token");
@@ -109,7 +110,7 @@ leaseRoutes.post("/:id/metrics", async (c) => {
   const tracked = [...new Set(body.rows.map((r) => r.run_id))].filter((id) => runs.byId.get(id)!.track);
   const take = c.env.DB.prepare(
     `UPDATE metrics SET queued = 1 WHERE run_id = ?1 AND queued = 0 AND step IN (SELECT value FROM json_each(?2))
-     RETURNING run_id, step, ts, loss, mse, l0, l1, sparsity, n_patches_seen, learning_rate, sparsity_coeff`,
+     RETURNING run_id, step, ts, loss, mse, l0, l1, sparsity, n_patches_seen, learning_rate, sparsity_coeff, aux_loss, n_dead_train`,
   );
   const taken = tracked.length
     ? await c.env.DB.batch(tracked.map((id) => take.bind(id, JSON.stringify(body.rows.filter((r) => r.run_id === id).map((r) => r.step)))))
@@ -139,6 +140,8 @@ type MetricDbRow = {
   n_patches_seen: number;
   learning_rate: number;
   sparsity_coeff: number;
+  aux_loss: number | null;
+  n_dead_train: number | null;
 };
 
 type EvalDbRow = {
@@ -170,6 +173,7 @@ const toWandbRow = (r: MetricDbRow): Extract<WandbMessage, { kind: "metrics" }>[
   "progress/n_patches_seen": r.n_patches_seen,
   "progress/learning_rate": r.learning_rate,
   "progress/sparsity_coeff": r.sparsity_coeff,
+  ...auxOf(r.aux_loss, r.n_dead_train),
 });
 
 /**

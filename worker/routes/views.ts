@@ -61,6 +61,13 @@ export const stepMetrics = (m: MetricRow): { step: number; ts: number } & StepMe
   "progress/n_patches_seen": m.nPatchesSeen,
   "progress/learning_rate": m.learningRate,
   "progress/sparsity_coeff": m.sparsityCoeff,
+  ...auxOf(m.auxLoss, m.nDeadTrain),
+});
+
+/** AuxK's step metrics where the row has them (TopK/BatchTopK runs); other rows carry neither key. */
+export const auxOf = (auxLoss: number | null, nDeadTrain: number | null): Pick<StepMetrics, "aux_loss" | "n_dead_train"> => ({
+  ...(auxLoss !== null ? { aux_loss: auxLoss } : {}),
+  ...(nDeadTrain !== null ? { n_dead_train: nDeadTrain } : {}),
 });
 
 /** An eval's scalars (the per-feature arrays are read one run at a time, from GET /v1/runs/:id/eval). */
