@@ -228,7 +228,8 @@ export async function autotune(device: GPUDevice, shape: TuneShape, o: TuneOptio
   // the budget counts from when the defaults are built and timed: their pipelines are the engine's own (Dawn and
   // Chrome reuse an identical pipeline), so compiling them is no cost of tuning
   let since = t0;
-  const over = () => performance.now() - since > budget;
+  // >=: a budget of 0 is spent at once even where performance.now() is coarse (Chrome rounds it), so two reads match
+  const over = () => performance.now() - since >= budget;
   /** Compiles choice for matmul m (null when this adapter cannot build it: then it is no candidate). */
   const build = async (m: MatmulName, choice: MatmulChoice): Promise<Candidate | null> => {
     const { M, N } = matmulShape(m, { d: s.d, n: s.n, B: s.B });
