@@ -13,14 +13,13 @@
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
-import { createServer, type Server } from "node:http";
-import type { AddressInfo } from "node:net";
+import type { Server } from "node:http";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { sparseFeatureGenerator, writeShards } from "../../runner/data/write-shards";
 import { decodeCheckpoint } from "../../runner/safetensors";
-import { killTree, loggedSteps, until } from "../helpers/e2e";
+import { claimAsRunner, hangingServer, killTree, loggedSteps, until } from "../helpers/e2e";
 import { ROOT, startWorkerDev, type WorkerDev } from "../helpers/worker-dev";
 import { serveDirWithRanges, type RangeServer } from "../runner/range-server";
 import type { TrainConfig } from "../../shaders/config";
@@ -147,24 +146,9 @@ async function expectGivenBack(sweepId: string): Promise<void> {
   const g = (await sweep(sweepId)).groups[0];
   expect(g).toMatchObject({ status: "waiting", failures: 0 });
   expect(g.leases.filter((l) => l.status === "active")).toEqual([]);
-  const res = await fetch(`${worker.url}/v1/claims`, {
-    method: "POST",
-    headers: { authorization: `Bearer ${worker.runnerToken}`, "content-type": "application/json" },
-    body: JSON.stringify({ runner_id: "test", adapter: { vendor: "t", architecture: "", device: "", description: "", isFallbackAdapter: true, features: [], limits: { maxStorageBufferBindingSize: 1 << 30, maxBufferSize: 1 << 30, maxComputeWorkgroupSizeX: 256 } } }),
-  });
-  expect(res.status).toBe(200);
-  expect(((await res.json()) as { group: { id: string } }).group.id).toBe(g.id);
+  expect((await claimAsRunner(worker.url, worker.runnerToken, "test"))?.group.id).toBe(g.id);
 }
 
-/** Loopback HTTP that answers /health and leaves every other request hanging. */
-async function hangingServer(): Promise<string> {
-  const s = createServer((req, res) => {
-    if (req.url === "/health") res.writeHead(200, { "content-type": "application/json" }).end('{"ok":true}');
-  });
-  servers.push(s);
-  await new Promise<void>((r) => s.listen(0, "127.0.0.1", r));
-  return `http://127.0.0.1:${(s.address() as AddressInfo).port}`;
-}
 
 describe("sae-swarm runner --backend dawn", () => {
   let control: string[] = [];
@@ -243,14 +227,14 @@ sae = { d_vit = 16, exp_factor = 2 }
   });
 
   it("SIGTERM while the claim hangs", async () => {
-    const r = startRunner("claiming", [], await hangingServer());
+    const r = startRunner("claiming", [], await hangingServer(servers));
     await until("the adapter check", async () => /WebGPU adapter/.test(r.log()), 60_000, 100);
     await new Promise((res) => setTimeout(res, 1000)); // the claim is in flight, unanswered
     expect(await stopWithin10s(r)).toBe(130);
   });
 
   it("SIGTERM while the data host hangs: the fetch is aborted, the lease released", async () => {
-    const host = await hangingServer();
+    const host = await hangingServer(servers);
     const s = await submit(`
 data = { kind = "shards", url = "${host}/acts/", layer = 0 }
 n_train = 6400

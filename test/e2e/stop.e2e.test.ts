@@ -14,7 +14,7 @@ import { readFileSync } from "node:fs";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { descendants } from "../../runner/fault";
-import { killTree, until } from "../helpers/e2e";
+import { claimAsRunner, hangingServer, killTree, until } from "../helpers/e2e";
 import { ROOT, startWorkerDev, type WorkerDev } from "../helpers/worker-dev";
 
 // Long: a lease that is still live proves the group came back by a release, not by expiring.
@@ -115,27 +115,11 @@ async function expectGivenBack(sweepId: string, runnerId: string) {
   expect(g.leases.filter((l) => l.status === "active")).toEqual([]);
   expect(v.runs.every((r) => r.status === "waiting")).toBe(true);
   // The next claim gets it at once (with the test's own runner token, as a runner would).
-  const res = await fetch(`${worker.url}/v1/claims`, {
-    method: "POST",
-    headers: { authorization: `Bearer ${worker.runnerToken}`, "content-type": "application/json" },
-    body: JSON.stringify({ runner_id: `after-${runnerId}`, adapter: { vendor: "t", architecture: "", device: "", description: "", isFallbackAdapter: true, features: [], limits: { maxStorageBufferBindingSize: 1 << 30, maxBufferSize: 1 << 30, maxComputeWorkgroupSizeX: 256 } } }),
-  });
-  expect(res.status).toBe(200);
-  const claim = (await res.json()) as { lease: { id: string; token: string }; group: { id: string } };
-  expect(claim.group.id).toBe(g.id);
+  expect((await claimAsRunner(worker.url, worker.runnerToken, `after-${runnerId}`))?.group.id).toBe(g.id);
   // The test's lease keeps holding it (long TTL), so the next test's runner claims its own group.
   return v;
 }
 
-/** An HTTP server on loopback that answers /health and leaves every other request hanging. */
-async function hangingServer(): Promise<string> {
-  const s = createServer((req, res) => {
-    if (req.url === "/health") res.writeHead(200, { "content-type": "application/json" }).end('{"ok":true}');
-  });
-  servers.push(s);
-  await new Promise<void>((r) => s.listen(0, "127.0.0.1", r));
-  return `http://127.0.0.1:${(s.address() as AddressInfo).port}`;
-}
 
 /**
  * The Worker behind a loopback proxy that forwards every request but leaves checkpoint uploads (PUT or POST under
@@ -184,7 +168,7 @@ describe("one signal stops a runner in every state within 10 s, its Chrome with 
   });
 
   it("claiming (the claim hangs): SIGTERM", async () => {
-    const r = startRunner("claiming", await hangingServer());
+    const r = startRunner("claiming", await hangingServer(servers));
     await until("the adapter check", async () => /WebGPU adapter/.test(r.log()), 120_000, 100);
     await new Promise((res) => setTimeout(res, 1000)); // the claim is in flight, unanswered
     expect(await expectStopsWithin10s(r, "SIGTERM")).toBe(130);
@@ -211,7 +195,7 @@ describe("one signal stops a runner in every state within 10 s, its Chrome with 
   });
 
   it("loading data (the data host hangs): SIGTERM; the stop is bounded, the lease released", async () => {
-    const host = await hangingServer();
+    const host = await hangingServer(servers);
     const s = await submit(`
 data = { kind = "shards", url = "${host}/acts/", layer = 0 }
 n_train = 6400
@@ -242,7 +226,7 @@ sae = { exp_factor = 2 }
   });
 
   it("a runner killed outright (SIGKILL to it alone) leaves no Chrome behind", async () => {
-    const r = startRunner("killed", await hangingServer());
+    const r = startRunner("killed", await hangingServer(servers));
     await until("the adapter check", async () => /WebGPU adapter/.test(r.log()), 120_000, 100);
     const cs = chromes(r.child.pid!);
     expect(cs.length).toBeGreaterThan(0);
@@ -253,7 +237,7 @@ sae = { exp_factor = 2 }
   });
 
   it("no token on any command line the runner starts", async () => {
-    const r = startRunner("ps", await hangingServer());
+    const r = startRunner("ps", await hangingServer(servers));
     await until("the adapter check", async () => /WebGPU adapter/.test(r.log()), 120_000, 100);
     for (const p of [r.child.pid!, ...descendants(r.child.pid!)]) {
       let cmd = "";

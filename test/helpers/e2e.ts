@@ -1,4 +1,7 @@
-/** Small pieces the end-to-end tests share: polling, killing a runner's whole tree, and which steps a run logs. */
+/** Small pieces the end-to-end tests share: polling, killing a runner's whole tree, which steps a run logs, a host
+ * that never answers, and a claim made as a runner would. */
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
 import { descendants } from "../../runner/fault";
 import { nSteps, type TrainConfig } from "../../shaders/config";
 
@@ -26,3 +29,27 @@ export function killTree(pid: number): void {
 
 /** The steps a run logs metrics at: (step + 1) % log_every == 0 (SAE.md), 0-based. */
 export const loggedSteps = (cfg: TrainConfig) => Array.from({ length: Math.floor(nSteps(cfg) / cfg.log_every) }, (_, i) => (i + 1) * cfg.log_every - 1);
+
+/** Loopback HTTP that answers /health and leaves every other request hanging (a Worker or a data host that stalls);
+ *  pushed onto `servers`, which the caller closes. */
+export async function hangingServer(servers: Server[]): Promise<string> {
+  const s = createServer((req, res) => {
+    if (req.url === "/health") res.writeHead(200, { "content-type": "application/json" }).end('{"ok":true}');
+  });
+  servers.push(s);
+  await new Promise<void>((r) => s.listen(0, "127.0.0.1", r));
+  return `http://127.0.0.1:${(s.address() as AddressInfo).port}`;
+}
+
+/** `POST /v1/claims` with the runner token and a minimal software adapter, as a runner would: the claim, or null
+ *  (204: nothing waiting). */
+export async function claimAsRunner(server: string, runnerToken: string, runnerId: string): Promise<{ lease: { id: string; token: string }; group: { id: string } } | null> {
+  const res = await fetch(`${server}/v1/claims`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${runnerToken}`, "content-type": "application/json" },
+    body: JSON.stringify({ runner_id: runnerId, adapter: { vendor: "t", architecture: "", device: "", description: "", isFallbackAdapter: true, features: [], limits: { maxStorageBufferBindingSize: 1 << 30, maxBufferSize: 1 << 30, maxComputeWorkgroupSizeX: 256 } } }),
+  });
+  if (res.status === 204) return null;
+  if (res.status !== 200) throw new Error(`POST /v1/claims: ${res.status} ${await res.text()}`);
+  return (await res.json()) as { lease: { id: string; token: string }; group: { id: string } };
+}
