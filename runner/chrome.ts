@@ -21,6 +21,9 @@ export function chromePath(): string {
 
 export const CHROME_ARGS = [
   "--enable-unsafe-webgpu",
+  // adapter.info's driver fields (driver, backend, vkDriverVersion …; runner/tune-cache.ts keys tuned kernels on
+  // them, so a driver update tunes again) and unquantized timestamp queries for the tuner
+  "--enable-webgpu-developer-features",
   "--no-sandbox",
   "--disable-background-networking",
   "--disable-component-update",

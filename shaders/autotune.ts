@@ -139,6 +139,19 @@ function kernelCode(m: MatmulName, c: MatmulChoice, s: TuneShape): string {
   return matmul(MATMUL_SPECS[m], c, KERNEL_HEADER, matmulShape(m, { d: s.d, n: s.n, B: s.B }));
 }
 
+/**
+ * The WGSL of every choice the tuner can pick for every step matmul, at an aligned and an odd shape: what a cached
+ * tuning result was measured on. The runner's cache keys on its hash (runner/tune-cache.ts), so any change to the
+ * kernel templates, the header or the candidate set makes old entries unused without anyone bumping a version.
+ */
+export function candidateWgsl(): string {
+  const shapes: TuneShape[] = [
+    { d: 64, n: 256, B: 64, K: 2, P: 2 },
+    { d: 33, n: 97, B: 35, K: 3, P: 1 },
+  ];
+  return shapes.flatMap((s) => MATMUL_NAMES.flatMap((m) => TUNER_CHOICES.map((c) => kernelCode(m, c, s)))).join("\n");
+}
+
 function* bindingsOf(code: string): Generator<{ binding: number; kind: "uniform" | "storage"; readOnly: boolean; name: string }> {
   for (const m of code.matchAll(/@binding\((\d+)\) var<(uniform|storage, read_write|storage, read)> (\w+)/g))
     yield { binding: Number(m[1]), kind: m[2] === "uniform" ? "uniform" : "storage", readOnly: m[2] === "storage, read", name: m[3] };

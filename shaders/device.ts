@@ -69,10 +69,31 @@ export function describeAdapter(adapter: GPUAdapter): AdapterReport {
   };
 }
 
+/**
+ * What the adapter says of its driver beyond vendor, architecture, device and description: every other scalar field
+ * of GPUAdapterInfo, as "name=value" sorted by name. Dawn's description already names the driver ("SwiftShader
+ * driver 5.0.0"); Chrome leaves description empty and names the driver only in its developer fields (`driver`,
+ * `backend`, `type`, `vkDriverVersion`, `d3dShaderModel`: runner/chrome.ts turns them on). Not sent to the Worker
+ * (its adapter body is strict); the runner's kernel cache keys on it (runner/tune-cache.ts), so a driver update
+ * tunes again.
+ */
+export function driverOf(info: GPUAdapterInfo): string {
+  const standard = new Set(["vendor", "architecture", "device", "description"]);
+  const fields: string[] = [];
+  // for…in: WebIDL attributes are getters on the prototype, enumerable in Chrome and in the `webgpu` package alike
+  for (const name in info) {
+    const v = (info as unknown as Record<string, unknown>)[name];
+    if (!standard.has(name) && (typeof v === "string" || typeof v === "number" || typeof v === "boolean")) fields.push(`${name}=${v}`);
+  }
+  return fields.sort().join(" ");
+}
+
 export interface SaeDevice {
   adapter: GPUAdapter;
   device: GPUDevice;
   report: AdapterReport;
+  /** driverOf(adapter.info). */
+  driver: string;
 }
 
 /** Requests the high-performance adapter and a device with every limit raised to the adapter's maximum. */
@@ -84,5 +105,5 @@ export async function requestSaeDevice(gpu: GPU): Promise<SaeDevice> {
   for (const name of LIMIT_NAMES) requiredLimits[name] = report.limits[name];
   const wanted = ["timestamp-query", "subgroups", "shader-f16"].filter((f) => adapter.features.has(f)) as GPUFeatureName[];
   const device = await adapter.requestDevice({ requiredLimits, requiredFeatures: wanted });
-  return { adapter, device, report };
+  return { adapter, device, report, driver: driverOf(adapter.info) };
 }

@@ -184,7 +184,8 @@ export async function runPage(chrome: LaunchedChrome, url: string, o: PageOption
     await tab.waitForFunction(() => window.__runner !== undefined);
     const report = (await tab.evaluate(() => window.__runner.ready)) as AdapterReport;
     o.log(`[runner] WebGPU adapter: ${describeReport(report)}`);
-    tune = kernelCacheFor(report, "chrome", o.log);
+    const driver = await tab.evaluate(() => window.__runner.driver());
+    tune = kernelCacheFor({ ...report, driver }, { name: "chrome", version: await chrome.browser.version() }, o.log);
     if (o.memory) o.log(`[runner] GPU memory budget: ${describeGpuMemory(o.memory)}`);
     if (report.isFallbackAdapter && !o.allowSoftware) {
       console.error("[runner] refusing to train on a software adapter; pass --allow-software-adapter to use it anyway");

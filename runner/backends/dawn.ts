@@ -11,6 +11,7 @@
  */
 import { kernelCacheFor } from "../tune-cache";
 import { existsSync } from "node:fs";
+import { createRequire } from "node:module";
 import { requestSaeDevice, type AdapterReport, type SaeDevice } from "../../shaders/device";
 import { Aborted, WorkerClient, type FetchFn } from "../api";
 import type { RunnerEvent, StopMode } from "../events";
@@ -37,6 +38,15 @@ export async function dawnNavigatorGpu(): Promise<GPU> {
   Object.assign(globalThis, globals); // GPUBufferUsage, GPUMapMode, ... as the engine uses them
   dawnGpu = create([]);
   return dawnGpu;
+}
+
+/** The `webgpu` package's version, i.e. its Dawn build, which compiles the WGSL (the kernel cache keys on it). */
+export function dawnVersion(): string {
+  try {
+    return `webgpu ${(createRequire(import.meta.url)("webgpu/package.json") as { version: string }).version}`;
+  } catch {
+    return "webgpu (version unknown)";
+  }
 }
 
 export interface DawnOptions extends BackendOptions {
@@ -114,7 +124,7 @@ export class DawnBackend implements RunnerBackend {
     const dataFetch = abortable(this.o.dataFetch ?? ((u, i) => fetch(u, i)), AbortSignal.any([data.signal, all.signal]));
     const adapter: AdapterReport = { ...gpu.report, ...(s.memory ? { memoryBudget: s.memory.bytes, memorySource: s.memory.source } : {}) };
     // tuned kernels per shape: read from and written to the disk cache directly (the loop runs in this process)
-    const kernelCache = kernelCacheFor(gpu.report, "dawn", s.log).cache;
+    const kernelCache = kernelCacheFor({ ...gpu.report, driver: gpu.driver }, { name: "dawn", version: dawnVersion() }, s.log).cache;
     const loop = (this.loop = new RunnerLoop({ api, dataFetch, device: gpu.device, adapter, runnerId: s.runnerId, emit, once: s.once, kernelCache }));
     if (this.stopMode) this.stop(this.stopMode);
     try {

@@ -23,6 +23,8 @@ declare global {
   interface Window {
     __runner: {
       ready: Promise<AdapterReport>;
+      /** The adapter's driver fields (shaders/device.ts driverOf), once ready: part of the kernel cache's key. */
+      driver(): string;
       start(opts: StartOptions): Promise<"no-work" | "stopped" | "failing">;
       stop(mode: StopMode): void;
     };
@@ -50,6 +52,8 @@ window.__runner = {
     });
     return gpu.report;
   })(),
+
+  driver: () => gpu?.driver ?? "",
 
   async start(opts) {
     await window.__runner.ready;

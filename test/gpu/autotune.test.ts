@@ -4,16 +4,12 @@
  * within its budget; engines running non-default choices (every choice the tuner can pick, spread over the five
  * matmuls of three engines, Matryoshka and JumpReLU at odd sizes) match the default engine element by element on
  * the same inputs and init, every intermediate poisoned first (engine.test.ts checks the default one against
- * float64, matmul-variants.test.ts every choice's plain matmul); and the runner's disk cache round-trips.
+ * float64, matmul-variants.test.ts every choice's plain matmul). The runner's disk cache: test/runner/tune-cache.test.ts.
  */
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { choicesOf, TUNER_CHOICES, type TuneResult } from "../../shaders/autotune";
+import { TUNER_CHOICES, type TuneResult } from "../../shaders/autotune";
 import { MATMUL_NAMES } from "../../shaders/kernels";
 import { choiceId } from "../../shaders/matmul-template";
-import { adapterKey, cachePath, kernelCacheFor, loadTuned, saveTuned } from "../../runner/tune-cache";
 import { dawnUnavailable, openChrome, openDawn, type GpuBackend } from "../helpers/gpu-backends";
 import { mulberry32, testSeed } from "../helpers/random";
 import { trainConfig } from "../helpers/train-config";
@@ -55,45 +51,6 @@ function relError(got: (number | null)[], want: (number | null)[]): number {
   }
   return worst;
 }
-
-describe("the kernel cache on disk", () => {
-  it("round-trips per adapter and shape, keeps other entries, and survives a broken file", () => {
-    const dir = mkdtempSync(path.join(tmpdir(), "tune-cache-"));
-    const before = process.env.SAE_SWARM_CACHE;
-    process.env.SAE_SWARM_CACHE = dir;
-    try {
-      const a = adapterKey({ vendor: "nvidia", architecture: "hopper", device: "", description: "H200" }, "dawn");
-      const b = adapterKey({ vendor: "google", architecture: "swiftshader", device: "", description: "" }, "chrome");
-      const kernels = Object.fromEntries(MATMUL_NAMES.map((m, i) => [m, { choice: choiceId(TUNER_CHOICES[i]), gflops: 10 + i, default_gflops: 5 }])) as TuneResult["kernels"];
-      const r: TuneResult = { kernels, timing: "timestamp", tuned_ms: 1234, candidates: 11, shape: { d: 768, n: 12288, B: 4096, K: 2, P: 1 } };
-      expect(loadTuned(a)).toEqual({});
-      saveTuned(a, "d768-n12288-b4096-k2-p1", r);
-      saveTuned(b, "d32-n128-b512-k12-p1", { ...r, timing: "wall" });
-      expect(cachePath()).toBe(path.join(dir, "kernels.json"));
-      const got = loadTuned(a)["d768-n12288-b4096-k2-p1"];
-      expect(got).toMatchObject(r);
-      expect(choicesOf(got)).toEqual(Object.fromEntries(MATMUL_NAMES.map((m, i) => [m, TUNER_CHOICES[i]])));
-      expect(Object.keys(loadTuned(b))).toEqual(["d32-n128-b512-k12-p1"]);
-      expect(loadTuned(b)["d32-n128-b512-k12-p1"].timing).toBe("wall");
-      expect(JSON.parse(readFileSync(cachePath(), "utf8")).version).toBe(1);
-      // the runner's glue: a loop's "kernels" event of a tuned shape is written, a cached one is not
-      const hooks = kernelCacheFor({ vendor: "google", architecture: "swiftshader", device: "", description: "" }, "chrome", () => {});
-      expect(Object.keys(hooks.tuned)).toEqual(["d32-n128-b512-k12-p1"]);
-      hooks.onEvent({ kind: "kernels", report: { ...r, key: "d8-n32-b256-k1-p1", source: "cache" } });
-      expect(Object.keys(loadTuned(b))).toEqual(["d32-n128-b512-k12-p1"]);
-      hooks.onEvent({ kind: "kernels", report: { ...r, key: "d8-n32-b256-k1-p1", source: "tuned" } });
-      expect(Object.keys(loadTuned(b)).sort()).toEqual(["d32-n128-b512-k12-p1", "d8-n32-b256-k1-p1"]);
-      expect(hooks.cache.get("d8-n32-b256-k1-p1")).toMatchObject({ tuned_ms: 1234 });
-      writeFileSync(cachePath(), "{ not json");
-      expect(loadTuned(a)).toEqual({});
-      saveTuned(a, "k", r);
-      expect(Object.keys(loadTuned(a))).toEqual(["k"]);
-    } finally {
-      process.env.SAE_SWARM_CACHE = before;
-      rmSync(dir, { recursive: true, force: true });
-    }
-  });
-});
 
 for (const [name, open, skip] of backends) {
   describe.skipIf(skip !== null)(`autotune on ${name}`, () => {
