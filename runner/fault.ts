@@ -1,8 +1,9 @@
 /**
  * Fault injection, for the fault tests (test/e2e/faults.e2e.test.ts): `SAE_SWARM_FAULT=POINT[:N]` in a runner's
  * environment makes it die without a word (SIGKILL to Chrome and every other process the runner started, then to
- * itself, as a lost machine would) exactly at POINT, in the CLI's proxy, which every request of the page to the
- * Worker passes through:
+ * itself, as a lost machine would) exactly at POINT, in the requests to the Worker (runner/fault-fetch.ts): the
+ * Chrome backend's proxy, which every request of the page passes through, or the Dawn backend's own client.
+ * "The page" below is the loop, wherever it runs:
  *
  *   metrics:S            a metrics post carrying a row of step S (0-based) reaches the proxy: die before
  *                        forwarding it (mid-training: the metrics since the last flush, and the steps trained
@@ -74,10 +75,10 @@ export function descendants(pid: number): number[] {
   return out;
 }
 
-/** Dies now: one line to stderr, then SIGKILL to every descendant (Chrome and its children), then to this process. */
+/** Dies now: one line to stderr, then SIGKILL to every descendant (Chrome and its children, if any), then to this process. */
 export function dieHard(why: string): never {
   try {
-    writeSync(2, `[fault] ${why}: SIGKILL to the runner and its Chrome\n`);
+    writeSync(2, `[fault] ${why}: SIGKILL to the runner and every process it started\n`);
   } catch {
     /* stderr gone */
   }
@@ -93,7 +94,7 @@ export function dieHard(why: string): never {
   for (;;) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1000);
 }
 
-/** What the proxy asks the armed fault about each request to the Worker. */
+/** What runner/fault-fetch.ts asks the armed fault about each request to the Worker. */
 export class FaultInjector {
   private uploads = 0;
   private parts = 0;

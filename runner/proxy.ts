@@ -9,10 +9,10 @@
  * so other pages in a browser on this machine cannot use the runner's token or fetch through it: a cross-origin
  * request with a custom header needs a CORS preflight, which this server never grants.
  */
-import { request as httpRequest, type IncomingMessage, type ServerResponse } from "node:http";
-import { request as httpsRequest } from "node:https";
+import type { IncomingMessage, ServerResponse } from "node:http";
 import type { ExtraRoute } from "./serve";
-import { dieHard, type FaultInjector } from "./fault";
+import type { FaultInjector } from "./fault";
+import { faultyFetch } from "./fault-fetch";
 import { createSafeFetch } from "./data/safe-fetch";
 import { isRefusal } from "./data/fetch-error";
 import type { FetchFn } from "./data/shards";
@@ -63,7 +63,8 @@ function refuse(res: ServerResponse, status: number, code: string, message: stri
 
 export function apiProxy(o: ProxyOptions): ExtraRoute {
   const upstream = o.server.replace(/\/+$/, "");
-  const fetchFn = o.fetch ?? fetch;
+  // SAE_SWARM_FAULT: the armed point fires at the page's request it names (runner/fault-fetch.ts)
+  const fetchFn = o.fault ? faultyFetch(o.fetch ?? fetch, o.fault, upstream) : (o.fetch ?? fetch);
   const dataFetch = o.dataFetch ?? createSafeFetch({ allowHosts: o.allowDataHosts ?? [] });
   const token = o.token;
   return (req: IncomingMessage, res: ServerResponse) => {
@@ -91,14 +92,7 @@ export function apiProxy(o: ProxyOptions): ExtraRoute {
         const body = method === "GET" || method === "HEAD" ? undefined : await readBody(req);
         const route = url.pathname.slice(API_PREFIX.length);
         const target = upstream + route + url.search;
-        const fault = o.fault?.before(method, route, body) ?? null;
-        if (fault === "die") dieHard(o.fault!.describe(route));
-        if (fault === "cut") {
-          await sendHalf(target, method, headers, body ?? Buffer.alloc(0));
-          dieHard(`${o.fault!.describe(route)}, half of its ${body?.length ?? 0} bytes sent`);
-        }
         const r = await fetchFn(target, { method, headers, body: body ? new Uint8Array(body) : undefined, redirect: "manual", signal: abortOnClose(res) });
-        if (fault === "watch" && r.ok) dieHard(`${o.fault!.describe(route)}, answered ${r.status}`);
         const out: Record<string, string> = {};
         r.headers.forEach((v, k) => {
           if (!DROP_RES.has(k)) out[k] = v;
@@ -116,22 +110,6 @@ export function apiProxy(o: ProxyOptions): ExtraRoute {
     })();
     return true;
   };
-}
-
-/**
- * The fault "checkpoint-cut": the request line, the headers (with the full content-length) and the first half of
- * the body go to the Worker; resolves 300 ms after they left, with the Worker waiting for the rest.
- */
-function sendHalf(target: string, method: string, headers: Headers, body: Buffer): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const u = new URL(target);
-    const req = (u.protocol === "https:" ? httpsRequest : httpRequest)(u, {
-      method,
-      headers: { ...Object.fromEntries(headers), "content-length": String(body.length) },
-    });
-    req.on("error", reject);
-    req.write(body.subarray(0, body.length >> 1), (err) => (err ? reject(err) : setTimeout(resolve, 300)));
-  });
 }
 
 /** GET (with Range) of an http(s) URL for the page; status, content-range and body passed through. */

@@ -2,7 +2,7 @@
  * The Dawn backend: the loop (runner/page/loop.ts) runs in this Node process on the `webgpu` package's
  * navigator.gpu (Dawn over Vulkan; needs the Vulkan loader, libvulkan1), with no browser: for headless GPU servers.
  * It talks to the Worker directly with the runner token (no proxy: no page to keep the token from), and fetches
- * data with `dataFetch`.
+ * data with `dataFetch`. SAE_SWARM_FAULT fires in its WorkerClient's fetch, at the requests Chrome's proxy fires at.
  *
  * Stops: the loop's own stop (drain / abandon: checkpoint, release) as in Chrome. What Chrome gets from closing
  * its tab, this gets from aborting: an abandon while the data is loading aborts its fetches (a data host that hangs
@@ -14,6 +14,7 @@ import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
 import { requestSaeDevice, type AdapterReport, type SaeDevice } from "../../shaders/device";
 import { Aborted, WorkerClient, type FetchFn } from "../api";
+import { faultyFetch } from "../fault-fetch";
 import type { RunnerEvent, StopMode } from "../events";
 import { describeGpuMemory } from "../gpu-memory";
 import { RunnerLoop } from "../page/loop";
@@ -83,7 +84,6 @@ export class DawnBackend implements RunnerBackend {
       console.error("[runner] refusing to train on a software adapter; pass --allow-software-adapter to use it anyway");
       return false;
     }
-    if (this.o.fault) this.o.log("[runner] SAE_SWARM_FAULT is ignored by the Dawn backend (its points live in the Chrome backend's proxy)");
     return true;
   }
 
@@ -119,6 +119,7 @@ export class DawnBackend implements RunnerBackend {
       server: this.o.server,
       token: this.o.token,
       signal: all.signal,
+      ...(this.o.fault ? { fetch: faultyFetch((u, i) => fetch(u, i), this.o.fault, this.o.server) } : {}),
       onRetry: (what, attempt, delay, why) => emit({ kind: "log", level: "warn", message: `${what} failed (${why}); retry ${attempt} in ${Math.round(delay)} ms` }),
     });
     const dataFetch = abortable(this.o.dataFetch ?? ((u, i) => fetch(u, i)), AbortSignal.any([data.signal, all.signal]));

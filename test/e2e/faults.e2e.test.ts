@@ -9,6 +9,8 @@
  *    (d) after a drawn checkpoint was stored, before its answer reached the runner (one the next runner uploads again:
  *    it must stay stored once, in D1 and in R2). Once their leases expire a fifth runner takes every group over,
  *    resumes each at the step its fault left (checked against the draw), and finishes the sweep.
+ *    The same on Dawn (`--backend dawn`: the fault fires in the runner's own client, runner/fault-fetch.ts), with
+ *    one runner killed at one of the four points (drawn), and a rescuer.
  * 2. The Worker is restarted twice while a runner trains (SIGTERM, then SIGKILL of wrangler and workerd), on the same
  *    port and persisted D1/R2: the runner rides through (its requests retry with backoff, its queued metrics wait)
  *    and finishes the group under its first lease.
@@ -35,9 +37,10 @@ const RESTART_LEASE_TTL_MS = 60_000;
 // Four groups (data seeds), two ReLU runs each (lr): 120 steps of 64, metrics every 10 steps, checkpoints every 20.
 const N_STEPS = 120;
 const RUNS_PER_GROUP = 2;
-const sweepToml = (seeds: number[]) => `
+const DAWN_STEPS = 60;
+const sweepToml = (seeds: number[], nSteps = N_STEPS) => `
 data = [${seeds.map((s) => `{ kind = "synthetic", d_vit = 16, n_features = 24, sparsity = 0.1, seed = ${s}, n_examples = 4096 }`).join(", ")}]
-n_train = ${N_STEPS * 64}
+n_train = ${nSteps * 64}
 batch_size = 64
 log_every = 10
 n_eval = 256
@@ -98,9 +101,10 @@ interface Runner {
 const runners: Runner[] = [];
 
 /** `sae-swarm runner` as a user starts it, in its own process group; `fault` arms SAE_SWARM_FAULT. */
-function startRunner(name: string, opts: { once?: boolean; fault?: string } = {}): Runner {
+function startRunner(name: string, opts: { once?: boolean; fault?: string; backend?: "dawn" } = {}): Runner {
   const args = [path.join(ROOT, "bin/sae-swarm.js"), "runner", "--server", worker.url, "--token", worker.runnerToken, "--allow-software-adapter", "--runner-id", name];
   if (opts.once) args.push("--once");
+  if (opts.backend) args.push("--backend", opts.backend);
   const env = { ...process.env };
   delete env.SAE_SWARM_FAULT;
   if (opts.fault) env.SAE_SWARM_FAULT = opts.fault;
@@ -138,12 +142,26 @@ async function expectRunComplete(r: RunView): Promise<void> {
   expect(resumes, `${r.id}: resume checkpoints`).toEqual(Array.from({ length: Math.ceil(r.n_steps / CHECKPOINT_EVERY) - 1 }, (_, i) => (i + 1) * CHECKPOINT_EVERY));
 }
 
+/** expectRunComplete for each run, trained over `attempts` attempts; the checkpoints D1 holds for them. */
+async function expectRunsComplete(runIds: string[], attempts: number): Promise<number> {
+  let rows = 0;
+  for (const id of runIds) {
+    const rv = await run(id);
+    await expectRunComplete(rv);
+    expect(rv.attempts, id).toBe(attempts);
+    rows += rv.checkpoints.length;
+  }
+  return rows;
+}
+
 /**
  * The objects in the local R2 bucket (Miniflare keeps one blob file per stored object under the persistence dir),
- * once their count has settled (Miniflare deletes replaced blobs in the background).
+ * once their count has settled (Miniflare deletes replaced blobs in the background). `nothingYet`: no directory is
+ * no object (nothing stored yet: a test run alone).
  */
-async function r2Objects(): Promise<number> {
+async function r2Objects(nothingYet = false): Promise<number> {
   const dir = path.join(worker.persistTo, "v3/r2/sae-swarm-checkpoints/blobs");
+  if (nothingYet && !existsSync(dir)) return 0;
   if (!existsSync(dir)) throw new Error(`no R2 blob directory at ${dir}: Miniflare's layout changed; update r2Objects()`);
   let last = -1;
   for (let i = 0; i < 20; i++) {
@@ -155,24 +173,38 @@ async function r2Objects(): Promise<number> {
   return last;
 }
 
+/** The four kill points, drawn from the seed, each with the step the next runner must resume its group at. */
+function drawFaults(nSteps = N_STEPS): Array<{ name: string; fault: string; resumeAt: number }> {
+  // Uploads of one group: a resume checkpoint per run every CHECKPOINT_EVERY steps, then the finals (run order).
+  const rounds = nSteps / CHECKPOINT_EVERY - 1;
+  const uploads = rounds * RUNS_PER_GROUP + RUNS_PER_GROUP;
+  const metricsStep = pick(Array.from({ length: nSteps / 10 - 1 }, (_, i) => i * 10 + 9)); // not the last
+  const cutUpload = 1 + Math.floor(rand() * uploads);
+  // (d) dies after an upload the next runner makes again (so that it meets the stored one): a run's resume
+  // checkpoint of a round its partner never finished, or a final one.
+  const storedUpload = pick(Array.from({ length: uploads }, (_, i) => i + 1).filter((u) => u > rounds * RUNS_PER_GROUP || u % RUNS_PER_GROUP !== 0));
+  // The step the next runner resumes at: the latest round of resume checkpoints every run of the group has.
+  const roundOf = (upload: number, stored: boolean) => Math.min(rounds, Math.floor((upload - (stored ? 0 : 1)) / RUNS_PER_GROUP)) * CHECKPOINT_EVERY;
+  return [
+    { name: "killed-training", fault: `metrics:${metricsStep}`, resumeAt: Math.floor(metricsStep / CHECKPOINT_EVERY) * CHECKPOINT_EVERY },
+    { name: "killed-upload", fault: `checkpoint-cut:${cutUpload}`, resumeAt: roundOf(cutUpload, false) },
+    { name: "killed-after-evals", fault: "evals", resumeAt: rounds * CHECKPOINT_EVERY },
+    { name: "killed-after-stored", fault: `checkpoint-stored:${storedUpload}`, resumeAt: roundOf(storedUpload, true) },
+  ];
+}
+
+/** The rescuer's claim line of a group: a second attempt, resuming where the fault left it. */
+function expectTakenOver(blog: string, groupId: string, k: { name: string; fault: string; resumeAt: number }): void {
+  const line = blog.split("\n").find((l) => l.includes(`claimed group ${groupId} `));
+  expect(line, `rescuer's claim of ${groupId}:\n${blog}`).toBeDefined();
+  expect(line, `${k.name} (${k.fault})`).toContain("(attempt 2)");
+  if (k.resumeAt > 0) expect(line, `${k.name} (${k.fault})`).toContain(`resuming at step ${k.resumeAt}`);
+  else expect(line, `${k.name} (${k.fault})`).not.toContain("resuming");
+}
+
 describe("faults: nothing lost or doubled", () => {
   it("runners killed mid-training, mid-upload, after the evals, after a stored checkpoint: a fifth runner finishes every group", async () => {
-    // Uploads of one group: a resume checkpoint per run every CHECKPOINT_EVERY steps, then the finals (run order).
-    const rounds = N_STEPS / CHECKPOINT_EVERY - 1;
-    const uploads = rounds * RUNS_PER_GROUP + RUNS_PER_GROUP;
-    const metricsStep = pick(Array.from({ length: N_STEPS / 10 - 1 }, (_, i) => i * 10 + 9)); // not the last
-    const cutUpload = 1 + Math.floor(rand() * uploads);
-    // (d) dies after an upload the next runner makes again (so that it meets the stored one): a run's resume
-    // checkpoint of a round its partner never finished, or a final one.
-    const storedUpload = pick(Array.from({ length: uploads }, (_, i) => i + 1).filter((u) => u > rounds * RUNS_PER_GROUP || u % RUNS_PER_GROUP !== 0));
-    // The step the next runner resumes at: the latest round of resume checkpoints every run of the group has.
-    const roundOf = (upload: number, stored: boolean) => Math.min(rounds, Math.floor((upload - (stored ? 0 : 1)) / RUNS_PER_GROUP)) * CHECKPOINT_EVERY;
-    const faults = [
-      { name: "killed-training", fault: `metrics:${metricsStep}`, resumeAt: Math.floor(metricsStep / CHECKPOINT_EVERY) * CHECKPOINT_EVERY },
-      { name: "killed-upload", fault: `checkpoint-cut:${cutUpload}`, resumeAt: roundOf(cutUpload, false) },
-      { name: "killed-after-evals", fault: "evals", resumeAt: rounds * CHECKPOINT_EVERY },
-      { name: "killed-after-stored", fault: `checkpoint-stored:${storedUpload}`, resumeAt: roundOf(storedUpload, true) },
-    ];
+    const faults = drawFaults();
     console.log(`[faults] kill points (TEST_SEED=${seed}): ${faults.map((f) => `${f.name} at ${f.fault} (resume at ${f.resumeAt})`).join("; ")}`);
 
     const s = await submit(sweepToml([1, 2, 3, 4]));
@@ -229,26 +261,46 @@ describe("faults: nothing lost or doubled", () => {
     expect(blog.match(/: completed/g)?.length, blog).toBe(4);
     expect(blog).not.toMatch(/failed|lease-lost/);
     console.log(`[faults] the rescuer finished the four groups in ${((Date.now() - t1) / 1000).toFixed(1)} s`);
-    for (const [groupId, k] of groupOf) {
-      const line = blog.split("\n").find((l) => l.includes(`claimed group ${groupId} `));
-      expect(line, `rescuer's claim of ${groupId}:\n${blog}`).toBeDefined();
-      expect(line, `${k.name} (${k.fault})`).toContain("(attempt 2)");
-      if (k.resumeAt > 0) expect(line, `${k.name} (${k.fault})`).toContain(`resuming at step ${k.resumeAt}`);
-      else expect(line, `${k.name} (${k.fault})`).not.toContain("resuming");
-    }
+    for (const [groupId, k] of groupOf) expectTakenOver(blog, groupId, k);
 
     view = await sweep(s.id);
     expect(view.sweep.status).toBe("done");
     expect(view.groups.map((g) => g.status)).toEqual(["done", "done", "done", "done"]);
-    let rows = 0;
-    for (const { id } of view.runs) {
-      const rv = await run(id);
-      await expectRunComplete(rv);
-      expect(rv.attempts, id).toBe(2);
-      rows += rv.checkpoints.length;
-    }
+    const rows = await expectRunsComplete(view.runs.map((r) => r.id), 2);
     // R2 holds exactly the checkpoints D1 knows: no object of a cut upload, none left behind by a replaced one.
     expect(await r2Objects(), "objects in R2 vs checkpoints in D1").toBe(rows);
+  });
+
+  it("the same on Dawn (SAE_SWARM_FAULT in its own client, no proxy): a runner killed at one drawn point, a rescuer finishes its group", async () => {
+    // half the steps of part 1 (three rounds of checkpoints), to keep this case short
+    const k = pick(drawFaults(DAWN_STEPS));
+    console.log(`[faults] Dawn kill point (TEST_SEED=${seed}): ${k.fault} (resume at ${k.resumeAt})`);
+    const before = await r2Objects(true);
+    const s = await submit(sweepToml([5], DAWN_STEPS));
+    const t0 = Date.now();
+    const a = startRunner(`dawn-${k.name}`, { fault: k.fault, backend: "dawn" });
+    const { code, signal } = await a.exit;
+    const log = a.log();
+    expect(signal, `the Dawn runner should have been killed by its fault (exit ${code}):\n${log}`).toBe("SIGKILL");
+    expect(log, log).toContain(`[fault] SAE_SWARM_FAULT=${k.fault}`);
+    const claims = [...log.matchAll(/claimed group (\S+) of sweep/g)].map((m) => m[1]);
+    expect(claims, log).toHaveLength(1);
+    console.log(`[faults] the Dawn runner died at ${k.fault} ${((Date.now() - t0) / 1000).toFixed(1)} s after it started`);
+
+    await until("the killed runner's lease to expire", async () => (await sweep(s.id)).groups.every((g) => g.leases.every((l) => l.status !== "active")), 4 * LEASE_TTL_MS);
+    const b = startRunner("dawn-rescuer", { once: true, backend: "dawn" });
+    const bExit = await b.exit;
+    const blog = b.log();
+    expect(bExit.code, blog).toBe(0);
+    expect(blog.match(/: completed/g)?.length, blog).toBe(1);
+    expect(blog).not.toMatch(/failed|lease-lost/);
+    expectTakenOver(blog, claims[0], k);
+    console.log(`[faults] Dawn: killed and finished by a rescuer in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+
+    const view = await sweep(s.id);
+    expect(view.sweep.status).toBe("done");
+    const rows = await expectRunsComplete(view.runs.map((r) => r.id), 2);
+    expect((await r2Objects()) - before, "objects in R2 vs checkpoints in D1").toBe(rows);
   });
 
   it("the Worker restarted twice (SIGTERM, SIGKILL) while a runner trains: the runner rides through, nothing lost or doubled", async () => {
@@ -294,13 +346,7 @@ describe("faults: nothing lost or doubled", () => {
 
     const view = await sweep(s.id);
     expect(view.sweep.status).toBe("done");
-    let rows = 0;
-    for (const id of runIds) {
-      const rv = await run(id);
-      await expectRunComplete(rv);
-      expect(rv.attempts, id).toBe(1);
-      rows += rv.checkpoints.length;
-    }
+    const rows = await expectRunsComplete(runIds, 1);
     expect((await r2Objects()) - before, "objects in R2 vs checkpoints in D1").toBe(rows);
   });
 });
