@@ -14,23 +14,17 @@ import { dSae } from "../../shaders/config";
 import type { EngineOptions } from "../../shaders/engine";
 import { persistentTensors, planMemory, workingTensors, type MemoryPlan, type SaeShape } from "../../shaders/fit";
 import { prefixBounds } from "../../shaders/schedule";
-import { dawnUnavailable, openChrome, openDawn, type GpuBackend } from "../helpers/gpu-backends";
+import { dawnUnavailable, openDawn, type GpuBackend } from "../helpers/gpu-backends";
 import { mulberry32, testSeed } from "../helpers/random";
 import { trainConfig } from "../helpers/train-config";
 import * as ref from "../reference/sae";
 import { deadMask, topkMask, trainStepSelect, type SelectState } from "../reference/topk";
-import { relError } from "./compare";
+import { arr, engineBackends, F32_TOL, randomParams, relError, slice } from "./compare";
 import type { JsonState } from "./engine-cases";
 
 const dawnSkip = await dawnUnavailable();
-const backends: Array<[string, () => Promise<GpuBackend>, string | null]> = [
-  ["chrome", openChrome, null],
-  ["dawn", openDawn, dawnSkip],
-];
+const backends = await engineBackends();
 
-const F32_TOL = 1e-4;
-const slice = (a: (number | null)[], k: number, size: number) => a.slice(k * size, (k + 1) * size);
-const arr = (p: ref.Params) => Object.fromEntries(ref.PARAM_NAMES.map((k) => [k, Array.from(p[k])])) as JsonState["saes"][0]["params"];
 const auxOn = (c: TrainConfig) => (c.sae.kind === "topk" || c.sae.kind === "batchtopk") && c.sae.aux_coeff > 0;
 
 const B = 29, D = 12, DEAD_AFTER = 60;
@@ -52,21 +46,8 @@ function randomState(rand: () => number, cfgs: TrainConfig[], t: number, thetas:
   const refs: SelectState[] = [];
   const json: JsonState = { step: t, saes: [] };
   cfgs.forEach((cfg, k) => {
-    const d = cfg.sae.d_vit, n = dSae(cfg);
-    const f32 = (len: number, f: () => number) => Float64Array.from({ length: len }, () => Math.fround(f()));
-    const u = (s: number) => () => (rand() * 2 - 1) * s;
-    const params: ref.Params = {
-      W_enc: f32(d * n, u(0.5)), b_enc: f32(n, u(0.1)), W_dec: f32(n * d, u(0.5)), b_dec: f32(d, u(0.2)),
-      log_threshold: f32(n, () => Math.log(0.1 + 0.4 * rand())),
-    };
-    const moment = (second: boolean): ref.Params => ({
-      W_enc: f32(d * n, second ? () => 1e-6 * rand() : u(1e-3)),
-      b_enc: f32(n, second ? () => 1e-6 * rand() : u(1e-3)),
-      W_dec: f32(n * d, second ? () => 1e-6 * rand() : u(1e-3)),
-      b_dec: f32(d, second ? () => 1e-6 * rand() : u(1e-3)),
-      log_threshold: new Float64Array(n), // only JumpReLU moves log θ
-    });
-    const m = moment(false), v = moment(true);
+    const n = dSae(cfg);
+    const { params, m, v } = randomParams(rand, cfg);
     const theta = thetas[k] === null ? null : Math.fround(thetas[k]!);
     const counters = Array.from({ length: n }, () => (rand() < 0.4 ? DEAD_AFTER + Math.floor(rand() * 100) : Math.floor(rand() * DEAD_AFTER)));
     json.saes.push({ params: arr(params), m: arr(m), v: arr(v), theta, ...(auxOn(cfg) ? { counters } : {}) });

@@ -11,24 +11,15 @@ import { dSae } from "../../shaders/config";
 import type { EngineOptions } from "../../shaders/engine";
 import { persistentTensors, planMemory, workingTensors, type MemoryPlan, type SaeShape } from "../../shaders/fit";
 import { learningRate, prefixBounds } from "../../shaders/schedule";
-import { dawnUnavailable, openChrome, openDawn, type GpuBackend } from "../helpers/gpu-backends";
+import type { GpuBackend } from "../helpers/gpu-backends";
 import { mulberry32, testSeed } from "../helpers/random";
 import { trainConfig } from "../helpers/train-config";
 import * as ref from "../reference/sae";
 import { batchTopkEvalParams, batchTopkMask, trainStepSelect, type SelectState } from "../reference/topk";
-import { referenceStart, relError } from "./compare";
+import { arr, engineBackends, F32_TOL, randomParams, referenceStart, relError, slice } from "./compare";
 import type { JsonState } from "./engine-cases";
 
-const dawnSkip = await dawnUnavailable();
-const backends: Array<[string, () => Promise<GpuBackend>, string | null]> = [
-  ["chrome", openChrome, null],
-  ["dawn", openDawn, dawnSkip],
-];
-
-const F32_TOL = 1e-4;
-
-const slice = (a: (number | null)[], k: number, size: number) => a.slice(k * size, (k + 1) * size);
-const arr = (p: ref.Params) => Object.fromEntries(ref.PARAM_NAMES.map((k) => [k, Array.from(p[k])])) as JsonState["saes"][0]["params"];
+const backends = await engineBackends();
 
 /**
  * A random state per SAE at step t: weights, small Adam moments, θ as given. BatchTopK SAEs get their encoder columns
@@ -40,30 +31,12 @@ function randomState(rand: () => number, cfgs: TrainConfig[], t: number, thetas:
   const json: JsonState = { step: t, saes: [] };
   cfgs.forEach((cfg, k) => {
     const d = cfg.sae.d_vit, n = dSae(cfg);
-    const f32 = (len: number, f: () => number) => Float64Array.from({ length: len }, () => Math.fround(f()));
-    const u = (s: number) => () => (rand() * 2 - 1) * s;
-    const jump = cfg.sae.kind === "jumprelu";
-    const params: ref.Params = {
-      W_enc: f32(d * n, u(0.5)),
-      b_enc: f32(n, u(0.1)),
-      W_dec: f32(n * d, u(0.5)),
-      b_dec: f32(d, u(0.2)),
-      log_threshold: f32(n, () => Math.log(0.1 + 0.4 * rand())),
-    };
+    const { params, m, v } = randomParams(rand, cfg);
     if (cfg.sae.kind === "batchtopk")
       for (let j = 1; j < n; j += 2) {
         params.b_enc[j] = params.b_enc[j - 1];
         for (let i = 0; i < d; i++) params.W_enc[i * n + j] = params.W_enc[i * n + j - 1];
       }
-    const moment = (second: boolean): ref.Params => ({
-      W_enc: f32(d * n, second ? () => 1e-6 * rand() : u(1e-3)),
-      b_enc: f32(n, second ? () => 1e-6 * rand() : u(1e-3)),
-      W_dec: f32(n * d, second ? () => 1e-6 * rand() : u(1e-3)),
-      b_dec: f32(d, second ? () => 1e-6 * rand() : u(1e-3)),
-      // only JumpReLU updates log θ; the reference skips it for the others, so give the engine nothing to move it with
-      log_threshold: jump ? f32(n, second ? () => 1e-6 * rand() : u(1e-3)) : new Float64Array(n),
-    });
-    const m = moment(false), v = moment(true);
     const theta = thetas[k] === null ? null : Math.fround(thetas[k]!);
     json.saes.push({ params: arr(params), m: arr(m), v: arr(v), theta });
     refs.push({ params, m, v, step: t, counters: new Float64Array(n), theta });

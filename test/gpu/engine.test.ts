@@ -11,52 +11,23 @@ import { MATMUL_VARIANTS } from "../../shaders/matmul";
 import { persistentTensors, planMemory, workingTensors, type MemoryPlan, type SaeShape } from "../../shaders/fit";
 import type { EngineOptions } from "../../shaders/engine";
 import { initWeights, prefixBounds } from "../../shaders/schedule";
-import { dawnUnavailable, openChrome, openDawn, type GpuBackend } from "../helpers/gpu-backends";
+import type { GpuBackend } from "../helpers/gpu-backends";
 import { mulberry32, testSeed } from "../helpers/random";
 import { trainConfig } from "../helpers/train-config";
 import * as ref from "../reference/sae";
 import { selectorFor, trainStepSelect } from "../reference/topk";
-import { relError } from "./compare";
+import { arr, engineBackends, F32_TOL, randomParams, relError, slice } from "./compare";
 import type { JsonState } from "./engine-cases";
 
-const dawnSkip = await dawnUnavailable();
-const backends: Array<[string, () => Promise<GpuBackend>, string | null]> = [
-  ["chrome", openChrome, null],
-  ["dawn", openDawn, dawnSkip],
-];
-
-const F32_TOL = 1e-4;
-
-
-const slice = (a: (number | null)[], k: number, size: number) => a.slice(k * size, (k + 1) * size);
+const backends = await engineBackends();
 
 /** A random state: weights, nonzero Adam moments (so the update is smooth), at step t. */
 function randomState(rand: () => number, cfgs: TrainConfig[], t: number): { json: JsonState; refs: ref.State[] } {
   const refs: ref.State[] = [];
   const json: JsonState = { step: t, saes: [] };
   for (const cfg of cfgs) {
-    const d = cfg.sae.d_vit, n = dSae(cfg);
-    const f32 = (len: number, f: () => number) => Float64Array.from({ length: len }, () => Math.fround(f()));
-    const u = (s: number) => () => (rand() * 2 - 1) * s;
-    const jump = cfg.sae.kind === "jumprelu";
-    const params: ref.Params = {
-      W_enc: f32(d * n, u(0.5)),
-      b_enc: f32(n, u(0.1)),
-      W_dec: f32(n * d, u(0.5)),
-      b_dec: f32(d, u(0.2)),
-      log_threshold: f32(n, () => Math.log(0.1 + 0.4 * rand())),
-    };
-    const moment = (second: boolean): ref.Params => ({
-      W_enc: f32(d * n, second ? () => 1e-6 * rand() : u(1e-3)),
-      b_enc: f32(n, second ? () => 1e-6 * rand() : u(1e-3)),
-      W_dec: f32(n * d, second ? () => 1e-6 * rand() : u(1e-3)),
-      b_dec: f32(d, second ? () => 1e-6 * rand() : u(1e-3)),
-      // ReLU SAEs never update θ; the reference skips it, so give the engine nothing to move it with
-      log_threshold: jump ? f32(n, second ? () => 1e-6 * rand() : u(1e-3)) : new Float64Array(n),
-    });
-    const m = moment(false), v = moment(true);
+    const { params, m, v } = randomParams(rand, cfg);
     refs.push({ params, m, v, step: t });
-    const arr = (p: ref.Params) => Object.fromEntries(ref.PARAM_NAMES.map((k) => [k, Array.from(p[k])])) as JsonState["saes"][0]["params"];
     json.saes.push({ params: arr(params), m: arr(m), v: arr(v) });
   }
   return { json, refs: refs.map((s) => ({ ...s, params: ref.cloneParams(s.params), m: ref.cloneParams(s.m), v: ref.cloneParams(s.v) })) };
