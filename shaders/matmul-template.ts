@@ -242,9 +242,10 @@ export function matmul(s: MatmulSpec, choice: MatmulChoice | boolean, header: st
     // direct nBlocks: each thread loops over the blocks of its own columns only (no barriers to keep in step), not
     // the whole tile's: Matryoshka's blocks are a few latents wide at the start, so a tile spans up to P of them
     const own = c.direct && s.mode === "nBlocks";
-    const first = own ? "n0 + 4u * tx" : s.mode === "nBlocks" ? "n0" : "m0";
+    // (colExpr: the thread's column groups, so the bounds follow the thread layout)
+    const first = own ? colExpr(0) : s.mode === "nBlocks" ? "n0" : "m0";
     const last = own
-      ? `min(n0 + 4u * (tx + ${TX * (CG - 1)}u) + 3u, N - 1u)`
+      ? `min(${colExpr(CG - 1)} + 3u, N - 1u)`
       : s.mode === "nBlocks" ? `min(n0 + ${c.tileN - 1}u, N - 1u)` : `min(m0 + ${c.tileM - 1}u, M - 1u)`;
     body = `for (var q = blockOf(sae, ${first}); q <= blockOf(sae, ${last}); q++) {
       let rLo = bound(sae, q); let rHi = bound(sae, q + 1u);
