@@ -124,14 +124,18 @@ export const GRAD_W_ENC: MatmulSpec = ({
   epilogue: accumulate("gW_enc[(sae * dims.d + m) * dims.n + nn]", "v"),
 });
 
-/** dL/dW_dec[j] = scale·Σ_b f_bj R_{block(j)}[b], this chunk's rows. */
+/**
+ * dL/dW_dec[j] = scale·Σ_b f_bj R_{block(j)}[b], this chunk's rows, computed as its transpose [d, n] (the latents
+ * along N, written back transposed): in nBlocks mode each thread of a direct kernel runs only its own columns'
+ * blocks, where along M (mBlocks) a tile runs every block it spans, up to P× the work for Matryoshka.
+ */
 export const GRAD_W_DEC: MatmulSpec = ({
   bindings: [META, ro(2, "H"), ro(3, "theta"), ro(4, "R"), rw(5, "gW_dec")].join("\n"),
-  M: "dims.n", N: "dims.d", KD: "dims.B",
-  loadA: "act(H[(sae * dims.B + gk) * dims.n + gm], theta[sae * dims.n + gm])", aKFast: false,
-  loadB: "R[((sae * dims.Pmax + q) * dims.B + gk) * dims.d + gn]", bNFast: true,
-  mode: "mBlocks",
-  epilogue: accumulate("gW_dec[(sae * dims.n + m) * dims.d + nn]", "lossScale(sae) * v"),
+  M: "dims.d", N: "dims.n", KD: "dims.B",
+  loadA: "R[((sae * dims.Pmax + q) * dims.B + gk) * dims.d + gm]", aKFast: false,
+  loadB: "act(H[(sae * dims.B + gk) * dims.n + gn], theta[sae * dims.n + gn])", bNFast: true,
+  mode: "nBlocks",
+  epilogue: accumulate("gW_dec[(sae * dims.n + nn) * dims.d + m]", "lossScale(sae) * v"),
 });
 
 /** W_dec rows ← row / ‖row‖₂ (SAEs with normalize_w_dec). One thread per row. */
@@ -368,7 +372,7 @@ export const MATMUL_NAMES = Object.keys(MATMUL_SPECS) as MatmulName[];
 /** Output rows, columns and reduction length of each step matmul at a shape (the autotuner's and the grid's sizes). */
 export function matmulShape(name: MatmulName, s: { d: number; n: number; B: number }): { M: number; N: number; KD: number } {
   const { d, n, B } = s;
-  return { ENCODE: { M: B, N: n, KD: d }, DECODE: { M: B, N: d, KD: n }, GRAD_F: { M: B, N: n, KD: d }, GRAD_W_ENC: { M: d, N: n, KD: B }, GRAD_W_DEC: { M: n, N: d, KD: B } }[name];
+  return { ENCODE: { M: B, N: n, KD: d }, DECODE: { M: B, N: d, KD: n }, GRAD_F: { M: B, N: n, KD: d }, GRAD_W_ENC: { M: d, N: n, KD: B }, GRAD_W_DEC: { M: d, N: n, KD: B } }[name];
 }
 
 /** One choice for all five, or a choice per matmul (missing ones take DEFAULT_CHOICE); `direct` is the old boolean. */

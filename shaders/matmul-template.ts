@@ -239,8 +239,14 @@ export function matmul(s: MatmulSpec, choice: MatmulChoice | boolean, header: st
   if (s.mode === "plain") body = loop("0u", "KD") + epilogue;
   else if (s.mode === "kSegments") body = `for (var q = 0u; q < nPrefixes(sae); q++) { ${loop("bound(sae, q)", "bound(sae, q + 1u)")} ${epilogue} }`;
   else {
-    const first = s.mode === "nBlocks" ? "n0" : "m0";
-    const last = s.mode === "nBlocks" ? `min(n0 + ${c.tileN - 1}u, N - 1u)` : `min(m0 + ${c.tileM - 1}u, M - 1u)`;
+    // direct nBlocks: each thread loops over the blocks of its own columns only (no barriers to keep in step), not
+    // the whole tile's: Matryoshka's blocks are a few latents wide at the start, so a tile spans up to P of them
+    const own = c.direct && s.mode === "nBlocks";
+    // (colExpr: the thread's column groups, so the bounds follow the thread layout)
+    const first = own ? colExpr(0) : s.mode === "nBlocks" ? "n0" : "m0";
+    const last = own
+      ? `min(${colExpr(CG - 1)} + 3u, N - 1u)`
+      : s.mode === "nBlocks" ? `min(n0 + ${c.tileN - 1}u, N - 1u)` : `min(m0 + ${c.tileM - 1}u, M - 1u)`;
     body = `for (var q = blockOf(sae, ${first}); q <= blockOf(sae, ${last}); q++) {
       let rLo = bound(sae, q); let rHi = bound(sae, q + 1u);
       ${loop("0u", "KD")}
