@@ -74,12 +74,16 @@ function checkCount(text: string, prefix: string, stack: Frame[], maxRuns: numbe
 
 /** Index just past the JSON string that opens at `i`. */
 function skipJsonString(text: string, i: number): number {
-  for (i++; i < text.length; i++) {
-    const c = text.charCodeAt(i);
-    if (c === 0x5c) i++;
-    else if (c === 0x22) return i + 1;
+  // indexOf finds the next quote natively (most of a big body is string content, 4096 URLs of 200 characters): it
+  // closes the string unless an odd number of backslashes escapes it.
+  for (;;) {
+    const q = text.indexOf('"', i + 1);
+    if (q < 0) return text.length;
+    let b = q - 1;
+    while (text.charCodeAt(b) === 0x5c) b--;
+    if ((q - 1 - b) % 2 === 0) return q + 1;
+    i = q;
   }
-  return i;
 }
 
 /** Refuses JSON text nested too deep, with a table of too many keys or a list too long, naming where. */
