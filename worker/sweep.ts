@@ -371,9 +371,10 @@ function checkDepth(v: unknown): void {
 export function expandedBytes(axes: { values: unknown[] }[], total: number): number {
   let bytes = 0;
   for (const a of axes) {
-    let sum = 0;
-    for (const v of a.values) sum += (JSON.stringify(v) ?? "null").length;
-    bytes += sum * (total / a.values.length);
+    // The values' JSON lengths summed: one JSON.stringify of the list, less its brackets and commas (3x faster than
+    // one call per value on 4096 data tables; a value JSON cannot hold is "null" either way).
+    const n = a.values.length;
+    if (n) bytes += (JSON.stringify(a.values).length - 2 - (n - 1)) * (total / n);
   }
   return bytes;
 }
@@ -818,7 +819,9 @@ export function groupIndex(cfgs: ExpandedConfig[]): { groups: { key: string; dat
   // By the key's text around its data, then by the data: the ~450-byte keys are built once per group, not hashed per
   // config (the text around is one string while it stays the same, its hash computed once).
   const byAround = new Map<string, Map<string, Group>>();
-  const groupOfCombo = new Map<number, Group>();
+  // By combo (a small integer, below the number of configs when expandSweep set it): an array, not a Map.
+  const groupOfCombo: (Group | undefined)[] = new Array(cfgs.length);
+  const comboGroup = new Map<number, Group>();
   // The key's text around its data, kept while the configs' other grouping values stay the same (4096 datasets
   // differ in data only: the other ~15 values are serialized once, not 4096 times). Configs copied from one base
   // share them (ExpandedConfig.base): not even read again.
@@ -829,7 +832,9 @@ export function groupIndex(cfgs: ExpandedConfig[]): { groups: { key: string; dat
   let inner: Map<string, Group> | undefined;
   for (let i = 0; i < cfgs.length; i++) {
     const c = cfgs[i];
-    let g = c.combo === undefined ? undefined : groupOfCombo.get(c.combo);
+    const combo = c.combo;
+    const small = combo !== undefined && combo >= 0 && combo < cfgs.length && Number.isInteger(combo);
+    let g = combo === undefined ? undefined : small ? groupOfCombo[combo] : comboGroup.get(combo);
     if (g === undefined) {
       // A config with a base comes from expandSweep, whose DataConfigs (resolveData) are flat with sorted keys.
       const data = c.base === undefined ? dataJson(c.cfg.data) : JSON.stringify(c.cfg.data);
@@ -850,7 +855,8 @@ export function groupIndex(cfgs: ExpandedConfig[]): { groups: { key: string; dat
         inner.set(data, g);
         groups.push(g);
       }
-      if (c.combo !== undefined) groupOfCombo.set(c.combo, g);
+      if (small) groupOfCombo[combo] = g;
+      else if (combo !== undefined) comboGroup.set(combo, g);
     }
     g.n++;
     of[i] = g.g;
