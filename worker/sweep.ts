@@ -585,7 +585,14 @@ export function expandSweep(parsed: unknown, maxRuns = 4096): ExpandedSweep {
   warnings.push(...selectWarnings(raw, configs.map((c) => c.cfg)));
   // Only the URLs warned about are deduplicated (hashing 4096 distinct URLs of ~200 characters costs more than the test).
   const urls = new Set<string>();
-  for (const c of configs) if (c.cfg.data.kind === "shards" && !/^https?:\/\//.test(c.cfg.data.url)) urls.add(c.cfg.data.url);
+  let seen: DataConfig | undefined;
+  for (const c of configs) {
+    // Configs that share a DataConfig object (all those that do not sweep data) are looked at once.
+    const d = c.cfg.data;
+    if (d === seen) continue;
+    seen = d;
+    if (d.kind === "shards" && !/^https?:\/\//.test(d.url)) urls.add(d.url);
+  }
   for (const u of urls) warnings.push(`data.url: ${JSON.stringify(u)} is not an HTTP(S) URL; runners resolve it themselves`);
   const written = [["seed"], ["sae", "seed"], ...axes.filter((a, k) => selfOnly[k]).map((a) => a.path)];
   return { configs, warnings, written };

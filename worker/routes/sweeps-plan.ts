@@ -3,7 +3,7 @@
  * what the sweep shares and what the run sets, and serialize the rows. Kept apart from the route so that its cost
  * (the Worker CPU a submit takes, apart from D1's own time) can be measured on its own (test/bounds).
  */
-import { dSae, nSteps } from "../../shaders/config";
+import { dSae, nSteps, type TrainConfig } from "../../shaders/config";
 import type { Env } from "../env";
 import { settings } from "../env";
 import { checkArtifacts } from "../artifacts";
@@ -36,11 +36,12 @@ export function planSweep(text: string, contentType: string | undefined, id: str
   probe?.();
   const { configs, warnings, written } = expandSweep(raw, maxSweepRuns);
   probe?.();
-  checkArtifacts(configs.map((x) => x.cfg), env);
+  const cfgs = configs.map((x) => x.cfg);
+  checkArtifacts(cfgs, env);
   const { groups: grouped, of } = groupIndex(configs);
   // Each run stores only where it differs from the sweep's shared keys; its group stores the data (run-config.ts).
   const { shared, deltas } = splitShared(
-    configs.map((c) => c.cfg),
+    cfgs,
     written && { bases: configs.map((c) => c.base), written },
   );
   probe?.();
@@ -56,11 +57,15 @@ export function planSweep(text: string, contentType: string | undefined, id: str
   // Where each group's runs start in the run rows (runs in group order, in config order inside a group).
   const next = new Int32Array(grouped.length);
   let at = 0;
+  let prev: TrainConfig | undefined;
   grouped.forEach(({ key, data, first, n }, g) => {
     groups[g] = { id: `${id}-g${g}`, n_runs: n };
     groupRows[g] = `[${g},${key},${data},${n}]`;
-    const cfg = configs[first].cfg;
-    tails[g] = `,${cfg.track ? 1 : 0},${nSteps(cfg)},${dSae(cfg)}]`;
+    const cfg = cfgs[first];
+    // The tail of the group before, when its config agrees on what the tail reads (4096 datasets: one tail).
+    const same = prev && cfg.track === prev.track && cfg.n_patches === prev.n_patches && cfg.sae_batch_size === prev.sae_batch_size && dSae(cfg) === dSae(prev);
+    tails[g] = same ? tails[g - 1] : `,${cfg.track ? 1 : 0},${nSteps(cfg)},${dSae(cfg)}]`;
+    prev = cfg;
     next[g] = at;
     at += n;
   });
