@@ -486,6 +486,8 @@ export function expandSweep(parsed: unknown, maxRuns = 4096): ExpandedSweep {
   const inTemplate = axes.map((a, k) => !selfOnly[k] && a.path[0] !== "data");
   // The last data table resolved for a template, and what it gave (resolveData reads the template's n_patches and sae.d_vit).
   const swapMemo: { d?: unknown; t?: unknown; out?: { data: DataConfig; d_vit: number } } = {};
+  // One array for every config's picks: a template copies what it needs, and a message reads it before the next config.
+  const picks: unknown[] = new Array(axes.length);
   const templates = new Map<
     number,
     { cfg: TrainConfig; ignored: Record<string, unknown>; saeSeedFromSeed: boolean; index: number; sae: Record<string, unknown>; nPatches: number }
@@ -501,7 +503,6 @@ export function expandSweep(parsed: unknown, maxRuns = 4096): ExpandedSweep {
     let radix = 1;
     let slow = 0;
     let slowRadix = 1;
-    const picks: unknown[] = new Array(axes.length);
     for (let a = axes.length - 1; a >= 0; a--) {
       const n = axes[a].values.length;
       const at = rest % n;
