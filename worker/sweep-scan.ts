@@ -88,40 +88,64 @@ function skipJsonString(text: string, i: number): number {
 
 /** Refuses JSON text nested too deep, with a table of too many keys or a list too long, naming where. */
 export function scanJson(text: string, maxRuns: number): void {
-  const stack: Frame[] = [];
-  let keyFrom = -1;
-  let keyTo = -1;
+  // The stack as flat arrays, not a Frame per container: this loop runs once per token of a 1 MiB body, and the less
+  // it allocates and calls the cheaper it is, interpreted or compiled (Frames are built only for a message).
+  const list = new Uint8Array(MAX_DEPTH + 2);
+  const commas = new Int32Array(MAX_DEPTH + 2);
+  const any = new Uint8Array(MAX_DEPTH + 2);
+  const keyFrom = new Int32Array(MAX_DEPTH + 2);
+  const keyTo = new Int32Array(MAX_DEPTH + 2);
+  const index = new Int32Array(MAX_DEPTH + 2);
+  const frames = (n: number): Frame[] =>
+    Array.from({ length: n }, (_, k) => ({ list: list[k] === 1, commas: commas[k], any: any[k] === 1, keyFrom: keyFrom[k], keyTo: keyTo[k], index: index[k] }));
+  const maxList = maxListLength(maxRuns);
+  let depth = 0;
+  let lastKeyFrom = -1;
+  let lastKeyTo = -1;
   let expectKey = false;
   for (let i = 0; i < text.length; i++) {
     const ch = text.charCodeAt(i);
     if (ch === 0x20 || ch === 0x0a || ch === 0x0d || ch === 0x09) continue;
-    const top = stack.length ? stack[stack.length - 1] : undefined;
+    const top = depth - 1;
     if (ch === 0x22) {
       const end = skipJsonString(text, i);
       if (expectKey) {
-        keyFrom = i;
-        keyTo = end;
+        lastKeyFrom = i;
+        lastKeyTo = end;
         expectKey = false;
-      } else if (top) top.any = true;
+      } else if (depth) any[top] = 1;
       i = end - 1;
     } else if (ch === 0x7b || ch === 0x5b) {
-      if (top) top.any = true;
-      const inList = !!top?.list;
-      stack.push({ list: ch === 0x5b, commas: 0, any: false, keyFrom: top && !inList ? keyFrom : -1, keyTo, index: inList ? top!.commas : -1 });
-      if (stack.length > MAX_DEPTH) tooDeep(pathOf(text, "", stack));
+      const inList = depth > 0 && list[top] === 1;
+      if (depth) any[top] = 1;
+      if (depth === MAX_DEPTH) {
+        const stack = frames(depth);
+        stack.push({ list: ch === 0x5b, commas: 0, any: false, keyFrom: depth && !inList ? lastKeyFrom : -1, keyTo: lastKeyTo, index: inList ? commas[top] : -1 });
+        tooDeep(pathOf(text, "", stack));
+      }
+      list[depth] = ch === 0x5b ? 1 : 0;
+      commas[depth] = 0;
+      any[depth] = 0;
+      keyFrom[depth] = depth && !inList ? lastKeyFrom : -1;
+      keyTo[depth] = lastKeyTo;
+      index[depth] = inList ? commas[top] : -1;
+      depth++;
       expectKey = ch === 0x7b;
     } else if (ch === 0x5d || ch === 0x7d) {
-      stack.pop();
+      if (depth) depth--;
       expectKey = false;
     } else if (ch === 0x2c) {
-      if (top) {
-        top.commas++;
-        top.any = true;
-        checkCount(text, "", stack, maxRuns);
-        top.any = false;
-        expectKey = !top.list;
+      if (depth) {
+        const n = ++commas[top];
+        // n values and the one after this comma: refused as soon as there are too many (checkCount says where).
+        if (n + 1 > (list[top] ? maxList : MAX_TABLE_KEYS)) {
+          any[top] = 1;
+          checkCount(text, "", frames(depth), maxRuns);
+        }
+        any[top] = 0;
+        expectKey = list[top] === 0;
       }
-    } else if (ch !== 0x3a && top) top.any = true;
+    } else if (ch !== 0x3a && depth) any[top] = 1;
   }
 }
 
