@@ -238,6 +238,13 @@ const TRAIN: Tree = {
 const TOP_ALIASES: Record<string, string> = { n_train: "n_patches", batch_size: "sae_batch_size" };
 const DATA_ALIASES: Record<string, string> = { shard_root: "url" };
 
+/** Whether a data table uses an alias (applyAliases then copies it). */
+function hasDataAlias(d: unknown): boolean {
+  if (!isTable(d)) return false;
+  for (const a in DATA_ALIASES) if (Object.hasOwn(d, a)) return true;
+  return false;
+}
+
 /** Per table: our name → the alias the file used, so problems are reported under the name the file wrote. */
 const written = new WeakMap<object, Record<string, string>>();
 
@@ -436,10 +443,8 @@ export function expandSweep(parsed: unknown, maxRuns = 4096): ExpandedSweep {
   let raw: Record<string, unknown> = "parameters" in parsed ? fromWandb(parsed, warnings, issues) : { ...parsed };
   raw = applyAliases(raw, TOP_ALIASES, "", issues);
   if (isTable(raw.data)) raw.data = applyAliases(raw.data, DATA_ALIASES, "data.", issues);
-  else if (Array.isArray(raw.data)) {
-    const list = raw.data.map((d) => (isTable(d) ? applyAliases(d, DATA_ALIASES, "data.", issues) : d));
-    if (list.some((d, i) => d !== (raw.data as unknown[])[i])) raw.data = list;
-  }
+  else if (Array.isArray(raw.data) && raw.data.some(hasDataAlias))
+    raw.data = raw.data.map((d) => (isTable(d) ? applyAliases(d, DATA_ALIASES, "data.", issues) : d));
 
   const axes: Axis[] = [];
   walk(raw, TRAIN, [], axes, issues);
