@@ -76,7 +76,7 @@ function setLeaf(t: Table, parts: string[], value: Json) {
  * through its base (4096 datasets copied from one config compare 2 leaves each, not ~45).
  */
 export function splitShared(cfgs: TrainConfig[], copies?: { bases: (number | undefined)[]; written: string[][] }): { shared: Table; deltas: Table[] } {
-  const tables = cfgs.map((c) => c as unknown as Table);
+  const tables = cfgs as unknown as Table[];
   const shared: Table = {};
   if (!tables.length) return { shared, deltas: [] };
   const paths = leafPaths(tables[0], [], []).filter((p) => p[0] !== "data");
