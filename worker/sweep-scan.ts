@@ -150,7 +150,21 @@ export function scanJson(text: string, maxRuns: number): void {
 }
 
 /** Index just past the TOML string (basic, literal, or either multi-line) that opens at `i`. */
-function skipTomlString(text: string, i: number): number {
+/** Where the next "\n" at or after `from` is (nl; -1: none): indexOf runs again only past it, so once per line. */
+interface Lines {
+  from: number;
+  nl: number;
+}
+
+function nextNewline(text: string, lines: Lines, j: number): number {
+  if (j < lines.from || (lines.nl >= 0 && lines.nl < j)) {
+    lines.from = j;
+    lines.nl = text.indexOf("\n", j);
+  }
+  return lines.nl < 0 ? text.length : lines.nl;
+}
+
+function skipTomlString(text: string, i: number, lines: Lines): number {
   const q = text[i];
   const basic = q === '"';
   if (text.startsWith(q.repeat(3), i)) {
@@ -166,12 +180,23 @@ function skipTomlString(text: string, i: number): number {
     }
     return text.length;
   }
-  for (let j = i + 1; j < text.length; j++) {
-    const c = text.charCodeAt(j);
-    if (basic && c === 0x5c) j++;
-    else if (text[j] === q || c === 0x0a) return j + 1;
+  // To the closing quote or the line's end, found with indexOf (most of a big body is string content: 4096 inline
+  // tables of 200-character URLs), unless an odd number of backslashes escapes it in a basic string.
+  for (let j = i + 1; ; ) {
+    const quote = text.indexOf(q, j);
+    const nl = nextNewline(text, lines, j);
+    const end = quote < 0 || nl < quote ? nl : quote;
+    if (end >= text.length) return text.length;
+    if (basic) {
+      let b = end - 1;
+      while (text.charCodeAt(b) === 0x5c) b--;
+      if ((end - 1 - b) % 2 === 1) {
+        j = end + 1;
+        continue;
+      }
+    }
+    return end + 1;
   }
-  return text.length;
 }
 
 /**
@@ -193,6 +218,7 @@ export function scanToml(text: string, maxRuns: number): void {
   let keyDepth = 0;
   let inlineKeyFrom = -1;
   let inlineKeyTo = -1;
+  const lines: Lines = { from: text.length + 1, nl: -1 }; // nothing known yet
   for (let i = 0; i < text.length; i++) {
     const ch = text.charCodeAt(i);
     if (ch === 0x20 || ch === 0x09 || ch === 0x0d) continue;
@@ -214,7 +240,7 @@ export function scanToml(text: string, maxRuns: number): void {
       // [section] or [[array of tables]]
       const double = text.charCodeAt(i + 1) === 0x5b;
       let j = i + (double ? 2 : 1);
-      while (j < text.length && text[j] !== "]" && text[j] !== "\n") j = text[j] === '"' || text[j] === "'" ? skipTomlString(text, j) : j + 1;
+      while (j < text.length && text[j] !== "]" && text[j] !== "\n") j = text[j] === '"' || text[j] === "'" ? skipTomlString(text, j, lines) : j + 1;
       const name = text.slice(i + (double ? 2 : 1), j).trim();
       i = j + (double ? 1 : 0);
       lineStart = false;
@@ -240,7 +266,7 @@ export function scanToml(text: string, maxRuns: number): void {
         lineStart = false;
         lineKeyFrom = i;
       }
-      if (ch === 0x22 || ch === 0x27) i = skipTomlString(text, i) - 1;
+      if (ch === 0x22 || ch === 0x27) i = skipTomlString(text, i, lines) - 1;
       else if (ch === 0x3d) {
         inValue = true;
         lineKeyTo = i;
@@ -251,15 +277,21 @@ export function scanToml(text: string, maxRuns: number): void {
       continue;
     }
     if (ch === 0x22 || ch === 0x27) {
-      i = skipTomlString(text, i) - 1;
+      i = skipTomlString(text, i, lines) - 1;
       if (top) top.any = true;
     } else if (ch === 0x5b || ch === 0x7b) {
       if (top) top.any = true;
       const inList = !!top?.list;
-      const f: Frame = { list: ch === 0x5b, commas: 0, any: false, keyFrom: -1, keyTo: -1, index: inList ? top!.commas : -1 };
-      if (!top) [f.keyFrom, f.keyTo] = [lineKeyFrom, lineKeyTo];
-      else if (!inList) [f.keyFrom, f.keyTo] = [inlineKeyFrom, inlineKeyTo];
-      stack.push(f);
+      // Named by the line's key at the top level, by the inline key inside a table, by the index inside a list.
+      const keyed = !top || !inList;
+      stack.push({
+        list: ch === 0x5b,
+        commas: 0,
+        any: false,
+        keyFrom: !keyed ? -1 : top ? inlineKeyFrom : lineKeyFrom,
+        keyTo: !keyed ? -1 : top ? inlineKeyTo : lineKeyTo,
+        index: inList ? top!.commas : -1,
+      });
       if (1 + sectionDepth + keyDepth - 1 + stack.length > MAX_DEPTH) tooDeep(pathOf(text, section, stack));
       inlineKeyFrom = i + 1;
     } else if (ch === 0x5d || ch === 0x7d) {
