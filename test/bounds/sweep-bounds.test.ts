@@ -6,8 +6,8 @@
  *
  * The limits asserted are the budget with headroom for this shared 2-core machine, where the same code runs 1.5-3×
  * slower under load than idle (CPU time, not wall time, still moves with load): 5× the ~50 ms budget for refusals,
- * the 4096 runs of one group and the 4096 groups in JSON (measured 0.2-30 ms, 15-25 ms and 60-75 ms at load 8-12),
- * 10× for the 4096 groups in TOML, whose cost is mostly smol-toml's (measured 95-170 ms). The heap is
+ * the 4096 runs of one group and the 4096 groups in JSON (measured 0.2-30 ms, 14-19 ms and 59-98 ms at load 8-13),
+ * 10× for the 4096 groups in TOML, whose cost is mostly smol-toml's (measured 87-147 ms). The heap is
  * load-independent: 32 MiB as the issue says. The figures are in BENCHMARKS.md ("Sweep submit"); each measurement is
  * printed.
  */
