@@ -149,7 +149,6 @@ export function scanJson(text: string, maxRuns: number): void {
   }
 }
 
-/** Index just past the TOML string (basic, literal, or either multi-line) that opens at `i`. */
 /** Where the next "\n" at or after `from` is (nl; -1: none): indexOf runs again only past it, so once per line. */
 interface Lines {
   from: number;
@@ -164,6 +163,7 @@ function nextNewline(text: string, lines: Lines, j: number): number {
   return lines.nl < 0 ? text.length : lines.nl;
 }
 
+/** Index just past the TOML string (basic, literal, or either multi-line) that opens at `i`. */
 function skipTomlString(text: string, i: number, lines: Lines): number {
   const q = text[i];
   const basic = q === '"';
