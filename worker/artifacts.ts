@@ -22,7 +22,11 @@ const EVAL_ENVELOPE_BYTES = 4096;
 export function checkArtifacts(cfgs: TrainConfig[], env: Env): void {
   const { evalsBytes, partBytes } = settings(env);
   const seen = new Set<string>();
+  let prev: TrainConfig["sae"] | undefined;
   cfgs.forEach((cfg, i) => {
+    // The shape of the config before, checked already (a sweep's configs mostly share it): no key to build.
+    if (prev && cfg.sae.d_vit === prev.d_vit && cfg.sae.exp_factor === prev.exp_factor && cfg.sae.kind === prev.kind) return;
+    prev = cfg.sae;
     const shape = `${cfg.sae.d_vit}x${cfg.sae.exp_factor}/${cfg.sae.kind}`;
     if (seen.has(shape)) return;
     seen.add(shape);

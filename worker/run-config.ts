@@ -70,9 +70,13 @@ function setLeaf(t: Table, parts: string[], value: Json) {
  * differently. Every config has the same keys (resolve fills them all), so the leaves are listed once, from the
  * first config, and each config is read along those paths: linear in configs × leaves, nothing serialized, nothing
  * allocated per leaf. Keys only some configs have (none today) are found too and count as differing.
+ *
+ * `copies` (from expandSweep) says which configs are copies of another: copies.bases[c], where not c itself, is a
+ * config that config c equals but in data and the leaves copies.written lists; c's other leaves are then compared
+ * through its base (4096 datasets copied from one config compare 2 leaves each, not ~45).
  */
-export function splitShared(cfgs: TrainConfig[]): { shared: Table; deltas: Table[] } {
-  const tables = cfgs.map((c) => c as unknown as Table);
+export function splitShared(cfgs: TrainConfig[], copies?: { bases: (number | undefined)[]; written: string[][] }): { shared: Table; deltas: Table[] } {
+  const tables = cfgs as unknown as Table[];
   const shared: Table = {};
   if (!tables.length) return { shared, deltas: [] };
   const paths = leafPaths(tables[0], [], []).filter((p) => p[0] !== "data");
@@ -80,7 +84,14 @@ export function splitShared(cfgs: TrainConfig[]): { shared: Table; deltas: Table
   const varies = paths.map(() => false);
   const readers = paths.map(reader);
   const n0 = paths.length;
-  for (let c = 1; c < tables.length; c++) for (let j = 0; j < n0; j++) if (!varies[j] && !same(readers[j](tables[c]), first[j])) varies[j] = true;
+  const written = copies ? new Set(copies.written.map((p) => p.join("."))) : new Set<string>();
+  const own = paths.flatMap((p, j) => (written.has(p.join(".")) ? [j] : []));
+  for (let c = 1; c < tables.length; c++) {
+    const b = copies?.bases[c];
+    if (b !== undefined && b !== c) {
+      for (const j of own) if (!varies[j] && !same(readers[j](tables[c]), first[j])) varies[j] = true;
+    } else for (let j = 0; j < n0; j++) if (!varies[j] && !same(readers[j](tables[c]), first[j])) varies[j] = true;
+  }
   // Every config has the first one's keys (resolve fills them all); counted on the last, as a guard.
   if (countLeaves(tables[tables.length - 1]) !== n0) {
     // Some config has keys the first lacks: add them as differing.

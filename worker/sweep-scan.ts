@@ -74,55 +74,97 @@ function checkCount(text: string, prefix: string, stack: Frame[], maxRuns: numbe
 
 /** Index just past the JSON string that opens at `i`. */
 function skipJsonString(text: string, i: number): number {
-  for (i++; i < text.length; i++) {
-    const c = text.charCodeAt(i);
-    if (c === 0x5c) i++;
-    else if (c === 0x22) return i + 1;
+  // indexOf finds the next quote natively (most of a big body is string content, 4096 URLs of 200 characters): it
+  // closes the string unless an odd number of backslashes escapes it.
+  for (;;) {
+    const q = text.indexOf('"', i + 1);
+    if (q < 0) return text.length;
+    let b = q - 1;
+    while (text.charCodeAt(b) === 0x5c) b--;
+    if ((q - 1 - b) % 2 === 0) return q + 1;
+    i = q;
   }
-  return i;
 }
 
 /** Refuses JSON text nested too deep, with a table of too many keys or a list too long, naming where. */
 export function scanJson(text: string, maxRuns: number): void {
-  const stack: Frame[] = [];
-  let keyFrom = -1;
-  let keyTo = -1;
+  // The stack as flat arrays, not a Frame per container: this loop runs once per token of a 1 MiB body, and the less
+  // it allocates and calls the cheaper it is, interpreted or compiled (Frames are built only for a message).
+  const list = new Uint8Array(MAX_DEPTH + 2);
+  const commas = new Int32Array(MAX_DEPTH + 2);
+  const any = new Uint8Array(MAX_DEPTH + 2);
+  const keyFrom = new Int32Array(MAX_DEPTH + 2);
+  const keyTo = new Int32Array(MAX_DEPTH + 2);
+  const index = new Int32Array(MAX_DEPTH + 2);
+  const frames = (n: number): Frame[] =>
+    Array.from({ length: n }, (_, k) => ({ list: list[k] === 1, commas: commas[k], any: any[k] === 1, keyFrom: keyFrom[k], keyTo: keyTo[k], index: index[k] }));
+  const maxList = maxListLength(maxRuns);
+  let depth = 0;
+  let lastKeyFrom = -1;
+  let lastKeyTo = -1;
   let expectKey = false;
   for (let i = 0; i < text.length; i++) {
     const ch = text.charCodeAt(i);
     if (ch === 0x20 || ch === 0x0a || ch === 0x0d || ch === 0x09) continue;
-    const top = stack.length ? stack[stack.length - 1] : undefined;
+    const top = depth - 1;
     if (ch === 0x22) {
       const end = skipJsonString(text, i);
       if (expectKey) {
-        keyFrom = i;
-        keyTo = end;
+        lastKeyFrom = i;
+        lastKeyTo = end;
         expectKey = false;
-      } else if (top) top.any = true;
+      } else if (depth) any[top] = 1;
       i = end - 1;
     } else if (ch === 0x7b || ch === 0x5b) {
-      if (top) top.any = true;
-      const inList = !!top?.list;
-      stack.push({ list: ch === 0x5b, commas: 0, any: false, keyFrom: top && !inList ? keyFrom : -1, keyTo, index: inList ? top!.commas : -1 });
-      if (stack.length > MAX_DEPTH) tooDeep(pathOf(text, "", stack));
+      const inList = depth > 0 && list[top] === 1;
+      if (depth) any[top] = 1;
+      if (depth === MAX_DEPTH) {
+        const stack = frames(depth);
+        stack.push({ list: ch === 0x5b, commas: 0, any: false, keyFrom: depth && !inList ? lastKeyFrom : -1, keyTo: lastKeyTo, index: inList ? commas[top] : -1 });
+        tooDeep(pathOf(text, "", stack));
+      }
+      list[depth] = ch === 0x5b ? 1 : 0;
+      commas[depth] = 0;
+      any[depth] = 0;
+      keyFrom[depth] = depth && !inList ? lastKeyFrom : -1;
+      keyTo[depth] = lastKeyTo;
+      index[depth] = inList ? commas[top] : -1;
+      depth++;
       expectKey = ch === 0x7b;
     } else if (ch === 0x5d || ch === 0x7d) {
-      stack.pop();
+      if (depth) depth--;
       expectKey = false;
     } else if (ch === 0x2c) {
-      if (top) {
-        top.commas++;
-        top.any = true;
-        checkCount(text, "", stack, maxRuns);
-        top.any = false;
-        expectKey = !top.list;
+      if (depth) {
+        const n = ++commas[top];
+        // n values and the one after this comma: refused as soon as there are too many (checkCount says where).
+        if (n + 1 > (list[top] ? maxList : MAX_TABLE_KEYS)) {
+          any[top] = 1;
+          checkCount(text, "", frames(depth), maxRuns);
+        }
+        any[top] = 0;
+        expectKey = list[top] === 0;
       }
-    } else if (ch !== 0x3a && top) top.any = true;
+    } else if (ch !== 0x3a && depth) any[top] = 1;
   }
 }
 
+/** Where the next "\n" at or after `from` is (nl; -1: none): indexOf runs again only past it, so once per line. */
+interface Lines {
+  from: number;
+  nl: number;
+}
+
+function nextNewline(text: string, lines: Lines, j: number): number {
+  if (j < lines.from || (lines.nl >= 0 && lines.nl < j)) {
+    lines.from = j;
+    lines.nl = text.indexOf("\n", j);
+  }
+  return lines.nl < 0 ? text.length : lines.nl;
+}
+
 /** Index just past the TOML string (basic, literal, or either multi-line) that opens at `i`. */
-function skipTomlString(text: string, i: number): number {
+function skipTomlString(text: string, i: number, lines: Lines): number {
   const q = text[i];
   const basic = q === '"';
   if (text.startsWith(q.repeat(3), i)) {
@@ -138,12 +180,23 @@ function skipTomlString(text: string, i: number): number {
     }
     return text.length;
   }
-  for (let j = i + 1; j < text.length; j++) {
-    const c = text.charCodeAt(j);
-    if (basic && c === 0x5c) j++;
-    else if (text[j] === q || c === 0x0a) return j + 1;
+  // To the closing quote or the line's end, found with indexOf (most of a big body is string content: 4096 inline
+  // tables of 200-character URLs), unless an odd number of backslashes escapes it in a basic string.
+  for (let j = i + 1; ; ) {
+    const quote = text.indexOf(q, j);
+    const nl = nextNewline(text, lines, j);
+    const end = quote < 0 || nl < quote ? nl : quote;
+    if (end >= text.length) return text.length;
+    if (basic) {
+      let b = end - 1;
+      while (text.charCodeAt(b) === 0x5c) b--;
+      if ((end - 1 - b) % 2 === 1) {
+        j = end + 1;
+        continue;
+      }
+    }
+    return end + 1;
   }
-  return text.length;
 }
 
 /**
@@ -165,6 +218,7 @@ export function scanToml(text: string, maxRuns: number): void {
   let keyDepth = 0;
   let inlineKeyFrom = -1;
   let inlineKeyTo = -1;
+  const lines: Lines = { from: text.length + 1, nl: -1 }; // nothing known yet
   for (let i = 0; i < text.length; i++) {
     const ch = text.charCodeAt(i);
     if (ch === 0x20 || ch === 0x09 || ch === 0x0d) continue;
@@ -186,7 +240,7 @@ export function scanToml(text: string, maxRuns: number): void {
       // [section] or [[array of tables]]
       const double = text.charCodeAt(i + 1) === 0x5b;
       let j = i + (double ? 2 : 1);
-      while (j < text.length && text[j] !== "]" && text[j] !== "\n") j = text[j] === '"' || text[j] === "'" ? skipTomlString(text, j) : j + 1;
+      while (j < text.length && text[j] !== "]" && text[j] !== "\n") j = text[j] === '"' || text[j] === "'" ? skipTomlString(text, j, lines) : j + 1;
       const name = text.slice(i + (double ? 2 : 1), j).trim();
       i = j + (double ? 1 : 0);
       lineStart = false;
@@ -212,7 +266,7 @@ export function scanToml(text: string, maxRuns: number): void {
         lineStart = false;
         lineKeyFrom = i;
       }
-      if (ch === 0x22 || ch === 0x27) i = skipTomlString(text, i) - 1;
+      if (ch === 0x22 || ch === 0x27) i = skipTomlString(text, i, lines) - 1;
       else if (ch === 0x3d) {
         inValue = true;
         lineKeyTo = i;
@@ -223,15 +277,21 @@ export function scanToml(text: string, maxRuns: number): void {
       continue;
     }
     if (ch === 0x22 || ch === 0x27) {
-      i = skipTomlString(text, i) - 1;
+      i = skipTomlString(text, i, lines) - 1;
       if (top) top.any = true;
     } else if (ch === 0x5b || ch === 0x7b) {
       if (top) top.any = true;
       const inList = !!top?.list;
-      const f: Frame = { list: ch === 0x5b, commas: 0, any: false, keyFrom: -1, keyTo: -1, index: inList ? top!.commas : -1 };
-      if (!top) [f.keyFrom, f.keyTo] = [lineKeyFrom, lineKeyTo];
-      else if (!inList) [f.keyFrom, f.keyTo] = [inlineKeyFrom, inlineKeyTo];
-      stack.push(f);
+      // Named by the line's key at the top level, by the inline key inside a table, by the index inside a list.
+      const keyed = !top || !inList;
+      stack.push({
+        list: ch === 0x5b,
+        commas: 0,
+        any: false,
+        keyFrom: !keyed ? -1 : top ? inlineKeyFrom : lineKeyFrom,
+        keyTo: !keyed ? -1 : top ? inlineKeyTo : lineKeyTo,
+        index: inList ? top!.commas : -1,
+      });
       if (1 + sectionDepth + keyDepth - 1 + stack.length > MAX_DEPTH) tooDeep(pathOf(text, section, stack));
       inlineKeyFrom = i + 1;
     } else if (ch === 0x5d || ch === 0x7d) {

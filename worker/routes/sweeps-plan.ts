@@ -3,11 +3,11 @@
  * what the sweep shares and what the run sets, and serialize the rows. Kept apart from the route so that its cost
  * (the Worker CPU a submit takes, apart from D1's own time) can be measured on its own (test/bounds).
  */
-import { dSae, nSteps } from "../../shaders/config";
+import { dSae, nSteps, type TrainConfig } from "../../shaders/config";
 import type { Env } from "../env";
 import { settings } from "../env";
 import { checkArtifacts } from "../artifacts";
-import { expandSweep, keyedGroups, parseSweepText, type SweepFormat } from "../sweep";
+import { expandSweep, groupIndex, parseSweepText, type SweepFormat } from "../sweep";
 import { splitShared } from "../run-config";
 
 export interface SweepPlan {
@@ -34,33 +34,46 @@ export function planSweep(text: string, contentType: string | undefined, id: str
   const { maxSweepRuns } = settings(env);
   const { raw, format } = parseSweepText(text, contentType, maxSweepRuns);
   probe?.();
-  const { configs, warnings } = expandSweep(raw, maxSweepRuns);
+  const { configs, warnings, written } = expandSweep(raw, maxSweepRuns);
   probe?.();
-  checkArtifacts(configs.map((x) => x.cfg), env);
-  const grouped = keyedGroups(configs);
+  const cfgs = configs.map((x) => x.cfg);
+  checkArtifacts(cfgs, env);
+  const { groups: grouped, of } = groupIndex(configs);
   // Each run stores only where it differs from the sweep's shared keys; its group stores the data (run-config.ts).
-  const { shared, deltas } = splitShared(configs.map((c) => c.cfg));
+  const { shared, deltas } = splitShared(
+    cfgs,
+    written && { bases: configs.map((c) => c.base), written },
+  );
   probe?.();
   // Rows as JSON arrays of their own columns only: the sweep id and the time are bound once per statement, and the
-  // ids are built in SQL from the sweep id and the indices (`${id}-g${idx}`, `${id}-r${idx}`).
-  const groupRows: string[] = [];
-  const runRows: string[] = [];
-  const groups: { id: string; n_runs: number }[] = [];
-  const position = new Map(configs.map((cfg, i) => [cfg, i]));
-  grouped.forEach(({ key, data, members }, g) => {
-    groups.push({ id: `${id}-g${g}`, n_runs: members.length });
-    const first = members[0].cfg;
-    // The key, the data and the runs' cfg are JSON already: they go into the row as JSON values, not as strings
-    // holding JSON (no escaping), and SQL reads them back as text with `->`.
-    groupRows.push(`[${g},${key},${data},${members.length}]`);
-    // The run columns read from the config are the same across a group (n_patches, batch size, d_sae are
-    // CANNOT_PARALLELIZE); track is too.
-    const tail = `,${first.track ? 1 : 0},${nSteps(first)},${dSae(first)}]`;
-    for (const m of members) {
-      const i = position.get(m)!;
-      runRows.push(`[${i},${g},${JSON.stringify(deltas[i])}${tail}`);
-    }
+  // ids are built in SQL from the sweep id and the indices (`${id}-g${idx}`, `${id}-r${idx}`). The key, the data and
+  // the runs' cfg are JSON already: they go into the row as JSON values, not as strings holding JSON (no escaping),
+  // and SQL reads them back as text with `->`.
+  const groupRows: string[] = new Array(grouped.length);
+  const groups: { id: string; n_runs: number }[] = new Array(grouped.length);
+  // The run columns read from the config are the same across a group (n_patches, batch size, d_sae are
+  // CANNOT_PARALLELIZE); track is too.
+  const tails: string[] = new Array(grouped.length);
+  // Where each group's runs start in the run rows (runs in group order, in config order inside a group).
+  const next = new Int32Array(grouped.length);
+  let at = 0;
+  let prev: TrainConfig | undefined;
+  grouped.forEach(({ key, data, first, n }, g) => {
+    groups[g] = { id: `${id}-g${g}`, n_runs: n };
+    groupRows[g] = `[${g},${key},${data},${n}]`;
+    const cfg = cfgs[first];
+    // The tail of the group before, when its config agrees on what the tail reads (4096 datasets: one tail).
+    const same = prev && cfg.track === prev.track && cfg.n_patches === prev.n_patches && cfg.sae_batch_size === prev.sae_batch_size && dSae(cfg) === dSae(prev);
+    tails[g] = same ? tails[g - 1] : `,${cfg.track ? 1 : 0},${nSteps(cfg)},${dSae(cfg)}]`;
+    prev = cfg;
+    next[g] = at;
+    at += n;
   });
+  const runRows: string[] = new Array(configs.length);
+  for (let i = 0; i < configs.length; i++) {
+    const g = of[i];
+    runRows[next[g]++] = `[${i},${g},${JSON.stringify(deltas[i])}${tails[g]}`;
+  }
   probe?.();
   return { id, now, text, format, warnings, nRuns: configs.length, groups, shared: JSON.stringify(shared), groupChunks: jsonChunks(groupRows), runChunks: jsonChunks(runRows) };
 }
