@@ -6,10 +6,11 @@
  *   - sweeps.cfg_shared: every key whose value all runs of the sweep share (nested like TrainConfig, without data);
  *   - groups.data: the DataConfig, which all runs of a group share by construction (data is CANNOT_PARALLELIZE);
  *   - runs.cfg: only the keys where the run differs from cfg_shared (its seed, at least, unless seed was swept).
- * fullConfig merges them. Rows written before this split have cfg_shared = '{}' and a full runs.cfg, which merges
- * to the same config.
+ * fullConfig merges them, in the key order resolve gives. Rows written before this split have cfg_shared = '{}'
+ * and a full runs.cfg, which merges to the same config.
  */
 import type { TrainConfig } from "../shaders/config";
+import { DEFAULT_CONFIG } from "./sweep";
 
 type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
 type Table = { [k: string]: Json };
@@ -127,10 +128,34 @@ function merge(base: Table, over: Table): Table {
   return out;
 }
 
-/** The run's full TrainConfig from its stored parts (JSON text of sweeps.cfg_shared, runs.cfg and groups.data). */
+/**
+ * `t` with its keys in `ref`'s order, at every depth where both hold a table; keys `ref` lacks follow in `t`'s order.
+ * A leaf of `ref` (data below) leaves the value under it as it is.
+ */
+function ordered(t: Table, ref: Table): Table {
+  const out: Table = {};
+  for (const k in ref) {
+    if (!Object.hasOwn(t, k)) continue;
+    const v = t[k], r = ref[k];
+    out[k] = isTable(v) && isTable(r) ? ordered(v, r) : v;
+  }
+  for (const k in t) if (!Object.hasOwn(out, k)) out[k] = t[k];
+  return out;
+}
+
+/** resolve's key order (data first; the DataConfig is stored whole, its keys already sorted, so it is a leaf here). */
+const ORDER: Table = { ...(DEFAULT_CONFIG as unknown as Table), data: null };
+
+/**
+ * The run's full TrainConfig from its stored parts (JSON text of sweeps.cfg_shared, runs.cfg and groups.data), with
+ * its keys in the order resolve gives them. The merge alone puts a run's own keys after the shared ones, so the same
+ * config came back in another key order depending on what its sweep-mates shared (a run alone in its sweep shares
+ * everything): JSON.stringify of one config, e.g. a checkpoint's `config` metadata, then differed between a grouped
+ * sweep and separate ones.
+ */
 export function fullConfig(parts: { shared: string; cfg: string; data: string }): TrainConfig {
   const cfg = merge(JSON.parse(parts.shared) as Table, JSON.parse(parts.cfg) as Table);
-  return { ...cfg, data: JSON.parse(parts.data) } as unknown as TrainConfig;
+  return ordered({ ...cfg, data: JSON.parse(parts.data) }, ORDER) as unknown as TrainConfig;
 }
 
 /**

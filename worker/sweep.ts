@@ -724,6 +724,12 @@ function resolve(o: Record<string, any>, i: number, seedIsAxis: boolean, issues:
   return issues.length ? null : { cfg, ignored };
 }
 
+/**
+ * The config a sweep of nothing resolves to: every key a TrainConfig has, in the order resolve writes them. The
+ * Worker serves stored configs in this key order (run-config.ts fullConfig), whatever part of D1 held each key.
+ */
+export const DEFAULT_CONFIG: TrainConfig = resolve({}, 0, false, [])!.cfg;
+
 // ---------------------------------------------------------------------------------------------------------------
 // Grouping
 

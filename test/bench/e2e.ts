@@ -28,6 +28,7 @@ import { parse as parseToml } from "smol-toml";
 import { killTree } from "../helpers/e2e";
 import { OFFLINE_ENV, ROOT, startWorkerDev, type WorkerDev } from "../helpers/worker-dev";
 import { serveDirWithRanges, servedStats, type RangeServer } from "../runner/range-server";
+import { configsDiffer, groupedAndSequential } from "./e2e-specs";
 import { writeBenchShards, type BenchShards } from "./shards";
 
 const env = (k: string, d: number) => (process.env[k] ? Number(process.env[k]) : d);
@@ -165,22 +166,11 @@ async function main(): Promise<void> {
   demo.n_train = round(demo.n_train);
   demo.n_eval = round(demo.n_eval);
   // 2 and 3: K configs on the shards, the same seeds and coefficients either way.
-  const coeffs = Array.from({ length: K }, (_, k) => 4e-4 * 2 ** k);
-  const base = {
-    data: { kind: "shards", url: server.url, layer: -1, patches: "patches" },
-    n_train: STEPS * B,
-    batch_size: B,
-    lr: 1e-3,
-    log_every: 8,
-    n_eval: 4096,
-    track: false,
-    sae: { kind: "relu", d_vit: D_VIT, exp_factor: EXP },
-  };
-  const SEED = 100;
+  const specs = groupedAndSequential({ url: server.url, k: K, steps: STEPS, batch: B, dVit: D_VIT, exp: EXP, seed: 100 });
   const all: Array<{ key: string; name: string; specs: unknown[]; sweeps: Submitted[] }> = [
     { key: "demo", name: `demo${DEMO_SCALE === 1 ? "" : ` (n_train ${demo.n_train}, n_eval ${demo.n_eval})`}`, specs: [demo], sweeps: [] },
-    { key: "grouped", name: `grouped: 1 group of ${K}`, specs: [{ ...base, seed: SEED, objective: { sparsity_coeff: coeffs } }], sweeps: [] },
-    { key: "sequential", name: `sequential: ${K} groups of 1`, specs: coeffs.map((c, k) => ({ ...base, seed: SEED + k, objective: { sparsity_coeff: c } })), sweeps: [] },
+    { key: "grouped", name: `grouped: 1 group of ${K}`, specs: specs.grouped, sweeps: [] },
+    { key: "sequential", name: `sequential: ${K} groups of 1`, specs: specs.sequential, sweeps: [] },
   ];
   const sets = all.filter((w) => w.key !== "demo" || process.env.BENCH_DEMO !== "0");
   const grouped = all[1], sequential = all[2];
@@ -200,9 +190,10 @@ async function main(): Promise<void> {
   }
 
   // The grouped and the sequential configs must be the same configs, in one group and in K groups.
-  const cfgsOf = async (ids: string[]) => (await Promise.all(ids.map((id) => api<SweepView>("GET", `/v1/sweeps/${id}`)))).flatMap((v) => v.runs.map((r) => JSON.stringify(r.cfg)));
+  const cfgsOf = async (ids: string[]) => (await Promise.all(ids.map((id) => api<SweepView>("GET", `/v1/sweeps/${id}`)))).flatMap((v) => v.runs.map((r) => r.cfg));
   const [g, s] = await Promise.all([cfgsOf(grouped.sweeps.map((w) => w.id)), cfgsOf(sequential.sweeps.map((w) => w.id))]);
-  if (g.length !== K || s.length !== K || g.some((c, i) => c !== s[i])) throw new Error("the grouped and sequential sweeps do not resolve to the same configs");
+  const differ = configsDiffer(g, s, K);
+  if (differ) throw new Error(`the grouped and sequential sweeps do not resolve to the same configs: ${differ}`);
   if (grouped.sweeps[0].n_groups !== 1 || sequential.sweeps.some((w) => w.n_groups !== 1)) throw new Error("unexpected grouping");
 
   const views = new Map<string, SweepView[]>();

@@ -212,10 +212,11 @@ describe("expandSweep rejects bad input, naming the key", () => {
     expect(shared).not.toHaveProperty("data");
     expect(shared).not.toHaveProperty("lr");
     expect(deltas[3]).toEqual({ lr: 2e-4, seed: 45, sae: { exp_factor: 4, seed: 45 } });
+    // The same JSON, key order included (toEqual ignores it): a run's own keys are not moved after the shared ones.
     for (const [i, c] of configs.entries())
-      expect(fullConfig({ shared: JSON.stringify(shared), cfg: JSON.stringify(deltas[i]), data: JSON.stringify(c.cfg.data) })).toEqual(c.cfg);
+      expect(JSON.stringify(fullConfig({ shared: JSON.stringify(shared), cfg: JSON.stringify(deltas[i]), data: JSON.stringify(c.cfg.data) }))).toBe(JSON.stringify(c.cfg));
     // Rows stored before the split (a full cfg, cfg_shared '{}') read back the same.
-    expect(fullConfig({ shared: "{}", cfg: JSON.stringify(configs[1].cfg), data: JSON.stringify(configs[1].cfg.data) })).toEqual(configs[1].cfg);
+    expect(JSON.stringify(fullConfig({ shared: "{}", cfg: JSON.stringify(configs[1].cfg), data: JSON.stringify(configs[1].cfg.data) }))).toBe(JSON.stringify(configs[1].cfg));
   });
   it("unparseable files", () => {
     expect(rejects(() => parseSweepText(`lr = [1e-3`, "application/toml")).code).toBe("invalid_toml");
