@@ -1,6 +1,6 @@
 /**
  * Engine step time at the demo's shape (examples/demo.toml: d_vit 32, d_sae 128, batch 512, 12 SAEs per group) on
- * Dawn, for a group of ReLU/JumpReLU SAEs (today's demo group) against groups holding TopK SAEs, so the cost of the
+ * Dawn, for a group of ReLU/JumpReLU SAEs against groups holding TopK or BatchTopK SAEs, so the cost of the
  * row selection on a software adapter is a measured number. Each group trains through the engineTrain GPU case
  * twice, for `a` and `b` steps; the difference over b − a is the time of one step (data, init and eval cancel).
  * Not part of `npm test`:
@@ -26,6 +26,8 @@ const GROUPS: Record<string, TrainConfig[]> = {
   "12 relu/jumprelu (the demo's group)": group(mix(12)),
   "12 topk (k 4)": group(Array.from({ length: 12 }, () => ({ kind: "topk", k: 4 }))),
   "8 relu/jumprelu + 4 topk (k 4)": group([...mix(8), ...Array.from({ length: 4 }, () => ({ kind: "topk" as const, k: 4 }))]),
+  "12 batchtopk (k 4)": group(Array.from({ length: 12 }, () => ({ kind: "batchtopk", k: 4 }))),
+  "12 topk (k 64: the radix select)": group(Array.from({ length: 12 }, () => ({ kind: "topk", k: 64 }))),
 };
 const only = process.env.TOPK_DEMO_GROUPS?.split(",").map(Number);
 for (const [i, name] of Object.keys(GROUPS).entries()) if (only && !only.includes(i)) delete GROUPS[name];
