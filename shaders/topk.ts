@@ -591,23 +591,25 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
  * After a chunk's ties, before its apply (dispatch (1, K)): each row's count of ties becomes the ties kept before the
  * row over the batch (ties kept by earlier chunks, then an exclusive prefix sum over the chunk's rows), and ties kept
  * so far += the chunk's ties. One workgroup per SAE: each thread sums a contiguous segment of rows, thread 0 scans the
- * 256 segment sums, each thread rewrites its segment.
+ * segment sums, each thread rewrites its segment.
  * Bindings: dims, topkMeta, batchState, rowTies.
  */
 export const BATCH_ADVANCE = /* wgsl */ `${HEADER}${BATCH_HEADER}
 @group(0) @binding(2) var<storage, read_write> batchState: array<u32>;
 @group(0) @binding(3) var<storage, read_write> rowTies: array<u32>;
-var<workgroup> part: array<u32, 256>;
+// 64 threads, not 256: on a software adapter each thread of a workgroup with barriers is a fiber to switch to
+const SCAN_WG = 64u;
+var<workgroup> part: array<u32, SCAN_WG>;
 var<workgroup> shareA: u32;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: u32) {
   let sae = wg.y;
   if (tid == 0u) { shareA = kTotalOf(sae); }
   if (workgroupUniformLoad(&shareA) == 0u) { return; }
   let rows = dims.rows;
   let rb = sae * dims.rowStride;
-  let segLen = (rows + WG - 1u) / WG;
+  let segLen = (rows + SCAN_WG - 1u) / SCAN_WG;
   let lo = min(rows, tid * segLen);
   let hi = min(rows, lo + segLen);
   var s = 0u;
@@ -616,7 +618,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
   workgroupBarrier();
   if (tid == 0u) {
     var acc = batchState[stateAt(sae, 3u)];
-    for (var t = 0u; t < WG; t++) {
+    for (var t = 0u; t < SCAN_WG; t++) {
       let v = part[t];
       part[t] = acc;
       acc += v;
