@@ -1,9 +1,12 @@
-process.on("exit", (c) => console.error("exit", c));
-process.on("unhandledRejection", (e) => console.error("rej", e));
 /**
  * Time of the selection kernels alone (shaders/topk.ts) and of one engine step, at a given shape on Dawn, so the
  * cost of each can be tuned by measurement (SwiftShader runs barriers as fiber switches). Not part of `npm test`:
  *   npx tsx test/bench/topk-kernels.ts [n=128] [B=512] [K=12] [k=4] [reps=5] [engine=1]
+ * (OLD=1 also times the workgroup-per-row select on short rows, FLOOR=1 one plain pass over every row.)
+ * Measured at the demo's shape (n 128, B 512, K 12, k 4; load 7–13, so ±2×): a workgroup per row 18 119 ms, a
+ * thread per row 118–138 ms (k 8: ~300, k 16: ~400, k 64 through the radix: ~450); one plain pass 58 ms. BatchTopK:
+ * ties 3 021 → 50 ms, apply 9 403 → 51–77 ms, advance (now a scan) 1.3 ms, hist 91–150 ms, resolve 24–90 ms.
+ * "engine step" lines time SaeEngine.step on a fixed batch (no autotune: only comparable with each other).
  */
 import { existsSync } from "node:fs";
 import { requestSaeDevice } from "../../shaders/device";
@@ -20,6 +23,7 @@ Object.assign(globalThis, globals);
 const gpu = create([]);
 const { device, report } = await requestSaeDevice(gpu);
 device.addEventListener("uncapturederror", (e) => console.error("WebGPU error:", (e as GPUUncapturedErrorEvent).error.message));
+// onSubmittedWorkDone alone does not keep Node's event loop alive
 const keepAlive = setInterval(() => {}, 1000);
 const arg = (i: number, d: number) => (process.argv[2 + i] ? Number(process.argv[2 + i]) : d);
 const [n, B, K, k, reps, withEngine] = [arg(0, 128), arg(1, 512), arg(2, 12), arg(3, 4), arg(4, 5), arg(5, 1)];
@@ -63,7 +67,6 @@ const time = async (label: string, kernels: Array<[string, GPUBuffer[], [number,
   console.log(`${label.padEnd(34)} ${((performance.now() - t0) / reps).toFixed(2)} ms`);
 };
 const cut = buf(new Uint32Array(K * B * 2));
-try {
 const rowOut = buf(new Float32Array(K * B * n));
 if (process.env.OLD) await time("row select, a workgroup per row", [[T.rowSelectKernel({ kWord: 0, deadOnly: false, inPlace: false }), [dims, meta(k, 0), H, rowOut, cut], [B, K, 1]]]);
 if (process.env.FLOOR) await time("floor: one pass per row, a thread per row", [[`
@@ -94,7 +97,6 @@ if (!T.perThreadRows(n)) await time("row select, a workgroup per row", [[T.rowSe
   await time("batch apply", [[T.batchApplyKernel(pt), [dims, m, Hc, state, ties], grid]]);
 }
 
-} catch (e) { console.error("ERR", e); }
 if (withEngine) {
   const data = { d_vit: n / 4, n_features: 48, sparsity: 0.04, noise: 0.01, seed: 1, n_examples: 131_072 };
   const x = new Float32Array(B * (n / 4)).map(() => Math.random() - 0.5);
