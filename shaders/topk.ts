@@ -137,7 +137,8 @@ export const ROW_THREADS = 64;
 export const SMALL_K = 32;
 
 /**
- * Per-example top-k (one workgroup per row and SAE; dispatch (rows, K)): a radix select on the keys, four 8-bit
+ * Per-example top-k (one workgroup per row and SAE; dispatch (rows, K); v.perThread: one thread per row, see
+ * rowSelectPerThread): a radix select on the keys, four 8-bit
  * digit histograms in workgroup memory, finds the k-th largest key T of the row; then the first ties in index
  * order fill the k slots. Writes cut = (T, J) and f = ReLU(h) on the kept entries, 0 elsewhere (into H, or `out`).
  * The row stays in global memory (65 536 floats do not fit a workgroup); it is read six times.
