@@ -285,12 +285,13 @@ export class SaeEngine {
       evalLatent: k("eval_latent", K.EVAL_LATENT),
       evalResid: k("eval_resid", K.EVAL_RESID),
       // TopK: f = ReLU(h) on each row's k largest, written over H, so the ReLU kernels (θ = 0) then run unchanged
-      rowSelect: k("row_select", rowSelectKernel({ kWord: 0, deadOnly: false, inPlace: true })),
+      // (short rows: a thread per row, see TK.perThreadRows)
+      rowSelect: k("row_select", rowSelectKernel({ kWord: 0, deadOnly: false, inPlace: true, perThread: TK.perThreadRows(n) })),
       // BatchTopK (shaders/topk.ts): the whole batch's threshold, then f = ReLU(h) on the kept entries written over H
       batchHist: [k("batch_hist0", TK.batchHistKernel(0)), k("batch_hist1", TK.batchHistKernel(1))],
       batchResolve: [k("batch_resolve0", TK.batchResolveKernel(0)), k("batch_resolve1", TK.batchResolveKernel(1))],
-      batchTies: k("batch_ties", TK.BATCH_TIES),
-      batchApply: k("batch_apply", TK.BATCH_APPLY),
+      batchTies: k("batch_ties", TK.batchTiesKernel(TK.perThreadRows(n))),
+      batchApply: k("batch_apply", TK.batchApplyKernel(TK.perThreadRows(n))),
       batchAdvance: k("batch_advance", TK.BATCH_ADVANCE),
       batchTheta: k("batch_theta", BATCH_THETA),
       // max_grad_norm: torch's clip_grad_norm_ per SAE over all of its gradients
@@ -347,14 +348,16 @@ export class SaeEngine {
       const meta = `topkMeta#${slab.index}`;
       const sel = (dimsName: string, c: number) => [`${dimsName}#${slab.index}/${c}`, meta];
       // encode, then (a slab with TopK SAEs) the selection in place: the other kinds' rows are left as they are
-      const rowSelect = (dimsName: string, c: number) => (this.selects(slab) ? [dispatch(kn.rowSelect, [...sel(dimsName, c), "H", "cut"], [rowsOf(c), Ks, 1])] : []);
+      // the select kernels of short rows run a thread per row (TK.perThreadRows), else a workgroup per row
+      const selectGrid = (c: number): [number, number, number] => [TK.perThreadRows(n) ? ceil(rowsOf(c), TK.ROW_THREADS) : rowsOf(c), Ks, 1];
+      const rowSelect = (dimsName: string, c: number) => (this.selects(slab) ? [dispatch(kn.rowSelect, [...sel(dimsName, c), "H", "cut"], selectGrid(c))] : []);
       const encodeAndSelect = (names: string[], c: number, dimsName: string) => [encode(names, c), ...rowSelect(dimsName, c)];
       // BatchTopK (SAEs of other kinds leave these kernels at once): a digit of the threshold from every chunk's
       // histogram, then per chunk the ties in (row, latent) order and f written over H.
       const batches = this.batches(slab);
       const kept = rowChunks === 1; // one chunk: H survives from the select sweeps, no second encode
       const chunkIds = Array.from({ length: rowChunks }, (_, c) => c);
-      const hist = (p: 0 | 1, c: number) => dispatch(kn.batchHist[p], [...sel("topkDims", c), "H", "batchHist", "batchState"], [rowsOf(c), Ks, 1]);
+      const hist = (p: 0 | 1, c: number) => dispatch(kn.batchHist[p], [...sel("topkDims", c), "H", "batchHist", "batchState"], [TK.batchHistGroups(rowsOf(c), n), Ks, 1]);
       const resolve = (p: 0 | 1) => dispatch(kn.batchResolve[p], [...sel("topkDims", 0), "batchHist", "batchState"], [1, Ks, 1]);
       const batchSelect = !batches
         ? []
@@ -365,9 +368,9 @@ export class SaeEngine {
         !batches
           ? []
           : [
-              dispatch(kn.batchTies, [...sel("topkDims", c), "H", "batchState", "rowTies"], [rowsOf(c), Ks, 1]),
-              dispatch(kn.batchApply, [...sel("topkDims", c), "H", "batchState", "rowTies"], [rowsOf(c), Ks, 1]),
+              dispatch(kn.batchTies, [...sel("topkDims", c), "H", "batchState", "rowTies"], selectGrid(c)),
               dispatch(kn.batchAdvance, [...sel("topkDims", c), "batchState", "rowTies"], [1, Ks, 1]),
+              dispatch(kn.batchApply, [...sel("topkDims", c), "H", "batchState", "rowTies"], selectGrid(c)),
             ];
       // max_grad_norm (a slab with a limit): Σ g² per tensor, the norm and scale per SAE, every gradient scaled
       const clip = !this.clips(slab)

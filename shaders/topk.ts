@@ -16,7 +16,8 @@
  *   counters [K, n]: examples since each latent last fired (saturating).
  *   batchHist [K, 65536]: BatchTopK's radix histogram (zero between uses: the resolve kernel clears it).
  *   batchState [K, BATCH_STATE_WORDS]: [top 16 bits of T, still to keep, T, ties kept so far, θ (f32 bits), θ set].
- *   rowTies [K, rowStride]: ties with T per row of the chunk at hand.
+ *   rowTies [K, rowStride]: ties with T per row of the chunk at hand; after BATCH_ADVANCE, the ties kept before each
+ *     row over the batch.
  */
 import type { TrainConfig } from "./config";
 
@@ -115,16 +116,36 @@ export interface RowSelectVariant {
   deadOnly: boolean;
   /** Write f into H itself (the forward: the ReLU kernels downstream then compute TopK's f and ∂f/∂h unchanged). */
   inPlace: boolean;
+  /** One thread per row (dispatch (⌈rows/64⌉, K)) instead of one workgroup per row (dispatch (rows, K)): see
+   *  perThreadRows. Absent: one workgroup per row. */
+  perThread?: boolean;
 }
 
 /**
- * Per-example top-k (one workgroup per row and SAE; dispatch (rows, K)): a radix select on the keys, four 8-bit
+ * Rows up to this many latents are selected one thread per row (perThreadRows). On a software adapter (SwiftShader)
+ * a kernel with barriers runs every invocation as a fiber, so a 256-thread workgroup per 128-latent row spent seconds
+ * per step on fiber switches at the demo's shape (test/bench/topk-kernels.ts); a thread per row has no barrier and
+ * no workgroup memory. On a GPU short rows are cheap either way, and long rows need the workgroup (their one thread
+ * would read the row a dozen times alone).
+ */
+export const PER_THREAD_MAX_N = 1024;
+export const perThreadRows = (n: number): boolean => n <= PER_THREAD_MAX_N;
+/** Workgroup size of the one-thread-per-row kernels. */
+export const ROW_THREADS = 64;
+/** Up to this k the one-thread-per-row select keeps a streaming top-k in the thread's memory (one pass) instead of
+ *  the radix select's nine. */
+export const SMALL_K = 32;
+
+/**
+ * Per-example top-k (one workgroup per row and SAE; dispatch (rows, K); v.perThread: one thread per row, see
+ * rowSelectPerThread): a radix select on the keys, four 8-bit
  * digit histograms in workgroup memory, finds the k-th largest key T of the row; then the first ties in index
  * order fill the k slots. Writes cut = (T, J) and f = ReLU(h) on the kept entries, 0 elsewhere (into H, or `out`).
  * The row stays in global memory (65 536 floats do not fit a workgroup); it is read six times.
  * Bindings: dims, topkMeta, H, [counters], [out], cut.
  */
 export function rowSelectKernel(v: RowSelectVariant): string {
+  if (v.perThread) return rowSelectPerThread(v);
   let b = 2;
   const bindings = [
     `@group(0) @binding(${b++}) var<storage, ${v.inPlace ? "read_write" : "read"}> H: array<f32>;`,
@@ -267,6 +288,139 @@ ${TIE_CUT(`(${elig}) && keyOf(H[base + j]) == T`)}
 `;
 }
 
+/**
+ * rowSelectKernel's one-thread-per-row form (dispatch (⌈rows/ROW_THREADS⌉, K)): the same radix select, with 4-bit
+ * digits so each pass's 16-bin histogram stays in the thread's own memory: eight counting passes over the row, then
+ * one pass that takes the first `need` ties in index order while it writes f (so J falls out of it).
+ */
+function rowSelectPerThread(v: RowSelectVariant): string {
+  let b = 2;
+  const bindings = [
+    `@group(0) @binding(${b++}) var<storage, ${v.inPlace ? "read_write" : "read"}> H: array<f32>;`,
+    v.deadOnly ? `@group(0) @binding(${b++}) var<storage, read> counters: array<u32>;` : "",
+    v.inPlace ? "" : `@group(0) @binding(${b++}) var<storage, read_write> out: array<f32>;`,
+    `@group(0) @binding(${b++}) var<storage, read_write> cut: array<u32>;`,
+  ].join("\n");
+  const elig = v.deadOnly ? "counters[sae * n + j] >= deadAfter" : "true";
+  return /* wgsl */ `${HEADER}
+${bindings}
+
+@compute @workgroup_size(${ROW_THREADS})
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(workgroup_id) wg: vec3u) {
+  let row = gid.x;
+  let sae = wg.y;
+  if (row >= dims.rows) { return; }
+  let k = metaWord(sae, ${v.kWord}u);
+  if (k == 0u) { return; } // not this SAE's kind: H stays as it is
+  let n = dims.n;
+  let base = (sae * dims.rowStride + row) * n;
+  let deadAfter = metaWord(sae, 4u);
+  var nElig = n;
+  ${v.deadOnly ? `nElig = 0u;
+  for (var j = 0u; j < n; j++) { if (${elig}) { nElig += 1u; } }` : ""}
+  let kEff = min(k, nElig);
+  // Radix select, most significant digit first: prefix holds the digits of T found so far, remaining how many
+  // entries with that prefix are still to be taken.
+  // Once the chosen digit's bin holds exactly the entries still to take, every entry with that prefix is kept: T is
+  // their smallest key and all its ties are kept, found in one pass (most rows stop after a few digits).
+  var prefix = 0u;
+  var remaining = kEff;
+  var allIn = false;
+  var mask = 0u;
+  if (kEff > 0u && kEff <= ${SMALL_K}u) {
+    // Small k (the usual TopK SAE): one pass keeping the best kEff so far in (key descending, index ascending) order,
+    // a streaming top-k. A later entry enters only with a key above the last kept one (an equal key has the higher
+    // index and loses the tie), which in most rows is rare after the first few dozen entries.
+    var keys: array<u32, ${SMALL_K}>;
+    var count = 0u;
+    var last = 0u; // key of the last kept entry once kEff are kept
+    for (var j = 0u; j < n; j++) {
+      if (${elig}) {
+        let key = keyOf(H[base + j]);
+        if (count < kEff || key > last) {
+          if (count < kEff) { count += 1u; }
+          var q = count - 1u;
+          loop {
+            if (q == 0u || keys[q - 1u] >= key) { break; }
+            keys[q] = keys[q - 1u];
+            q -= 1u;
+          }
+          keys[q] = key;
+          last = keys[kEff - 1u];
+        }
+      }
+    }
+    // T = the kEff-th key; the ties with T to take = those among the kept (they are the first in index order)
+    prefix = keys[kEff - 1u];
+    remaining = 0u;
+    for (var i = 0u; i < kEff; i++) { if (keys[i] == prefix) { remaining += 1u; } }
+  } else if (kEff > 0u) {
+    var hist: array<u32, 16>;
+    for (var digit = 0u; digit < 8u && !allIn; digit++) {
+      let shift = 28u - 4u * digit;
+      let hiMask = mask;
+      // cleared by hand: a declaration inside the loop was not zeroed again on each iteration on SwiftShader (the
+      // counts ran on, and T came out wrong)
+      for (var d = 0u; d < 16u; d++) { hist[d] = 0u; }
+      for (var j = 0u; j < n; j++) {
+        if (${elig}) {
+          let key = keyOf(H[base + j]);
+          if ((key & hiMask) == prefix) { hist[(key >> shift) & 15u] += 1u; }
+        }
+      }
+      var above = 0u;
+      var dg = 15u;
+      loop {
+        let c = hist[dg];
+        if (above + c >= remaining || dg == 0u) { break; }
+        above += c;
+        dg -= 1u;
+      }
+      prefix |= dg << shift;
+      remaining -= above;
+      mask |= 15u << shift;
+      allIn = hist[dg] == remaining && digit < 7u;
+    }
+  }
+  if (allIn) {
+    var lo = 0xffffffffu;
+    var ties = 0u;
+    for (var j = 0u; j < n; j++) {
+      if (${elig}) {
+        let key = keyOf(H[base + j]);
+        if ((key & mask) == prefix) {
+          if (key < lo) { lo = key; ties = 0u; }
+          if (key == lo) { ties += 1u; }
+        }
+      }
+    }
+    prefix = lo;
+    remaining = ties;
+  }
+  // kEff = 0 (no dead latent): T above every key, nothing kept.
+  let T = select(0xffffffffu, prefix, kEff > 0u);
+  let need = select(0u, remaining, kEff > 0u);
+  var taken = 0u;
+  var J = 0u;
+  for (var j = 0u; j < n; j++) {
+    let h = H[base + j];
+    let key = keyOf(h);
+    let el = ${elig};
+    var kept = el && key > T;
+    if (el && key == T && taken < need) {
+      kept = true;
+      taken += 1u;
+      J = j + 1u;
+    }
+    ${v.inPlace ? "H" : "out"}[base + j] = select(0.0, max(h, 0.0), kept);
+  }
+  let c = (sae * dims.rowStride + row) * 2u;
+  cut[c] = T;
+  cut[c + 1u] = J;
+}
+`;
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // BatchTopK: the k·B largest entries of ReLU(h) over the whole batch, ties by example then latent index.
 //
@@ -277,7 +431,7 @@ ${TIE_CUT(`(${elig}) && keyOf(H[base + j]) == T`)}
 //   batchResolveKernel(0)                                  (top 16 bits of T; clears the histogram)
 //   for each chunk: encode → batchHistKernel(1)          (low 16 bits, keys whose top bits match)
 //   batchResolveKernel(1)                                  (T, how many ties to keep; θ update; clears)
-//   for each chunk: encode → batchTiesKernel → batchApplyKernel → batchAdvanceKernel → the ReLU forward/backward
+//   for each chunk: encode → batchTiesKernel → BATCH_ADVANCE → batchApplyKernel → the ReLU forward/backward
 // so H holds f = ReLU(h) on the kept entries (0 elsewhere) when the chunk's decode and backward run.
 
 const BATCH_HEADER = /* wgsl */ `
@@ -286,10 +440,14 @@ fn kTotalOf(sae: u32) -> u32 { return metaWord(sae, 1u); }
 fn stateAt(sae: u32, w: u32) -> u32 { return sae * ${BATCH_STATE_WORDS}u + w; }
 `;
 
+/** Workgroups of batchHistKernel for a chunk of rows × n entries per SAE: about 8 entries a thread, at most 4096. */
+export const batchHistGroups = (rows: number, n: number): number => Math.max(1, Math.min(4096, Math.ceil((rows * n) / 2048)));
+
 /**
- * One chunk's contribution to BatchTopK's histogram (dispatch (rows, K)). Pass 0 counts the top 16 bits of every
- * key of ReLU(h); pass 1 the low 16 bits of the keys whose top bits are the ones pass 0 chose. Zeros (every h ≤ 0)
- * are counted per thread first: they would otherwise all hit one bin.
+ * One chunk's contribution to BatchTopK's histogram (dispatch (batchHistGroups(rows, n), K); each thread strides over
+ * the chunk's rows·n entries, which lie contiguous per SAE, so short rows leave no thread idle). Pass 0 counts the top
+ * 16 bits of every key of ReLU(h); pass 1 the low 16 bits of the keys whose top bits are the ones pass 0 chose. Zeros
+ * (every h ≤ 0) are counted per thread first: they would otherwise all hit one bin.
  * Bindings: dims, topkMeta, H, batchHist, batchState.
  */
 export function batchHistKernel(pass: 0 | 1): string {
@@ -299,17 +457,16 @@ export function batchHistKernel(pass: 0 | 1): string {
 @group(0) @binding(4) var<storage, read> batchState: array<u32>;
 
 @compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: u32) {
-  let row = wg.x;
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: u32, @builtin(num_workgroups) nwg: vec3u) {
   let sae = wg.y;
   if (kTotalOf(sae) == 0u) { return; }
-  let n = dims.n;
-  let base = (sae * dims.rowStride + row) * n;
+  let size = dims.rows * dims.n;
+  let base = sae * dims.rowStride * dims.n;
   let hb = sae * ${BATCH_BINS}u;
   let top = batchState[stateAt(sae, 0u)];
   var zeros = 0u;
-  for (var j = tid; j < n; j += WG) {
-    let key = keyOf(max(H[base + j], 0.0));
+  for (var i = wg.x * WG + tid; i < size; i += nwg.x * WG) {
+    let key = keyOf(max(H[base + i], 0.0));
     ${pass === 0
       ? "if (key == ZERO_KEY) { zeros += 1u; } else { atomicAdd(&batchHist[hb + (key >> 16u)], 1u); }"
       : "if ((key >> 16u) == top) { if (key == ZERO_KEY) { zeros += 1u; } else { atomicAdd(&batchHist[hb + (key & 0xffffu)], 1u); } }"}
@@ -380,11 +537,33 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
 `;
 }
 
-/** Ties with T (key of ReLU(h) == T) per row of a chunk (dispatch (rows, K)). Bindings: dims, topkMeta, H, batchState, rowTies. */
-export const BATCH_TIES = /* wgsl */ `${HEADER}${BATCH_HEADER}
+/**
+ * Ties with T (key of ReLU(h) == T) per row of a chunk into rowTies. perThread (short rows, see perThreadRows): one
+ * thread per row, dispatch (⌈rows/ROW_THREADS⌉, K); else one workgroup per row, dispatch (rows, K).
+ * Bindings: dims, topkMeta, H, batchState, rowTies.
+ */
+export function batchTiesKernel(perThread: boolean): string {
+  const head = /* wgsl */ `${HEADER}${BATCH_HEADER}
 @group(0) @binding(2) var<storage, read> H: array<f32>;
 @group(0) @binding(3) var<storage, read> batchState: array<u32>;
 @group(0) @binding(4) var<storage, read_write> rowTies: array<u32>;
+`;
+  if (perThread)
+    return /* wgsl */ `${head}
+@compute @workgroup_size(${ROW_THREADS})
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(workgroup_id) wg: vec3u) {
+  let row = gid.x;
+  let sae = wg.y;
+  if (row >= dims.rows || kTotalOf(sae) == 0u) { return; }
+  let n = dims.n;
+  let base = (sae * dims.rowStride + row) * n;
+  let T = batchState[stateAt(sae, 2u)];
+  var c = 0u;
+  for (var j = 0u; j < n; j++) { if (keyOf(max(H[base + j], 0.0)) == T) { c += 1u; } }
+  rowTies[sae * dims.rowStride + row] = c;
+}
+`;
+  return /* wgsl */ `${head}
 var<workgroup> count: atomic<u32>;
 var<workgroup> shareA: u32;
 
@@ -407,44 +586,113 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
   if (tid == 0u) { rowTies[sae * dims.rowStride + row] = atomicLoad(&count); }
 }
 `;
+}
 
 /**
- * Applies BatchTopK's selection to one chunk in place (dispatch (rows, K)): H ← ReLU(h) where key > T, or key == T
- * and the tie is among the first `still to keep` in (row, latent) order over the batch, else 0.
+ * After a chunk's ties, before its apply (dispatch (1, K)): each row's count of ties becomes the ties kept before the
+ * row over the batch (ties kept by earlier chunks, then an exclusive prefix sum over the chunk's rows), and ties kept
+ * so far += the chunk's ties. One workgroup per SAE: each thread sums a contiguous segment of rows, thread 0 scans the
+ * segment sums, each thread rewrites its segment.
+ * Bindings: dims, topkMeta, batchState, rowTies.
+ */
+export const BATCH_ADVANCE = /* wgsl */ `${HEADER}${BATCH_HEADER}
+@group(0) @binding(2) var<storage, read_write> batchState: array<u32>;
+@group(0) @binding(3) var<storage, read_write> rowTies: array<u32>;
+// 64 threads, not 256: on a software adapter each thread of a workgroup with barriers is a fiber to switch to
+const SCAN_WG = 64u;
+var<workgroup> part: array<u32, SCAN_WG>;
+var<workgroup> shareA: u32;
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: u32) {
+  let sae = wg.y;
+  if (tid == 0u) { shareA = kTotalOf(sae); }
+  if (workgroupUniformLoad(&shareA) == 0u) { return; }
+  let rows = dims.rows;
+  let rb = sae * dims.rowStride;
+  let segLen = (rows + SCAN_WG - 1u) / SCAN_WG;
+  let lo = min(rows, tid * segLen);
+  let hi = min(rows, lo + segLen);
+  var s = 0u;
+  for (var r = lo; r < hi; r++) { s += rowTies[rb + r]; }
+  part[tid] = s;
+  workgroupBarrier();
+  if (tid == 0u) {
+    var acc = batchState[stateAt(sae, 3u)];
+    for (var t = 0u; t < SCAN_WG; t++) {
+      let v = part[t];
+      part[t] = acc;
+      acc += v;
+    }
+    batchState[stateAt(sae, 3u)] = acc;
+  }
+  workgroupBarrier();
+  var before = part[tid];
+  for (var r = lo; r < hi; r++) {
+    let c = rowTies[rb + r];
+    rowTies[rb + r] = before;
+    before += c;
+  }
+}
+`;
+
+/**
+ * Applies BatchTopK's selection to one chunk in place, after BATCH_ADVANCE: H ← ReLU(h) where key > T, or key == T
+ * and the tie is among the first `still to keep` in (row, latent) order over the batch (rowTies: ties kept before the
+ * row), else 0. perThread (short rows): one thread per row, dispatch (⌈rows/ROW_THREADS⌉, K), one pass that counts the
+ * row's ties as it writes; else one workgroup per row, dispatch (rows, K), the tie cut found by segments.
  * Bindings: dims, topkMeta, H, batchState, rowTies.
  */
-export const BATCH_APPLY = /* wgsl */ `${HEADER}${BATCH_HEADER}
+export function batchApplyKernel(perThread: boolean): string {
+  const head = /* wgsl */ `${HEADER}${BATCH_HEADER}
 @group(0) @binding(2) var<storage, read_write> H: array<f32>;
 @group(0) @binding(3) var<storage, read> batchState: array<u32>;
 @group(0) @binding(4) var<storage, read> rowTies: array<u32>;
+// Ties with T this row may keep: still to keep over the batch, less those kept before the row.
+fn needOf(sae: u32, row: u32) -> u32 {
+  let before = rowTies[sae * dims.rowStride + row];
+  let toKeep = batchState[stateAt(sae, 1u)];
+  return select(toKeep - before, 0u, before >= toKeep);
+}
+`;
+  if (perThread)
+    return /* wgsl */ `${head}
+@compute @workgroup_size(${ROW_THREADS})
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(workgroup_id) wg: vec3u) {
+  let row = gid.x;
+  let sae = wg.y;
+  if (row >= dims.rows || kTotalOf(sae) == 0u) { return; }
+  let n = dims.n;
+  let base = (sae * dims.rowStride + row) * n;
+  let T = batchState[stateAt(sae, 2u)];
+  let need = needOf(sae, row);
+  var taken = 0u;
+  for (var j = 0u; j < n; j++) {
+    let f = max(H[base + j], 0.0);
+    let key = keyOf(f);
+    var kept = key > T;
+    if (key == T && taken < need) {
+      kept = true;
+      taken += 1u;
+    }
+    H[base + j] = select(0.0, f, kept);
+  }
+}
+`;
+  return /* wgsl */ `${head}
 var<workgroup> seg: array<u32, 256>;
-var<workgroup> count: atomic<u32>;
 var<workgroup> shareA: u32;
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: u32) {
   let row = wg.x;
   let sae = wg.y;
-  if (tid == 0u) {
-    shareA = kTotalOf(sae);
-    atomicStore(&count, 0u);
-  }
+  if (tid == 0u) { shareA = kTotalOf(sae); }
   if (workgroupUniformLoad(&shareA) == 0u) { return; }
   let n = dims.n;
   let base = (sae * dims.rowStride + row) * n;
   let T = batchState[stateAt(sae, 2u)];
-  {
-    var s = 0u;
-    for (var r = tid; r < row; r += WG) { s += rowTies[sae * dims.rowStride + r]; }
-    atomicAdd(&count, s);
-  }
-  workgroupBarrier();
-  if (tid == 0u) {
-    let before = batchState[stateAt(sae, 3u)] + atomicLoad(&count);
-    let toKeep = batchState[stateAt(sae, 1u)];
-    shareA = select(toKeep - before, 0u, before >= toKeep);
-  }
-  let need = workgroupUniformLoad(&shareA);
+  let need = needOf(sae, row);
 ${COUNT_SEGMENT("keyOf(max(H[base + j], 0.0)) == T")}
   if (tid == 0u) {
 ${TIE_CUT("keyOf(max(H[base + j], 0.0)) == T")}
@@ -458,25 +706,7 @@ ${TIE_CUT("keyOf(max(H[base + j], 0.0)) == T")}
   }
 }
 `;
-
-/** After a chunk's apply: ties kept so far += the chunk's ties (dispatch (1, K)). Bindings: dims, topkMeta, batchState, rowTies. */
-export const BATCH_ADVANCE = /* wgsl */ `${HEADER}${BATCH_HEADER}
-@group(0) @binding(2) var<storage, read_write> batchState: array<u32>;
-@group(0) @binding(3) var<storage, read> rowTies: array<u32>;
-var<workgroup> count: atomic<u32>;
-
-@compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: u32) {
-  let sae = wg.y;
-  if (tid == 0u) { atomicStore(&count, 0u); }
-  workgroupBarrier();
-  var s = 0u;
-  for (var r = tid; r < dims.rows; r += WG) { s += rowTies[sae * dims.rowStride + r]; }
-  atomicAdd(&count, s);
-  workgroupBarrier();
-  if (tid == 0u && kTotalOf(sae) > 0u) { batchState[stateAt(sae, 3u)] += atomicLoad(&count); }
 }
-`;
 
 /**
  * Restarts the count of ties kept (dispatch (1, K)), so the apply sweep can run again over the same batch with the

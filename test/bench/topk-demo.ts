@@ -1,8 +1,12 @@
 /**
  * Engine step time at the demo's shape (examples/demo.toml: d_vit 32, d_sae 128, batch 512, 12 SAEs per group) on
- * Dawn, for a group of ReLU/JumpReLU SAEs (today's demo group) against groups holding TopK SAEs, so the cost of the
+ * Dawn, for a group of ReLU/JumpReLU SAEs against groups holding TopK or BatchTopK SAEs, so the cost of the
  * row selection on a software adapter is a measured number. Each group trains through the engineTrain GPU case
  * twice, for `a` and `b` steps; the difference over b − a is the time of one step (data, init and eval cancel).
+ * Measured here (SwiftShader, 2 shared cores, load 8–13, 16 − 4 steps): before the one-thread-per-row select kernels,
+ * ReLU/JumpReLU 399 ms/step, TopK (k 4) 4 184 (10.5×); after, ReLU/JumpReLU 1 509, TopK (k 4) 1 614 (1.07×),
+ * BatchTopK (k 4) 1 881 (1.25×); another run: ReLU/JumpReLU 1 894, TopK (k 4) 2 756 (1.46×), TopK (k 8) 1 910 (1.01×),
+ * BatchTopK (k 8) 2 045 (1.08×). Kernel by kernel: test/bench/topk-kernels.ts.
  * Not part of `npm test`:
  *   TOPK_DEMO_STEPS=24 [TOPK_DEMO_FROM=4] [TOPK_DEMO_GROUPS=0,1] npx vitest run -c test/bench/topk-demo.config.ts
  */
@@ -26,7 +30,12 @@ const GROUPS: Record<string, TrainConfig[]> = {
   "12 relu/jumprelu (the demo's group)": group(mix(12)),
   "12 topk (k 4)": group(Array.from({ length: 12 }, () => ({ kind: "topk", k: 4 }))),
   "8 relu/jumprelu + 4 topk (k 4)": group([...mix(8), ...Array.from({ length: 4 }, () => ({ kind: "topk" as const, k: 4 }))]),
+  "12 batchtopk (k 4)": group(Array.from({ length: 12 }, () => ({ kind: "batchtopk", k: 4 }))),
+  "12 topk (k 64: the radix select)": group(Array.from({ length: 12 }, () => ({ kind: "topk", k: 64 }))),
 };
+// the demo's own TopK/BatchTopK runs (examples/demo.toml: k 8)
+GROUPS["12 topk (k 8, as the demo)"] = group(Array.from({ length: 12 }, () => ({ kind: "topk", k: 8 })));
+GROUPS["12 batchtopk (k 8, as the demo)"] = group(Array.from({ length: 12 }, () => ({ kind: "batchtopk", k: 8 })));
 const only = process.env.TOPK_DEMO_GROUPS?.split(",").map(Number);
 for (const [i, name] of Object.keys(GROUPS).entries()) if (only && !only.includes(i)) delete GROUPS[name];
 

@@ -79,6 +79,8 @@ export interface BatchInput {
   state: number[];
   /** Apply sweeps over the chunks (BATCH_RESTART between them); f is the last sweep's. */
   sweeps: number;
+  /** The ties and apply kernels' one-thread-per-row form (short rows), else one workgroup per row. */
+  perThread: boolean;
 }
 
 export const topkCases: Record<string, GpuCase> = {
@@ -92,7 +94,7 @@ export const topkCases: Record<string, GpuCase> = {
     const cut = buffer(device, 4 * K * rows * 2);
     const k = await kernel(device, "row_select", T.rowSelectKernel(variant));
     const enc = device.createCommandEncoder();
-    dispatch(device, enc, k, [dims, meta, H, ...counters, ...out, cut], [rows, K, 1]);
+    dispatch(device, enc, k, [dims, meta, H, ...counters, ...out, cut], [variant.perThread ? Math.ceil(rows / T.ROW_THREADS) : rows, K, 1]);
     device.queue.submit([enc.finish()]);
     const result = { f: f32(await read(device, variant.inPlace ? H : out[0])), cut: u32(await read(device, cut)) };
     for (const b of [dims, meta, H, ...counters, ...out, cut]) b.destroy();
@@ -112,8 +114,8 @@ export const topkCases: Record<string, GpuCase> = {
     const k = {
       hist: [await kernel(device, "batch_hist0", T.batchHistKernel(0)), await kernel(device, "batch_hist1", T.batchHistKernel(1))],
       resolve: [await kernel(device, "batch_resolve0", T.batchResolveKernel(0)), await kernel(device, "batch_resolve1", T.batchResolveKernel(1))],
-      ties: await kernel(device, "batch_ties", T.BATCH_TIES),
-      apply: await kernel(device, "batch_apply", T.BATCH_APPLY),
+      ties: await kernel(device, "batch_ties", T.batchTiesKernel(input.perThread)),
+      apply: await kernel(device, "batch_apply", T.batchApplyKernel(input.perThread)),
       advance: await kernel(device, "batch_advance", T.BATCH_ADVANCE),
       restart: await kernel(device, "batch_restart", T.BATCH_RESTART),
     };
@@ -133,7 +135,7 @@ export const topkCases: Record<string, GpuCase> = {
     for (const p of [0, 1]) {
       for (let c = 0; c < chunks; c++) {
         const rows = encodeChunk(c);
-        run((enc) => dispatch(device, enc, k.hist[p], [dims, meta, H, hist, state], [rows, K, 1]));
+        run((enc) => dispatch(device, enc, k.hist[p], [dims, meta, H, hist, state], [T.batchHistGroups(rows, n), K, 1]));
       }
       run((enc) => dispatch(device, enc, k.resolve[p], [dims, meta, hist, state], [1, K, 1]));
     }
@@ -142,9 +144,10 @@ export const topkCases: Record<string, GpuCase> = {
       for (let c = 0; c < chunks; c++) {
         const rows = encodeChunk(c);
         run((enc) => {
-          dispatch(device, enc, k.ties, [dims, meta, H, state, rowTies], [rows, K, 1]);
-          dispatch(device, enc, k.apply, [dims, meta, H, state, rowTies], [rows, K, 1]);
+          const grid: [number, number, number] = [input.perThread ? Math.ceil(rows / T.ROW_THREADS) : rows, K, 1];
+          dispatch(device, enc, k.ties, [dims, meta, H, state, rowTies], grid);
           dispatch(device, enc, k.advance, [dims, meta, state, rowTies], [1, K, 1]);
+          dispatch(device, enc, k.apply, [dims, meta, H, state, rowTies], grid);
           for (let s = 0; s < K; s++) enc.copyBufferToBuffer(H, 4 * s * chunkRows * n, f, 4 * (s * B + c * chunkRows) * n, 4 * rows * n);
         });
       }

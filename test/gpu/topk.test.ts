@@ -99,11 +99,11 @@ for (const [name, open, skip] of backends) {
             // k = 0: the SAE is of another kind; in place its rows stay h, else the poison stays.
             const want = k === 0 ? (variant.inPlace ? hv : null) : rowKept[j] && hv > 0 ? hv : 0;
             const ok = want === null ? isPoison(got.f[i]) : got.f[i] === want;
-            expect(ok, `seed ${seed} sae ${s} row ${b} latent ${j}: got ${got.f[i]}, want ${want}`).toBe(true);
+            expect(ok, `seed ${seed} n ${n} k ${k} sae ${s} row ${b} latent ${j}: got ${got.f[i]}, want ${want}`).toBe(true);
           }
           if (k === 0) continue;
           const [T, J] = refCut(hs.slice(b * n, (b + 1) * n), rowKept, n);
-          expect([got.cut[2 * (s * rows + b)], got.cut[2 * (s * rows + b) + 1]], `seed ${seed} sae ${s} row ${b} cut`).toEqual([T, J]);
+          expect([got.cut[2 * (s * rows + b)], got.cut[2 * (s * rows + b) + 1]], `seed ${seed} n ${n} k ${k} sae ${s} row ${b} cut`).toEqual([T, J]);
           let ties = 0;
           for (let j = 0; j < n; j++) if (keyOf(hs[b * n + j]) === T && (!eligible || eligible[j])) ties++;
           const keptTies = rowKept.reduce((a, v, j) => a + (v && keyOf(hs[b * n + j]) === T ? 1 : 0), 0);
@@ -113,27 +113,35 @@ for (const [name, open, skip] of backends) {
       return tiesCut;
     }
 
-    it("per-example TopK in place: k largest, ties to the lower latent index, other kinds untouched", async () => {
-      const seed = testSeed();
-      let tiesCut = 0;
-      tiesCut += await checkRows(seed, 200, 7, [{ kRow: 5 }, {}, { kRow: 200 }, { kRow: 1 }], { kWord: 0, deadOnly: false, inPlace: true });
-      tiesCut += await checkRows(seed + 1, 300, 3, [{ kRow: 17 }, { kRow: 150 }], { kWord: 0, deadOnly: false, inPlace: true }, 1);
-      tiesCut += await checkRows(seed + 2, 33, 5, [{ kRow: 12 }], { kWord: 0, deadOnly: false, inPlace: true });
-      // Rows of one repeated value (with −0 beside +0 in the second SAE): exactly the first k indices are kept.
-      const flat = (rand: () => number, len: number) => Array.from({ length: len }, (_, i) => (i < len / 2 ? 0.25 : i % 2 ? -0 : 0));
-      tiesCut += await checkRows(seed + 3, 40, 2, [{ kRow: 7 }, { kRow: 3 }], { kWord: 0, deadOnly: false, inPlace: true }, 0, flat);
-      // The planted ties must actually have been cut somewhere, or the tie rule went untested.
-      expect(tiesCut, `seed ${seed}`).toBeGreaterThan(0);
-    }, 120_000);
+    // Both forms of the row select: a workgroup per row (long rows) and a thread per row (short rows; k ≤ SMALL_K
+    // takes its streaming top-k, larger k its radix select), on the same kinds of rows.
+    for (const perThread of [false, true]) {
+      const form = perThread ? "a thread per row" : "a workgroup per row";
+      it(`per-example TopK in place, ${form}: k largest, ties to the lower latent index, other kinds untouched`, async () => {
+        const seed = testSeed();
+        const v = { kWord: 0, deadOnly: false, inPlace: true, perThread } as const;
+        let tiesCut = 0;
+        tiesCut += await checkRows(seed, 200, 7, [{ kRow: 5 }, {}, { kRow: 200 }, { kRow: 1 }], v);
+        tiesCut += await checkRows(seed + 1, 300, 3, [{ kRow: 17 }, { kRow: 150 }, { kRow: 32 }, { kRow: 33 }], v, 1);
+        tiesCut += await checkRows(seed + 2, 33, 70, [{ kRow: 12 }, { kRow: 33 }], v);
+        tiesCut += await checkRows(seed + 4, 20, 5, [{ kRow: 20 }, { kRow: 19 }], v);
+        // Rows of one repeated value (with −0 beside +0 in the second SAE): exactly the first k indices are kept.
+        const flat = (rand: () => number, len: number) => Array.from({ length: len }, (_, i) => (i < len / 2 ? 0.25 : i % 2 ? -0 : 0));
+        tiesCut += await checkRows(seed + 3, 40, 2, [{ kRow: 7 }, { kRow: 3 }, { kRow: 30 }], v, 0, flat);
+        // Rows sorted ascending: every entry enters the streaming top-k, the worst case of its insertion.
+        const rising = (rand: () => number, len: number) => Array.from({ length: len }, (_, i) => Math.fround((i % 64) / 16 - 1 + (rand() < 0.2 ? 0 : 1e-3)));
+        tiesCut += await checkRows(seed + 5, 64, 3, [{ kRow: 9 }, { kRow: 31 }], v, 0, rising);
+        // The planted ties must actually have been cut somewhere, or the tie rule went untested.
+        expect(tiesCut, `seed ${seed}`).toBeGreaterThan(0);
+      }, 120_000);
 
-    it("AuxK's select over the dead latents only (k_aux above and below #dead), into a poisoned buffer", async () => {
-      const seed = testSeed();
-      await checkRows(seed, 150, 4, [{ kAux: 8, deadAfter: 100 }, { kAux: 0 }, { kAux: 500, deadAfter: 100 }, { kAux: 3, deadAfter: 1 << 30 }], {
-        kWord: 2,
-        deadOnly: true,
-        inPlace: false,
-      });
-    }, 120_000);
+      it(`AuxK's select over the dead latents only (k_aux above and below #dead), into a poisoned buffer, ${form}`, async () => {
+        const seed = testSeed();
+        const v = { kWord: 2, deadOnly: true, inPlace: false, perThread } as const;
+        await checkRows(seed, 150, 4, [{ kAux: 8, deadAfter: 100 }, { kAux: 0 }, { kAux: 500, deadAfter: 100 }, { kAux: 3, deadAfter: 1 << 30 }], v);
+        await checkRows(seed + 1, 150, 4, [{ kAux: 40, deadAfter: 100 }, { kAux: 32, deadAfter: 100 }], v);
+      }, 120_000);
+    }
 
     it("one production-sized row: d_sae 65 536, k 1024, heavy ties", async () => {
       const seed = testSeed();
@@ -148,12 +156,14 @@ for (const [name, open, skip] of backends) {
       expect(tiesCut, `seed ${seed}`).toBeGreaterThan(0);
     }, 300_000);
 
-    it("BatchTopK over row chunks: the k·B largest of ReLU(h), ties by example then latent; θ moves; a second sweep repeats", async () => {
+    // Both forms of the ties and apply kernels; chunks of more rows than BATCH_ADVANCE's 256 threads too.
+    const batchShapes: Array<[boolean, number, number, number]> = [[false, 48, 37, 16], [true, 48, 37, 16], [true, 6, 700, 300], [false, 6, 700, 300]];
+    for (const [perThread, n, B, chunkRows] of batchShapes)
+    it(`BatchTopK over row chunks (${perThread ? "a thread" : "a workgroup"} per row, n ${n}, B ${B}, chunks of ${chunkRows}): the k·B largest of ReLU(h), ties by example then latent; θ moves; a second sweep repeats`, async () => {
       const seed = testSeed();
       const rand = mulberry32(seed);
-      const n = 48, B = 37, chunkRows = 16;
       // SAE 0: θ unset; SAE 1: ReLU (skipped); SAE 2: θ set, few positives (fewer than k·B: zeros fill up).
-      const specs: MetaSpec[] = [{ kTotal: 6 * B, beta: 0.9 }, {}, { kTotal: 20 * B, beta: 0.99 }];
+      const specs: MetaSpec[] = [{ kTotal: Math.ceil(n / 8) * B, beta: 0.9 }, {}, { kTotal: Math.ceil((20 * n) / 48) * B, beta: 0.99 }];
       const K = specs.length;
       const h = [...tiedValues(rand, B * n), ...tiedValues(rand, B * n), ...tiedValues(rand, B * n, 1.9)];
       const state = new Uint32Array(K * BATCH_STATE_WORDS).fill(0x7fc00000);
@@ -161,7 +171,7 @@ for (const [name, open, skip] of backends) {
         state[s * BATCH_STATE_WORDS + 4] = toBits(s === 2 ? 0.5 : 0);
         state[s * BATCH_STATE_WORDS + 5] = s === 2 ? 1 : 0;
       }
-      const input: BatchInput = { n, B, chunkRows, K, meta: metaWords(specs), h: h.map(toBits), state: Array.from(state), sweeps: 2 };
+      const input: BatchInput = { n, B, chunkRows, K, meta: metaWords(specs), h: h.map(toBits), state: Array.from(state), sweeps: 2, perThread };
       const got = await gpu.run<{ f: (number | null)[]; state: number[]; hist: boolean }>("topk.batch", input);
       expect(got.hist, "the histogram is left cleared").toBe(false);
       for (const s of [0, 2]) {
@@ -181,7 +191,7 @@ for (const [name, open, skip] of backends) {
       }
       expect(got.f.slice(B * n, 2 * B * n), "the ReLU SAE's rows stay h").toEqual(h.slice(B * n, 2 * B * n).map((v) => v + 0));
       const positives = h.slice(2 * B * n).filter((v) => v > 0).length;
-      expect(positives, `seed ${seed}: SAE 2 must have fewer positives than k·B`).toBeLessThan(20 * B);
+      expect(positives, `seed ${seed}: SAE 2 must have fewer positives than k·B`).toBeLessThan(specs[2].kTotal!);
     }, 120_000);
 
     it("dead counters: fired latents restart, the others add B (saturating); n_dead counts the dead before", async () => {
