@@ -3,7 +3,7 @@
  * R2, Queue) and one runner as a user starts it (`sae-swarm runner --once`: headless Chrome, WebGPU, the WGSL
  * engine). Three workloads, each submitted and then trained by its own runner session:
  *
- * 1. the demo: examples/demo.toml (48 runs in 2 groups of 24, synthetic data), its n_train and n_eval scaled by
+ * 1. the demo: examples/demo.toml (24 runs in 2 groups of 12, synthetic data), its n_train and n_eval scaled by
  *    BENCH_DEMO_SCALE (default 1/8 so it stays short on a software adapter; 1 is the demo as `npm start` runs it;
  *    BENCH_DEMO=0 skips it);
  * 2. grouped: K configs (BENCH_E2E_K, default 4; d_vit 32, expansion 4, batch 1024, BENCH_E2E_STEPS steps, default

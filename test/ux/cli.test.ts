@@ -62,13 +62,13 @@ describe("sae-swarm submit", () => {
     const r = await cli(["submit", path.join(root, "examples/demo.toml"), "--server", dev.url, "--token", dev.submitToken]);
     expect(r.stderr).toBe("");
     expect(r.code).toBe(0);
-    const m = r.stdout.match(/as sweep (\S+): 48 runs in 2 groups/);
+    const m = r.stdout.match(/as sweep (\S+): 24 runs in 2 groups/);
     expect(m, r.stdout).not.toBeNull();
-    expect(r.stdout).toContain(`${m![1]}-g0  24 runs`);
-    expect(r.stdout).toContain(`${m![1]}-g1  24 runs`);
+    expect(r.stdout).toContain(`${m![1]}-g0  12 runs`);
+    expect(r.stdout).toContain(`${m![1]}-g1  12 runs`);
     // The server holds what was printed.
     const sweep = (await (await fetch(`${dev.url}/v1/sweeps/${m![1]}`, { headers: { authorization: `Bearer ${dev.submitToken}` } })).json()) as { runs: unknown[]; groups: unknown[] };
-    expect(sweep.runs).toHaveLength(48);
+    expect(sweep.runs).toHaveLength(24);
     expect(sweep.groups).toHaveLength(2);
   });
 
@@ -247,7 +247,7 @@ describe("sae-swarm delete", () => {
 
     const r = await cli(["delete", id, "--server", dev.url, "--token", dev.submitToken]);
     expect(r.code, r.stderr).toBe(0);
-    expect(r.stdout).toMatch(new RegExp(`^deleted sweep ${id}: .*48 runs, 2 groups, 1 sweeps; 0 R2 objects`, "m"));
+    expect(r.stdout).toMatch(new RegExp(`^deleted sweep ${id}: .*24 runs, 2 groups, 1 sweeps; 0 R2 objects`, "m"));
     expect(r.stdout).toContain("cancelled 1 active lease: their runners stop at their next write");
 
     const hb = await fetch(`${dev.url}/v1/leases/${lease!.id}/heartbeat`, {
