@@ -81,7 +81,9 @@ export const GPU_CANDIDATES: MatmulChoice[] = ids([
   "128x64/8x4/k16/direct",
 ]);
 
-/** Candidates on software adapters: barrier-free kernels only (SwiftShader runs barriers as fiber switches). */
+/** Candidates on software adapters: barrier-free kernels only (SwiftShader runs barriers as fiber switches). Not the
+ *  16-output direct choices: a plain 16 × 16 kernel reads ~2× fewer operands per FMA, but SwiftShader compiles the
+ *  step's for 6–9 s each, and its block-masked ones (dL/df, dL/dW_dec) for over a minute, at load 10 (2 cores). */
 export const SOFTWARE_CANDIDATES: MatmulChoice[] = ids(["64x64/4x4/k16/direct", "128x64/8x4/k16/direct", "64x64/8x8/k16/direct"]);
 
 /** Every choice the tuner can pick on some adapter (what test/gpu/matmul-variants.test.ts must check). */
