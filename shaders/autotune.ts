@@ -42,6 +42,8 @@ export interface TuneResult {
   candidates: number;
   /** The shape timed (≤ the engine's: fewer SAEs or rows when the buffers would be too large). */
   shape: TuneShape;
+  /** Every timed candidate's rate per matmul (only with TuneOptions.all: the bench's per-matmul table). */
+  all?: Record<MatmulName, Array<{ choice: string; gflops: number }>>;
 }
 
 export interface TuneOptions {
@@ -54,6 +56,8 @@ export interface TuneOptions {
   maxBytes?: number;
   /** Candidates instead of the adapter's set (tests). */
   candidates?: MatmulChoice[];
+  /** Return every candidate's rate (TuneResult.all), not only the winner's and the default's. */
+  all?: boolean;
 }
 
 const ids = (list: string[]) => list.map((id) => parseChoiceId(id)!);
@@ -77,7 +81,9 @@ export const GPU_CANDIDATES: MatmulChoice[] = ids([
   "128x64/8x4/k16/direct",
 ]);
 
-/** Candidates on software adapters: barrier-free kernels only (SwiftShader runs barriers as fiber switches). */
+/** Candidates on software adapters: barrier-free kernels only (SwiftShader runs barriers as fiber switches). Not the
+ *  16-output direct choices: a plain 16 × 16 kernel reads ~2× fewer operands per FMA, but SwiftShader compiles the
+ *  step's for 6–9 s each, and its block-masked ones (dL/df, dL/dW_dec) for over a minute, at load 10 (2 cores). */
 export const SOFTWARE_CANDIDATES: MatmulChoice[] = ids(["64x64/4x4/k16/direct", "128x64/8x4/k16/direct", "64x64/8x8/k16/direct"]);
 
 /** Every choice the tuner can pick on some adapter (what test/gpu/matmul-variants.test.ts must check). */
@@ -238,6 +244,7 @@ export async function autotune(device: GPUDevice, shape: TuneShape, o: TuneOptio
   };
 
   const result = {} as Record<MatmulName, TunedKernel>;
+  const all = o.all ? ({} as NonNullable<TuneResult["all"]>) : undefined;
   // the budget counts from when the defaults are built and timed: their pipelines are the engine's own (Dawn and
   // Chrome reuse an identical pipeline), so compiling them is no cost of tuning
   let since = t0;
@@ -313,6 +320,7 @@ export async function autotune(device: GPUDevice, shape: TuneShape, o: TuneOptio
       const win = list.reduce((a, b) => (b.best < a.best ? b : a));
       const def = list.find((c) => choiceId(c.choice) === choiceId(cands[0])) ?? win;
       result[m] = { choice: choiceId(win.choice), gflops: flops / win.best / 1e9, default_gflops: flops / def.best / 1e9 };
+      if (all) all[m] = list.map((c) => ({ choice: choiceId(c.choice), gflops: flops / c.best / 1e9 }));
     }
   } finally {
     // compiles still in flight (GPUs, past the budget) finish on their own; only buffers are ours to free
@@ -320,7 +328,7 @@ export async function autotune(device: GPUDevice, shape: TuneShape, o: TuneOptio
     readback?.destroy();
     querySet?.destroy();
   }
-  return { kernels: result, timing: stamps ? "timestamp" : "wall", tuned_ms: Math.round(performance.now() - t0), candidates: timed, shape: s };
+  return { kernels: result, timing: stamps ? "timestamp" : "wall", tuned_ms: Math.round(performance.now() - t0), candidates: timed, shape: s, ...(all ? { all } : {}) };
 }
 
 /** The engine's `kernels` option from a tuning result (an unknown choice id, e.g. from an old cache, is left out). */

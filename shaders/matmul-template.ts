@@ -31,6 +31,14 @@ export interface MatmulSpec {
   loadB4?: string;
   loadA4?: string;
   epilogue4?: string;
+  /** Optional k-invariant parts of the loads: aInv(gm) is bound to `ai` in loadA, bInv(gn) to `bi` in loadB (e.g. a
+   *  bias per row, θ per column). Direct kernels compute them once per row / column before the K loop (SwiftShader
+   *  runs every load as four scalar ones, so a load saved per k is time saved); tiled ones inline them. */
+  aInv?: string;
+  bInv?: string;
+  /** Optional per-k part of loadA shared by every row (e.g. b_dec[gk]), bound to `ak`: direct kernels load it once
+   *  per k, not once per row. */
+  aK?: string;
 }
 
 /** How a matmul is computed. `direct`: no workgroup memory or barriers (each thread reads its operands from
@@ -38,8 +46,8 @@ export interface MatmulSpec {
 export interface MatmulChoice {
   tileM: 64 | 128;
   tileN: 64 | 128;
-  outM: 4 | 8;
-  outN: 4 | 8;
+  outM: 4 | 8 | 16;
+  outN: 4 | 8 | 16;
   bk: 8 | 16 | 32;
   direct: boolean;
   vec4: boolean;
@@ -58,7 +66,7 @@ export function choiceId(c: MatmulChoice): string {
 }
 
 export function parseChoiceId(id: string): MatmulChoice | null {
-  const m = /^(64|128)x(64|128)\/([48])x([48])\/k(8|16|32)\/(direct|tiled)(\/v4)?$/.exec(id);
+  const m = /^(64|128)x(64|128)\/(4|8|16)x(4|8|16)\/k(8|16|32)\/(direct|tiled)(\/v4)?$/.exec(id);
   if (!m) return null;
   const c = { tileM: +m[1], tileN: +m[2], outM: +m[3], outN: +m[4], bk: +m[5], direct: m[6] === "direct", vec4: !!m[7] } as MatmulChoice;
   return validChoice(c) ? c : null;
@@ -67,9 +75,12 @@ export function parseChoiceId(id: string): MatmulChoice | null {
 export const threadsOf = (c: MatmulChoice) => (c.tileM / c.outM) * (c.tileN / c.outN);
 export const workgroupBytes = (c: MatmulChoice) => (c.direct ? 0 : 4 * c.bk * (c.tileM + c.tileN));
 
-/** Whether the generator can build this choice within WebGPU's default limits (256 invocations, 16 KiB). */
+/** Whether the generator can build this choice within WebGPU's default limits (256 invocations, 16 KiB). 16 × 16
+ *  outputs per thread are direct-only (a software adapter's shape: many outputs per load; a GPU's registers would
+ *  not hold them). */
 export function validChoice(c: MatmulChoice, limits = { invocations: 256, workgroupBytes: 16384 }): boolean {
   const t = threadsOf(c);
+  if ((c.outM === 16 || c.outN === 16) && !c.direct) return false;
   return t >= 32 && t <= limits.invocations && workgroupBytes(c) <= limits.workgroupBytes;
 }
 
@@ -77,7 +88,7 @@ export function validChoice(c: MatmulChoice, limits = { invocations: 256, workgr
 export function allChoices(limits?: { invocations: number; workgroupBytes: number }): MatmulChoice[] {
   const out: MatmulChoice[] = [];
   const tiles = [[64, 64], [128, 64], [64, 128], [128, 128]] as const;
-  const outs = [[4, 4], [8, 4], [8, 8]] as const;
+  const outs = [[4, 4], [8, 4], [8, 8], [16, 8], [8, 16], [16, 16]] as const;
   for (const [tileM, tileN] of tiles)
     for (const [outM, outN] of outs)
       for (const vec4 of [false, true]) {
@@ -119,8 +130,11 @@ export function matmul(s: MatmulSpec, choice: MatmulChoice | boolean, header: st
   const bMask = s.mode === "nBlocks" ? " && gn >= rLo && gn < rHi" : "";
   // substitutes an index variable by an expression, parenthesized ("gk * n" with gk = "k + 1u" is (k + 1u) * n)
   const sub = (expr: string, from: string, to: string) => expr.replace(new RegExp(`\\b${from}\\b`, "g"), `(${to})`);
-  const loadA = (gm: string, gk: string) => sub(sub(s.loadA, "gm", gm), "gk", gk);
-  const loadB = (gk: string, gn: string) => sub(sub(s.loadB, "gk", gk), "gn", gn);
+  if ((s.aInv || s.aK) && s.loadA4) throw new Error("matmul: aInv and aK do not combine with loadA4");
+  if (s.bInv && s.loadB4) throw new Error("matmul: bInv does not combine with loadB4");
+  // the load expressions with their invariant parts inlined (tiled kernels; direct ones bind ai, bi and ak)
+  const inlineA = sub(sub(s.loadA, "ai", s.aInv ?? "ai"), "ak", s.aK ?? "ak");
+  const inlineB = sub(s.loadB, "bi", s.bInv ?? "bi");
   const colExpr = (g: number) => `n0 + 4u * (tx + ${TX * g}u)`;
   const rowExpr = (i: number) => `m0 + ty + ${TY * i}u`;
 
@@ -136,7 +150,7 @@ export function matmul(s: MatmulSpec, choice: MatmulChoice | boolean, header: st
           ${s.aKFast ? `let am = e / ${BK}u; let ak = e % ${BK}u;` : `let am = e % ${c.tileM}u; let ak = e / ${c.tileM}u;`}
           let gm = m0 + am; let gk = k0 + ak;
           var av = 0.0;
-          if (gm < M && gk < kHi${aMask}) { av = ${s.loadA}; }
+          if (gm < M && gk < kHi${aMask}) { av = ${inlineA}; }
           As[ak * ${c.tileM}u + am] = av; }`];
     let bLoads: string[];
     if (v4.b) {
@@ -156,7 +170,7 @@ export function matmul(s: MatmulSpec, choice: MatmulChoice | boolean, header: st
           ${s.bNFast ? `let bk = e / ${c.tileN}u; let bn = e % ${c.tileN}u;` : `let bk = e % ${BK}u; let bn = e / ${BK}u;`}
           let gn = n0 + bn; let gk = k0 + bk;
           var bv = 0.0;
-          if (gn < N && gk < kHi${bMask}) { bv = ${s.loadB}; }
+          if (gn < N && gk < kHi${bMask}) { bv = ${inlineB}; }
           Bs[bk * ${c.tileN}u + bn] = bv; }`];
     }
     const bRead = (g: number) => `kk * ${c.tileN}u + 4u * (tx + ${TX * g}u)`;
@@ -180,34 +194,61 @@ export function matmul(s: MatmulSpec, choice: MatmulChoice | boolean, header: st
   };
 
   // Direct: each thread reads its outM A values and outN B values per k straight from memory (no barriers).
-  // Out-of-range reads are clamped by WGSL's robust access and then discarded by select: no branches.
+  // Out-of-range rows and columns need no masking: WGSL's robust access keeps their reads in bounds, and they only
+  // feed accumulators whose outputs are never stored. Only a block (mBlocks / nBlocks) masks its operand, by select:
+  // no branches. The k-invariant parts of the loads (aInv, bInv) are read once before the K loop, the per-k part
+  // shared by all rows (aK) once per k.
   const directLoop = (kLo: string, kHi: string) => {
     const lanes = range(4);
-    const bVec = (g: number, k: string) =>
-      v4.b
-        ? `select(vec4f(0.0), ${sub(sub(s.loadB4!, "gk", k), "gn", `gn${g}`)}, okB${g})`
-        : `vec4f(${lanes.map((l) => `select(0.0, ${loadB(k, `gn${g}_${l}`)}, okB${g}[${l}])`).join(", ")})`;
+    const maskA = s.mode === "mBlocks";
+    const maskB = s.mode === "nBlocks";
+    const aAt = (i: number, k: string, akName: string) => {
+      let e = sub(sub(s.loadA, "gm", `gm${i}`), "gk", k);
+      if (s.aInv) e = sub(e, "ai", `ai${i}`);
+      if (s.aK) e = sub(e, "ak", akName);
+      return maskA ? `select(0.0, ${e}, okA${i})` : e;
+    };
+    const bAt = (g: number, l: number, k: string) => {
+      let e = sub(sub(s.loadB, "gk", k), "gn", `gn${g}_${l}`);
+      if (s.bInv) e = sub(e, "bi", `bi${g}_${l}`);
+      return maskB ? `select(0.0, ${e}, okB${g}[${l}])` : e;
+    };
+    const bVec = (g: number, k: string) => {
+      if (!v4.b) return `vec4f(${lanes.map((l) => bAt(g, l, k)).join(", ")})`;
+      const e = sub(sub(s.loadB4!, "gk", k), "gn", `gn${g}`);
+      return maskB ? `select(vec4f(0.0), ${e}, okB${g})` : e;
+    };
+    const akDecl = (k: string, name: string) => (s.aK ? `let ${name} = ${sub(s.aK, "gk", k)};` : "");
     const step = (k: string) => `{
+          ${akDecl(k, "akv")}
           ${groups.map((g) => `let b${g} = ${bVec(g, k)};`).join("\n          ")}
-          ${fmaRows((i) => `select(0.0, ${loadA(`gm${i}`, k)}, okA${i})`, (g) => `b${g}`)}
+          ${fmaRows((i) => aAt(i, k, "akv"), (g) => `b${g}`)}
         }`;
     // vec4 along k for A (plain mode, aKFast): 4 k per iteration from one load per row
+    const a4At = (i: number, k: string) => {
+      const e = sub(sub(s.loadA4!, "gm", `gm${i}`), "gk", k);
+      return maskA ? `select(vec4f(0.0), ${e}, okA${i})` : e;
+    };
     const stepA4 = (k: string) => `{
-          ${rows.map((i) => `let a${i} = select(vec4f(0.0), ${sub(sub(s.loadA4!, "gm", `gm${i}`), "gk", k)}, okA${i});`).join("\n          ")}
+          ${rows.map((i) => `let a${i} = ${a4At(i, k)};`).join("\n          ")}
           ${range(4)
             .map((u) => `{ ${groups.map((g) => `let b${g} = ${bVec(g, `${k} + ${u}u`)};`).join(" ")}
           ${fmaRows((i) => `a${i}[${u}]`, (g) => `b${g}`)} }`)
             .join("\n          ")}
         }`;
-    const okB = (g: number) =>
+    const colDecl = (g: number) =>
       v4.b
-        ? `let gn${g} = ${colExpr(g)}; let okB${g} = vec4<bool>(${lanes.map((l) => `gn${g} + ${l}u < N${bMask ? ` && gn${g} + ${l}u >= rLo && gn${g} + ${l}u < rHi` : ""}`).join(", ")});`
-        : `${lanes.map((l) => `let gn${g}_${l} = ${colExpr(g)} + ${l}u;`).join(" ")} let okB${g} = vec4<bool>(${lanes.map((l) => `gn${g}_${l} < N${sub(bMask, "gn", `gn${g}_${l}`)}`).join(", ")});`;
+        ? `let gn${g} = ${colExpr(g)};${maskB ? ` let okB${g} = vec4<bool>(${lanes.map((l) => `gn${g} + ${l}u < N && gn${g} + ${l}u >= rLo && gn${g} + ${l}u < rHi`).join(", ")});` : ""}`
+        : `${lanes.map((l) => `let gn${g}_${l} = ${colExpr(g)} + ${l}u;`).join(" ")}${maskB ? ` let okB${g} = vec4<bool>(${lanes.map((l) => `gn${g}_${l} < N${sub(bMask, "gn", `gn${g}_${l}`)}`).join(", ")});` : ""}${
+            s.bInv ? ` ${lanes.map((l) => `let bi${g}_${l} = ${sub(s.bInv!, "gn", `min(gn${g}_${l}, N - 1u)`)};`).join(" ")}` : ""
+          }`;
+    const rowDecl = (i: number) =>
+      `let gm${i} = ${rowExpr(i)};${maskA ? ` let okA${i} = gm${i} < M${sub(aMask, "gm", `gm${i}`)};` : ""}${s.aInv ? ` let ai${i} = ${sub(s.aInv, "gm", `min(gm${i}, M - 1u)`)};` : ""}`;
     return /* wgsl */ `
     {
       let kHi = ${kHi};
-      ${rows.map((i) => `let gm${i} = ${rowExpr(i)}; let okA${i} = gm${i} < M${sub(aMask, "gm", `gm${i}`)};`).join("\n      ")}
-      ${groups.map(okB).join("\n      ")}
+      ${rows.map(rowDecl).join("\n      ")}
+      ${groups.map(colDecl).join("\n      ")}
       var gk = ${kLo};
       // four k per iteration while they last (less loop overhead), then one at a time
       for (; gk + 4u <= kHi; gk += 4u) {

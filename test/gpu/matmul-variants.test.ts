@@ -1,6 +1,6 @@
 /**
  * Every matmul kernel matmul-template.ts builds within WebGPU's default limits (tile 64/128 × 64/128, 4×4/8×4/8×8
- * outputs per thread, BK 8/16/32 or direct, ± vec4) against float64, in Chromium and Dawn: the plain C = A·B at odd
+ * (and, direct only, 16×8/8×16/16×16) outputs per thread, BK 8/16/32 or direct, ± vec4) against float64, in Chromium and Dawn: the plain C = A·B at odd
  * sizes and at a vec4 shape, outputs poisoned with NaN first: every choice the autotuner can pick, and a spread of
  * the others. The step's fused matmuls: the default choices in engine.test.ts (against float64), every tuner choice
  * in autotune.test.ts (against the default engine).
@@ -27,6 +27,7 @@ const backends: Array<[string, () => Promise<GpuBackend>, string | null]> = (
 const ids = [
   ...TUNER_CHOICES.map(choiceId),
   "128x64/8x4/k8/tiled", "64x64/8x8/k32/tiled/v4", "64x128/8x4/k16/tiled/v4", "64x64/4x4/k16/direct/v4",
+  "64x128/8x16/k16/direct", "128x64/16x8/k16/direct/v4",
 ].filter((id, i, all) => all.indexOf(id) === i);
 const unknown = ids.filter((id) => !allChoices().some((c) => choiceId(c) === id));
 if (unknown.length) throw new Error(`not generator choices: ${unknown.join(", ")}`);
