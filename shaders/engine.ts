@@ -112,6 +112,8 @@ interface Dispatch {
   kernel: Kernel;
   bind: GPUBindGroup;
   size: [number, number, number];
+  /** Sizes a GPU kernel wrote (AuxK's, from the step's dead set): dispatchWorkgroupsIndirect at this byte offset. */
+  indirect?: { buffer: GPUBuffer; offset: number };
 }
 
 /**
@@ -199,7 +201,7 @@ export class SaeEngine {
     this.d_sae = c0.sae.d_vit * c0.sae.exp_factor;
     this.batchSize = c0.sae_batch_size;
     this.maxPrefixes = Math.max(...cfgs.map((c) => prefixBounds(c, 0).length - 1));
-    const shape: SaeShape = { d_vit: this.d_vit, d_sae: this.d_sae, batch_size: this.batchSize, n_prefixes: this.maxPrefixes, batchtopk: cfgs.some((c) => c.sae.kind === "batchtopk"), auxk: cfgs.some(auxOn) };
+    const shape: SaeShape = { d_vit: this.d_vit, d_sae: this.d_sae, batch_size: this.batchSize, n_prefixes: this.maxPrefixes, batchtopk: cfgs.some((c) => c.sae.kind === "batchtopk"), auxk: cfgs.some(auxOn), k_aux: AK.auxListCap(cfgs) };
     const budget = options.memoryBudget ?? DEFAULT_MEMORY_BUDGET;
     const limits = {
       maxStorageBufferBindingSize: Math.min(device.limits.maxStorageBufferBindingSize, options.maxBindingSize ?? Infinity),
@@ -232,6 +234,7 @@ export class SaeEngine {
     if (shape.auxk) {
       add("auxMeta", 4 * this.K * AK.AUX_META_WORDS);
       device.queue.writeBuffer(this.buf("auxMeta"), 0, AK.auxMetaWords(cfgs));
+      add("auxArgs", 4 * AK.AUX_ARGS_WORDS, usage | GPUBufferUsage.INDIRECT);
     }
     const uniform = GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST;
     for (const slab of this.slabs) {
@@ -302,16 +305,18 @@ export class SaeEngine {
     // AuxK (shaders/auxk.ts), compiled only for a group that has it
     const ak = shape.auxk
       ? (() => {
-          const mma = AK.auxMatmulKernels(this.matmulVariant === "direct");
           return {
+            deadList: k("aux_dead_list", AK.AUX_DEAD_LIST),
+            args: k("aux_args", AK.AUX_ARGS),
+            rows: k("aux_rows", AK.AUX_ROWS),
             denCols: k("aux_den_cols", AK.AUX_DEN_COLS),
             denFinish: k("aux_den_finish", AK.AUX_DEN_FINISH),
             select: k("aux_select", AK.AUX_SELECT),
-            decode: k("aux_decode", mma.AUX_DECODE),
+            decode: k("aux_decode", AK.AUX_DECODE),
             numCols: k("aux_num_cols", AK.AUX_NUM_COLS),
-            gradH: k("aux_grad_h", mma.AUX_GRAD_H),
-            gradWDec: k("aux_grad_w_dec", mma.AUX_GRAD_W_DEC),
-            gradWEnc: k("aux_grad_w_enc", mma.AUX_GRAD_W_ENC),
+            gradH: k("aux_grad_h", AK.AUX_GRAD_H),
+            gradWDec: k("aux_grad_w_dec", AK.AUX_GRAD_W_DEC),
+            gradWEnc: k("aux_grad_w_enc", AK.AUX_GRAD_W_ENC),
             bEncCols: k("aux_b_enc_cols", AK.AUX_B_ENC_COLS),
             bEncAdd: k("aux_b_enc_add", AK.AUX_B_ENC_ADD),
             dead: k("dead_counters", AK.DEAD_COUNTERS),
@@ -320,7 +325,7 @@ export class SaeEngine {
           };
         })()
       : null;
-    const auxGrid = (M: number, N: number, z: number) => matmulGrid(choiceFor(this.matmulVariant === "direct"), M, N, z);
+    const auxCap = shape.auxk ? AK.auxListCap(cfgs) : 0;
     const rowsOf = (c: number) => Math.min(C, B - c * C);
     const partialsOf = (c: number) => ceil(rowsOf(c), this.plan.rowsPerPartial);
     this.stepPasses = [];
@@ -395,34 +400,41 @@ export class SaeEngine {
               ...denFinish,
             ];
       // on the raw h, before the main selection overwrites H
-      const auxSelect = (c: number) => (aux ? [dispatch(aux.select, [...sel("topkDims", c), "H", "counters", "auxAct", "auxCut"], [rowsOf(c), Ks, 1])] : []);
+      // (sized by AUX_ARGS: no workgroups when the slab has nothing dead)
+      const indirect = (p: Dispatch, offset: number): Dispatch => ({ ...p, indirect: { buffer: this.buf("auxArgs"), offset: 4 * offset } });
+      const auxSelect = (c: number) => (aux ? [indirect(dispatch(aux.select, [...sel("topkDims", c), "H", "counters", "auxAct", "auxCut"], [rowsOf(c), Ks, 1]), AK.AUX_ARGS_SELECT)] : []);
+      // the step's dead set and the indirect sizes, before any chunk (the counters change only in the epilogue)
+      const auxPrologue = !aux
+        ? []
+        : [dispatch(aux.deadList, [...am(0), "counters", "deadList"], [1, 1, Ks]), dispatch(aux.args, [...am(0), "deadList", "auxArgs"], [1, 1, 1])];
       const auxForward = (c: number) =>
         !aux
           ? []
           : [
               ...(kept ? [...denCols(c), ...denFinish] : []),
-              dispatch(aux.decode, [...am(c), "auxAct", "W_dec", "R", "auxR"], auxGrid(rowsOf(c), d, Ks)),
+              dispatch(aux.rows, [...am(c), "deadList", "auxAct", "auxList", "auxCnt"], [rowsOf(c), 1, Ks]),
+              dispatch(aux.decode, [...am(c), "auxList", "auxCnt", "W_dec", "R", "auxR"], [ceil(d, 64), rowsOf(c), Ks]),
               dispatch(aux.numCols, [...am(c), "auxR", "auxNumPart"], [ceil(d, 64), partialsOf(c), Ks]),
             ];
       const auxBackward = (c: number) =>
         !aux
           ? []
           : [
-              dispatch(aux.gradH, [...am(c), "auxScal", "auxR", "W_dec", "auxAct", "G"], auxGrid(rowsOf(c), n, Ks)),
-              dispatch(aux.gradWDec, [...am(c), "auxScal", "auxAct", "auxR", "grad.W_dec"], auxGrid(n, d, Ks)),
-              dispatch(aux.gradWEnc, [...am(c), "x", "b_dec", "G", "grad.W_enc"], auxGrid(d, n, Ks)),
-              dispatch(aux.bEncCols, [...am(c), "G", "auxBEnc"], [ceil(n, 64), 1, Ks]),
+              dispatch(aux.gradH, [...am(c), "auxScal", "auxList", "auxCnt", "auxR", "W_dec", "G"], [ceil(auxCap, 64), rowsOf(c), Ks]),
+              indirect(dispatch(aux.gradWDec, [...am(c), "auxScal", "deadList", "auxAct", "auxR", "grad.W_dec"], [1, 1, Ks]), AK.AUX_ARGS_LATENT),
+              indirect(dispatch(aux.gradWEnc, [...am(c), "deadList", "auxAct", "G", "x", "b_dec", "grad.W_enc"], [1, 1, Ks]), AK.AUX_ARGS_LATENT),
+              dispatch(aux.bEncCols, [...am(c), "deadList", "auxAct", "G", "auxBEnc"], [ceil(n, 64), 1, Ks]),
             ];
       // after LATENT_FINISH (colStats' count of f > 0 per latent), before GRAD_B_DEC (it carries gb_enc into b_dec)
       const auxEpilogue = !aux
         ? []
         : [
-            dispatch(aux.bEncAdd, [...am(0), "auxBEnc", "grad.b_enc"], [ceil(n, 64), 1, Ks]),
+            dispatch(aux.bEncAdd, [...am(0), "deadList", "auxBEnc", "grad.b_enc"], [ceil(n, 64), 1, Ks]),
             dispatch(aux.dead, [`slabTopkDims#${slab.index}`, meta, "colStats", "counters", "nDead"], [ceil(n, 64), 1, Ks]),
             dispatch(aux.loss, [...am(0), "auxNumPart", "nDead", "auxScal"], [1, 1, Ks]),
           ];
       this.stepPasses.push({
-        prologue: [normalize, thresholds(tr(0))],
+        prologue: [normalize, thresholds(tr(0)), ...auxPrologue],
         select: [...batchSelect, ...denSweep],
         chunks: chunkIds.map((c) => ({
           forward: [
@@ -567,7 +579,8 @@ export class SaeEngine {
     for (const p of passes) {
       pass.setPipeline(p.kernel.pipeline);
       pass.setBindGroup(0, p.bind);
-      pass.dispatchWorkgroups(...p.size);
+      if (p.indirect) pass.dispatchWorkgroupsIndirect(p.indirect.buffer, p.indirect.offset);
+      else pass.dispatchWorkgroups(...p.size);
     }
     pass.end();
   }
@@ -747,7 +760,7 @@ export class SaeEngine {
   poison(): void {
     const names = ["H", "G", "R", "latentPart", "residPart"];
     const aux = this.buffers.has("auxMeta");
-    if (aux) names.push("auxAct", "auxCut", "auxR", "auxDenPart", "auxNumPart", "auxBEnc");
+    if (aux) names.push("auxAct", "auxCut", "auxR", "auxDenPart", "auxNumPart", "auxBEnc", "deadList", "auxList", "auxCnt");
     for (const slab of this.slabs)
       for (const p of ["colStats", ...PARAM_NAMES.map((p) => `grad.${p}`), ...(aux ? ["auxScal", "nDead"] : [])]) names.push(this.slabName(p, slab));
     for (const name of names) {

@@ -42,6 +42,9 @@ export interface SaeShape {
   batchtopk?: boolean;
   /** Whether the group holds a TopK/BatchTopK SAE with AuxK (aux_coeff > 0): dead counters and AuxK's working set. */
   auxk?: boolean;
+  /** AuxK: entries per row of its gathered selection, min(k_aux, d_sae) at most over the group (shaders/auxk.ts's
+   *  auxListCap; absent: SAE.md's default k_aux, 512). */
+  k_aux?: number;
 }
 
 export type BindingLimits = Pick<AdapterLimits, "maxStorageBufferBindingSize" | "maxBufferSize">;
@@ -125,9 +128,20 @@ export function workingTensors(s: SaeShape, rowsPerChunk: number): Record<string
     // BatchTopK (shaders/topk.ts): the whole batch's 16-bit radix histogram, and each row's ties with the threshold
     ...(s.batchtopk ? { batchHist: BATCH_BINS, rowTies: rowsPerChunk } : {}),
     // AuxK (shaders/auxk.ts): the dead latents' kept ReLU(h) (as large as H), its select's cut, e − ê, the whole
-    // batch's partials of the denominator and numerator, and Σ_b dL_aux/dh (compensated)
+    // batch's partials of the denominator and numerator, Σ_b dL_aux/dh (compensated), the step's dead list, and
+    // each row's gathered selection (latent, value) with its count
     ...(s.auxk
-      ? { auxAct: rowsPerChunk * n, auxCut: 2 * rowsPerChunk, auxR: rowsPerChunk * d, auxDenPart: AUX_DEN_STATS * partials * d, auxNumPart: partials * d, auxBEnc: 2 * n }
+      ? {
+          auxAct: rowsPerChunk * n,
+          auxCut: 2 * rowsPerChunk,
+          auxR: rowsPerChunk * d,
+          auxDenPart: AUX_DEN_STATS * partials * d,
+          auxNumPart: partials * d,
+          auxBEnc: 2 * n,
+          deadList: n + 1,
+          auxList: 2 * rowsPerChunk * Math.min(n, s.k_aux ?? 512),
+          auxCnt: rowsPerChunk,
+        }
       : {}),
   };
 }

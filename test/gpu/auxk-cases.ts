@@ -4,11 +4,24 @@
  * filled with NaN first; the test compares what comes back with test/reference/auxk.ts.
  */
 import * as A from "../../shaders/auxk";
+import { makeKernel } from "../../shaders/engine";
 import { META_WORDS } from "../../shaders/kernels";
-import { choiceFor, matmulGrid } from "../../shaders/matmul-template";
 import { topkDims } from "../../shaders/topk";
 import type { GpuCase } from "./cases";
 import { buffer, dispatch, f32, kernel, read, u32, uniform } from "./topk-cases";
+
+type Kernel = ReturnType<typeof makeKernel>;
+
+/** One dispatch whose size a kernel wrote into `args` (as the engine runs AUX_SELECT and the per-latent kernels). */
+function dispatchIndirect(device: GPUDevice, enc: GPUCommandEncoder, k: Kernel, bufs: GPUBuffer[], args: GPUBuffer, offset: number): void {
+  if (bufs.length !== k.count) throw new Error(`${k.pipeline.label}: ${k.count} bindings, got ${bufs.length}`);
+  const bind = device.createBindGroup({ layout: k.layout, entries: bufs.map((buffer, binding) => ({ binding, resource: { buffer } })) });
+  const pass = enc.beginComputePass();
+  pass.setPipeline(k.pipeline);
+  pass.setBindGroup(0, bind);
+  pass.dispatchWorkgroupsIndirect(args, 4 * offset);
+  pass.end();
+}
 
 export interface AuxkInput {
   K: number;
@@ -21,7 +34,6 @@ export interface AuxkInput {
   Pmax: number;
   /** Prefixes per SAE (R's slot P − 1 holds x̂ − x). */
   P: number[];
-  direct: boolean;
   topkMeta: number[];
   auxMeta: number[];
   x: number[];
@@ -45,17 +57,18 @@ export const auxkCases: Record<string, GpuCase> = {
     const { K, d, n, B, C, rowsPerPartial: rpp, Pmax, P } = input;
     const S = Math.ceil(B / rpp);
     const chunks = Math.ceil(B / C);
-    const choice = choiceFor(input.direct);
-    const mm = A.auxMatmulKernels(choice);
     const kn = {
+      deadList: await kernel(device, "aux_dead_list", A.AUX_DEAD_LIST),
+      args: await kernel(device, "aux_args", A.AUX_ARGS),
+      rows: await kernel(device, "aux_rows", A.AUX_ROWS),
       denCols: await kernel(device, "aux_den_cols", A.AUX_DEN_COLS),
       denFinish: await kernel(device, "aux_den_finish", A.AUX_DEN_FINISH),
       select: await kernel(device, "aux_select", A.AUX_SELECT),
-      decode: await kernel(device, "aux_decode", mm.AUX_DECODE),
+      decode: await kernel(device, "aux_decode", A.AUX_DECODE),
       numCols: await kernel(device, "aux_num_cols", A.AUX_NUM_COLS),
-      gradH: await kernel(device, "aux_grad_h", mm.AUX_GRAD_H),
-      gradWDec: await kernel(device, "aux_grad_w_dec", mm.AUX_GRAD_W_DEC),
-      gradWEnc: await kernel(device, "aux_grad_w_enc", mm.AUX_GRAD_W_ENC),
+      gradH: await kernel(device, "aux_grad_h", A.AUX_GRAD_H),
+      gradWDec: await kernel(device, "aux_grad_w_dec", A.AUX_GRAD_W_DEC),
+      gradWEnc: await kernel(device, "aux_grad_w_enc", A.AUX_GRAD_W_ENC),
       bEncCols: await kernel(device, "aux_b_enc_cols", A.AUX_B_ENC_COLS),
       bEncAdd: await kernel(device, "aux_b_enc_add", A.AUX_B_ENC_ADD),
       dead: await kernel(device, "dead_counters", A.DEAD_COUNTERS),
@@ -66,6 +79,7 @@ export const auxkCases: Record<string, GpuCase> = {
     P.forEach((p, s) => (metaWords[s * META_WORDS + 1] = p));
     const meta = buffer(device, metaWords);
     const auxMeta = buffer(device, Uint32Array.from(input.auxMeta));
+    const cap = input.auxMeta[3]; // auxList's entries per row (the same word for every SAE)
     const topkMeta = buffer(device, Uint32Array.from(input.topkMeta));
     const x = buffer(device, Float32Array.from(input.x));
     const b_dec = buffer(device, Float32Array.from(input.b_dec));
@@ -87,10 +101,16 @@ export const auxkCases: Record<string, GpuCase> = {
     const numPart = buffer(device, 4 * K * S * d);
     const bEnc = buffer(device, 4 * K * n * 2);
     const scal = buffer(device, 4 * K * A.AUX_SCALARS);
+    const deadList = buffer(device, 4 * K * (n + 1));
+    const list = buffer(device, 4 * K * C * cap * 2);
+    const cnt = buffer(device, 4 * K * C);
+    const args = buffer(device, 4 * A.AUX_ARGS_WORDS, GPUBufferUsage.STORAGE | GPUBufferUsage.INDIRECT | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST);
     // the chunks' outputs, gathered over the whole batch
     const outAct = buffer(device, 4 * K * B * n);
     const outR = buffer(device, 4 * K * B * d);
     const outG = buffer(device, 4 * K * B * n);
+    const outList = buffer(device, 4 * K * B * cap * 2);
+    const outCnt = buffer(device, 4 * K * B);
     const dims = Array.from({ length: chunks }, () => uniform(device, new Uint32Array(16)));
     const tdims = Array.from({ length: chunks }, () => uniform(device, new Uint32Array(8)));
     const stepDims = uniform(device, topkDims({ n, K, B }));
@@ -109,7 +129,7 @@ export const auxkCases: Record<string, GpuCase> = {
         device.queue.writeBuffer(H, 4 * s * rows * n, h, (s * B + row0) * n, rows * n);
         device.queue.writeBuffer(R, 4 * ((s * Pmax + P[s] - 1) * rows) * d, resid, (s * B + row0) * d, rows * d);
       }
-      for (const b of [G, act, auxR]) device.queue.writeBuffer(b, 0, nanF(b.size / 4));
+      for (const b of [G, act, auxR, list, cnt]) device.queue.writeBuffer(b, 0, nanF(b.size / 4));
       return rows;
     };
     const run = (fill: (enc: GPUCommandEncoder) => void) => {
@@ -117,10 +137,17 @@ export const auxkCases: Record<string, GpuCase> = {
       fill(enc);
       device.queue.submit([enc.finish()]);
     };
-    const grid = (M: number, N: number) => matmulGrid(choice, M, N, K);
     const ceil = (a: number, b: number) => Math.ceil(a / b);
 
     device.pushErrorScope("validation");
+    // 0. the step's dead set and the indirect sizes (dims of chunk 0: its rows are the most)
+    forwardChunk(0);
+    run((enc) => {
+      dispatch(device, enc, kn.deadList, [dims[0], meta, auxMeta, counters, deadList], [1, 1, K]);
+      dispatch(device, enc, kn.args, [dims[0], meta, auxMeta, deadList, args], [1, 1, 1]);
+    });
+    const gotDead = u32(await read(device, deadList)).slice(0, K * (n + 1));
+    const gotArgs = u32(await read(device, args)).slice(0, A.AUX_ARGS_WORDS);
     // 1. the denominator: a forward-only sweep, then the merge
     for (let c = 0; c < chunks; c++) {
       const rows = forwardChunk(c);
@@ -131,14 +158,17 @@ export const auxkCases: Record<string, GpuCase> = {
     for (let c = 0; c < chunks; c++) {
       const rows = forwardChunk(c);
       run((enc) => {
-        dispatch(device, enc, kn.select, [tdims[c], topkMeta, H, counters, act, cut], [rows, K, 1]);
-        dispatch(device, enc, kn.decode, [dims[c], meta, auxMeta, act, W_dec, R, auxR], grid(rows, d));
+        dispatchIndirect(device, enc, kn.select, [tdims[c], topkMeta, H, counters, act, cut], args, A.AUX_ARGS_SELECT);
+        dispatch(device, enc, kn.rows, [dims[c], meta, auxMeta, deadList, act, list, cnt], [rows, 1, K]);
+        dispatch(device, enc, kn.decode, [dims[c], meta, auxMeta, list, cnt, W_dec, R, auxR], [ceil(d, 64), rows, K]);
         dispatch(device, enc, kn.numCols, [dims[c], meta, auxMeta, auxR, numPart], [ceil(d, 64), ceil(rows, rpp), K]);
-        dispatch(device, enc, kn.gradH, [dims[c], meta, auxMeta, scal, auxR, W_dec, act, G], grid(rows, n));
-        dispatch(device, enc, kn.gradWDec, [dims[c], meta, auxMeta, scal, act, auxR, gW_dec], grid(n, d));
-        dispatch(device, enc, kn.gradWEnc, [dims[c], meta, auxMeta, x, b_dec, G, gW_enc], grid(d, n));
-        dispatch(device, enc, kn.bEncCols, [dims[c], meta, auxMeta, G, bEnc], [ceil(n, 64), 1, K]);
+        dispatch(device, enc, kn.gradH, [dims[c], meta, auxMeta, scal, list, cnt, auxR, W_dec, G], [ceil(cap, 64), rows, K]);
+        dispatchIndirect(device, enc, kn.gradWDec, [dims[c], meta, auxMeta, scal, deadList, act, auxR, gW_dec], args, A.AUX_ARGS_LATENT);
+        dispatchIndirect(device, enc, kn.gradWEnc, [dims[c], meta, auxMeta, deadList, act, G, x, b_dec, gW_enc], args, A.AUX_ARGS_LATENT);
+        dispatch(device, enc, kn.bEncCols, [dims[c], meta, auxMeta, deadList, act, G, bEnc], [ceil(n, 64), 1, K]);
         for (let s = 0; s < K; s++) {
+          enc.copyBufferToBuffer(list, 4 * s * rows * cap * 2, outList, 4 * (s * B + c * C) * cap * 2, 4 * rows * cap * 2);
+          enc.copyBufferToBuffer(cnt, 4 * s * rows, outCnt, 4 * (s * B + c * C), 4 * rows);
           enc.copyBufferToBuffer(act, 4 * s * rows * n, outAct, 4 * (s * B + c * C) * n, 4 * rows * n);
           enc.copyBufferToBuffer(G, 4 * s * rows * n, outG, 4 * (s * B + c * C) * n, 4 * rows * n);
           enc.copyBufferToBuffer(auxR, 4 * s * rows * d, outR, 4 * (s * B + c * C) * d, 4 * rows * d);
@@ -147,7 +177,7 @@ export const auxkCases: Record<string, GpuCase> = {
     }
     // 3. epilogue
     run((enc) => {
-      dispatch(device, enc, kn.bEncAdd, [dims[0], meta, auxMeta, bEnc, gb_enc], [ceil(n, 64), 1, K]);
+      dispatch(device, enc, kn.bEncAdd, [dims[0], meta, auxMeta, deadList, bEnc, gb_enc], [ceil(n, 64), 1, K]);
       dispatch(device, enc, kn.dead, [stepDims, topkMeta, fired, counters, nDead], [ceil(n, 64), 1, K]);
       dispatch(device, enc, kn.loss, [dims[0], meta, auxMeta, numPart, nDead, scal], [1, 1, K]);
     });
@@ -157,6 +187,10 @@ export const auxkCases: Record<string, GpuCase> = {
       act: f32(await read(device, outAct)),
       auxR: f32(await read(device, outR)),
       G: f32(await read(device, outG)),
+      list: u32(await read(device, outList)).slice(0, K * B * cap * 2),
+      cnt: u32(await read(device, outCnt)).slice(0, K * B),
+      deadList: gotDead,
+      args: gotArgs,
       gW_enc: f32(await read(device, gW_enc)),
       gW_dec: f32(await read(device, gW_dec)),
       gb_enc: f32(await read(device, gb_enc)),
@@ -164,7 +198,7 @@ export const auxkCases: Record<string, GpuCase> = {
       counters: u32(await read(device, counters)).slice(0, K * n),
       nDead: u32(await read(device, nDead)).slice(0, K),
     };
-    const all = [meta, auxMeta, topkMeta, x, b_dec, W_dec, counters, fired, gW_enc, gW_dec, gb_enc, nDead, H, R, G, act, cut, auxR, denPart, numPart, bEnc, scal, outAct, outR, outG, ...dims, ...tdims, stepDims];
+    const all = [meta, auxMeta, topkMeta, x, b_dec, W_dec, counters, fired, gW_enc, gW_dec, gb_enc, nDead, H, R, G, act, cut, auxR, denPart, numPart, bEnc, scal, outAct, outR, outG, deadList, list, cnt, args, outList, outCnt, ...dims, ...tdims, stepDims];
     for (const b of all) b.destroy();
     return result;
   },

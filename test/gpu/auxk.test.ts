@@ -2,9 +2,11 @@
 // kernels over three row chunks (the last one short) on fresh random inputs with ties planted among the dead
 // latents' pre-activations (few levels, −0 beside +0), outputs poisoned with NaN; four SAEs side by side: AuxK with
 // k_aux < #dead, AuxK off (left untouched), Matryoshka with k_aux > #dead and a residual of large mean (the
-// denominator's merge), and nothing dead (aux = 0, gradients unchanged).
+// denominator's merge), and nothing dead (aux = 0, gradients unchanged). The gathered form is checked on its own
+// terms too: the dead list, the indirect sizes, each row's gathered (latent, value) list, and dL_aux/dh written at
+// the selected entries only (G elsewhere still poisoned).
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { AUX_META_WORDS, AUX_SCALARS } from "../../shaders/auxk";
+import { AUX_ARGS_LATENT, AUX_ARGS_SELECT, AUX_META_WORDS, AUX_SCALARS, LATENT_COLS } from "../../shaders/auxk";
 import { TOPK_META_WORDS } from "../../shaders/topk";
 import { dawnUnavailable, openChrome, openDawn, type GpuBackend } from "../helpers/gpu-backends";
 import { mulberry32, testSeed } from "../helpers/random";
@@ -13,9 +15,9 @@ import { deadMask } from "../reference/topk";
 import type { AuxkInput } from "./auxk-cases";
 
 const dawnSkip = await dawnUnavailable();
-const backends: Array<[string, () => Promise<GpuBackend>, string | null, boolean]> = [
-  ["chrome", openChrome, null, false],
-  ["dawn", openDawn, dawnSkip, true],
+const backends: Array<[string, () => Promise<GpuBackend>, string | null]> = [
+  ["chrome", openChrome, null],
+  ["dawn", openDawn, dawnSkip],
 ];
 
 const bits = new Uint32Array(1);
@@ -33,7 +35,7 @@ interface Spec {
   shift: number;
 }
 
-function makeInput(seed: number, direct: boolean) {
+function makeInput(seed: number) {
   const rand = mulberry32(seed);
   const K = 4, d = 20, n = 70, B = 37, C = 16, rpp = 8, Pmax = 3;
   const specs: Spec[] = [
@@ -55,25 +57,28 @@ function makeInput(seed: number, direct: boolean) {
   const topkMeta = new Uint32Array(K * TOPK_META_WORDS);
   const auxMeta = new Uint32Array(K * AUX_META_WORDS);
   const auxF = new Float32Array(auxMeta.buffer);
+  const cap = Math.min(n, Math.max(...specs.map((s) => s.kAux)));
   specs.forEach((s, i) => {
     topkMeta[i * TOPK_META_WORDS + 2] = s.kAux;
     topkMeta[i * TOPK_META_WORDS + 4] = s.deadAfter;
     auxMeta[i * AUX_META_WORDS] = s.kAux > 0 ? 1 : 0;
     auxF[i * AUX_META_WORDS + 1] = s.coeff;
+    auxMeta[i * AUX_META_WORDS + 2] = s.kAux > 0 ? s.deadAfter : 0;
+    auxMeta[i * AUX_META_WORDS + 3] = cap;
   });
   const counters = Array.from({ length: K * n }, () => (rand() < 0.35 ? 100 + Math.floor(rand() * 50) : Math.floor(rand() * 100)));
   const resid = Array.from({ length: K * B * d }, (_, i) => Math.fround(f(0.8) + specs[Math.floor(i / (B * d))].shift * (1 + ((i % d) % 3))));
   const input: AuxkInput = {
-    K, d, n, B, C, rowsPerPartial: rpp, Pmax, P: specs.map((s) => s.P), direct,
+    K, d, n, B, C, rowsPerPartial: rpp, Pmax, P: specs.map((s) => s.P),
     topkMeta: Array.from(topkMeta), auxMeta: Array.from(auxMeta),
     x: arr(B * d), b_dec: arr(K * d, 0.3), W_dec: arr(K * n * d, 0.5), h: h.map(toBits), resid, counters,
     fired: Array.from({ length: K * n }, () => (rand() < 0.5 ? Math.floor(rand() * 4) : 0)),
     gW_enc: arr(K * d * n, 0.1), gW_dec: arr(K * n * d, 0.1), gb_enc: arr(K * n, 0.1),
   };
-  return { input, specs, h };
+  return { input, specs, h, cap };
 }
 
-for (const [name, open, skip, direct] of backends) {
+for (const [name, open, skip] of backends) {
   describe.skipIf(skip !== null)(`AuxK kernels on ${name}`, () => {
     let gpu: GpuBackend;
     beforeAll(async () => {
@@ -81,11 +86,12 @@ for (const [name, open, skip, direct] of backends) {
     }, 120_000);
     afterAll(async () => gpu?.close());
 
-    it(`one step over row chunks (${direct ? "direct" : "tiled"} matmuls): selection, e − ê, loss, gradients, counters`, async () => {
+    it(`one step over row chunks (gathered): dead list, selection, e − ê, loss, gradients, counters`, async () => {
       const seed = testSeed();
-      const { input, specs, h } = makeInput(seed, direct);
-      const { K, d, n, B } = input;
-      type Out = Record<"act" | "auxR" | "G" | "gW_enc" | "gW_dec" | "gb_enc" | "scal", (number | null)[]> & { counters: number[]; nDead: number[] };
+      const { input, specs, h, cap } = makeInput(seed);
+      const { K, d, n, B, C } = input;
+      type Out = Record<"act" | "auxR" | "G" | "gW_enc" | "gW_dec" | "gb_enc" | "scal", (number | null)[]> &
+        Record<"counters" | "nDead" | "list" | "cnt" | "deadList" | "args", number[]>;
       const got = await gpu.run<Out>("auxk.step", input);
       /** got[i] within tol of want, or (want null) still poisoned. */
       const near = (label: string, g: number | null, want: number | null, tol = 0) => {
@@ -111,7 +117,20 @@ for (const [name, open, skip, direct] of backends) {
           expect(got.counters[s * n + j], `seed ${seed} sae ${s} counter ${j}`).toBe(!sp.deadAfter ? c0 : fired > 0 ? 0 : c0 + B);
         }
         const off = sp.kAux === 0;
+        // the step's dead list (AuxK off: empty), in index order
+        const list = Array.from({ length: n }, (_, j) => j).filter((j) => !off && dead[j]);
+        expect(got.deadList.slice(s * (n + 1), s * (n + 1) + 1 + list.length), `seed ${seed} sae ${s} dead list`).toEqual([list.length, ...list]);
         const act = auxAct(hs, dead, sp.kAux, B, n);
+        // each row's gathered selection: the latents with act > 0 in index order, their values
+        for (let b = 0; b < B && !off; b++) {
+          const want = list.filter((j) => act[b * n + j] > 0);
+          expect(got.cnt[s * B + b], `seed ${seed} sae ${s} row ${b} count`).toBe(want.length);
+          want.forEach((j, t) => {
+            const o = 2 * ((s * B + b) * cap + t);
+            expect(got.list[o], `seed ${seed} sae ${s} row ${b} entry ${t}`).toBe(j);
+            expect(got.list[o + 1], `seed ${seed} sae ${s} row ${b} value ${t}`).toBe(toBits(act[b * n + j]));
+          });
+        }
         const r = auxResid(act, W, e, B, n, d);
         const den = auxDen(e, B, d), num = sumSquares(r);
         const gs = auxGScale(sp.coeff, den);
@@ -125,7 +144,8 @@ for (const [name, open, skip, direct] of backends) {
         const bEnc = { want: auxGradBEnc(gh, B, n), mag: auxGradBEnc(ghMag, B, n) };
         for (let i = 0; i < B * n; i++) {
           near(`sae ${s} act[${i}]`, got.act[s * B * n + i], off ? null : act[i]);
-          near(`sae ${s} G[${i}]`, got.G[s * B * n + i], off ? null : gh[i], EPS * ghMag[i] + 1e-30);
+          // dL_aux/dh at the selected entries only; G elsewhere keeps what was there (here: the poison)
+          near(`sae ${s} G[${i}]`, got.G[s * B * n + i], off || !(act[i] > 0) ? null : gh[i], EPS * ghMag[i] + 1e-30);
         }
         for (let i = 0; i < B * d; i++) near(`sae ${s} e − ê [${i}]`, got.auxR[s * B * d + i], off ? null : r[i], EPS * rMag[i]);
         const terms: Array<[string, ArrayLike<number>, { want: Float64Array; mag: Float64Array }]> = [
@@ -165,6 +185,10 @@ for (const [name, open, skip, direct] of backends) {
         }
       }
       expect(tiesCut, `seed ${seed}: the planted ties must have been cut somewhere`).toBeGreaterThan(0);
+      // indirect sizes: the select over a chunk's rows (something is dead), the per-latent kernels over the most dead
+      const most = Math.max(...got.deadList.filter((_, i) => i % (n + 1) === 0));
+      expect(got.args.slice(AUX_ARGS_SELECT, AUX_ARGS_SELECT + 3)).toEqual([C, K, 1]);
+      expect(got.args.slice(AUX_ARGS_LATENT, AUX_ARGS_LATENT + 3)).toEqual([most, Math.ceil(d / LATENT_COLS), K]);
     }, 120_000);
   });
 }

@@ -65,11 +65,12 @@ describe("memory plan", () => {
     expect(batch.bytesPerSae).toBe(plain.bytesPerSae);
     expect(maxSaesThatFit(NVIDIA, b, 24e9)).toBeLessThanOrEqual(maxSaesThatFit(NVIDIA, s, 24e9));
     // AuxK: per SAE the dead counters, n_dead and 4 scalars (plus their staging); per SAE of the working slab the
-    // dead latents' activations (as large as H), their cut, e − ê, the denominator's and numerator's partials, Σ dh
+    // dead latents' activations (as large as H), their cut, e − ê, the denominator's and numerator's partials, Σ dh,
+    // the dead list, and each row's gathered selection (k_aux = 512 (latent, value) pairs) and its count
     const aux = planMemory(small, { ...s, auxk: true }, { memoryBudget: 24e9, saes: 4 });
     const C = aux.rowsPerChunk, S = aux.partials;
     expect(aux.workingBytesPerSae - planMemory(small, s, { memoryBudget: 24e9, saes: 4, maxRowsPerChunk: C }).workingBytesPerSae).toBe(
-      4 * (C * 12288 + 2 * C + C * 768 + 3 * S * 768 + S * 768 + 2 * 12288),
+      4 * (C * 12288 + 2 * C + C * 768 + 3 * S * 768 + S * 768 + 2 * 12288 + 12288 + 1 + 2 * C * 512 + C),
     );
     expect(aux.bytesPerSae - plain.bytesPerSae).toBe(4 * (12288 + 1 + 4 + 5));
     expect(maxSaesThatFit(NVIDIA, { ...s, auxk: true }, 24e9)).toBeLessThan(maxSaesThatFit(NVIDIA, s, 24e9));
