@@ -2,7 +2,8 @@
 // demo.toml: d_vit 32, 48 features, d_sae 128, batch 512, lr 1e-2), on Dawn (cheaper than Chromium here; the
 // kernels themselves run on both in topk.test.ts). 128 steps instead of the demo's 256, to keep it short: the float64
 // reference (test/reference/topk.ts) reaches a recovery of 0.90 at 96 steps and 0.94 at 128 on this data (the engine:
-// 0.952 after 160 steps). Checks SAE.md's TopK contract on the engine's own eval:
+// 0.952 after 160 steps). The data is the demo's first dataset (examples/demo.toml: sparsity 0.04, seed 1, n_examples
+// = its n_train), b_dec from 4096 examples instead of all. Checks SAE.md's TopK contract on the engine's own eval:
 // L0 ≤ k for every example, = k wherever at least k pre-activations are positive, so the mean is exactly the
 // mean of min(k, #positive); and the SAE recovers the true features (mean over features of the best cosine with a
 // decoder row ≥ 0.9).
@@ -24,14 +25,24 @@ interface Trained {
  * "per-example" (TopK: ≤ k each, = k where k pre-activations are positive), "mean" (BatchTopK with θ: the eval's
  * mean L0 within 10 % of k).
  */
-// aux_coeff 0: these check selection and recovery alone (AuxK has its own test, test/gpu/auxk-engine.test.ts); a case may set its own.
-// `recovery`: the bar for the mean max cosine with the true features. BatchTopK reaches 0.87 here (issue 13 asks 0.9;
-// TopK 0.94 with the same data and steps): held at 0.85 until it does better, so a regression still shows.
+// aux_coeff 0 unless a case sets its own (AuxK has its own test, test/gpu/auxk-engine.test.ts).
+// `recovery`: the bar for the mean max cosine with the true features (issue 13: 0.9).
 const CASES: Array<{ name: string; sae: Partial<SaeConfig> & { k: number }; l0: "per-example" | "mean"; recovery: number }> = [
+  // k 4, twice the data's mean L0 (48 features at sparsity 0.04: 1.92 per example), so that many examples have fewer
+  // than k positive pre-activations and both branches of the per-example check run. TopK's ReLU drops the surplus.
   { name: "topk k=4", sae: { kind: "topk", k: 4 }, l0: "per-example", recovery: 0.9 },
-  // θ tracks min_kept by an EMA from the first step's value: 0.999 (the default, for runs of 10⁵ steps) would still
-  // hold the early, larger thresholds after these 128 steps.
-  { name: "batchtopk k=4", sae: { kind: "batchtopk", k: 4, threshold_beta: 0.9 }, l0: "mean", recovery: 0.85 },
+  // BatchTopK as a researcher sets it up on data of known L0: k = the data's mean L0 (1.92 → 2), with AuxK. Unlike
+  // TopK, BatchTopK fills its k·B budget whatever the data needs, so at k 4 the surplus (about 2 per example) goes to
+  // composite latents (one at freq 0.11 had cosine 0.52 with each of two true features, whose rates are 0.016–0.028),
+  // and latents that were never selected stay dead (66 of 128 at eval): the float64 reference, which matches the
+  // engine's 0.8716 to four digits, gives 0.87 at 128 steps, 0.905 at 256, 0.92 at 512. At k 2 without AuxK, 0.79–0.91
+  // over four seeds (the low one with 93 dead); k 4 with AuxK 0.89–0.92; k 2 with AuxK 0.96–0.97 (seeds 43–46).
+  // dead_after: SAE.md's 10⁷ examples is for runs of 10⁹; these 65 536 examples call for a few thousand (8 steps).
+  // k_aux 16: dictionary_learning's d_vit / 2 (SAE.md's 512 exceeds these 128 latents); the reference gives the same
+  // recovery with either (0.958), dead latents rarely having many positive pre-activations.
+  // threshold_beta: θ tracks min_kept by an EMA from the first step's value; 0.999 (the default, for runs of 10⁵ steps)
+  // would still hold the early, larger thresholds after these 128 steps.
+  { name: "batchtopk k=2", sae: { kind: "batchtopk", k: 2, threshold_beta: 0.9, aux_coeff: 1 / 32, dead_after: 4096, k_aux: 16 }, l0: "mean", recovery: 0.9 },
 ];
 
 const STEPS = 128;
@@ -70,7 +81,7 @@ describe.skipIf(skip !== null)("TopK training on synthetic data (dawn)", () => {
     const t0 = performance.now();
     out = await gpu.run<Trained>("topkTrain", { cfgs, steps: STEPS, evalExamples: N_EVAL, perExample: PER_EXAMPLE });
     console.log(`[topk-train] ${CASES.length} SAE(s), ${STEPS} steps of ${B}: ${((performance.now() - t0) / 1000).toFixed(1)} s`);
-  }, 600_000); // well under 2 min on an idle 2-core machine; the margin is for a loaded one
+  }, 900_000); // minutes on an idle 2-core machine; 651 s of training with load 7–10 (AuxK adds kernels to the step)
   afterAll(async () => gpu?.close());
 
   CASES.forEach((c, s) => {
@@ -99,7 +110,7 @@ describe.skipIf(skip !== null)("TopK training on synthetic data (dawn)", () => {
       });
     else
       it(`${c.name}: eval mean L0 within 10 % of k`, () => {
-        console.log(`[topk-train] ${c.name}: eval mean L0 ${out.evals[s].l0.toFixed(4)} (k = ${k})`);
+        console.log(`[topk-train] ${c.name}: eval mean L0 ${out.evals[s].l0.toFixed(4)} (k = ${k}), FVU ${out.evals[s].fvu.toFixed(4)}, dead ${out.evals[s].n_dead}`);
         expect(Math.abs(out.evals[s].l0 - k)).toBeLessThanOrEqual(0.1 * k);
       });
 
