@@ -14,7 +14,8 @@
  *   cut [K, rowStride, 2]: per row the threshold key T and the tie cut J: entry j is kept when its key is > T, or
  *     == T with j < J (so the lowest latent indices win ties).
  *   counters [K, n]: examples since each latent last fired (saturating).
- *   batchHist [K, 65536]: BatchTopK's radix histogram (zero between uses: the resolve kernel clears it).
+ *   batchHist [K, BATCH_HIST_WORDS]: BatchTopK's radix histogram, 65 536 bins then 256 group sums (zero between
+ *     uses: BATCH_CLEAR clears it after each resolve).
  *   batchState [K, BATCH_STATE_WORDS]: [top 16 bits of T, still to keep, T, ties kept so far, θ (f32 bits), θ set].
  *   rowTies [K, rowStride]: ties with T per row of the chunk at hand; after BATCH_ADVANCE, the ties kept before each
  *     row over the batch.
@@ -24,6 +25,10 @@ import type { TrainConfig } from "./config";
 export const TOPK_META_WORDS = 8;
 export const BATCH_STATE_WORDS = 8;
 export const BATCH_BINS = 65536;
+/** Groups of 256 bins each histogram is summed by (batchGroupSumsKernel), so the resolve reads 256 sums, then 256 bins. */
+export const BATCH_GROUPS = 256;
+/** Words per SAE of batchHist: the 65 536 bins, then the BATCH_GROUPS group sums. */
+export const BATCH_HIST_WORDS = BATCH_BINS + BATCH_GROUPS;
 /** Most workgroups per SAE of one gradient tensor's sum of squares (one partial each). */
 export const NORM_WORKGROUPS = 64;
 /** Workgroups of GRAD_NORM_PARTIAL for a tensor of `size` elements per SAE: one per 256 elements, at most 64 (on
@@ -428,9 +433,9 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(workgroup_id) wg: ve
 // whose histograms accumulate chunk by chunk, and the ties are taken in (row, latent) order while the chunks are
 // applied in order. Per step, for the SAEs with kTotal > 0 (the others return at once):
 //   for each chunk: encode → batchHistKernel(0)          (top 16 bits of each key)
-//   batchResolveKernel(0)                                  (top 16 bits of T; clears the histogram)
+//   batchGroupSumsKernel(0) → batchResolveKernel(0) → BATCH_CLEAR   (top 16 bits of T; the histogram cleared)
 //   for each chunk: encode → batchHistKernel(1)          (low 16 bits, keys whose top bits match)
-//   batchResolveKernel(1)                                  (T, how many ties to keep; θ update; clears)
+//   batchGroupSumsKernel(1) → batchResolveKernel(1) → BATCH_CLEAR   (T, how many ties to keep; θ update)
 //   for each chunk: encode → batchTiesKernel → BATCH_ADVANCE → batchApplyKernel → the ReLU forward/backward
 // so H holds f = ReLU(h) on the kept entries (0 elsewhere) when the chunk's decode and backward run.
 
@@ -462,7 +467,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
   if (kTotalOf(sae) == 0u) { return; }
   let size = dims.rows * dims.n;
   let base = sae * dims.rowStride * dims.n;
-  let hb = sae * ${BATCH_BINS}u;
+  let hb = sae * ${BATCH_HIST_WORDS}u;
   let top = batchState[stateAt(sae, 0u)];
   var zeros = 0u;
   for (var i = wg.x * WG + tid; i < size; i += nwg.x * WG) {
@@ -476,66 +481,107 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
 `;
 }
 
+/** Workgroup size of BATCH_GROUP_SUMS and BATCH_CLEAR (dispatch (BATCH_GROUPS / BATCH_GROUP_THREADS, K)). */
+export const BATCH_GROUP_THREADS = 64;
+
+// The resolve of one digit is three barrier-free dispatches, not one workgroup with barriers: on a software adapter
+// (SwiftShader) every thread of a workgroup with barriers runs as a fiber, and the one-workgroup resolve (256
+// threads summing 256 bins each, thread 0 scanning, all clearing 65 536 bins) took 21–90 ms per digit at the demo's
+// shape (test/bench/topk-kernels.ts). Now a thread per group sums it, one thread per SAE scans 256 sums and then one
+// group's bins, and a thread per group clears its bins only where its sum is not 0 (a pass fills few groups). On a
+// GPU each is a few microseconds: the serial thread reads 512 words.
+
 /**
- * Reads one digit of T off the whole batch's histogram (dispatch (1, K)), then clears the histogram. Pass 0 starts
- * from kTotal and keeps the top 16 bits; pass 1 completes T, leaves how many ties with T to keep, restarts the tie
- * count, and moves θ: θ ← β·θ + (1 − β)·min_kept (θ ← min_kept on the first step, while "θ set" is 0).
- * Bindings: dims, topkMeta, batchHist, batchState.
+ * Sums each group of 256 bins into batchHist's group sums (dispatch (BATCH_GROUPS / BATCH_GROUP_THREADS, K)).
+ * Pass 0's keys are those of ReLU(h) ≥ 0, all ≥ ZERO_KEY, so its groups below ZERO_KEY >> 24 are 0 unread.
+ * Bindings: dims, topkMeta, batchHist.
+ */
+export function batchGroupSumsKernel(pass: 0 | 1): string {
+  return /* wgsl */ `${HEADER}${BATCH_HEADER}
+@group(0) @binding(2) var<storage, read_write> batchHist: array<atomic<u32>>;
+
+@compute @workgroup_size(${BATCH_GROUP_THREADS})
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(workgroup_id) wg: vec3u) {
+  let sae = wg.y;
+  let g = gid.x;
+  if (g >= ${BATCH_GROUPS}u || kTotalOf(sae) == 0u) { return; }
+  let hb = sae * ${BATCH_HIST_WORDS}u;
+  var s = 0u;
+  ${pass === 0 ? "if (g >= (ZERO_KEY >> 24u)) {" : "{"}
+    for (var i = 0u; i < 256u; i++) { s += atomicLoad(&batchHist[hb + g * 256u + i]); }
+  }
+  atomicStore(&batchHist[hb + ${BATCH_BINS}u + g], s);
+}
+`;
+}
+
+/**
+ * Reads one digit of T off the whole batch's histogram and its group sums (dispatch (1, K), one thread per SAE).
+ * Pass 0 starts from kTotal and keeps the top 16 bits; pass 1 completes T, leaves how many ties with T to keep,
+ * restarts the tie count, and moves θ: θ ← β·θ + (1 − β)·min_kept (θ ← min_kept on the first step, while "θ set" is
+ * 0). BATCH_CLEAR then clears the histogram. Bindings: dims, topkMeta, batchHist, batchState.
  */
 export function batchResolveKernel(pass: 0 | 1): string {
   return /* wgsl */ `${HEADER}${BATCH_HEADER}
 @group(0) @binding(2) var<storage, read_write> batchHist: array<atomic<u32>>;
 @group(0) @binding(3) var<storage, read_write> batchState: array<u32>;
-var<workgroup> part: array<u32, 256>;
-var<workgroup> shareA: u32;
 
-@compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: u32) {
+@compute @workgroup_size(1)
+fn main(@builtin(workgroup_id) wg: vec3u) {
   let sae = wg.y;
-  if (tid == 0u) { shareA = kTotalOf(sae); }
-  let kTotal = workgroupUniformLoad(&shareA);
+  let kTotal = kTotalOf(sae);
   if (kTotal == 0u) { return; }
-  let hb = sae * ${BATCH_BINS}u;
-  {
-    var s = 0u;
-    for (var i = 0u; i < 256u; i++) { s += atomicLoad(&batchHist[hb + tid * 256u + i]); }
-    part[tid] = s;
+  let hb = sae * ${BATCH_HIST_WORDS}u;
+  let remaining = ${pass === 0 ? "kTotal" : "batchState[stateAt(sae, 1u)]"};
+  var above = 0u;
+  var g = ${BATCH_GROUPS - 1}u;
+  loop {
+    let c = atomicLoad(&batchHist[hb + ${BATCH_BINS}u + g]);
+    if (above + c >= remaining || g == 0u) { break; }
+    above += c;
+    g -= 1u;
   }
-  workgroupBarrier();
-  if (tid == 0u) {
-    let remaining = ${pass === 0 ? "kTotal" : "batchState[stateAt(sae, 1u)]"};
-    var above = 0u;
-    var g = 255u;
-    loop {
-      if (above + part[g] >= remaining || g == 0u) { break; }
-      above += part[g];
-      g -= 1u;
-    }
-    var b = g * 256u + 255u;
-    loop {
-      let c = atomicLoad(&batchHist[hb + b]);
-      if (above + c >= remaining || b == g * 256u) { break; }
-      above += c;
-      b -= 1u;
-    }
-    batchState[stateAt(sae, 1u)] = remaining - above;
-    ${pass === 0
-      ? "batchState[stateAt(sae, 0u)] = b;"
-      : `let T = (batchState[stateAt(sae, 0u)] << 16u) | b;
-    batchState[stateAt(sae, 2u)] = T;
-    batchState[stateAt(sae, 3u)] = 0u;
-    let minKept = valueOf(T);
-    let beta = bitcast<f32>(metaWord(sae, 3u));
-    let theta = bitcast<f32>(batchState[stateAt(sae, 4u)]);
-    let wasSet = batchState[stateAt(sae, 5u)] != 0u;
-    batchState[stateAt(sae, 4u)] = bitcast<u32>(select(minKept, beta * theta + (1.0 - beta) * minKept, wasSet));
-    batchState[stateAt(sae, 5u)] = 1u;`}
+  var b = g * 256u + 255u;
+  loop {
+    let c = atomicLoad(&batchHist[hb + b]);
+    if (above + c >= remaining || b == g * 256u) { break; }
+    above += c;
+    b -= 1u;
   }
-  workgroupBarrier();
-  for (var i = 0u; i < 256u; i++) { atomicStore(&batchHist[hb + tid * 256u + i], 0u); }
+  batchState[stateAt(sae, 1u)] = remaining - above;
+  ${pass === 0
+    ? "batchState[stateAt(sae, 0u)] = b;"
+    : `let T = (batchState[stateAt(sae, 0u)] << 16u) | b;
+  batchState[stateAt(sae, 2u)] = T;
+  batchState[stateAt(sae, 3u)] = 0u;
+  let minKept = valueOf(T);
+  let beta = bitcast<f32>(metaWord(sae, 3u));
+  let theta = bitcast<f32>(batchState[stateAt(sae, 4u)]);
+  let wasSet = batchState[stateAt(sae, 5u)] != 0u;
+  batchState[stateAt(sae, 4u)] = bitcast<u32>(select(minKept, beta * theta + (1.0 - beta) * minKept, wasSet));
+  batchState[stateAt(sae, 5u)] = 1u;`}
 }
 `;
 }
+
+/**
+ * Clears the histogram after a resolve (dispatch (BATCH_GROUPS / BATCH_GROUP_THREADS, K)): a thread per group clears
+ * its 256 bins where the group's sum is not 0, then the sum. Bindings: dims, topkMeta, batchHist.
+ */
+export const BATCH_CLEAR = /* wgsl */ `${HEADER}${BATCH_HEADER}
+@group(0) @binding(2) var<storage, read_write> batchHist: array<atomic<u32>>;
+
+@compute @workgroup_size(${BATCH_GROUP_THREADS})
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(workgroup_id) wg: vec3u) {
+  let sae = wg.y;
+  let g = gid.x;
+  if (g >= ${BATCH_GROUPS}u || kTotalOf(sae) == 0u) { return; }
+  let hb = sae * ${BATCH_HIST_WORDS}u;
+  if (atomicLoad(&batchHist[hb + ${BATCH_BINS}u + g]) == 0u) { return; }
+  for (var i = 0u; i < 256u; i++) { atomicStore(&batchHist[hb + g * 256u + i], 0u); }
+  atomicStore(&batchHist[hb + ${BATCH_BINS}u + g], 0u);
+}
+`;
 
 /**
  * Ties with T (key of ReLU(h) == T) per row of a chunk into rowTies. perThread (short rows, see perThreadRows): one

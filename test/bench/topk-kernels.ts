@@ -84,14 +84,23 @@ await time("row select, a thread per row", [[T.rowSelectKernel({ kWord: 0, deadO
 if (!T.perThreadRows(n)) await time("row select, a workgroup per row", [[T.rowSelectKernel({ kWord: 0, deadOnly: false, inPlace: false }), [dims, meta(k, 0), H, rowOut, cut], [B, K, 1]]]);
 {
   const m = meta(0, k * B);
-  const hist = buf(new Uint32Array(K * T.BATCH_BINS));
+  const hist = buf(new Uint32Array(K * T.BATCH_HIST_WORDS));
   const state = buf(new Uint32Array(K * T.BATCH_STATE_WORDS));
   const ties = buf(new Uint32Array(K * B));
   const Hc = buf(h);
   const pt = T.perThreadRows(n);
   const grid: [number, number, number] = [pt ? Math.ceil(B / T.ROW_THREADS) : B, K, 1];
-  await time("batch hist0", [[T.batchHistKernel(0), [dims, m, H, hist, state], [T.batchHistGroups(B, n), K, 1]]]);
-  await time("batch resolve0", [[T.batchResolveKernel(0), [dims, m, hist, state], [1, K, 1]]]);
+  const groups: [number, number, number] = [T.BATCH_GROUPS / T.BATCH_GROUP_THREADS, K, 1];
+  const resolve = (p: 0 | 1): Array<[string, GPUBuffer[], [number, number, number]]> => [
+    [T.batchGroupSumsKernel(p), [dims, m, hist], groups],
+    [T.batchResolveKernel(p), [dims, m, hist, state], [1, K, 1]],
+    [T.BATCH_CLEAR, [dims, m, hist], groups],
+  ];
+  // each rep a whole digit (its histogram, then its resolve, which clears it), as the engine runs them
+  await time("batch hist0 + resolve0", [[T.batchHistKernel(0), [dims, m, H, hist, state], [T.batchHistGroups(B, n), K, 1]], ...resolve(0)]);
+  await time("batch hist0 alone", [[T.batchHistKernel(0), [dims, m, H, hist, state], [T.batchHistGroups(B, n), K, 1]]]);
+  await time("batch resolve0 (sums, scan, clear)", resolve(0));
+  await time("batch hist1 + resolve1", [[T.batchHistKernel(1), [dims, m, H, hist, state], [T.batchHistGroups(B, n), K, 1]], ...resolve(1)]);
   await time("batch ties", [[T.batchTiesKernel(pt), [dims, m, H, state, ties], grid]]);
   await time("batch advance", [[T.BATCH_ADVANCE, [dims, m, state, ties], [1, K, 1]]]);
   await time("batch apply", [[T.batchApplyKernel(pt), [dims, m, Hc, state, ties], grid]]);

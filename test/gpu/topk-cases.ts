@@ -107,13 +107,15 @@ export const topkCases: Record<string, GpuCase> = {
     const dims = uniform(device, T.topkDims({ K }));
     const meta = buffer(device, Uint32Array.from(input.meta));
     const H = buffer(device, 4 * K * chunkRows * n);
-    const hist = buffer(device, new Uint32Array(K * T.BATCH_BINS));
+    const hist = buffer(device, new Uint32Array(K * T.BATCH_HIST_WORDS));
     const state = buffer(device, Uint32Array.from(input.state));
     const rowTies = buffer(device, 4 * K * chunkRows);
     const f = buffer(device, 4 * K * B * n);
     const k = {
       hist: [await kernel(device, "batch_hist0", T.batchHistKernel(0)), await kernel(device, "batch_hist1", T.batchHistKernel(1))],
+      groupSums: [await kernel(device, "batch_group_sums0", T.batchGroupSumsKernel(0)), await kernel(device, "batch_group_sums1", T.batchGroupSumsKernel(1))],
       resolve: [await kernel(device, "batch_resolve0", T.batchResolveKernel(0)), await kernel(device, "batch_resolve1", T.batchResolveKernel(1))],
+      clear: await kernel(device, "batch_clear", T.BATCH_CLEAR),
       ties: await kernel(device, "batch_ties", T.batchTiesKernel(input.perThread)),
       apply: await kernel(device, "batch_apply", T.batchApplyKernel(input.perThread)),
       advance: await kernel(device, "batch_advance", T.BATCH_ADVANCE),
@@ -137,7 +139,12 @@ export const topkCases: Record<string, GpuCase> = {
         const rows = encodeChunk(c);
         run((enc) => dispatch(device, enc, k.hist[p], [dims, meta, H, hist, state], [T.batchHistGroups(rows, n), K, 1]));
       }
-      run((enc) => dispatch(device, enc, k.resolve[p], [dims, meta, hist, state], [1, K, 1]));
+      run((enc) => {
+        const groups: [number, number, number] = [T.BATCH_GROUPS / T.BATCH_GROUP_THREADS, K, 1];
+        dispatch(device, enc, k.groupSums[p], [dims, meta, hist], groups);
+        dispatch(device, enc, k.resolve[p], [dims, meta, hist, state], [1, K, 1]);
+        dispatch(device, enc, k.clear, [dims, meta, hist], groups);
+      });
     }
     for (let sweep = 0; sweep < input.sweeps; sweep++) {
       if (sweep > 0) run((enc) => dispatch(device, enc, k.restart, [dims, meta, state], [1, K, 1]));
