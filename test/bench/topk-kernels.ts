@@ -91,16 +91,21 @@ if (!T.perThreadRows(n)) await time("row select, a workgroup per row", [[T.rowSe
   const pt = T.perThreadRows(n);
   const grid: [number, number, number] = [pt ? Math.ceil(B / T.ROW_THREADS) : B, K, 1];
   const groups: [number, number, number] = [T.BATCH_GROUPS / T.BATCH_GROUP_THREADS, K, 1];
+  // pass 0 keeps candidates where the engine's would (one chunk of B rows); the repeated batch keeps T, so pass 1
+  // then reads the candidates (SPEC=0: never)
+  const spec = process.env.SPEC !== "0" && T.batchSpeculates(1, B, n);
+  const hist0: [string, GPUBuffer[], [number, number, number]] = [T.batchHistKernel(0, spec), [dims, m, H, hist, state], [T.batchHistGroups(B, n), K, 1]];
+  const hist1: [string, GPUBuffer[], [number, number, number]] = [T.batchHistKernel(1), [dims, m, H, hist, state], [T.batchHistGroups(B, n), K, 1]];
   const resolve = (p: 0 | 1): Array<[string, GPUBuffer[], [number, number, number]]> => [
     [T.batchGroupSumsKernel(p), [dims, m, hist], groups],
-    [T.batchResolveKernel(p), [dims, m, hist, state], [1, K, 1]],
-    [T.BATCH_CLEAR, [dims, m, hist], groups],
+    [T.batchResolveKernel(p, p === 0 && spec), [dims, m, hist, state], [1, K, 1]],
+    [T.batchClearKernel(p), [dims, m, hist], groups],
   ];
   // each rep a whole digit (its histogram, then its resolve, which clears it), as the engine runs them
-  await time("batch hist0 + resolve0", [[T.batchHistKernel(0), [dims, m, H, hist, state], [T.batchHistGroups(B, n), K, 1]], ...resolve(0)]);
-  await time("batch hist0 alone", [[T.batchHistKernel(0), [dims, m, H, hist, state], [T.batchHistGroups(B, n), K, 1]]]);
-  await time("batch resolve0 (sums, scan, clear)", resolve(0));
-  await time("batch hist1 + resolve1", [[T.batchHistKernel(1), [dims, m, H, hist, state], [T.batchHistGroups(B, n), K, 1]], ...resolve(1)]);
+  await time(`batch hist0 + resolve0${spec ? " (spec)" : ""}`, [hist0, ...resolve(0)]);
+  await time("batch hist1 + resolve1", [hist1, ...resolve(1)]);
+  await time("batch hist0 + resolve0 + hist1 + resolve1", [hist0, ...resolve(0), hist1, ...resolve(1)]);
+  await time("batch resolve0 alone", resolve(0));
   await time("batch ties", [[T.batchTiesKernel(pt), [dims, m, H, state, ties], grid]]);
   await time("batch advance", [[T.BATCH_ADVANCE, [dims, m, state, ties], [1, K, 1]]]);
   await time("batch apply", [[T.batchApplyKernel(pt), [dims, m, Hc, state, ties], grid]]);
