@@ -6,6 +6,9 @@
  * Measured at the demo's shape (n 128, B 512, K 12, k 4; load 7–13, so ±2×): a workgroup per row 18 119 ms, a
  * thread per row 118–138 ms (k 8: ~300, k 16: ~400, k 64 through the radix: ~450); one plain pass 58 ms. BatchTopK:
  * ties 3 021 → 50 ms, apply 9 403 → 51–77 ms, advance (now a scan) 1.3 ms, hist 91–150 ms, resolve 24–90 ms.
+ * Histogram and resolve (k 8, load 5–12, back to back): hist0 30–92 ms, resolve0 21–68 ms (one 256-thread workgroup
+ * with barriers) → resolve 2.5–5.6 ms (group sums, a thread's scan, clear: no barrier); both digits together 107 ms
+ * with pass 1 reading H (SPEC=0), 56–73 ms with pass 1 from pass 0's candidates (hist1 + resolve1 10–20 ms).
  * "engine step" lines time SaeEngine.step on a fixed batch (no autotune: only comparable with each other).
  */
 import { existsSync } from "node:fs";
