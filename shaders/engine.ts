@@ -271,6 +271,7 @@ export class SaeEngine {
     this.matmulVariant = options.matmul ?? (isSoftwareDevice(device) ? "direct" : "tiled");
     this.kernels = Object.fromEntries(K.MATMUL_NAMES.map((m) => [m, options.kernels?.[m] ?? choiceFor(this.matmulVariant === "direct")])) as Record<K.MatmulName, MatmulChoice>;
     const mm = K.matmulKernels(this.kernels, { d, n, B: C });
+    const spec = TK.batchSpeculates(this.plan.rowChunks, C, n);
     const kn = {
       normalize: k("normalize_rows", K.NORMALIZE_ROWS),
       thresholds: k("thresholds", K.THRESHOLDS),
@@ -291,8 +292,11 @@ export class SaeEngine {
       // (short rows: a thread per row, see TK.perThreadRows)
       rowSelect: k("row_select", rowSelectKernel({ kWord: 0, deadOnly: false, inPlace: true, perThread: TK.perThreadRows(n) })),
       // BatchTopK (shaders/topk.ts): the whole batch's threshold, then f = ReLU(h) on the kept entries written over H
-      batchHist: [k("batch_hist0", TK.batchHistKernel(0)), k("batch_hist1", TK.batchHistKernel(1))],
-      batchResolve: [k("batch_resolve0", TK.batchResolveKernel(0)), k("batch_resolve1", TK.batchResolveKernel(1))],
+      // (a small batch in one chunk: pass 1 mostly from pass 0's candidates, see TK.batchSpeculates)
+      batchHist: [k("batch_hist0", TK.batchHistKernel(0, spec)), k("batch_hist1", TK.batchHistKernel(1))],
+      batchGroupSums: [k("batch_group_sums0", TK.batchGroupSumsKernel(0)), k("batch_group_sums1", TK.batchGroupSumsKernel(1))],
+      batchResolve: [k("batch_resolve0", TK.batchResolveKernel(0, spec)), k("batch_resolve1", TK.batchResolveKernel(1))],
+      batchClear: [k("batch_clear0", TK.batchClearKernel(0)), k("batch_clear1", TK.batchClearKernel(1))],
       batchTies: k("batch_ties", TK.batchTiesKernel(TK.perThreadRows(n))),
       batchApply: k("batch_apply", TK.batchApplyKernel(TK.perThreadRows(n))),
       batchAdvance: k("batch_advance", TK.BATCH_ADVANCE),
@@ -363,12 +367,18 @@ export class SaeEngine {
       const kept = rowChunks === 1; // one chunk: H survives from the select sweeps, no second encode
       const chunkIds = Array.from({ length: rowChunks }, (_, c) => c);
       const hist = (p: 0 | 1, c: number) => dispatch(kn.batchHist[p], [...sel("topkDims", c), "H", "batchHist", "batchState"], [TK.batchHistGroups(rowsOf(c), n), Ks, 1]);
-      const resolve = (p: 0 | 1) => dispatch(kn.batchResolve[p], [...sel("topkDims", 0), "batchHist", "batchState"], [1, Ks, 1]);
+      // a digit resolved in three barrier-free dispatches (see TK.batchGroupSumsKernel): group sums, scan, clear
+      const groupsGrid: [number, number, number] = [TK.BATCH_GROUPS / TK.BATCH_GROUP_THREADS, Ks, 1];
+      const resolve = (p: 0 | 1) => [
+        dispatch(kn.batchGroupSums[p], [...sel("topkDims", 0), "batchHist"], groupsGrid),
+        dispatch(kn.batchResolve[p], [...sel("topkDims", 0), "batchHist", "batchState"], [1, Ks, 1]),
+        dispatch(kn.batchClear[p], [...sel("topkDims", 0), "batchHist"], groupsGrid),
+      ];
       const batchSelect = !batches
         ? []
         : kept
-          ? [encode(tr(0), 0), hist(0, 0), resolve(0), hist(1, 0), resolve(1)]
-          : [...chunkIds.flatMap((c) => [encode(tr(c), c), hist(0, c)]), resolve(0), ...chunkIds.flatMap((c) => [encode(tr(c), c), hist(1, c)]), resolve(1)];
+          ? [encode(tr(0), 0), hist(0, 0), ...resolve(0), hist(1, 0), ...resolve(1)]
+          : [...chunkIds.flatMap((c) => [encode(tr(c), c), hist(0, c)]), ...resolve(0), ...chunkIds.flatMap((c) => [encode(tr(c), c), hist(1, c)]), ...resolve(1)];
       const batchApply = (c: number) =>
         !batches
           ? []

@@ -15,7 +15,7 @@
  */
 import type { AdapterLimits } from "./device";
 import { AUX_DEN_STATS, AUX_SCALARS } from "./auxk";
-import { BATCH_BINS, BATCH_STATE_WORDS, NORM_WORKGROUPS } from "./topk";
+import { BATCH_HIST_WORDS, BATCH_STATE_WORDS, NORM_WORKGROUPS } from "./topk";
 
 /** The engine's parameter tensors (W_enc, b_enc, W_dec, b_dec, log θ): gradient clipping sums over all of them. */
 const PARAM_COUNT = 5;
@@ -125,8 +125,8 @@ export function workingTensors(s: SaeShape, rowsPerChunk: number): Record<string
     latentPart: 4 * partials * n, // per partial of the whole batch: Σ dL/dh, Σ dL/dθ, #{f > 0}, Σ f
     residPart: 2 * partials * d, // per partial: Σ e², Σ R_0
     cut: 2 * rowsPerChunk, // TopK: each row's selection threshold and tie cut (shaders/topk.ts)
-    // BatchTopK (shaders/topk.ts): the whole batch's 16-bit radix histogram, and each row's ties with the threshold
-    ...(s.batchtopk ? { batchHist: BATCH_BINS, rowTies: rowsPerChunk } : {}),
+    // BatchTopK (shaders/topk.ts): the whole batch's 16-bit radix histogram (and its group sums), and each row's ties with the threshold
+    ...(s.batchtopk ? { batchHist: BATCH_HIST_WORDS, rowTies: rowsPerChunk } : {}),
     // AuxK (shaders/auxk.ts): the dead latents' kept ReLU(h) (as large as H), its select's cut, e − ê, the whole
     // batch's partials of the denominator and numerator, Σ_b dL_aux/dh (compensated), the step's dead list, and
     // each row's gathered selection (latent, value) with its count

@@ -14,8 +14,10 @@
  *   cut [K, rowStride, 2]: per row the threshold key T and the tie cut J: entry j is kept when its key is > T, or
  *     == T with j < J (so the lowest latent indices win ties).
  *   counters [K, n]: examples since each latent last fired (saturating).
- *   batchHist [K, 65536]: BatchTopK's radix histogram (zero between uses: the resolve kernel clears it).
- *   batchState [K, BATCH_STATE_WORDS]: [top 16 bits of T, still to keep, T, ties kept so far, θ (f32 bits), θ set].
+ *   batchHist [K, BATCH_HIST_WORDS]: BatchTopK's radix histogram, 65 536 bins then 256 group sums and the count of
+ *     candidates (zero between uses: batchClearKernel clears them after each resolve), then the candidates' keys.
+ *   batchState [K, BATCH_STATE_WORDS]: [top 16 bits of T, still to keep, T, ties kept so far, θ (f32 bits), θ set,
+ *     pass 1 from the candidates (1) or from H (0)].
  *   rowTies [K, rowStride]: ties with T per row of the chunk at hand; after BATCH_ADVANCE, the ties kept before each
  *     row over the batch.
  */
@@ -24,6 +26,13 @@ import type { TrainConfig } from "./config";
 export const TOPK_META_WORDS = 8;
 export const BATCH_STATE_WORDS = 8;
 export const BATCH_BINS = 65536;
+/** Groups of 256 bins each histogram is summed by (batchGroupSumsKernel), so the resolve reads 256 sums, then 256 bins. */
+export const BATCH_GROUPS = 256;
+/** Keys batchHistKernel(0, spec) keeps for pass 1 (beyond: pass 1 reads H, see batchSpeculates). */
+export const BATCH_CANDIDATES = 16384;
+/** Words per SAE of batchHist: the 65 536 bins, the BATCH_GROUPS group sums, the count of candidates (then 3 pad
+ *  words), the candidates. */
+export const BATCH_HIST_WORDS = BATCH_BINS + BATCH_GROUPS + 4 + BATCH_CANDIDATES;
 /** Most workgroups per SAE of one gradient tensor's sum of squares (one partial each). */
 export const NORM_WORKGROUPS = 64;
 /** Workgroups of GRAD_NORM_PARTIAL for a tensor of `size` elements per SAE: one per 256 elements, at most 64 (on
@@ -428,9 +437,10 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(workgroup_id) wg: ve
 // whose histograms accumulate chunk by chunk, and the ties are taken in (row, latent) order while the chunks are
 // applied in order. Per step, for the SAEs with kTotal > 0 (the others return at once):
 //   for each chunk: encode → batchHistKernel(0)          (top 16 bits of each key)
-//   batchResolveKernel(0)                                  (top 16 bits of T; clears the histogram)
-//   for each chunk: encode → batchHistKernel(1)          (low 16 bits, keys whose top bits match)
-//   batchResolveKernel(1)                                  (T, how many ties to keep; θ update; clears)
+//   batchGroupSumsKernel(0) → batchResolveKernel(0) → batchClearKernel(0)   (top 16 bits of T)
+//   for each chunk: encode → batchHistKernel(1)          (low 16 bits, keys whose top bits match; one chunk:
+//                                                          from pass 0's candidates where they suffice)
+//   batchGroupSumsKernel(1) → batchResolveKernel(1) → batchClearKernel(1)   (T, ties to keep; θ update)
 //   for each chunk: encode → batchTiesKernel → BATCH_ADVANCE → batchApplyKernel → the ReLU forward/backward
 // so H holds f = ReLU(h) on the kept entries (0 elsewhere) when the chunk's decode and backward run.
 
@@ -443,14 +453,27 @@ fn stateAt(sae: u32, w: u32) -> u32 { return sae * ${BATCH_STATE_WORDS}u + w; }
 /** Workgroups of batchHistKernel for a chunk of rows × n entries per SAE: about 8 entries a thread, at most 4096. */
 export const batchHistGroups = (rows: number, n: number): number => Math.max(1, Math.min(4096, Math.ceil((rows * n) / 2048)));
 
+/** Top-16-bit bins either side of the last step's that pass 0 keeps the keys of (spec): about ±6% of T's value. */
+const SPEC_BINS = 8;
+/** Most entries per SAE of a batch whose pass 0 keeps candidates (spec): a small batch in one chunk, where pass 1
+ *  reading all of H again is most of its cost on a software adapter (test/bench/topk-kernels.ts). A large batch
+ *  keeps more candidates than BATCH_CANDIDATES, and spends an atomic per candidate on one counter. */
+export const SPEC_MAX_ENTRIES = 1 << 20;
+export const batchSpeculates = (rowChunks: number, rows: number, n: number): boolean => rowChunks === 1 && rows * n <= SPEC_MAX_ENTRIES;
+
 /**
  * One chunk's contribution to BatchTopK's histogram (dispatch (batchHistGroups(rows, n), K); each thread strides over
  * the chunk's rows·n entries, which lie contiguous per SAE, so short rows leave no thread idle). Pass 0 counts the top
  * 16 bits of every key of ReLU(h); pass 1 the low 16 bits of the keys whose top bits are the ones pass 0 chose. Zeros
  * (every h ≤ 0) are counted per thread first: they would otherwise all hit one bin.
+ * spec (pass 0, one chunk only, see batchSpeculates): T moves little from step to step, so pass 0 also keeps the keys
+ * whose top bits lie within SPEC_BINS of the last step's (still in batchState) as candidates; when T's top bits are
+ * among them and every such key was kept (batchResolveKernel(0, true) decides), pass 1 reads the candidates, not H.
+ * Pass 1 takes either (batchState's flag); on candidates it counts them once, so with spec a batch is one chunk.
  * Bindings: dims, topkMeta, H, batchHist, batchState.
  */
-export function batchHistKernel(pass: 0 | 1): string {
+export function batchHistKernel(pass: 0 | 1, spec = false): string {
+  const C = BATCH_BINS + BATCH_GROUPS; // the count of candidates; the candidates follow 4 words on
   return /* wgsl */ `${HEADER}${BATCH_HEADER}
 @group(0) @binding(2) var<storage, read> H: array<f32>;
 @group(0) @binding(3) var<storage, read_write> batchHist: array<atomic<u32>>;
@@ -462,13 +485,33 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
   if (kTotalOf(sae) == 0u) { return; }
   let size = dims.rows * dims.n;
   let base = sae * dims.rowStride * dims.n;
-  let hb = sae * ${BATCH_BINS}u;
+  let hb = sae * ${BATCH_HIST_WORDS}u;
   let top = batchState[stateAt(sae, 0u)];
+  ${pass === 1
+    ? `if (batchState[stateAt(sae, 6u)] != 0u) {
+    let count = min(atomicLoad(&batchHist[hb + ${C}u]), ${BATCH_CANDIDATES}u);
+    for (var i = wg.x * WG + tid; i < count; i += nwg.x * WG) {
+      let key = atomicLoad(&batchHist[hb + ${C + 4}u + i]);
+      if ((key >> 16u) == top) { atomicAdd(&batchHist[hb + (key & 0xffffu)], 1u); }
+    }
+    return;
+  }`
+    : spec
+      ? `let lo = top - ${SPEC_BINS}u; // wraps for a T not yet set (poison): then no key is a candidate`
+      : ""}
   var zeros = 0u;
   for (var i = wg.x * WG + tid; i < size; i += nwg.x * WG) {
     let key = keyOf(max(H[base + i], 0.0));
     ${pass === 0
-      ? "if (key == ZERO_KEY) { zeros += 1u; } else { atomicAdd(&batchHist[hb + (key >> 16u)], 1u); }"
+      ? `if (key == ZERO_KEY) { zeros += 1u; } else {
+      atomicAdd(&batchHist[hb + (key >> 16u)], 1u);${spec
+        ? `
+      if ((key >> 16u) - lo <= ${2 * SPEC_BINS}u && (key >> 16u) != (ZERO_KEY >> 16u)) {
+        let at = atomicAdd(&batchHist[hb + ${C}u], 1u);
+        if (at < ${BATCH_CANDIDATES}u) { atomicStore(&batchHist[hb + ${C + 4}u + at], key); }
+      }`
+        : ""}
+    }`
       : "if ((key >> 16u) == top) { if (key == ZERO_KEY) { zeros += 1u; } else { atomicAdd(&batchHist[hb + (key & 0xffffu)], 1u); } }"}
   }
   if (zeros > 0u) { atomicAdd(&batchHist[hb + ${pass === 0 ? "(ZERO_KEY >> 16u)" : "(ZERO_KEY & 0xffffu)"}], zeros); }
@@ -476,63 +519,116 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
 `;
 }
 
+/** Workgroup size of batchGroupSumsKernel and batchClearKernel (dispatch (BATCH_GROUPS / BATCH_GROUP_THREADS, K)). */
+export const BATCH_GROUP_THREADS = 64;
+
+// The resolve of one digit is three barrier-free dispatches, not one workgroup with barriers: on a software adapter
+// (SwiftShader) every thread of a workgroup with barriers runs as a fiber, and the one-workgroup resolve (256
+// threads summing 256 bins each, thread 0 scanning, all clearing 65 536 bins) took 21–90 ms per digit at the demo's
+// shape (test/bench/topk-kernels.ts). Now a thread per group sums it, one thread per SAE scans 256 sums and then one
+// group's bins, and a thread per group clears its bins only where its sum is not 0 (a pass fills few groups). On a
+// GPU each is a few microseconds: the serial thread reads 512 words.
+
 /**
- * Reads one digit of T off the whole batch's histogram (dispatch (1, K)), then clears the histogram. Pass 0 starts
- * from kTotal and keeps the top 16 bits; pass 1 completes T, leaves how many ties with T to keep, restarts the tie
- * count, and moves θ: θ ← β·θ + (1 − β)·min_kept (θ ← min_kept on the first step, while "θ set" is 0).
- * Bindings: dims, topkMeta, batchHist, batchState.
+ * Sums each group of 256 bins into batchHist's group sums (dispatch (BATCH_GROUPS / BATCH_GROUP_THREADS, K)).
+ * Pass 0's keys are those of ReLU(h) ≥ 0, all ≥ ZERO_KEY, so its groups below ZERO_KEY >> 24 are 0 unread.
+ * Bindings: dims, topkMeta, batchHist.
  */
-export function batchResolveKernel(pass: 0 | 1): string {
+export function batchGroupSumsKernel(pass: 0 | 1): string {
+  return /* wgsl */ `${HEADER}${BATCH_HEADER}
+@group(0) @binding(2) var<storage, read_write> batchHist: array<atomic<u32>>;
+
+@compute @workgroup_size(${BATCH_GROUP_THREADS})
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(workgroup_id) wg: vec3u) {
+  let sae = wg.y;
+  let g = gid.x;
+  if (g >= ${BATCH_GROUPS}u || kTotalOf(sae) == 0u) { return; }
+  let hb = sae * ${BATCH_HIST_WORDS}u;
+  var s = 0u;
+  ${pass === 0 ? "if (g >= (ZERO_KEY >> 24u)) {" : "{"}
+    for (var i = 0u; i < 256u; i++) { s += atomicLoad(&batchHist[hb + g * 256u + i]); }
+  }
+  atomicStore(&batchHist[hb + ${BATCH_BINS}u + g], s);
+}
+`;
+}
+
+/**
+ * Reads one digit of T off the whole batch's histogram and its group sums (dispatch (1, K), one thread per SAE).
+ * Pass 0 starts from kTotal and keeps the top 16 bits; pass 1 completes T, leaves how many ties with T to keep,
+ * restarts the tie count, and moves θ: θ ← β·θ + (1 − β)·min_kept (θ ← min_kept on the first step, while "θ set" is
+ * 0). spec (pass 0, after batchHistKernel(0, true)): sets batchState's flag for pass 1 to read the candidates.
+ * batchClearKernel then clears the histogram. Bindings: dims, topkMeta, batchHist, batchState.
+ */
+export function batchResolveKernel(pass: 0 | 1, spec = false): string {
   return /* wgsl */ `${HEADER}${BATCH_HEADER}
 @group(0) @binding(2) var<storage, read_write> batchHist: array<atomic<u32>>;
 @group(0) @binding(3) var<storage, read_write> batchState: array<u32>;
-var<workgroup> part: array<u32, 256>;
-var<workgroup> shareA: u32;
 
-@compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: u32) {
+@compute @workgroup_size(1)
+fn main(@builtin(workgroup_id) wg: vec3u) {
   let sae = wg.y;
-  if (tid == 0u) { shareA = kTotalOf(sae); }
-  let kTotal = workgroupUniformLoad(&shareA);
+  let kTotal = kTotalOf(sae);
   if (kTotal == 0u) { return; }
-  let hb = sae * ${BATCH_BINS}u;
-  {
-    var s = 0u;
-    for (var i = 0u; i < 256u; i++) { s += atomicLoad(&batchHist[hb + tid * 256u + i]); }
-    part[tid] = s;
+  let hb = sae * ${BATCH_HIST_WORDS}u;
+  let remaining = ${pass === 0 ? "kTotal" : "batchState[stateAt(sae, 1u)]"};
+  var above = 0u;
+  var g = ${BATCH_GROUPS - 1}u;
+  loop {
+    let c = atomicLoad(&batchHist[hb + ${BATCH_BINS}u + g]);
+    if (above + c >= remaining || g == 0u) { break; }
+    above += c;
+    g -= 1u;
   }
-  workgroupBarrier();
-  if (tid == 0u) {
-    let remaining = ${pass === 0 ? "kTotal" : "batchState[stateAt(sae, 1u)]"};
-    var above = 0u;
-    var g = 255u;
-    loop {
-      if (above + part[g] >= remaining || g == 0u) { break; }
-      above += part[g];
-      g -= 1u;
-    }
-    var b = g * 256u + 255u;
-    loop {
-      let c = atomicLoad(&batchHist[hb + b]);
-      if (above + c >= remaining || b == g * 256u) { break; }
-      above += c;
-      b -= 1u;
-    }
-    batchState[stateAt(sae, 1u)] = remaining - above;
-    ${pass === 0
-      ? "batchState[stateAt(sae, 0u)] = b;"
-      : `let T = (batchState[stateAt(sae, 0u)] << 16u) | b;
-    batchState[stateAt(sae, 2u)] = T;
-    batchState[stateAt(sae, 3u)] = 0u;
-    let minKept = valueOf(T);
-    let beta = bitcast<f32>(metaWord(sae, 3u));
-    let theta = bitcast<f32>(batchState[stateAt(sae, 4u)]);
-    let wasSet = batchState[stateAt(sae, 5u)] != 0u;
-    batchState[stateAt(sae, 4u)] = bitcast<u32>(select(minKept, beta * theta + (1.0 - beta) * minKept, wasSet));
-    batchState[stateAt(sae, 5u)] = 1u;`}
+  var b = g * 256u + 255u;
+  loop {
+    let c = atomicLoad(&batchHist[hb + b]);
+    if (above + c >= remaining || b == g * 256u) { break; }
+    above += c;
+    b -= 1u;
   }
-  workgroupBarrier();
-  for (var i = 0u; i < 256u; i++) { atomicStore(&batchHist[hb + tid * 256u + i], 0u); }
+  batchState[stateAt(sae, 1u)] = remaining - above;
+  ${pass === 0
+    ? `${spec
+      ? `// pass 1 from the candidates: T's top bits within the window pass 0 kept (of the last step's top, still word 0),
+  // not the zeros' bin (zeros are not candidates), and no candidate dropped
+  let inWindow = b - (batchState[stateAt(sae, 0u)] - ${SPEC_BINS}u) <= ${2 * SPEC_BINS}u && b != (ZERO_KEY >> 16u);
+  let complete = atomicLoad(&batchHist[hb + ${BATCH_BINS + BATCH_GROUPS}u]) <= ${BATCH_CANDIDATES}u;
+  batchState[stateAt(sae, 6u)] = select(0u, 1u, inWindow && complete);`
+      : "batchState[stateAt(sae, 6u)] = 0u;"}
+  batchState[stateAt(sae, 0u)] = b;`
+    : `let T = (batchState[stateAt(sae, 0u)] << 16u) | b;
+  batchState[stateAt(sae, 2u)] = T;
+  batchState[stateAt(sae, 3u)] = 0u;
+  let minKept = valueOf(T);
+  let beta = bitcast<f32>(metaWord(sae, 3u));
+  let theta = bitcast<f32>(batchState[stateAt(sae, 4u)]);
+  let wasSet = batchState[stateAt(sae, 5u)] != 0u;
+  batchState[stateAt(sae, 4u)] = bitcast<u32>(select(minKept, beta * theta + (1.0 - beta) * minKept, wasSet));
+  batchState[stateAt(sae, 5u)] = 1u;`}
+}
+`;
+}
+
+/**
+ * Clears the histogram after a resolve (dispatch (BATCH_GROUPS / BATCH_GROUP_THREADS, K)): a thread per group clears
+ * its 256 bins where the group's sum is not 0, then the sum; after pass 1, the count of candidates too (pass 1 may
+ * read them). Bindings: dims, topkMeta, batchHist.
+ */
+export function batchClearKernel(pass: 0 | 1): string {
+  return /* wgsl */ `${HEADER}${BATCH_HEADER}
+@group(0) @binding(2) var<storage, read_write> batchHist: array<atomic<u32>>;
+
+@compute @workgroup_size(${BATCH_GROUP_THREADS})
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(workgroup_id) wg: vec3u) {
+  let sae = wg.y;
+  let g = gid.x;
+  if (g >= ${BATCH_GROUPS}u || kTotalOf(sae) == 0u) { return; }
+  let hb = sae * ${BATCH_HIST_WORDS}u;
+  ${pass === 1 ? `if (g == 0u) { atomicStore(&batchHist[hb + ${BATCH_BINS + BATCH_GROUPS}u], 0u); }` : ""}
+  if (atomicLoad(&batchHist[hb + ${BATCH_BINS}u + g]) == 0u) { return; }
+  for (var i = 0u; i < 256u; i++) { atomicStore(&batchHist[hb + g * 256u + i], 0u); }
+  atomicStore(&batchHist[hb + ${BATCH_BINS}u + g], 0u);
 }
 `;
 }

@@ -6,7 +6,11 @@
  * Measured here (SwiftShader, 2 shared cores, load 8–13, 16 − 4 steps): before the one-thread-per-row select kernels,
  * ReLU/JumpReLU 399 ms/step, TopK (k 4) 4 184 (10.5×); after, ReLU/JumpReLU 1 509, TopK (k 4) 1 614 (1.07×),
  * BatchTopK (k 4) 1 881 (1.25×); another run: ReLU/JumpReLU 1 894, TopK (k 4) 2 756 (1.46×), TopK (k 8) 1 910 (1.01×),
- * BatchTopK (k 8) 2 045 (1.08×). Kernel by kernel: test/bench/topk-kernels.ts.
+ * BatchTopK (k 8) 2 045 (1.08×). BatchTopK's histogram and resolve (barrier-free resolve, pass 1 from pass 0's
+ * candidates), old and new back to back, 16 − 4 steps, load 5.6–7.7, ReLU/JumpReLU swinging 388–1 984 ms/step with
+ * the load: before 1 984 vs 1 970 (0.99×), 748 vs 975 (1.30×); after 1 657 vs 1 259 (0.76×), 389 vs 420 (1.08×);
+ * a quieter pair (load 4.4–4.9): before 428 vs 517 (1.21×), after 452 vs 459 (1.02×).
+ * Kernel by kernel: test/bench/topk-kernels.ts.
  * Not part of `npm test`:
  *   TOPK_DEMO_STEPS=24 [TOPK_DEMO_FROM=4] [TOPK_DEMO_GROUPS=0,1] npx vitest run -c test/bench/topk-demo.config.ts
  */

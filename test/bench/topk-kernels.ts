@@ -6,6 +6,9 @@
  * Measured at the demo's shape (n 128, B 512, K 12, k 4; load 7–13, so ±2×): a workgroup per row 18 119 ms, a
  * thread per row 118–138 ms (k 8: ~300, k 16: ~400, k 64 through the radix: ~450); one plain pass 58 ms. BatchTopK:
  * ties 3 021 → 50 ms, apply 9 403 → 51–77 ms, advance (now a scan) 1.3 ms, hist 91–150 ms, resolve 24–90 ms.
+ * Histogram and resolve (k 8, load 5–12, back to back): hist0 30–92 ms, resolve0 21–68 ms (one 256-thread workgroup
+ * with barriers) → resolve 2.5–5.6 ms (group sums, a thread's scan, clear: no barrier); both digits together 107 ms
+ * with pass 1 reading H (SPEC=0), 56–73 ms with pass 1 from pass 0's candidates (hist1 + resolve1 10–20 ms).
  * "engine step" lines time SaeEngine.step on a fixed batch (no autotune: only comparable with each other).
  */
 import { existsSync } from "node:fs";
@@ -84,14 +87,28 @@ await time("row select, a thread per row", [[T.rowSelectKernel({ kWord: 0, deadO
 if (!T.perThreadRows(n)) await time("row select, a workgroup per row", [[T.rowSelectKernel({ kWord: 0, deadOnly: false, inPlace: false }), [dims, meta(k, 0), H, rowOut, cut], [B, K, 1]]]);
 {
   const m = meta(0, k * B);
-  const hist = buf(new Uint32Array(K * T.BATCH_BINS));
+  const hist = buf(new Uint32Array(K * T.BATCH_HIST_WORDS));
   const state = buf(new Uint32Array(K * T.BATCH_STATE_WORDS));
   const ties = buf(new Uint32Array(K * B));
   const Hc = buf(h);
   const pt = T.perThreadRows(n);
   const grid: [number, number, number] = [pt ? Math.ceil(B / T.ROW_THREADS) : B, K, 1];
-  await time("batch hist0", [[T.batchHistKernel(0), [dims, m, H, hist, state], [T.batchHistGroups(B, n), K, 1]]]);
-  await time("batch resolve0", [[T.batchResolveKernel(0), [dims, m, hist, state], [1, K, 1]]]);
+  const groups: [number, number, number] = [T.BATCH_GROUPS / T.BATCH_GROUP_THREADS, K, 1];
+  // pass 0 keeps candidates where the engine's would (one chunk of B rows); the repeated batch keeps T, so pass 1
+  // then reads the candidates (SPEC=0: never)
+  const spec = process.env.SPEC !== "0" && T.batchSpeculates(1, B, n);
+  const hist0: [string, GPUBuffer[], [number, number, number]] = [T.batchHistKernel(0, spec), [dims, m, H, hist, state], [T.batchHistGroups(B, n), K, 1]];
+  const hist1: [string, GPUBuffer[], [number, number, number]] = [T.batchHistKernel(1), [dims, m, H, hist, state], [T.batchHistGroups(B, n), K, 1]];
+  const resolve = (p: 0 | 1): Array<[string, GPUBuffer[], [number, number, number]]> => [
+    [T.batchGroupSumsKernel(p), [dims, m, hist], groups],
+    [T.batchResolveKernel(p, p === 0 && spec), [dims, m, hist, state], [1, K, 1]],
+    [T.batchClearKernel(p), [dims, m, hist], groups],
+  ];
+  // each rep a whole digit (its histogram, then its resolve, which clears it), as the engine runs them
+  await time(`batch hist0 + resolve0${spec ? " (spec)" : ""}`, [hist0, ...resolve(0)]);
+  await time("batch hist1 + resolve1", [hist1, ...resolve(1)]);
+  await time("batch hist0 + resolve0 + hist1 + resolve1", [hist0, ...resolve(0), hist1, ...resolve(1)]);
+  await time("batch resolve0 alone", resolve(0));
   await time("batch ties", [[T.batchTiesKernel(pt), [dims, m, H, state, ties], grid]]);
   await time("batch advance", [[T.BATCH_ADVANCE, [dims, m, state, ties], [1, K, 1]]]);
   await time("batch apply", [[T.batchApplyKernel(pt), [dims, m, Hc, state, ties], grid]]);

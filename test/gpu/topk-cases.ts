@@ -81,6 +81,8 @@ export interface BatchInput {
   sweeps: number;
   /** The ties and apply kernels' one-thread-per-row form (short rows), else one workgroup per row. */
   perThread: boolean;
+  /** Pass 0 keeps candidates for pass 1 (batchHistKernel(0, true); one chunk only). */
+  spec: boolean;
 }
 
 export const topkCases: Record<string, GpuCase> = {
@@ -107,13 +109,15 @@ export const topkCases: Record<string, GpuCase> = {
     const dims = uniform(device, T.topkDims({ K }));
     const meta = buffer(device, Uint32Array.from(input.meta));
     const H = buffer(device, 4 * K * chunkRows * n);
-    const hist = buffer(device, new Uint32Array(K * T.BATCH_BINS));
+    const hist = buffer(device, new Uint32Array(K * T.BATCH_HIST_WORDS));
     const state = buffer(device, Uint32Array.from(input.state));
     const rowTies = buffer(device, 4 * K * chunkRows);
     const f = buffer(device, 4 * K * B * n);
     const k = {
-      hist: [await kernel(device, "batch_hist0", T.batchHistKernel(0)), await kernel(device, "batch_hist1", T.batchHistKernel(1))],
-      resolve: [await kernel(device, "batch_resolve0", T.batchResolveKernel(0)), await kernel(device, "batch_resolve1", T.batchResolveKernel(1))],
+      hist: [await kernel(device, "batch_hist0", T.batchHistKernel(0, input.spec)), await kernel(device, "batch_hist1", T.batchHistKernel(1))],
+      groupSums: [await kernel(device, "batch_group_sums0", T.batchGroupSumsKernel(0)), await kernel(device, "batch_group_sums1", T.batchGroupSumsKernel(1))],
+      resolve: [await kernel(device, "batch_resolve0", T.batchResolveKernel(0, input.spec)), await kernel(device, "batch_resolve1", T.batchResolveKernel(1))],
+      clear: [await kernel(device, "batch_clear0", T.batchClearKernel(0)), await kernel(device, "batch_clear1", T.batchClearKernel(1))],
       ties: await kernel(device, "batch_ties", T.batchTiesKernel(input.perThread)),
       apply: await kernel(device, "batch_apply", T.batchApplyKernel(input.perThread)),
       advance: await kernel(device, "batch_advance", T.BATCH_ADVANCE),
@@ -137,7 +141,12 @@ export const topkCases: Record<string, GpuCase> = {
         const rows = encodeChunk(c);
         run((enc) => dispatch(device, enc, k.hist[p], [dims, meta, H, hist, state], [T.batchHistGroups(rows, n), K, 1]));
       }
-      run((enc) => dispatch(device, enc, k.resolve[p], [dims, meta, hist, state], [1, K, 1]));
+      run((enc) => {
+        const groups: [number, number, number] = [T.BATCH_GROUPS / T.BATCH_GROUP_THREADS, K, 1];
+        dispatch(device, enc, k.groupSums[p], [dims, meta, hist], groups);
+        dispatch(device, enc, k.resolve[p], [dims, meta, hist, state], [1, K, 1]);
+        dispatch(device, enc, k.clear[p], [dims, meta, hist], groups);
+      });
     }
     for (let sweep = 0; sweep < input.sweeps; sweep++) {
       if (sweep > 0) run((enc) => dispatch(device, enc, k.restart, [dims, meta, state], [1, K, 1]));
@@ -152,7 +161,10 @@ export const topkCases: Record<string, GpuCase> = {
         });
       }
     }
-    const result = { f: f32(await read(device, f)), state: u32(await read(device, state)), hist: u32(await read(device, hist)).some((v) => v !== 0) };
+    // the bins, group sums and count of candidates must be left 0 (the candidates' keys may stay)
+    const histWords = u32(await read(device, hist));
+    const cleared = Array.from({ length: K }, (_, s) => histWords.slice(s * T.BATCH_HIST_WORDS, s * T.BATCH_HIST_WORDS + T.BATCH_BINS + T.BATCH_GROUPS + 4));
+    const result = { f: f32(await read(device, f)), state: u32(await read(device, state)), hist: cleared.some((w) => w.some((v) => v !== 0)) };
     for (const b of [dims, meta, H, hist, state, rowTies, f]) b.destroy();
     return result;
   },

@@ -1,7 +1,7 @@
 // shaders/topk.ts against the float64 reference (test/reference/topk.ts) in Chromium and on Dawn: fresh random
 // inputs with ties planted (few distinct values, −0 beside +0, many negatives), outputs poisoned with NaN.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { BATCH_STATE_WORDS, TOPK_META_WORDS } from "../../shaders/topk";
+import { BATCH_CANDIDATES, BATCH_STATE_WORDS, TOPK_META_WORDS } from "../../shaders/topk";
 import { dawnUnavailable, openChrome, openDawn, type GpuBackend } from "../helpers/gpu-backends";
 import { mulberry32, testSeed } from "../helpers/random";
 import { batchTopkMask, clipGradNorm, deadMask, thetaUpdate, topkMask } from "../reference/topk";
@@ -156,27 +156,38 @@ for (const [name, open, skip] of backends) {
       expect(tiesCut, `seed ${seed}`).toBeGreaterThan(0);
     }, 300_000);
 
-    // Both forms of the ties and apply kernels; chunks of more rows than BATCH_ADVANCE's 256 threads too.
-    const batchShapes: Array<[boolean, number, number, number]> = [[false, 48, 37, 16], [true, 48, 37, 16], [true, 6, 700, 300], [false, 6, 700, 300]];
-    for (const [perThread, n, B, chunkRows] of batchShapes)
-    it(`BatchTopK over row chunks (${perThread ? "a thread" : "a workgroup"} per row, n ${n}, B ${B}, chunks of ${chunkRows}): the k·B largest of ReLU(h), ties by example then latent; θ moves; a second sweep repeats`, async () => {
+    // Both forms of the ties and apply kernels; chunks of more rows than BATCH_ADVANCE's 256 threads too. spec: pass 0
+    // keeps candidates (one chunk), with SAE 0's last top bits near its T ("hit": pass 1 from the candidates) or the
+    // window flooded by one value beyond BATCH_CANDIDATES ("overflow": pass 1 from H); SAE 2's T is 0 (from H).
+    type Spec = "off" | "hit" | "overflow";
+    const batchShapes: Array<[boolean, number, number, number, Spec]> = [
+      [false, 48, 37, 16, "off"], [true, 48, 37, 16, "off"], [true, 6, 700, 300, "off"], [false, 6, 700, 300, "off"],
+      [true, 48, 37, 37, "hit"], [false, 6, 700, 700, "hit"], [true, 48, 700, 700, "overflow"],
+    ];
+    for (const [perThread, n, B, chunkRows, spec] of batchShapes)
+    it(`BatchTopK over row chunks (${perThread ? "a thread" : "a workgroup"} per row, n ${n}, B ${B}, chunks of ${chunkRows}, candidates ${spec}): the k·B largest of ReLU(h), ties by example then latent; θ moves; a second sweep repeats`, async () => {
       const seed = testSeed();
       const rand = mulberry32(seed);
       // SAE 0: θ unset; SAE 1: ReLU (skipped); SAE 2: θ set, few positives (fewer than k·B: zeros fill up).
       const specs: MetaSpec[] = [{ kTotal: Math.ceil(n / 8) * B, beta: 0.9 }, {}, { kTotal: Math.ceil((20 * n) / 48) * B, beta: 0.99 }];
       const K = specs.length;
-      const h = [...tiedValues(rand, B * n), ...tiedValues(rand, B * n), ...tiedValues(rand, B * n, 1.9)];
+      const flood = (len: number) => tiedValues(rand, len).map((v) => (rand() < 0.6 ? 1.5 : v));
+      const h = [...(spec === "overflow" ? flood(B * n) : tiedValues(rand, B * n)), ...tiedValues(rand, B * n), ...tiedValues(rand, B * n, 1.9)];
+      if (spec === "overflow") expect(h.slice(0, B * n).filter((v) => v === 1.5).length).toBeGreaterThan(BATCH_CANDIDATES);
+      const ref = [0, 2].map((s) => batchTopkMask(h.slice(s * B * n, (s + 1) * B * n), B, n, specs[s].kTotal!));
       const state = new Uint32Array(K * BATCH_STATE_WORDS).fill(0x7fc00000);
       for (let s = 0; s < K; s++) {
         state[s * BATCH_STATE_WORDS + 4] = toBits(s === 2 ? 0.5 : 0);
         state[s * BATCH_STATE_WORDS + 5] = s === 2 ? 1 : 0;
       }
-      const input: BatchInput = { n, B, chunkRows, K, meta: metaWords(specs), h: h.map(toBits), state: Array.from(state), sweeps: 2, perThread };
+      // the last step's top 16 bits of T, within the window of this step's (3 bins above)
+      if (spec !== "off") state[0] = (keyOf(ref[0].minKept) >>> 16) + (spec === "hit" ? 3 : 0);
+      const input: BatchInput = { n, B, chunkRows, K, meta: metaWords(specs), h: h.map(toBits), state: Array.from(state), sweeps: 2, perThread, spec: spec !== "off" };
       const got = await gpu.run<{ f: (number | null)[]; state: number[]; hist: boolean }>("topk.batch", input);
       expect(got.hist, "the histogram is left cleared").toBe(false);
       for (const s of [0, 2]) {
         const hs = h.slice(s * B * n, (s + 1) * B * n);
-        const { kept, minKept } = batchTopkMask(hs, B, n, specs[s].kTotal!);
+        const { kept, minKept } = ref[s === 0 ? 0 : 1];
         for (let i = 0; i < B * n; i++) {
           const want = kept[i] && hs[i] > 0 ? hs[i] : 0;
           expect(got.f[s * B * n + i] === want, `seed ${seed} sae ${s} entry ${i}: got ${got.f[s * B * n + i]}, want ${want}`).toBe(true);
@@ -188,6 +199,8 @@ for (const [name, open, skip] of backends) {
         expect(got.state[o + 5]).toBe(1);
         // all the ties that had to be kept were kept, over the chunks
         expect(got.state[o + 3], `seed ${seed} sae ${s} ties kept`).toBeGreaterThanOrEqual(got.state[o + 1]);
+        // which way pass 1 went: from the candidates only in the hit case's SAE 0
+        expect(got.state[o + 6], `seed ${seed} sae ${s} pass 1 from candidates`).toBe(spec === "hit" && s === 0 ? 1 : 0);
       }
       expect(got.f.slice(B * n, 2 * B * n), "the ReLU SAE's rows stay h").toEqual(h.slice(B * n, 2 * B * n).map((v) => v + 0));
       const positives = h.slice(2 * B * n).filter((v) => v > 0).length;

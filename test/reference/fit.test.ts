@@ -5,6 +5,7 @@
  */
 import { describe, expect, it } from "vitest";
 import { maxSaesThatFit, maxSaesUnchunked, persistentTensors, planMemory, workingTensors, type SaeShape } from "../../shaders/fit";
+import { BATCH_HIST_WORDS } from "../../shaders/topk";
 
 const NVIDIA = { maxStorageBufferBindingSize: 2 ** 31 - 4, maxBufferSize: 2 ** 40 };
 const shapes: SaeShape[] = [
@@ -61,7 +62,7 @@ describe("memory plan", () => {
     const plain = planMemory(small, s, { memoryBudget: 24e9, saes: 4 });
     const batch = planMemory(small, b, { memoryBudget: 24e9, saes: 4 });
     expect(batch.rowsPerChunk).toBe(plain.rowsPerChunk);
-    expect(batch.workingBytesPerSae - plain.workingBytesPerSae).toBe(4 * (65536 + plain.rowsPerChunk));
+    expect(batch.workingBytesPerSae - plain.workingBytesPerSae).toBe(4 * (BATCH_HIST_WORDS + plain.rowsPerChunk));
     expect(batch.bytesPerSae).toBe(plain.bytesPerSae);
     expect(maxSaesThatFit(NVIDIA, b, 24e9)).toBeLessThanOrEqual(maxSaesThatFit(NVIDIA, s, 24e9));
     // AuxK: per SAE the dead counters, n_dead and 4 scalars (plus their staging); per SAE of the working slab the
