@@ -42,8 +42,6 @@ export interface TuneResult {
   candidates: number;
   /** The shape timed (≤ the engine's: fewer SAEs or rows when the buffers would be too large). */
   shape: TuneShape;
-  /** Every timed candidate's rate per matmul (only with TuneOptions.all: the bench's per-matmul table). */
-  all?: Record<MatmulName, Array<{ choice: string; gflops: number }>>;
 }
 
 export interface TuneOptions {
@@ -56,8 +54,6 @@ export interface TuneOptions {
   maxBytes?: number;
   /** Candidates instead of the adapter's set (tests). */
   candidates?: MatmulChoice[];
-  /** Return every candidate's rate (TuneResult.all), not only the winner's and the default's. */
-  all?: boolean;
 }
 
 const ids = (list: string[]) => list.map((id) => parseChoiceId(id)!);
@@ -244,7 +240,6 @@ export async function autotune(device: GPUDevice, shape: TuneShape, o: TuneOptio
   };
 
   const result = {} as Record<MatmulName, TunedKernel>;
-  const all = o.all ? ({} as NonNullable<TuneResult["all"]>) : undefined;
   // the budget counts from when the defaults are built and timed: their pipelines are the engine's own (Dawn and
   // Chrome reuse an identical pipeline), so compiling them is no cost of tuning
   let since = t0;
@@ -320,7 +315,6 @@ export async function autotune(device: GPUDevice, shape: TuneShape, o: TuneOptio
       const win = list.reduce((a, b) => (b.best < a.best ? b : a));
       const def = list.find((c) => choiceId(c.choice) === choiceId(cands[0])) ?? win;
       result[m] = { choice: choiceId(win.choice), gflops: flops / win.best / 1e9, default_gflops: flops / def.best / 1e9 };
-      if (all) all[m] = list.map((c) => ({ choice: choiceId(c.choice), gflops: flops / c.best / 1e9 }));
     }
   } finally {
     // compiles still in flight (GPUs, past the budget) finish on their own; only buffers are ours to free
@@ -328,7 +322,7 @@ export async function autotune(device: GPUDevice, shape: TuneShape, o: TuneOptio
     readback?.destroy();
     querySet?.destroy();
   }
-  return { kernels: result, timing: stamps ? "timestamp" : "wall", tuned_ms: Math.round(performance.now() - t0), candidates: timed, shape: s, ...(all ? { all } : {}) };
+  return { kernels: result, timing: stamps ? "timestamp" : "wall", tuned_ms: Math.round(performance.now() - t0), candidates: timed, shape: s };
 }
 
 /** The engine's `kernels` option from a tuning result (an unknown choice id, e.g. from an old cache, is left out). */

@@ -272,6 +272,8 @@ export class SaeEngine {
     this.kernels = Object.fromEntries(K.MATMUL_NAMES.map((m) => [m, options.kernels?.[m] ?? choiceFor(this.matmulVariant === "direct")])) as Record<K.MatmulName, MatmulChoice>;
     const mm = K.matmulKernels(this.kernels, { d, n, B: C });
     const spec = TK.batchSpeculates(this.plan.rowChunks, C, n);
+    // short rows: the select kernels run a thread per row, else a workgroup per row (TK.perThreadRows)
+    const perThread = TK.perThreadRows(n);
     const kn = {
       normalize: k("normalize_rows", K.NORMALIZE_ROWS),
       thresholds: k("thresholds", K.THRESHOLDS),
@@ -289,16 +291,15 @@ export class SaeEngine {
       evalLatent: k("eval_latent", K.EVAL_LATENT),
       evalResid: k("eval_resid", K.EVAL_RESID),
       // TopK: f = ReLU(h) on each row's k largest, written over H, so the ReLU kernels (θ = 0) then run unchanged
-      // (short rows: a thread per row, see TK.perThreadRows)
-      rowSelect: k("row_select", rowSelectKernel({ kWord: 0, deadOnly: false, inPlace: true, perThread: TK.perThreadRows(n) })),
+      rowSelect: k("row_select", rowSelectKernel({ kWord: 0, deadOnly: false, inPlace: true, perThread })),
       // BatchTopK (shaders/topk.ts): the whole batch's threshold, then f = ReLU(h) on the kept entries written over H
       // (a small batch in one chunk: pass 1 mostly from pass 0's candidates, see TK.batchSpeculates)
       batchHist: [k("batch_hist0", TK.batchHistKernel(0, spec)), k("batch_hist1", TK.batchHistKernel(1))],
       batchGroupSums: [k("batch_group_sums0", TK.batchGroupSumsKernel(0)), k("batch_group_sums1", TK.batchGroupSumsKernel(1))],
       batchResolve: [k("batch_resolve0", TK.batchResolveKernel(0, spec)), k("batch_resolve1", TK.batchResolveKernel(1))],
       batchClear: [k("batch_clear0", TK.batchClearKernel(0)), k("batch_clear1", TK.batchClearKernel(1))],
-      batchTies: k("batch_ties", TK.batchTiesKernel(TK.perThreadRows(n))),
-      batchApply: k("batch_apply", TK.batchApplyKernel(TK.perThreadRows(n))),
+      batchTies: k("batch_ties", TK.batchTiesKernel(perThread)),
+      batchApply: k("batch_apply", TK.batchApplyKernel(perThread)),
       batchAdvance: k("batch_advance", TK.BATCH_ADVANCE),
       batchTheta: k("batch_theta", BATCH_THETA),
       // max_grad_norm: torch's clip_grad_norm_ per SAE over all of its gradients
@@ -329,7 +330,6 @@ export class SaeEngine {
           };
         })()
       : null;
-    const auxCap = shape.auxk ? AK.auxListCap(cfgs) : 0;
     const rowsOf = (c: number) => Math.min(C, B - c * C);
     const partialsOf = (c: number) => ceil(rowsOf(c), this.plan.rowsPerPartial);
     this.stepPasses = [];
@@ -357,8 +357,7 @@ export class SaeEngine {
       const meta = `topkMeta#${slab.index}`;
       const sel = (dimsName: string, c: number) => [`${dimsName}#${slab.index}/${c}`, meta];
       // encode, then (a slab with TopK SAEs) the selection in place: the other kinds' rows are left as they are
-      // the select kernels of short rows run a thread per row (TK.perThreadRows), else a workgroup per row
-      const selectGrid = (c: number): [number, number, number] => [TK.perThreadRows(n) ? ceil(rowsOf(c), TK.ROW_THREADS) : rowsOf(c), Ks, 1];
+      const selectGrid = (c: number): [number, number, number] => [perThread ? ceil(rowsOf(c), TK.ROW_THREADS) : rowsOf(c), Ks, 1];
       const rowSelect = (dimsName: string, c: number) => (this.selects(slab) ? [dispatch(kn.rowSelect, [...sel(dimsName, c), "H", "cut"], selectGrid(c))] : []);
       const encodeAndSelect = (names: string[], c: number, dimsName: string) => [encode(names, c), ...rowSelect(dimsName, c)];
       // BatchTopK (SAEs of other kinds leave these kernels at once): a digit of the threshold from every chunk's
@@ -430,7 +429,7 @@ export class SaeEngine {
         !aux
           ? []
           : [
-              dispatch(aux.gradH, [...am(c), "auxScal", "auxList", "auxCnt", "auxR", "W_dec", "G"], [ceil(auxCap, 64), rowsOf(c), Ks]),
+              dispatch(aux.gradH, [...am(c), "auxScal", "auxList", "auxCnt", "auxR", "W_dec", "G"], [ceil(shape.k_aux!, 64), rowsOf(c), Ks]),
               indirect(dispatch(aux.gradWDec, [...am(c), "auxScal", "deadList", "auxAct", "auxR", "grad.W_dec"], [1, 1, Ks]), AK.AUX_ARGS_LATENT),
               indirect(dispatch(aux.gradWEnc, [...am(c), "deadList", "auxAct", "G", "x", "b_dec", "grad.W_enc"], [1, 1, Ks]), AK.AUX_ARGS_LATENT),
               dispatch(aux.bEncCols, [...am(c), "deadList", "auxAct", "G", "auxBEnc"], [ceil(n, 64), 1, Ks]),

@@ -87,11 +87,11 @@ export function splitShared(cfgs: TrainConfig[], copies?: { bases: (number | und
   const n0 = paths.length;
   const written = copies ? new Set(copies.written.map((p) => p.join("."))) : new Set<string>();
   const own = paths.flatMap((p, j) => (written.has(p.join(".")) ? [j] : []));
+  const every = paths.map((_, j) => j);
   for (let c = 1; c < tables.length; c++) {
     const b = copies?.bases[c];
-    if (b !== undefined && b !== c) {
-      for (const j of own) if (!varies[j] && !same(readers[j](tables[c]), first[j])) varies[j] = true;
-    } else for (let j = 0; j < n0; j++) if (!varies[j] && !same(readers[j](tables[c]), first[j])) varies[j] = true;
+    // a copy can differ from the first config only where it differs from its base
+    for (const j of b !== undefined && b !== c ? own : every) if (!varies[j] && !same(readers[j](tables[c]), first[j])) varies[j] = true;
   }
   // Every config has the first one's keys (resolve fills them all); counted on the last, as a guard.
   if (countLeaves(tables[tables.length - 1]) !== n0) {

@@ -838,9 +838,9 @@ export function groupIndex(cfgs: ExpandedConfig[]): { groups: { key: string; dat
   // By the key's text around its data, then by the data: the ~450-byte keys are built once per group, not hashed per
   // config (the text around is one string while it stays the same, its hash computed once).
   const byAround = new Map<string, Map<string, Group>>();
-  // By combo (a small integer, below the number of configs when expandSweep set it): an array, not a Map.
+  // By combo (a small integer, below the number of configs when expandSweep set it): an array, not a Map. A combo
+  // outside it is not cached (its group is found by key, the same group).
   const groupOfCombo: (Group | undefined)[] = new Array(cfgs.length);
-  const comboGroup = new Map<number, Group>();
   // The key's text around its data, kept while the configs' other grouping values stay the same (4096 datasets
   // differ in data only: the other ~15 values are serialized once, not 4096 times). Configs copied from one base
   // share them (ExpandedConfig.base): not even read again.
@@ -853,7 +853,7 @@ export function groupIndex(cfgs: ExpandedConfig[]): { groups: { key: string; dat
     const c = cfgs[i];
     const combo = c.combo;
     const small = combo !== undefined && combo >= 0 && combo < cfgs.length && Number.isInteger(combo);
-    let g = combo === undefined ? undefined : small ? groupOfCombo[combo] : comboGroup.get(combo);
+    let g = small ? groupOfCombo[combo] : undefined;
     if (g === undefined) {
       // A config with a base comes from expandSweep, whose DataConfigs (resolveData) are flat with sorted keys.
       const data = c.base === undefined ? dataJson(c.cfg.data) : JSON.stringify(c.cfg.data);
@@ -875,7 +875,6 @@ export function groupIndex(cfgs: ExpandedConfig[]): { groups: { key: string; dat
         groups.push(g);
       }
       if (small) groupOfCombo[combo] = g;
-      else if (combo !== undefined) comboGroup.set(combo, g);
     }
     g.n++;
     of[i] = g.g;
