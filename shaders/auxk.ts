@@ -11,7 +11,8 @@
  * Already in shaders/topk.ts and reused, not repeated here: the dead set's bookkeeping, DEAD_COUNTERS (counters
  * [K, n] of examples since each latent last fired, updated from the step's per-latent count of f > 0; n_dead_train
  * per SAE = #{counter ≥ dead_after} before the update, SAE.md's "has not fired on dead_after consecutive examples"),
- * and the masked per-example select, rowSelectKernel({ kWord: 2, deadOnly: true, inPlace: false }) = AUX_SELECT.
+ * and the masked per-example select, rowSelectKernel({ kWord: 2, deadOnly: true, inPlace: false, perThread }) =
+ * AUX_SELECT (auxSelectKernel).
  *
  * Shapes and indices are the engine's (shaders/kernels.ts): the kernels take kernels.ts's Dims uniform (the
  * engine's `dims#slab/c`: dims.B = rows of this chunk, which is also the row stride of H, G, R and of the buffers
@@ -79,15 +80,20 @@
 import type { TrainConfig } from "./config";
 import { usesAuxK } from "./config";
 import { KERNEL_HEADER } from "./kernels";
-import { DEAD_COUNTERS, rowSelectKernel } from "./topk";
+import { DEAD_COUNTERS, ROW_THREADS, rowSelectKernel } from "./topk";
 
 export { DEAD_COUNTERS };
 export const AUX_META_WORDS = 4;
 export const AUX_SCALARS = 4;
 export const AUX_DEN_STATS = 3;
 
-/** The per-latent select over the dead latents only (k = min(k_aux, #dead) per row), into auxAct. */
-export const AUX_SELECT = rowSelectKernel({ kWord: 2, deadOnly: true, inPlace: false });
+/**
+ * AUX_SELECT: the per-example select over the dead latents only (k = min(k_aux, #dead) per row), into auxAct; in
+ * the form TopK's own select takes at the same d_sae (perThread = perThreadRows(n): one thread per row on short rows,
+ * no barriers, which a software adapter runs as fiber switches; a workgroup per row on long ones). Its indirect
+ * size comes from auxArgsKernel(perThread), which must be given the same form.
+ */
+export const auxSelectKernel = (perThread: boolean): string => rowSelectKernel({ kWord: 2, deadOnly: true, inPlace: false, perThread });
 
 /** Entries per row of auxList: the most any AuxK SAE of the group keeps, min(k_aux, d_sae) (1 when none has AuxK). */
 export function auxListCap(cfgs: TrainConfig[]): number {
@@ -245,12 +251,13 @@ export const LATENT_COLS = 256;
 const LATENT_COLS_PER_THREAD = 4;
 
 /**
- * The slab's indirect dispatch sizes from its dead sets (dispatch (1, 1, 1), after AUX_DEAD_LIST; dims of chunk 0,
- * whose rows are the most): AUX_SELECT (rows of a chunk, K, 1), or nothing when no SAE of the slab has a dead
- * latent, so an AuxK step with nothing dead costs next to nothing; the per-latent kernels (min(most dead, 65 535),
- * ⌈d/LATENT_COLS⌉, K). Bindings: dims, meta, auxMeta, deadList, auxArgs (u32, INDIRECT usage).
+ * AUX_ARGS: the slab's indirect dispatch sizes from its dead sets (dispatch (1, 1, 1), after AUX_DEAD_LIST; dims of
+ * chunk 0, whose rows are the most): AUX_SELECT (rows of a chunk, K, 1), or with perThread (⌈rows/ROW_THREADS⌉, K,
+ * 1), or nothing when no SAE of the slab has a dead latent, so an AuxK step with nothing dead costs next to nothing;
+ * the per-latent kernels (min(most dead, 65 535), ⌈d/LATENT_COLS⌉, K). perThread: the form auxSelectKernel was
+ * built in. Bindings: dims, meta, auxMeta, deadList, auxArgs (u32, INDIRECT usage).
  */
-export const AUX_ARGS = /* wgsl */ `${KERNEL_HEADER}
+export const auxArgsKernel = (perThread: boolean): string => /* wgsl */ `${KERNEL_HEADER}
 ${META}
 ${deadListAt(3)}
 @group(0) @binding(4) var<storage, read_write> auxArgs: array<u32>;
@@ -258,7 +265,7 @@ ${deadListAt(3)}
 fn main() {
   var most = 0u;
   for (var s = 0u; s < dims.K; s++) { most = max(most, deadCount(s)); }
-  auxArgs[${AUX_ARGS_SELECT}u] = select(0u, dims.B, most > 0u);
+  auxArgs[${AUX_ARGS_SELECT}u] = select(0u, ${perThread ? `(dims.B + ${ROW_THREADS - 1}u) / ${ROW_THREADS}u` : "dims.B"}, most > 0u);
   auxArgs[${AUX_ARGS_SELECT + 1}u] = dims.K;
   auxArgs[${AUX_ARGS_SELECT + 2}u] = 1u;
   auxArgs[${AUX_ARGS_SELECT + 3}u] = 0u;

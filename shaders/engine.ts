@@ -312,11 +312,11 @@ export class SaeEngine {
       ? (() => {
           return {
             deadList: k("aux_dead_list", AK.AUX_DEAD_LIST),
-            args: k("aux_args", AK.AUX_ARGS),
+            args: k("aux_args", AK.auxArgsKernel(perThread)),
             rows: k("aux_rows", AK.AUX_ROWS),
             denCols: k("aux_den_cols", AK.AUX_DEN_COLS),
             denFinish: k("aux_den_finish", AK.AUX_DEN_FINISH),
-            select: k("aux_select", AK.AUX_SELECT),
+            select: k("aux_select", AK.auxSelectKernel(perThread)),
             decode: k("aux_decode", AK.AUX_DECODE),
             numCols: k("aux_num_cols", AK.AUX_NUM_COLS),
             gradH: k("aux_grad_h", AK.AUX_GRAD_H),
@@ -411,7 +411,7 @@ export class SaeEngine {
       // on the raw h, before the main selection overwrites H
       // (sized by AUX_ARGS: no workgroups when the slab has nothing dead)
       const indirect = (p: Dispatch, offset: number): Dispatch => ({ ...p, indirect: { buffer: this.buf("auxArgs"), offset: 4 * offset } });
-      const auxSelect = (c: number) => (aux ? [indirect(dispatch(aux.select, [...sel("topkDims", c), "H", "counters", "auxAct", "auxCut"], [rowsOf(c), Ks, 1]), AK.AUX_ARGS_SELECT)] : []);
+      const auxSelect = (c: number) => (aux ? [indirect(dispatch(aux.select, [...sel("topkDims", c), "H", "counters", "auxAct", "auxCut"], selectGrid(c)), AK.AUX_ARGS_SELECT)] : []);
       // the step's dead set and the indirect sizes, before any chunk (the counters change only in the epilogue)
       const auxPrologue = !aux
         ? []

@@ -24,6 +24,8 @@ function dispatchIndirect(device: GPUDevice, enc: GPUCommandEncoder, k: Kernel, 
 }
 
 export interface AuxkInput {
+  /** AUX_SELECT's form (and AUX_ARGS' size for it): a thread per row, else a workgroup per row. */
+  perThread: boolean;
   K: number;
   d: number;
   n: number;
@@ -59,11 +61,11 @@ export const auxkCases: Record<string, GpuCase> = {
     const chunks = Math.ceil(B / C);
     const kn = {
       deadList: await kernel(device, "aux_dead_list", A.AUX_DEAD_LIST),
-      args: await kernel(device, "aux_args", A.AUX_ARGS),
+      args: await kernel(device, "aux_args", A.auxArgsKernel(input.perThread)),
       rows: await kernel(device, "aux_rows", A.AUX_ROWS),
       denCols: await kernel(device, "aux_den_cols", A.AUX_DEN_COLS),
       denFinish: await kernel(device, "aux_den_finish", A.AUX_DEN_FINISH),
-      select: await kernel(device, "aux_select", A.AUX_SELECT),
+      select: await kernel(device, "aux_select", A.auxSelectKernel(input.perThread)),
       decode: await kernel(device, "aux_decode", A.AUX_DECODE),
       numCols: await kernel(device, "aux_num_cols", A.AUX_NUM_COLS),
       gradH: await kernel(device, "aux_grad_h", A.AUX_GRAD_H),
