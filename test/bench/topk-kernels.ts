@@ -2,7 +2,8 @@
  * Time of the selection kernels alone (shaders/topk.ts) and of one engine step, at a given shape on Dawn, so the
  * cost of each can be tuned by measurement (SwiftShader runs barriers as fiber switches). Not part of `npm test`:
  *   npx tsx test/bench/topk-kernels.ts [n=128] [B=512] [K=12] [k=4] [reps=5] [engine=1]
- * (OLD=1 also times the workgroup-per-row select on short rows, FLOOR=1 one plain pass over every row.)
+ * (OLD=1 also times the workgroup-per-row select on short rows, FLOOR=1 one plain pass over every row, AUX=k_aux
+ * AuxK's select in both forms.)
  * Measured at the demo's shape (n 128, B 512, K 12, k 4; load 7–13, so ±2×): a workgroup per row 18 119 ms, a
  * thread per row 118–138 ms (k 8: ~300, k 16: ~400, k 64 through the radix: ~450); one plain pass 58 ms. BatchTopK:
  * ties 3 021 → 50 ms, apply 9 403 → 51–77 ms, advance (now a scan) 1.3 ms, hist 91–150 ms, resolve 24–90 ms.
@@ -12,6 +13,7 @@
  * "engine step" lines time SaeEngine.step on a fixed batch (no autotune: only comparable with each other).
  */
 import { existsSync } from "node:fs";
+import { auxSelectKernel } from "../../shaders/auxk";
 import { requestSaeDevice } from "../../shaders/device";
 import { makeKernel, SaeEngine } from "../../shaders/engine";
 import * as T from "../../shaders/topk";
@@ -85,6 +87,19 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(workgroup_id) wg: ve
 }`, [dims, H, rowOut], [Math.ceil(B / T.ROW_THREADS), K, 1]]]);
 await time("row select, a thread per row", [[T.rowSelectKernel({ kWord: 0, deadOnly: false, inPlace: false, perThread: true }), [dims, meta(k, 0), H, rowOut, cut], [Math.ceil(B / T.ROW_THREADS), K, 1]]]);
 if (!T.perThreadRows(n)) await time("row select, a workgroup per row", [[T.rowSelectKernel({ kWord: 0, deadOnly: false, inPlace: false }), [dims, meta(k, 0), H, rowOut, cut], [B, K, 1]]]);
+if (process.env.AUX) {
+  // AuxK's select (AUX_SELECT: k_aux = AUX, over the dead latents, here every other one), both forms, alternating
+  // round by round (ROUNDS, default 2) so both see the same load
+  const kAux = Number(process.env.AUX);
+  const w = new Uint32Array(K * T.TOPK_META_WORDS);
+  for (let s = 0; s < K; s++) [w[s * 8 + 2], w[s * 8 + 4]] = [kAux, 100];
+  const counters = buf(Uint32Array.from({ length: K * n }, (_, i) => (i % 2 ? 100 : 0)));
+  const bufs = [dims, buf(w), H, counters, rowOut, cut];
+  for (let r = 0; r < Number(process.env.ROUNDS ?? 2); r++) {
+    await time(`aux select, a thread per row`, [[auxSelectKernel(true), bufs, [Math.ceil(B / T.ROW_THREADS), K, 1]]]);
+    await time(`aux select, a workgroup per row`, [[auxSelectKernel(false), bufs, [B, K, 1]]]);
+  }
+}
 {
   const m = meta(0, k * B);
   const hist = buf(new Uint32Array(K * T.BATCH_HIST_WORDS));
