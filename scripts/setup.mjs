@@ -3,7 +3,7 @@
 // npm packages (npm ci when node_modules is missing or stale), Chromium (apt when root), .dev.vars tokens,
 // and D1 migrations applied to the local database. Plain Node, no dependencies: it runs before `npm ci`.
 import { execFileSync, spawnSync } from "node:child_process";
-import { createHash, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -27,15 +27,41 @@ export function checkNode() {
   if (major < 20) fail(`Node ${process.versions.node} is too old: install Node 20 or newer.`);
 }
 
-/** npm ci when node_modules is missing or was installed from another package-lock.json. */
+/**
+ * Why node_modules under `dir` does not hold what package-lock.json pins, or null when it does. npm (7+) records
+ * what it installed in node_modules/.package-lock.json (written by `npm ci` and `npm install` alike), so a fresh
+ * install by hand counts as current. Every package recorded there must be in the lock at the same version and
+ * source, and its folder present; every package of the lock must be recorded, except optional ones (npm skips
+ * those for other platforms). The lock's root entry (package.json's ranges) does not matter.
+ */
+export function packagesStale(dir = root) {
+  const installed = path.join(dir, "node_modules", ".package-lock.json");
+  if (!existsSync(installed)) return existsSync(path.join(dir, "node_modules")) ? "node_modules has no record of its install" : "no node_modules";
+  let want, have;
+  try {
+    want = JSON.parse(readFileSync(path.join(dir, "package-lock.json"), "utf8")).packages ?? {};
+    have = JSON.parse(readFileSync(installed, "utf8")).packages ?? {};
+  } catch (e) {
+    return `unreadable lock file (${e.message})`;
+  }
+  const same = (a, b) => ["version", "resolved", "integrity", "link"].every((f) => a[f] === b[f]);
+  for (const [key, got] of Object.entries(have)) {
+    if (!want[key]) return `${key} is no longer in package-lock.json`;
+    if (!same(want[key], got)) return `${key} changed in package-lock.json`;
+    if (!existsSync(path.join(dir, key))) return `${key} is missing`;
+  }
+  for (const [key, w] of Object.entries(want)) {
+    if (key && !have[key] && !w.optional && !w.devOptional) return `${key} is not installed`;
+  }
+  return null;
+}
+
+/** npm ci when node_modules is missing or does not match package-lock.json (packagesStale). */
 export function ensurePackages() {
-  const lock = path.join(root, "package-lock.json");
-  const stamp = path.join(root, "node_modules", ".sae-swarm-lock-hash");
-  const want = createHash("sha256").update(readFileSync(lock)).digest("hex");
-  if (existsSync(stamp) && readFileSync(stamp, "utf8") === want) return;
-  log(existsSync(path.join(root, "node_modules")) ? "package-lock.json changed: npm ci" : "installing npm packages: npm ci");
+  const why = packagesStale();
+  if (!why) return;
+  log(`${why}: npm ci`);
   if (!run("npm", ["ci", "--no-audit", "--no-fund"])) fail("npm ci failed (see above). Check your network access to the npm registry.");
-  writeFileSync(stamp, want);
 }
 
 /** Chromium for runners and browser tests: CHROME_PATH, else /usr/bin/chromium, installed through apt when root. */
