@@ -21,7 +21,7 @@ export interface SweepPlan {
   /** JSON of what every run shares (sweeps.cfg_shared). */
   shared: string;
   /**
-   * Group rows [idx, key, data, n_runs] and run rows [idx, group idx, cfg, track, n_steps, d_sae] (key, data and
+   * Group rows [idx, key without data, data, n_runs] and run rows [idx, group idx, cfg, track, n_steps, d_sae] (key, data and
    * cfg as JSON objects), as JSON arrays
    * of rows (each at most ~512 KB), inserted through json_each.
    */
@@ -58,9 +58,9 @@ export function planSweep(text: string, contentType: string | undefined, id: str
   const next = new Int32Array(grouped.length);
   let at = 0;
   let prev: TrainConfig | undefined;
-  grouped.forEach(({ key, data, first, n }, g) => {
+  grouped.forEach(({ rest, data, first, n }, g) => {
     groups[g] = { id: `${id}-g${g}`, n_runs: n };
-    groupRows[g] = `[${g},${key},${data},${n}]`;
+    groupRows[g] = `[${g},${rest},${data},${n}]`;
     const cfg = cfgs[first];
     // The tail of the group before, when its config agrees on what the tail reads (4096 datasets: one tail).
     const same = prev && cfg.track === prev.track && cfg.n_patches === prev.n_patches && cfg.sae_batch_size === prev.sae_batch_size && dSae(cfg) === dSae(prev);
