@@ -6,7 +6,8 @@
  * 1 MiB young generation, so that short-lived garbage is collected as it would be in a busy isolate: the heap is
  * sampled between planSweep's phases (parse, expand, group and split, rows) and at the end; heap_growth_mib is the
  * highest sample above the clean heap (what the plan holds live, plus at most ~1 MiB of young garbage); gcs counts
- * the collections that ran meanwhile.
+ * the collections that ran meanwhile. calib_ms is a fixed piece of work measured after it (calibrate), which the test
+ * bounds the CPU by.
  * D1's own time is not in it (the Worker does not pay for it in CPU); serializing the rows it binds is.
  */
 import { readFileSync } from "node:fs";
