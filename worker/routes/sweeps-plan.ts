@@ -8,7 +8,7 @@ import type { Env } from "../env";
 import { settings } from "../env";
 import { checkArtifacts } from "../artifacts";
 import { expandSweep, groupIndex, parseSweepText, type SweepFormat } from "../sweep";
-import { splitShared } from "../run-config";
+import { splitSharedJson } from "../run-config";
 
 export interface SweepPlan {
   id: string;
@@ -40,7 +40,7 @@ export function planSweep(text: string, contentType: string | undefined, id: str
   checkArtifacts(cfgs, env);
   const { groups: grouped, of } = groupIndex(configs);
   // Each run stores only where it differs from the sweep's shared keys; its group stores the data (run-config.ts).
-  const { shared, deltas } = splitShared(
+  const { shared, deltaJson } = splitSharedJson(
     cfgs,
     written && { bases: configs.map((c) => c.base), written },
   );
@@ -72,7 +72,7 @@ export function planSweep(text: string, contentType: string | undefined, id: str
   const runRows: string[] = new Array(configs.length);
   for (let i = 0; i < configs.length; i++) {
     const g = of[i];
-    runRows[next[g]++] = `[${i},${g},${JSON.stringify(deltas[i])}${tails[g]}`;
+    runRows[next[g]++] = `[${i},${g},${deltaJson(i)}${tails[g]}`;
   }
   probe?.();
   return { id, now, text, format, warnings, nRuns: configs.length, groups, shared: JSON.stringify(shared), groupChunks: jsonChunks(groupRows), runChunks: jsonChunks(runRows) };
