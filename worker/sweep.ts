@@ -841,7 +841,8 @@ export function keyedGroups<T extends ExpandedConfig>(cfgs: T[]): { key: string;
 
 /**
  * The groups of keyedGroups without a list of members each (4096 groups of one config made 8192 small arrays): each
- * group's key, data, first config and size, in order of first appearance, and each config's group (`of`).
+ * group's key, its key without the data (`rest`, what groups.key stores), data, first config and size, in order of
+ * first appearance, and each config's group (`of`).
  */
 export function groupIndex(cfgs: ExpandedConfig[]): { groups: { key: string; rest: string; data: string; first: number; n: number }[]; of: Int32Array } {
   type Group = { key: string; rest: string; data: string; first: number; n: number; g: number };

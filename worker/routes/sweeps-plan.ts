@@ -21,9 +21,8 @@ export interface SweepPlan {
   /** JSON of what every run shares (sweeps.cfg_shared). */
   shared: string;
   /**
-   * Group rows [idx, key without data, data, n_runs] and run rows [idx, group idx, cfg, track, n_steps, d_sae] (key, data and
-   * cfg as JSON objects), as JSON arrays
-   * of rows (each at most ~512 KB), inserted through json_each.
+   * Group rows [idx, key without data, data, n_runs] and run rows [idx, group idx, cfg, track, n_steps, d_sae]
+   * (key, data and cfg as JSON objects), as JSON arrays of rows (each at most ~512 KB), inserted through json_each.
    */
   groupChunks: string[];
   runChunks: string[];
