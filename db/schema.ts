@@ -41,7 +41,7 @@ export const groups = sqliteTable(
     idx: integer("idx").notNull(),
     createdAt: integer("created_at").notNull(),
     status: text("status").$type<GroupStatus>().notNull().default("waiting"),
-    /** JSON of the CANNOT_PARALLELIZE values every run of the group shares. */
+    /** JSON of the CANNOT_PARALLELIZE values every run of the group shares, data aside (that is `data`). */
     key: text("key").notNull(),
     /** JSON DataConfig shared by the group's runs. */
     data: text("data").notNull(),

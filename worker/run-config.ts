@@ -78,8 +78,64 @@ function setLeaf(t: Table, parts: string[], value: Json) {
  */
 export function splitShared(cfgs: TrainConfig[], copies?: { bases: (number | undefined)[]; written: string[][] }): { shared: Table; deltas: Table[] } {
   const tables = cfgs as unknown as Table[];
+  const { shared, varying } = sharedLeaves(tables, copies);
+  const read = varying.map(reader);
+  return { shared, deltas: tables.map((t) => delta(t, varying, read)) };
+}
+
+/**
+ * splitShared with each delta as its JSON text (`deltaJson(c)` is JSON.stringify(deltas[c])), written without
+ * building the delta: planSweep stores only the text, and 4096 runs made 8192 small objects to serialize once.
+ */
+export function splitSharedJson(
+  cfgs: TrainConfig[],
+  copies?: { bases: (number | undefined)[]; written: string[][] },
+): { shared: Table; deltaJson: (c: number) => string } {
+  const tables = cfgs as unknown as Table[];
+  const { shared, varying } = sharedLeaves(tables, copies);
+  const read = varying.map(reader);
+  // The text between the values, from the delta of placeholders (a string each, in setLeaf's nesting and order):
+  // `{"seed":` · seed · `,"sae":{"seed":` · sae.seed · `}}`. A leaf goes into its table wherever that was first
+  // written, so the text's order of leaves (`order`) need not be varying's.
+  const mark = (j: number) => `\u0000${j}\u0000`;
+  const template = JSON.stringify(delta({}, varying, varying.map((_, j) => () => mark(j))));
+  const parts = template.split(/"\\u0000(\d+)\\u0000"/);
+  const between = parts.filter((_, k) => k % 2 === 0);
+  const order = parts.filter((_, k) => k % 2 === 1).map(Number);
+  const whole = (c: number) => JSON.stringify(delta(tables[c], varying, read));
+  // (a key holding the placeholder's text would split it elsewhere: no TrainConfig key does, but then each is built)
+  if (order.length !== read.length || new Set(order).size !== order.length) return { shared, deltaJson: whole };
+  const readInOrder = order.map((j) => read[j]);
+  return {
+    shared,
+    deltaJson: (c) => {
+      const t = tables[c];
+      let out = between[0];
+      for (let k = 0; k < readInOrder.length; k++) {
+        const v = readInOrder[k](t);
+        // An unset leaf is left out of the delta, and may change where its table is written: built and serialized.
+        if (v === undefined) return whole(c);
+        out += JSON.stringify(v) + between[k + 1];
+      }
+      return out;
+    },
+  };
+}
+
+/** Config `t`'s leaves at `varying` (read through `read`), nested as in the config; unset ones left out. */
+function delta(t: Table, varying: string[][], read: ((t: Table) => Json | undefined)[]): Table {
+  const d: Table = {};
+  for (let j = 0; j < varying.length; j++) {
+    const v = read[j](t);
+    if (v !== undefined) setLeaf(d, varying[j], v);
+  }
+  return d;
+}
+
+/** What splitShared computes before the deltas: the shared table, and the leaf paths where configs differ. */
+function sharedLeaves(tables: Table[], copies?: { bases: (number | undefined)[]; written: string[][] }): { shared: Table; varying: string[][] } {
   const shared: Table = {};
-  if (!tables.length) return { shared, deltas: [] };
+  if (!tables.length) return { shared, varying: [] };
   const paths = leafPaths(tables[0], [], []).filter((p) => p[0] !== "data");
   const first = paths.map((p) => get(tables[0], p));
   const varies = paths.map(() => false);
@@ -108,18 +164,7 @@ export function splitShared(cfgs: TrainConfig[], copies?: { bases: (number | und
   paths.forEach((p, j) => {
     if (!varies[j]) setLeaf(shared, p, first[j]!);
   });
-  const varying = paths.filter((_, j) => varies[j]);
-  const read = varying.map(reader);
-  const deltas = tables.map((t) => {
-    const d: Table = {};
-    for (let j = 0; j < varying.length; j++) {
-      const p = varying[j];
-      const v = read[j](t);
-      if (v !== undefined) setLeaf(d, p, v);
-    }
-    return d;
-  });
-  return { shared, deltas };
+  return { shared, varying: paths.filter((_, j) => varies[j]) };
 }
 
 function merge(base: Table, over: Table): Table {

@@ -219,6 +219,7 @@ export function scanToml(text: string, maxRuns: number): void {
   let inlineKeyFrom = -1;
   let inlineKeyTo = -1;
   const lines: Lines = { from: text.length + 1, nl: -1 }; // nothing known yet
+  const maxList = maxListLength(maxRuns);
   for (let i = 0; i < text.length; i++) {
     const ch = text.charCodeAt(i);
     if (ch === 0x20 || ch === 0x09 || ch === 0x0d) continue;
@@ -300,7 +301,8 @@ export function scanToml(text: string, maxRuns: number): void {
       if (top) {
         top.commas++;
         top.any = true;
-        checkCount(text, section, stack, maxRuns);
+        // The values so far and the one after this comma: checkCount says where once there are too many.
+        if (top.commas + 1 > (top.list ? maxList : MAX_TABLE_KEYS)) checkCount(text, section, stack, maxRuns);
         top.any = false;
         inlineKeyFrom = i + 1;
       }
@@ -309,5 +311,23 @@ export function scanToml(text: string, maxRuns: number): void {
       if (ch === 0x3d && !top.list) inlineKeyTo = i;
       else top.any = true;
     }
+    // What follows up to the next character that means anything in a value (a quote, a bracket, a comma, "=", "#",
+    // a newline) is blanks and bare values (numbers, booleans, dates, an inline table's bare keys): skipped in one
+    // native regex step, not a loop step each, noting whether a value was written on the way.
+    GAP.lastIndex = i + 1;
+    GAP.test(text);
+    if (GAP.lastIndex > i + 1) {
+      const t = stack.length ? stack[stack.length - 1] : undefined;
+      if (t && !t.any) {
+        BLANKS.lastIndex = i + 1;
+        BLANKS.test(text);
+        if (BLANKS.lastIndex < GAP.lastIndex) t.any = true;
+      }
+      i = GAP.lastIndex - 1;
+    }
   }
 }
+
+/** A run of characters that mean nothing in a TOML value but "a value is here" (scanToml), and a run of blanks. */
+const GAP = /[^\n#"'[\]{},=]*/y;
+const BLANKS = /[ \t\r]*/y;

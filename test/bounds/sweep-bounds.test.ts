@@ -4,12 +4,15 @@
  * capped, measuring process CPU time and heap growth around what POST /v1/sweeps does before D1. Before these
  * bounds a 945 KB body took 35 s of CPU and 3.7 GB of heap, and a 66 KB body expanded to 88 MB of run configs.
  *
- * The limits asserted are the budget with headroom for this shared 2-core machine, where the same code runs 1.5-3×
- * slower under load than idle (CPU time, not wall time, still moves with load): 5× the ~50 ms budget for refusals,
- * the 4096 runs of one group and the 4096 groups in JSON (measured 0.2-30 ms, 14-19 ms and 59-98 ms at load 8-13),
- * 10× for the 4096 groups in TOML, whose cost is mostly smol-toml's (measured 87-147 ms). The heap is
- * load-independent: 32 MiB as the issue says. The figures are in BENCHMARKS.md ("Sweep submit"); each measurement is
- * printed.
+ * CPU time on this shared 2-core machine moves 1.5-3× with load, so the bound is a multiple of a calibration (a
+ * fixed piece of JSON and Map work, 11-25 ms at load 7-10) measured in the same process right after the body: 15×
+ * (~200 ms at load 8) for every refusal, the product at the cap and the 4096 groups in JSON (measured up to 1.9×,
+ * 0.6-2× and 2.5-5.4× at load 7-10, with one in ten runs a spike to 9-11×), 20× for the 4096 groups in TOML (5.4-9.4×,
+ * spikes to 11×: smol-toml's parse and V8 compiling it add a third). The body and its calibration see different
+ * moments of this machine's load, hence the headroom; a figure over its bound is measured once more in a fresh
+ * process (a spike rarely hits twice). The issue's ~50 ms is 3-4× the calibration here. The heap is
+ * load-independent: 32 MiB as the issue says. The figures are in BENCHMARKS.md ("Sweep submit"); each measurement
+ * is printed with its ratio.
  */
 import { spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -22,9 +25,13 @@ const root = path.resolve(__dirname, "../..");
 const dir = mkdtempSync(path.join(tmpdir(), "sweep-bounds-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-/** CPU ms allowed to refuse or accept a body, and to accept 4096 groups written in TOML (see the header). */
-const CPU_MS = 250;
-const TOML_GROUPS_CPU_MS = 500;
+/**
+ * CPU allowed to refuse or accept a body, and to accept the 4096 groups written in TOML, as multiples of the
+ * calibration's CPU (see the header); the issue's ~50 ms is printed as the same multiple beside each figure.
+ */
+const CPU_RATIO = 15;
+const TOML_GROUPS_CPU_RATIO = 20;
+const BUDGET_MS = 50;
 const HEAP_MIB = 32;
 
 interface Measured {
@@ -39,14 +46,17 @@ interface Measured {
   roundtrip?: boolean;
   body_bytes: number;
   cpu_ms: number;
+  calib_ms: number;
   heap_growth_mib: number;
 }
 
 /**
- * Runs the body twice in a child process: for CPU with V8's default heap settings (as an isolate runs it), and for
- * heap with a 1 MiB young generation (garbage collected as it goes, so the samples are what the plan holds live).
+ * Runs the body in a child process for CPU with V8's default heap settings (as an isolate runs it), and in another
+ * for heap with a 1 MiB young generation (garbage collected as it goes, so the samples are what the plan holds live).
+ * A CPU figure over the bound is measured once more in a fresh process and the lower ratio kept: a spike of this
+ * shared machine rarely hits twice, a body that costs too much does.
  */
-function measure(name: string, body: string, contentType: string, cpuMs = CPU_MS): Measured {
+function measure(name: string, body: string, contentType: string, ratio = CPU_RATIO): Measured {
   expect(Buffer.byteLength(body), `${name}: the bomb fits the body limit`).toBeLessThanOrEqual(BODY_LIMITS.sweep);
   const file = path.join(dir, `${name}.txt`);
   writeFileSync(file, body);
@@ -58,10 +68,17 @@ function measure(name: string, body: string, contentType: string, cpuMs = CPU_MS
     expect(r.status, `${name}: ${r.stderr.slice(-2000)}`).toBe(0);
     return JSON.parse(r.stdout.trim().split("\n").pop()!) as Measured;
   };
-  const m = run([]);
+  const over = (x: Measured) => x.cpu_ms >= ratio * x.calib_ms;
+  let m = run([]);
+  if (over(m)) {
+    const again = run([]);
+    console.log(`[bounds] ${name}: over the bound once (${m.cpu_ms.toFixed(1)} ms, calibration ${m.calib_ms.toFixed(1)} ms), again: ${again.cpu_ms.toFixed(1)} ms, ${again.calib_ms.toFixed(1)} ms`);
+    if (again.cpu_ms / again.calib_ms < m.cpu_ms / m.calib_ms) m = again;
+  }
   m.heap_growth_mib = run(["--max-semi-space-size=1"]).heap_growth_mib;
-  console.log(`[bounds] ${name}: ${JSON.stringify(m)}`);
-  expect(m.cpu_ms, `${name}: ${m.cpu_ms.toFixed(1)} ms of CPU, the bound here is ${cpuMs}`).toBeLessThan(cpuMs);
+  console.log(`[bounds] ${name}: ${JSON.stringify(m)} (${(m.cpu_ms / m.calib_ms).toFixed(2)}× the calibration; ${BUDGET_MS} ms is ${(BUDGET_MS / m.calib_ms).toFixed(2)}× here)`);
+  const bound = ratio * m.calib_ms;
+  expect(m.cpu_ms, `${name}: ${m.cpu_ms.toFixed(1)} ms of CPU, the bound here is ${ratio} × ${m.calib_ms.toFixed(1)} ms (the calibration) = ${bound.toFixed(0)} ms`).toBeLessThan(bound);
   expect(m.heap_growth_mib, `${name}: ${m.heap_growth_mib.toFixed(1)} MiB of heap, the bound is ${HEAP_MIB}`).toBeLessThan(HEAP_MIB);
   return m;
 }
@@ -161,10 +178,12 @@ describe("sweep bodies up to the limit cost bounded CPU and heap", () => {
   it("4096 datasets of long URLs (a group each) fit, in JSON and in TOML", () => {
     const urls = Array.from({ length: 4096 }, (_, i) => `https://example.com/${String(i).padEnd(200, "u")}`);
     // The heaviest accepted body: 4096 groups to key and store, 950 KB to parse. Each config is the first one with its
-    // data swapped (one config resolved), but 4096 DataConfigs are still serialized, keyed and stored (4.2 MB of rows).
+    // data swapped (one config resolved), but 4096 DataConfigs are still serialized, keyed and stored (2.7 MB of rows:
+    // each group's data once, not again inside its key).
     const json = measure("datasets-at-cap", `{"n_train": 65536, "batch_size": 64, "data": [${urls.map((u) => `{"url": "${u}"}`).join(",")}]}`, "application/json");
     expect(json).toMatchObject({ ok: true, n_runs: 4096, n_groups: 4096, roundtrip: true });
-    const toml = measure("datasets-at-cap-toml", `n_train = 65536\nbatch_size = 64\ndata = [${urls.map((u) => `{url = "${u}"}`).join(",")}]\n`, "application/toml", TOML_GROUPS_CPU_MS);
+    expect(json.stored_bytes!).toBeLessThan(4096 * 700); // ~350 bytes of data, ~250 of key and ~60 of run per run
+    const toml = measure("datasets-at-cap-toml", `n_train = 65536\nbatch_size = 64\ndata = [${urls.map((u) => `{url = "${u}"}`).join(",")}]\n`, "application/toml", TOML_GROUPS_CPU_RATIO);
     expect(toml).toMatchObject({ ok: true, n_runs: 4096, n_groups: 4096, roundtrip: true });
     expect(toml.stored_bytes).toBe(json.stored_bytes);
   });

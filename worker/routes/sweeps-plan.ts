@@ -8,7 +8,7 @@ import type { Env } from "../env";
 import { settings } from "../env";
 import { checkArtifacts } from "../artifacts";
 import { expandSweep, groupIndex, parseSweepText, type SweepFormat } from "../sweep";
-import { splitShared } from "../run-config";
+import { splitSharedJson } from "../run-config";
 
 export interface SweepPlan {
   id: string;
@@ -21,9 +21,8 @@ export interface SweepPlan {
   /** JSON of what every run shares (sweeps.cfg_shared). */
   shared: string;
   /**
-   * Group rows [idx, key, data, n_runs] and run rows [idx, group idx, cfg, track, n_steps, d_sae] (key, data and
-   * cfg as JSON objects), as JSON arrays
-   * of rows (each at most ~512 KB), inserted through json_each.
+   * Group rows [idx, key without data, data, n_runs] and run rows [idx, group idx, cfg, track, n_steps, d_sae]
+   * (key, data and cfg as JSON objects), as JSON arrays of rows (each at most ~512 KB), inserted through json_each.
    */
   groupChunks: string[];
   runChunks: string[];
@@ -40,7 +39,7 @@ export function planSweep(text: string, contentType: string | undefined, id: str
   checkArtifacts(cfgs, env);
   const { groups: grouped, of } = groupIndex(configs);
   // Each run stores only where it differs from the sweep's shared keys; its group stores the data (run-config.ts).
-  const { shared, deltas } = splitShared(
+  const { shared, deltaJson } = splitSharedJson(
     cfgs,
     written && { bases: configs.map((c) => c.base), written },
   );
@@ -58,9 +57,9 @@ export function planSweep(text: string, contentType: string | undefined, id: str
   const next = new Int32Array(grouped.length);
   let at = 0;
   let prev: TrainConfig | undefined;
-  grouped.forEach(({ key, data, first, n }, g) => {
+  grouped.forEach(({ rest, data, first, n }, g) => {
     groups[g] = { id: `${id}-g${g}`, n_runs: n };
-    groupRows[g] = `[${g},${key},${data},${n}]`;
+    groupRows[g] = `[${g},${rest},${data},${n}]`;
     const cfg = cfgs[first];
     // The tail of the group before, when its config agrees on what the tail reads (4096 datasets: one tail).
     const same = prev && cfg.track === prev.track && cfg.n_patches === prev.n_patches && cfg.sae_batch_size === prev.sae_batch_size && dSae(cfg) === dSae(prev);
@@ -72,7 +71,7 @@ export function planSweep(text: string, contentType: string | undefined, id: str
   const runRows: string[] = new Array(configs.length);
   for (let i = 0; i < configs.length; i++) {
     const g = of[i];
-    runRows[next[g]++] = `[${i},${g},${JSON.stringify(deltas[i])}${tails[g]}`;
+    runRows[next[g]++] = `[${i},${g},${deltaJson(i)}${tails[g]}`;
   }
   probe?.();
   return { id, now, text, format, warnings, nRuns: configs.length, groups, shared: JSON.stringify(shared), groupChunks: jsonChunks(groupRows), runChunks: jsonChunks(runRows) };
