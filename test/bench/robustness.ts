@@ -3,7 +3,7 @@
  * the device has the `disable_robustness` toggle. Two Dawn instances in this process (one per flag set: Node's
  * `webgpu` takes toggles per instance), each with its own device and engine of the same configs, their whole step
  * timed with timestamp queries round by round in turn, so both see the same load (2 cores shared):
- *   node --import tsx test/bench/robustness.ts      (STEPS_SHAPE=bench|demo, ROBUST_REPS=7)
+ *   node --import tsx test/bench/robustness.ts      (STEPS_SHAPE=bench|demo, ROBUST_REPS=7, ROBUST_MATMUL=tiled|direct)
  * First it checks that the toggle took effect (Dawn ignores an unknown toggle silently): an index past a 4-element
  * binding of a larger buffer reads the clamped last element with robustness, the buffer's element beyond without.
  */
@@ -46,7 +46,10 @@ async function side(label: string, flags: string[]): Promise<Side> {
   if (!device.features.has("timestamp-query")) throw new Error("robustness: the device has no timestamp-query");
   const oob = await outOfBoundsRead(device);
   console.log(`${label}: a[10] of a 4-element binding reads ${oob.value} (${oob.clamped ? "clamped: robustness on" : "unclamped: robustness off"})`);
-  const engine = SaeEngine.create(device, cfgs, { memoryBudget: 8 * 2 ** 30 });
+  // ROBUST_MATMUL=tiled|direct: the matmuls of both engines (default: the engine's own choice)
+  const matmul = process.env.ROBUST_MATMUL as "tiled" | "direct" | undefined;
+  const engine = SaeEngine.create(device, cfgs, { memoryBudget: 8 * 2 ** 30, ...(matmul ? { matmul } : {}) });
+  console.log(`${label}: matmuls ${engine.matmulVariant}`);
   engine.initBDec(x);
   const batch = engine.uploadBatch(x);
   for (let i = 0; i < 2; i++) await engine.step(batch); // warm-up: compiles, first touches
