@@ -6,7 +6,8 @@
  * so `off` would be the runner's default, but not yet: with it off, the direct matmuls' Matryoshka kernels
  * (GRAD_F and GRAD_W_DEC in nBlocks mode, where each thread loops over its own columns' blocks) give wrong
  * gradients on SwiftShader, in Chrome and Dawn alike (test/gpu/engine.test.ts fails with SAE_SWARM_ROBUSTNESS=off;
- * test/bench/robustness-diff.ts shows which elements). Until that passes, `off` is for measuring only.
+ * test/bench/robustness-diff.ts shows which elements; test/bench/robustness-repro.ts shows it with nothing out of
+ * bounds: SwiftShader's or the compiler's doing). Until that passes, `off` is for measuring only.
  * Both backends take it: Dawn as an instance toggle, Chrome as a command-line switch for its GPU process.
  */
 export type Robustness = "on" | "off";
