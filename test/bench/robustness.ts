@@ -3,7 +3,8 @@
  * the device has the `disable_robustness` toggle. Two Dawn instances in this process (one per flag set: Node's
  * `webgpu` takes toggles per instance), each with its own device and engine of the same configs, their whole step
  * timed with timestamp queries round by round in turn, so both see the same load (2 cores shared):
- *   node --import tsx test/bench/robustness.ts      (STEPS_SHAPE=bench|demo, ROBUST_REPS=7, ROBUST_MATMUL=tiled|direct)
+ *   node --import tsx test/bench/robustness.ts      (STEPS_SHAPE=bench|demo, ROBUST_REPS=7, ROBUST_MATMUL=tiled|direct,
+ *                                                    ROBUST_OFF_ENGINE=DIR)
  * First it checks that the toggle took effect (Dawn ignores an unknown toggle silently): an index past a 4-element
  * binding of a larger buffer reads the clamped last element with robustness, the buffer's element beyond without.
  */
@@ -37,7 +38,8 @@ const x = Float32Array.from({ length: B * d }, (_, i) => Math.max(0, (Math.sin(i
 
 const gpus: GPU[] = [];
 interface Side { label: string; device: GPUDevice; engine: SaeEngine; batch: GPUBuffer; qs: GPUQuerySet; resolve: GPUBuffer; read: GPUBuffer; ns: number[] }
-async function side(label: string, flags: string[]): Promise<Side> {
+type Engines = { SaeEngine: typeof SaeEngine };
+async function side(label: string, flags: string[], engines: Engines = { SaeEngine }): Promise<Side> {
   // the GPU object is kept (in `gpus`): once garbage-collected, Dawn tears its instance down under the live device
   const gpu = create(["disable-dawn-features=timestamp_quantization", ...flags]);
   gpus.push(gpu);
@@ -48,7 +50,7 @@ async function side(label: string, flags: string[]): Promise<Side> {
   console.log(`${label}: a[10] of a 4-element binding reads ${oob.value} (${oob.clamped ? "clamped: robustness on" : "unclamped: robustness off"})`);
   // ROBUST_MATMUL=tiled|direct: the matmuls of both engines (default: the engine's own choice)
   const matmul = process.env.ROBUST_MATMUL as "tiled" | "direct" | undefined;
-  const engine = SaeEngine.create(device, cfgs, { memoryBudget: 8 * 2 ** 30, ...(matmul ? { matmul } : {}) });
+  const engine = engines.SaeEngine.create(device, cfgs, { memoryBudget: 8 * 2 ** 30, ...(matmul ? { matmul } : {}) });
   console.log(`${label}: matmuls ${engine.matmulVariant}`);
   engine.initBDec(x);
   const batch = engine.uploadBatch(x);
@@ -58,7 +60,9 @@ async function side(label: string, flags: string[]): Promise<Side> {
   const read = device.createBuffer({ size: 16, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
   return { label, device, engine, batch, qs, resolve, read, ns: [] };
 }
-const sides = [await side("robust (default)", []), await side("disable_robustness", ["enable-dawn-features=disable_robustness"])];
+// ROBUST_OFF_ENGINE=DIR: the side without robustness runs DIR/shaders/engine.ts (a kernel changed to be right there)
+const offEngines = process.env.ROBUST_OFF_ENGINE ? ((await import(`${process.env.ROBUST_OFF_ENGINE}/shaders/engine.ts`)) as Engines) : undefined;
+const sides = [await side("robust (default)", []), await side("disable_robustness", ["enable-dawn-features=disable_robustness"], offEngines)];
 
 for (let r = 0; r < reps; r++)
   for (const sd of r % 2 ? [...sides].reverse() : sides) {
@@ -76,7 +80,8 @@ const ms = (ns: number) => (ns / 1e6).toFixed(1);
 const median = (a: number[]) => [...a].sort((p, q) => p - q)[Math.floor(a.length / 2)];
 for (const sd of sides) console.log(`${sd.label.padEnd(20)} step: fastest ${ms(Math.min(...sd.ns))} ms, median ${ms(median(sd.ns))} ms (${reps} rounds: ${sd.ns.map(ms).join(" ")})`);
 const [on, off] = sides;
-console.log(`robust → unrobust: fastest ${(Math.min(...on.ns) / Math.min(...off.ns)).toFixed(2)}×, median ${(median(on.ns) / median(off.ns)).toFixed(2)}×; ` +
-  `per round ${on.ns.map((v, i) => (v / off.ns[i]).toFixed(2)).join(" ")}`);
+const ratios = on.ns.map((v, i) => v / off.ns[i]); // each round's pair ran back to back: the steadiest figure
+console.log(`robust → unrobust: fastest ${(Math.min(...on.ns) / Math.min(...off.ns)).toFixed(2)}×, median ${(median(on.ns) / median(off.ns)).toFixed(2)}×, ` +
+  `median of the rounds' ratios ${median(ratios).toFixed(2)}×; per round ${ratios.map((r) => r.toFixed(2)).join(" ")}`);
 for (const sd of sides) sd.engine.destroy();
 process.exit(0); // two Dawn instances: leave without tearing them down (SwiftShader's threads crash at their exit)
