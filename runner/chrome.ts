@@ -4,6 +4,7 @@ import { accessSync, constants, existsSync, mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os";
 import path from "node:path";
 import puppeteer, { type Browser } from "puppeteer-core";
+import { chromeRobustnessArgs } from "./robustness";
 
 export const DEFAULT_CHROME = "/usr/bin/chromium";
 
@@ -132,7 +133,7 @@ export async function launchChrome(extraArgs: string[] = [], profile: LaunchProf
       handleSIGINT: false,
       handleSIGTERM: false,
       handleSIGHUP: false,
-      args: [...CHROME_ARGS, ...profile.args, ...extraArgs],
+      args: [...CHROME_ARGS, ...chromeRobustnessArgs(), ...profile.args, ...extraArgs],
       env: xvfb ? { ...process.env, DISPLAY: xvfb.display } : process.env,
       // Bounds each DevTools call (the training loop is not one: it reports its end as an event). Tests shorten it.
       protocolTimeout: Number(process.env.SAE_SWARM_PROTOCOL_TIMEOUT_MS) || 600_000,

@@ -20,6 +20,7 @@ import { describeGpuMemory } from "../gpu-memory";
 import { RunnerLoop } from "../page/loop";
 import type { BackendOptions, RunnerBackend, SessionOptions, SessionOutcome } from "./backend";
 import { describeReport } from "./report";
+import { dawnRobustnessFlags } from "../robustness";
 
 /** SwiftShader's Vulkan driver, shipped with Debian's chromium: the software adapter when no GPU driver is there. */
 export const SWIFTSHADER_ICD = "/usr/lib/chromium/vk_swiftshader_icd.json";
@@ -37,7 +38,7 @@ export async function dawnNavigatorGpu(): Promise<GPU> {
   if (!chosen && existsSync(SWIFTSHADER_ICD)) process.env.VK_ADD_DRIVER_FILES = SWIFTSHADER_ICD;
   const { create, globals } = await import("webgpu");
   Object.assign(globalThis, globals); // GPUBufferUsage, GPUMapMode, ... as the engine uses them
-  dawnGpu = create([]);
+  dawnGpu = create(dawnRobustnessFlags()); // SAE_SWARM_ROBUSTNESS: on unless `off` (runner/robustness.ts)
   return dawnGpu;
 }
 

@@ -15,6 +15,7 @@ import { detectGpuMemory, GPU_MEMORY_ENV } from "../gpu-memory";
 import { BACKEND_ENV, BACKENDS, backendName, type BackendOptions, type RunnerBackend } from "../backends/backend";
 import { ChromeBackend } from "../backends/chrome";
 import { DawnBackend } from "../backends/dawn";
+import { robustness } from "../robustness";
 
 export { describeReport } from "../backends/report";
 
@@ -78,6 +79,13 @@ export async function runner(argv: string[]): Promise<number> {
   const backendKind = backendName(values.backend);
   if (!backendKind) {
     console.error(`[runner] --backend (or ${BACKEND_ENV}) must be one of ${BACKENDS.join(", ")} (got '${values.backend || process.env[BACKEND_ENV]}')`);
+    return 1;
+  }
+  // SAE_SWARM_ROBUSTNESS (runner/robustness.ts): a bad value stops here, naming the variable, before any backend
+  try {
+    if (robustness() === "off") console.log("[runner] SAE_SWARM_ROBUSTNESS=off: Dawn's bounds clamps are off (for measuring; see runner/robustness.ts)");
+  } catch (e) {
+    console.error(`[runner] ${(e as Error).message}`);
     return 1;
   }
   let profiles = launchProfiles();

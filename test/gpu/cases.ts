@@ -10,6 +10,7 @@ import { matmulCases } from "./matmul-cases";
 import { topkCases } from "./topk-cases";
 import { auxkCases } from "./auxk-cases";
 import { topkTrainCases } from "./topk-train-cases";
+import { outOfBoundsRead } from "../helpers/oob-probe";
 
 export type GpuCase = (device: GPUDevice, input: any) => Promise<unknown>;
 
@@ -25,4 +26,5 @@ export const cases: Record<string, GpuCase> = {
   ...topkCases,
   ...auxkCases,
   ...topkTrainCases,
+  outOfBoundsRead: (device) => outOfBoundsRead(device),
 };

@@ -5,6 +5,7 @@
 import { existsSync } from "node:fs";
 import path from "node:path";
 import { launchChrome } from "../../runner/chrome";
+import { dawnRobustnessFlags } from "../../runner/robustness";
 import { bundleForBrowser, servePage } from "../../runner/serve";
 import type { AdapterReport } from "../../shaders/device";
 import { requestSaeDevice } from "../../shaders/device";
@@ -61,7 +62,7 @@ async function dawn(): Promise<GPU> {
   if (!dawnGpu) {
     const { create, globals } = await import("webgpu");
     Object.assign(globalThis, globals);
-    dawnGpu = create([]);
+    dawnGpu = create(dawnRobustnessFlags()); // as the runner: SAE_SWARM_ROBUSTNESS, on unless `off`
   }
   return dawnGpu;
 }
