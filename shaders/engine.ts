@@ -456,7 +456,7 @@ export class SaeEngine {
           backward: [
             dispatch(kn.gradF, [...tr(c), "R", "W_dec", "H", "G"], grid("GRAD_F", rowsOf(c), n)),
             dispatch(kn.latent, [...tr(c), "H", "theta", "G", "latentPart"], [ceil(n, 64), partialsOf(c), Ks]),
-            dispatch(kn.gradWEnc, [...tr(c), "x", "b_dec", "G", "H", "theta", "grad.W_enc"], grid("GRAD_W_ENC", d, n)),
+            dispatch(kn.gradWEnc, [...tr(c), "x", "b_dec", "G", "grad.W_enc"], grid("GRAD_W_ENC", d, n)),
             dispatch(kn.gradWDec, [...tr(c), "H", "theta", "R", "grad.W_dec"], grid("GRAD_W_DEC", d, n)),
             ...auxBackward(c),
           ],
