@@ -169,7 +169,7 @@ for (const [name, open, skip] of backends) {
             for (let s = q; s < P; s++) for (let i = 0; i < B * d; i++) want[i] += r.forward.e[s][i];
             note("R (residual suffix sums)", relError(R.slice(q * B * d, (q + 1) * B * d), want));
           }
-          note("G (dL/df)", relError(slice(out.buffers.G, k, B * n), r.gf));
+          note("G (dL/dh)", relError(slice(out.buffers.G, k, B * n), r.gh));
         });
         cfgs.forEach((_, k) => {
           const r = results[k];
@@ -178,7 +178,7 @@ for (const [name, open, skip] of backends) {
             const rows = B - (out.plan.rowChunks - 1) * out.plan.rowsPerChunk;
             const first = B - rows;
             note("H (pre-activations, TopK: f, last chunk)", relError(out.buffers.H.slice(0, rows * n), hWant(k).slice(first * n, B * n)));
-            note("G (dL/df, last chunk)", relError(out.buffers.G.slice(0, rows * n), r.gf.slice(first * n, B * n)));
+            note("G (dL/dh, last chunk)", relError(out.buffers.G.slice(0, rows * n), r.gh.slice(first * n, B * n)));
           }
           for (const p of ref.PARAM_NAMES) {
             const size = r.grads[p].length;
