@@ -112,7 +112,7 @@ export const shapeKey = (s: TuneShape) => `d${s.d}-n${s.n}-b${s.B}-k${s.K}-p${s.
 function tensorFloats(name: string, s: TuneShape): number {
   const { d, n, B, K, P } = s;
   const sizes: Record<string, number> = {
-    x: B * d, b_dec: K * d, W_enc: K * d * n, b_enc: K * n, H: K * B * n, W_dec: K * n * d, theta: K * n, R: K * P * B * d, G: K * B * n,
+    x: B * d, xT: d * B, b_dec: K * d, W_enc: K * d * n, b_enc: K * n, H: K * B * n, W_dec: K * n * d, theta: K * n, R: K * P * B * d, G: K * B * n,
     gW_enc: K * d * n, gW_dec: K * n * d,
   };
   if (!(name in sizes)) throw new Error(`autotune: no size for tensor ${name}; add it to tensorFloats`);

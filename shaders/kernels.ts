@@ -116,11 +116,29 @@ const accumulate = (target: string, value: string) => /* wgsl */ `{
         *slot = g;
       }`;
 
-/** dL/dW_enc = (x − b_dec)ᵀ · dL/dh, this chunk's rows (G holds dL/dh = dL/df ⊙ act'(h) once LATENT_COLS ran). */
+/**
+ * xT [d, B] ← this chunk's rows of x, transposed: GRAD_W_ENC's A operand read along its K (the rows) in consecutive
+ * memory (from x, each k is a row d floats further). One thread per element; shared by the slab's SAEs.
+ */
+export const TRANSPOSE_X = /* wgsl */ `${HEADER}
+${META}
+${ro(2, "x")}
+${rw(3, "xT")}
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let b = gid.x; let c = gid.y;
+  if (b >= dims.B || c >= dims.d) { return; }
+  xT[c * dims.B + b] = x[(dims.row0 + b) * dims.d + c];
+}`;
+
+/**
+ * dL/dW_enc = (x − b_dec)ᵀ · dL/dh, this chunk's rows (G holds dL/dh = dL/df ⊙ act'(h) once LATENT_COLS ran; xT the
+ * chunk's x transposed, TRANSPOSE_X).
+ */
 export const GRAD_W_ENC: MatmulSpec = ({
-  bindings: [META, ro(2, "x"), ro(3, "b_dec"), ro(4, "G"), rw(5, "gW_enc")].join("\n"),
+  bindings: [META, ro(2, "xT"), ro(3, "b_dec"), ro(4, "G"), rw(5, "gW_enc")].join("\n"),
   M: "dims.d", N: "dims.n", KD: "dims.B",
-  loadA: "x[(dims.row0 + gk) * dims.d + gm] - ai", aKFast: false,
+  loadA: "xT[gm * dims.B + gk] - ai", aKFast: true,
   aInv: "b_dec[sae * dims.d + gm]",
   loadB: "G[(sae * dims.B + gk) * dims.n + gn]",
   bNFast: true,

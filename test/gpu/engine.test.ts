@@ -140,7 +140,7 @@ for (const [name, open, skip] of backends) {
         const d = cfgs[0].sae.d_vit, n = dSae(cfgs[0]);
         const x = Array.from({ length: B * d }, () => Math.fround(rand() * 2 - 1));
         const options = chunked ? chunkedOptions(cfgs, group.chunkRows!) : undefined;
-        const out = await gpu.run<StepOut>("engineStep", { cfgs, state: json, x, matmul, options });
+        const out = await gpu.run<StepOut>("engineStep", { cfgs, state: json, x, matmul, options, extra: ["xT"] });
         expect(out.variant).toBe(matmul);
         if (chunked) {
           // the lowered limits really split the step: ≥ 4 row chunks, one slab per SAE, within the budget
@@ -154,6 +154,9 @@ for (const [name, open, skip] of backends) {
         const note = (label: string, e: number) => (errors[label] = Math.max(errors[label] ?? 0, e));
         // the reference's step (it updates refs[k] in place: parameters and moments after Adam)
         const results = cfgs.map((cfg, k) => referenceStep(refs[k], cfg, x, B));
+        // the (last) row chunk's x, transposed for dL/dW_enc (K.TRANSPOSE_X), [d, rows]
+        const lastRows = chunked ? B - (out.plan.rowChunks - 1) * out.plan.rowsPerChunk : B;
+        note("xT (the last chunk's x transposed)", relError(out.buffers.xT.slice(0, d * lastRows), ref.transposeRows(x, B - lastRows, lastRows, d)));
         // TopK's selection runs in place: H then holds f = ReLU(h) on each row's k largest
         const hWant = (k: number) => (cfgs[k].sae.kind === "topk" ? results[k].forward.f : results[k].forward.h);
         cfgs.forEach((_, k) => {

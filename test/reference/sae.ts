@@ -159,6 +159,13 @@ export function backwardDetailed(p: Params, x: ArrayLike<number>, B: number, hp:
   return { grads: g, gf, gh: ghAll };
 }
 
+/** Rows row0 … row0 + rows − 1 of x [·, d], transposed: [d, rows] (the engine's xT for that row chunk). */
+export function transposeRows(x: ArrayLike<number>, row0: number, rows: number, d: number): Float64Array {
+  const out = new Float64Array(d * rows);
+  for (let b = 0; b < rows; b++) for (let c = 0; c < d; c++) out[c * rows + b] = x[(row0 + b) * d + c];
+  return out;
+}
+
 export function normalizeDecoderRows(W_dec: Float64Array, n: number, d: number): void {
   for (let j = 0; j < n; j++) {
     let s = 0;
