@@ -12,6 +12,7 @@
 import { planMemory, type MemoryPlan } from "./fit";
 import { KERNEL_HEADER, MATMUL_NAMES, MATMUL_SPECS, META_WORDS, matmulShape, type MatmulChoices, type MatmulName } from "./kernels";
 import { choiceFor, choiceId, matmul, matmulGrid, parseChoiceId, validChoice, type MatmulChoice } from "./matmul-template";
+import { drawPrefixBounds } from "./schedule";
 
 /** The shape an engine runs its matmuls at: the row chunk's rows and the slab's SAEs of its memory plan. */
 export interface TuneShape {
@@ -111,7 +112,7 @@ export const shapeKey = (s: TuneShape) => `d${s.d}-n${s.n}-b${s.B}-k${s.K}-p${s.
 function tensorFloats(name: string, s: TuneShape): number {
   const { d, n, B, K, P } = s;
   const sizes: Record<string, number> = {
-    x: B * d, b_dec: K * d, W_enc: K * d * n, b_enc: K * n, H: K * B * n, W_dec: K * n * d, theta: K * n, R: K * P * B * d, G: K * B * n,
+    x: B * d, xT: d * B, b_dec: K * d, W_enc: K * d * n, b_enc: K * n, H: K * B * n, W_dec: K * n * d, theta: K * n, R: K * P * B * d, G: K * B * n,
     gW_enc: K * d * n, gW_dec: K * n * d,
   };
   if (!(name in sizes)) throw new Error(`autotune: no size for tensor ${name}; add it to tensorFloats`);
@@ -159,15 +160,21 @@ function* bindingsOf(code: string): Generator<{ binding: number; kind: "uniform"
     yield { binding: Number(m[1]), kind: m[2] === "uniform" ? "uniform" : "storage", readOnly: m[2] === "storage, read", name: m[3] };
 }
 
-/** The Dims and meta a step of shape s would bind (P prefixes spread evenly over d_sae; Vanilla when P = 1). */
-function dimsAndMeta(s: TuneShape): { dims: Uint32Array<ArrayBuffer>; meta: Uint32Array<ArrayBuffer> } {
+/**
+ * The Dims and meta a step of shape s would bind. Prefixes (P > 1) drawn as the step draws them (schedule.ts, SAE k
+ * seeded k, step 0): saev's lengths crowd the first latents, so a block matmul's tile there runs several blocks, which
+ * evenly spread bounds would not show, and the ranking would not be the step's. Vanilla when P = 1.
+ */
+export function dimsAndMeta(s: TuneShape): { dims: Uint32Array<ArrayBuffer>; meta: Uint32Array<ArrayBuffer> } {
   const dims = new Uint32Array([s.B, s.d, s.n, s.K, s.P, 1, s.B, 0, 0, 0, 0, s.K, 0, 0, 0, 0]);
   const meta = new Uint32Array(s.K * META_WORDS + s.K * (s.P + 1));
   const f = new Float32Array(meta.buffer);
   for (let k = 0; k < s.K; k++) {
-    meta[k * META_WORDS + 1] = s.P;
+    const bounds = s.P > 1 ? drawPrefixBounds(s.n, s.P, k, 0) : [0, s.n];
+    // as the engine's meta: the SAE's own prefix count (fewer than P only when d_sae < P + 1) and its bounds
+    meta[k * META_WORDS + 1] = bounds.length - 1;
     f[k * META_WORDS + 4] = 1; // loss scale
-    for (let q = 0; q <= s.P; q++) meta[s.K * META_WORDS + k * (s.P + 1) + q] = Math.round((q * s.n) / s.P);
+    bounds.forEach((b, q) => (meta[s.K * META_WORDS + k * (s.P + 1) + q] = b));
   }
   return { dims, meta };
 }

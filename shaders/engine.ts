@@ -227,6 +227,7 @@ export class SaeEngine {
     // the working set: one slab's SAEs, one row chunk, reused by every chunk and slab
     for (const [name, size] of Object.entries(workingTensors(shape, C))) add(name, 4 * saesPerSlab * size);
     add("x", 4 * B * d);
+    add("xT", 4 * C * d); // a row chunk of x transposed (K.TRANSPOSE_X), for dL/dW_enc
     add("mu0", 4 * d);
     add("xStats", 4 * 4 * d);
     add("meta", 4 * this.metaWords());
@@ -284,6 +285,7 @@ export class SaeEngine {
       latent: k("latent_cols", K.LATENT_COLS),
       latentFinish: k("latent_finish", K.LATENT_FINISH),
       gradBDec: k("grad_b_dec", K.GRAD_B_DEC),
+      transposeX: k("transpose_x", K.TRANSPOSE_X),
       gradWEnc: k("grad_w_enc", mm.GRAD_W_ENC),
       gradWDec: k("grad_w_dec", mm.GRAD_W_DEC),
       removeParallel: k("remove_parallel", K.REMOVE_PARALLEL),
@@ -456,7 +458,8 @@ export class SaeEngine {
           backward: [
             dispatch(kn.gradF, [...tr(c), "R", "W_dec", "H", "G"], grid("GRAD_F", rowsOf(c), n)),
             dispatch(kn.latent, [...tr(c), "H", "theta", "G", "latentPart"], [ceil(n, 64), partialsOf(c), Ks]),
-            dispatch(kn.gradWEnc, [...tr(c), "x", "b_dec", "G", "H", "theta", "grad.W_enc"], grid("GRAD_W_ENC", d, n)),
+            dispatch(kn.transposeX, [...tr(c), "x", "xT"], [ceil(rowsOf(c), 64), d, 1]),
+            dispatch(kn.gradWEnc, [...tr(c), "xT", "b_dec", "G", "grad.W_enc"], grid("GRAD_W_ENC", d, n)),
             dispatch(kn.gradWDec, [...tr(c), "H", "theta", "R", "grad.W_dec"], grid("GRAD_W_DEC", d, n)),
             ...auxBackward(c),
           ],
@@ -767,7 +770,7 @@ export class SaeEngine {
 
   /** Fills every intermediate and gradient buffer with NaN, so a test sees any element a kernel failed to write. */
   poison(): void {
-    const names = ["H", "G", "R", "latentPart", "residPart"];
+    const names = ["H", "G", "R", "xT", "latentPart", "residPart"];
     const aux = this.buffers.has("auxMeta");
     if (aux) names.push("auxAct", "auxCut", "auxR", "auxDenPart", "auxNumPart", "auxBEnc", "deadList", "auxList", "auxCnt");
     for (const slab of this.slabs)

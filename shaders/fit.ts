@@ -81,7 +81,7 @@ export interface MemoryPlan {
   bytesPerSae: number;
   /** Bytes per SAE of one slab for one chunk (H, G, R, partial sums); allocated for one slab only. */
   workingBytesPerSae: number;
-  /** Bytes independent of the SAEs: the batch (working copy and two upload buffers) and read-back room. */
+  /** Bytes independent of the SAEs: the batch (working copy, two upload buffers, a chunk transposed) and read-back room. */
   sharedBytes: number;
   /** What the plan allocates: saes·bytesPerSae + saesPerSlab·workingBytesPerSae + sharedBytes. */
   totalBytes: number;
@@ -157,10 +157,11 @@ export function bytesPerSae(s: SaeShape): number {
   return 4 * (sum(persistentTensors(s)) + 2 * s.d_sae + s.d_vit + (s.auxk ? STAGED_AUX_WORDS : 0));
 }
 
-/** Bytes shared by the whole group: the batch (working copy and two upload buffers), eval x statistics, and room
- *  to read back one SAE's largest tensor (exports read one SAE at a time). */
+/** Bytes shared by the whole group: the batch (working copy, two upload buffers, and a row chunk of it transposed
+ *  for dL/dW_enc, counted as the whole batch), eval x statistics, and room to read back one SAE's largest tensor
+ *  (exports read one SAE at a time). */
 export function sharedBytes(s: SaeShape): number {
-  return 4 * (3 * s.batch_size * s.d_vit + 5 * s.d_vit + s.d_vit * s.d_sae);
+  return 4 * (4 * s.batch_size * s.d_vit + 5 * s.d_vit + s.d_vit * s.d_sae);
 }
 
 /** Chunk sizes to try, largest first: the batch split into 1, 2, 3, … chunks of equal size, rounded up to whole

@@ -7,7 +7,8 @@
  * Layout (all row-major, f32; K = SAEs of the slab, B = rows of the chunk):
  *   x [batch, d] (the whole batch); W_enc [K, d, n]; b_enc [K, n]; W_dec [K, n, d]; b_dec [K, d]; log_threshold [K, n]
  *   H [K, B, n] pre-activations of the chunk (f = act(h) is recomputed where needed, so it is never stored)
- *   G [K, B, n] dL/df (ReLU: the L1 term included; JumpReLU: the L0 term reaches θ only)
+ *   G [K, B, n] dL/df (ReLU: the L1 term included; JumpReLU: the L0 term reaches θ only); LATENT_COLS, its last
+ *     reader as dL/df, rewrites it in place as dL/dh = dL/df·1{h > θ}, which is all GRAD_W_ENC needs
  *   R [K, Pmax, B, d]: first e_q = x̂_q − x per prefix q, then, in place, the suffix sums R_q = Σ_{r ≥ q} e_r
  *     (latent j of block q feeds every x̂_r with r ≥ q, so dL/df_j = scale·R_q·W_dec[j])
  *   latentPart, residPart: per partial (dims.chunk rows) of the whole batch, written by the chunk holding it and
@@ -115,14 +116,31 @@ const accumulate = (target: string, value: string) => /* wgsl */ `{
         *slot = g;
       }`;
 
-/** dL/dW_enc = (x − b_dec)ᵀ · (G ⊙ act'(h)), this chunk's rows. */
+/**
+ * xT [d, B] ← this chunk's rows of x, transposed: GRAD_W_ENC's A operand read along its K (the rows) in consecutive
+ * memory (from x, each k is a row d floats further). One thread per element; shared by the slab's SAEs.
+ */
+export const TRANSPOSE_X = /* wgsl */ `${HEADER}
+${META}
+${ro(2, "x")}
+${rw(3, "xT")}
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let b = gid.x; let c = gid.y;
+  if (b >= dims.B || c >= dims.d) { return; }
+  xT[c * dims.B + b] = x[(dims.row0 + b) * dims.d + c];
+}`;
+
+/**
+ * dL/dW_enc = (x − b_dec)ᵀ · dL/dh, this chunk's rows (G holds dL/dh = dL/df ⊙ act'(h) once LATENT_COLS ran; xT the
+ * chunk's x transposed, TRANSPOSE_X).
+ */
 export const GRAD_W_ENC: MatmulSpec = ({
-  bindings: [META, ro(2, "x"), ro(3, "b_dec"), ro(4, "G"), ro(5, "H"), ro(6, "theta"), rw(7, "gW_enc")].join("\n"),
+  bindings: [META, ro(2, "xT"), ro(3, "b_dec"), ro(4, "G"), rw(5, "gW_enc")].join("\n"),
   M: "dims.d", N: "dims.n", KD: "dims.B",
-  loadA: "x[(dims.row0 + gk) * dims.d + gm] - ai", aKFast: false,
+  loadA: "xT[gm * dims.B + gk] - ai", aKFast: true,
   aInv: "b_dec[sae * dims.d + gm]",
-  loadB: "G[(sae * dims.B + gk) * dims.n + gn] * actGrad(H[(sae * dims.B + gk) * dims.n + gn], bi)",
-  bInv: "theta[sae * dims.n + gn]",
+  loadB: "G[(sae * dims.B + gk) * dims.n + gn]",
   bNFast: true,
   mode: "plain",
   epilogue: accumulate("gW_enc[(sae * dims.d + m) * dims.n + nn]", "v"),
@@ -198,12 +216,16 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   residPart[((dims.K + sae) * dims.S + p) * dims.d + c] = r0.x + r0.y;
 }`;
 
-/** Per latent column and partial (dims.chunk rows) of this chunk: Σ dL/dh (b_enc), Σ dL/dθ (JumpReLU), #{f > 0}, Σ f. */
+/**
+ * Per latent column and partial (dims.chunk rows) of this chunk: Σ dL/dh (b_enc), Σ dL/dθ (JumpReLU), #{f > 0}, Σ f;
+ * and G ← dL/dh in place once read (GRAD_W_ENC's B operand: one load per element there, not G, H and θ's compare,
+ * for every one of a tile's row threads that reads it).
+ */
 export const LATENT_COLS = /* wgsl */ `${HEADER}
 ${META}
 ${ro(2, "H")}
 ${ro(3, "theta")}
-${ro(4, "G")}
+${rw(4, "G")}
 ${rw(5, "latentPart")}
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3u) {
@@ -219,7 +241,9 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
     let idx = (sae * dims.B + b) * dims.n + j;
     let h = H[idx]; let g = G[idx];
     let f = act(h, th);
-    gb = kadd(gb, g * actGrad(h, th));
+    let gh = g * actGrad(h, th);
+    gb = kadd(gb, gh);
+    G[idx] = gh;
     if (jump && abs((h - th) / eps) < 0.5) {
       // ∂f/∂θ = −(θ/ε)K, ∂H/∂θ = −(1/ε)K, rectangle kernel K = 1 here.
       gt = kadd(gt, -(g * th + sparsityGrad) / eps);

@@ -79,14 +79,19 @@ export function initWeights(cfg: TrainConfig): InitialWeights {
 export function prefixBounds(cfg: TrainConfig, t: number): number[] {
   const n = cfg.sae.d_vit * cfg.sae.exp_factor;
   if (cfg.objective.kind !== "matryoshka") return [0, n];
+  return drawPrefixBounds(n, cfg.objective.n_prefixes, cfg.sae.seed, t);
+}
+
+/** prefixBounds' draw for d_sae n and nPrefixes prefixes from (seed, t) (the autotuner times its candidates on these). */
+export function drawPrefixBounds(n: number, nPrefixes: number, seed: number, t: number): number[] {
   const cdf = (l: number) => 1 - Math.sqrt(1 / l);
   const weights = new Float64Array(n); // weights[l] for l in 1..n−1
   for (let l = 2; l < n; l++) weights[l] = cdf(l) - cdf(l - 1);
-  const draws = Math.min(cfg.objective.n_prefixes - 1, n - 2);
+  const draws = Math.min(nPrefixes - 1, n - 2);
   const chosen: number[] = [];
   let total = weights.reduce((a, b) => a + b, 0);
   for (let k = 0; k < draws; k++) {
-    const u = uniformAt(cfg.sae.seed, STREAMS.MATRYOSHKA, t * 1_048_576 + k) * total;
+    const u = uniformAt(seed, STREAMS.MATRYOSHKA, t * 1_048_576 + k) * total;
     let acc = 0;
     let pick = -1;
     for (let l = 2; l < n; l++) {

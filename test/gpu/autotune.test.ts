@@ -7,9 +7,10 @@
  * float64, matmul-variants.test.ts every choice's plain matmul). The runner's disk cache: test/runner/tune-cache.test.ts.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { TUNER_CHOICES, type TuneResult } from "../../shaders/autotune";
-import { MATMUL_NAMES } from "../../shaders/kernels";
+import { dimsAndMeta, TUNER_CHOICES, type TuneResult } from "../../shaders/autotune";
+import { MATMUL_NAMES, META_WORDS } from "../../shaders/kernels";
 import { choiceId } from "../../shaders/matmul-template";
+import { prefixBounds } from "../../shaders/schedule";
 import { dawnUnavailable, openChrome, openDawn, type GpuBackend } from "../helpers/gpu-backends";
 import { mulberry32, testSeed } from "../helpers/random";
 import { trainConfig } from "../helpers/train-config";
@@ -51,6 +52,24 @@ function relError(got: (number | null)[], want: (number | null)[]): number {
   }
   return worst;
 }
+
+// no GPU needed: the meta the tuner times its candidates with
+it("times Matryoshka candidates on prefix bounds drawn as the step draws them (SAE k seeded k, step 0)", () => {
+  for (const [d, exp, K, P] of [[64, 8, 4, 10], [32, 4, 3, 2], [4, 1, 2, 6]]) {
+    const n = d * exp;
+    const { dims, meta } = dimsAndMeta({ d, n, B: 64, K, P });
+    expect(dims[4]).toBe(P);
+    for (let k = 0; k < K; k++) {
+      const want = prefixBounds(trainConfig({ seed: k, sae: { d_vit: d, exp_factor: exp }, objective: { kind: "matryoshka", n_prefixes: P } }), 0);
+      const own = want.length - 1; // < P only where d_sae < P + 1 (d 4: 3 draws at most)
+      expect(meta[k * META_WORDS + 1], `P of SAE ${k}`).toBe(own);
+      expect([...meta.slice(K * META_WORDS + k * (P + 1), K * META_WORDS + k * (P + 1) + own + 1)], `bounds of SAE ${k} at ${JSON.stringify({ d, n, P })}`).toEqual(want);
+    }
+  }
+  // Vanilla: one block, the whole of d_sae
+  const { meta } = dimsAndMeta({ d: 8, n: 32, B: 16, K: 2, P: 1 });
+  expect([meta[1], meta[META_WORDS + 1], ...meta.slice(2 * META_WORDS)]).toEqual([1, 1, 0, 32, 0, 32]);
+});
 
 for (const [name, open, skip] of backends) {
   describe.skipIf(skip !== null)(`autotune on ${name}`, () => {

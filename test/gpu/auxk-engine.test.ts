@@ -123,7 +123,7 @@ for (const [name, open, skip] of backends) {
               // auxAct: ReLU(h) on each row's top min(k_aux, #dead) dead latents of the raw h
               const kept = topkMask(r.forward.h, B, n, cfg.sae.k_aux, deadBefore[k]);
               note("auxAct", relError(slice(out.buffers.auxAct, k, B * n), r.forward.h.map((h, i) => (kept[i] ? Math.max(h, 0) : 0))));
-            } else note("G (dL/df)", relError(slice(out.buffers.G, k, B * n), r.gf));
+            } else note("G (dL/dh)", relError(slice(out.buffers.G, k, B * n), r.gh));
           }
           for (const p of ref.PARAM_NAMES) {
             const size = r.grads[p].length;

@@ -111,7 +111,7 @@ for (const [name, open, skip] of backends) {
           if (!chunked) {
             // H holds f for the selecting kinds (the selection runs in place), h for the others
             note("H", relError(slice(out.buffers.H, k, B * n), selects ? r.forward.f : r.forward.h));
-            note("G (dL/df)", relError(slice(out.buffers.G, k, B * n), r.gf));
+            note("G (dL/dh)", relError(slice(out.buffers.G, k, B * n), r.gh));
           }
           for (const p of ref.PARAM_NAMES) {
             const size = r.grads[p].length;

@@ -140,7 +140,7 @@ for (const [name, open, skip] of backends) {
         const d = cfgs[0].sae.d_vit, n = dSae(cfgs[0]);
         const x = Array.from({ length: B * d }, () => Math.fround(rand() * 2 - 1));
         const options = chunked ? chunkedOptions(cfgs, group.chunkRows!) : undefined;
-        const out = await gpu.run<StepOut>("engineStep", { cfgs, state: json, x, matmul, options });
+        const out = await gpu.run<StepOut>("engineStep", { cfgs, state: json, x, matmul, options, extra: ["xT"] });
         expect(out.variant).toBe(matmul);
         if (chunked) {
           // the lowered limits really split the step: ≥ 4 row chunks, one slab per SAE, within the budget
@@ -154,6 +154,9 @@ for (const [name, open, skip] of backends) {
         const note = (label: string, e: number) => (errors[label] = Math.max(errors[label] ?? 0, e));
         // the reference's step (it updates refs[k] in place: parameters and moments after Adam)
         const results = cfgs.map((cfg, k) => referenceStep(refs[k], cfg, x, B));
+        // the (last) row chunk's x, transposed for dL/dW_enc (K.TRANSPOSE_X), [d, rows]
+        const lastRows = chunked ? B - (out.plan.rowChunks - 1) * out.plan.rowsPerChunk : B;
+        note("xT (the last chunk's x transposed)", relError(out.buffers.xT.slice(0, d * lastRows), ref.transposeRows(x, B - lastRows, lastRows, d)));
         // TopK's selection runs in place: H then holds f = ReLU(h) on each row's k largest
         const hWant = (k: number) => (cfgs[k].sae.kind === "topk" ? results[k].forward.f : results[k].forward.h);
         cfgs.forEach((_, k) => {
@@ -169,7 +172,7 @@ for (const [name, open, skip] of backends) {
             for (let s = q; s < P; s++) for (let i = 0; i < B * d; i++) want[i] += r.forward.e[s][i];
             note("R (residual suffix sums)", relError(R.slice(q * B * d, (q + 1) * B * d), want));
           }
-          note("G (dL/df)", relError(slice(out.buffers.G, k, B * n), r.gf));
+          note("G (dL/dh)", relError(slice(out.buffers.G, k, B * n), r.gh));
         });
         cfgs.forEach((_, k) => {
           const r = results[k];
@@ -178,7 +181,7 @@ for (const [name, open, skip] of backends) {
             const rows = B - (out.plan.rowChunks - 1) * out.plan.rowsPerChunk;
             const first = B - rows;
             note("H (pre-activations, TopK: f, last chunk)", relError(out.buffers.H.slice(0, rows * n), hWant(k).slice(first * n, B * n)));
-            note("G (dL/df, last chunk)", relError(out.buffers.G.slice(0, rows * n), r.gf.slice(first * n, B * n)));
+            note("G (dL/dh, last chunk)", relError(out.buffers.G.slice(0, rows * n), r.gh.slice(first * n, B * n)));
           }
           for (const p of ref.PARAM_NAMES) {
             const size = r.grads[p].length;

@@ -110,14 +110,18 @@ export function backward(p: Params, x: ArrayLike<number>, B: number, hp: Hyper, 
   return backwardDetailed(p, x, B, hp, fw).grads;
 }
 
-/** backward, also returning dL/df per example and latent (ReLU: with the L1 term; JumpReLU: without the L0 term). */
-export function backwardDetailed(p: Params, x: ArrayLike<number>, B: number, hp: Hyper, fw: Forward): { grads: Params; gf: Float64Array } {
+/**
+ * backward, also returning dL/df per example and latent (ReLU: with the L1 term; JumpReLU: without the L0 term) and
+ * dL/dh = dL/df·∂f/∂h (what the engine's G holds after its step: LATENT_COLS folds the mask in).
+ */
+export function backwardDetailed(p: Params, x: ArrayLike<number>, B: number, hp: Hyper, fw: Forward): { grads: Params; gf: Float64Array; gh: Float64Array } {
   const { d, n, bounds } = hp;
   const P = bounds.length - 1;
   const g = zerosLike(p);
   const scale = 2 / (B * P * d);
   // dL/dx̂_q = scale·e_q; latent j of block q feeds every x̂_r with r ≥ q.
   const gf = new Float64Array(B * n);
+  const ghAll = new Float64Array(B * n);
   for (let b = 0; b < B; b++)
     for (let q = 0; q < P; q++)
       for (let c = 0; c < d; c++) {
@@ -145,13 +149,21 @@ export function backwardDetailed(p: Params, x: ArrayLike<number>, B: number, hp:
         const gTheta = gf[b * n + j] * (-(theta / eps) * kern) + (hp.coeff / B) * (-(1 / eps) * kern);
         g.log_threshold[j] += gTheta * theta; // θ = exp(log θ)
       }
+      ghAll[b * n + j] = gh;
       g.b_enc[j] += gh;
       for (let i = 0; i < d; i++) {
         g.W_enc[i * n + j] += (x[b * d + i] - p.b_dec[i]) * gh;
         g.b_dec[i] -= p.W_enc[i * n + j] * gh;
       }
     }
-  return { grads: g, gf };
+  return { grads: g, gf, gh: ghAll };
+}
+
+/** Rows row0 … row0 + rows − 1 of x [·, d], transposed: [d, rows] (the engine's xT for that row chunk). */
+export function transposeRows(x: ArrayLike<number>, row0: number, rows: number, d: number): Float64Array {
+  const out = new Float64Array(d * rows);
+  for (let b = 0; b < rows; b++) for (let c = 0; c < d; c++) out[c * rows + b] = x[(row0 + b) * d + c];
+  return out;
 }
 
 export function normalizeDecoderRows(W_dec: Float64Array, n: number, d: number): void {
@@ -188,6 +200,8 @@ export interface StepResult {
   /** Gradients as Adam saw them (after the parallel component was removed). */
   grads: Params;
   gf: Float64Array;
+  /** dL/dh (dL/df masked by ∂f/∂h). */
+  gh: Float64Array;
   hyper: Hyper;
 }
 
@@ -198,10 +212,10 @@ export function trainStep(state: State, cfg: TrainConfig, x: ArrayLike<number>, 
   const { n, d } = hp;
   if (cfg.sae.normalize_w_dec) normalizeDecoderRows(state.params.W_dec, n, d);
   const fw = forward(state.params, x, B, hp);
-  const { grads: g, gf } = backwardDetailed(state.params, x, B, hp, fw);
+  const { grads: g, gf, gh } = backwardDetailed(state.params, x, B, hp, fw);
   if (cfg.sae.remove_parallel_grads) removeParallelGrads(g.W_dec, state.params.W_dec, n, d);
   adamUpdate(state, cfg, g);
-  return { forward: fw, grads: g, gf, hyper: hp };
+  return { forward: fw, grads: g, gf, gh, hyper: hp };
 }
 
 /** torch Adam with the lr of step state.step, then the step advances. θ (log_threshold) trains for JumpReLU only. */

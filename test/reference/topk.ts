@@ -176,6 +176,8 @@ export interface SelectStepResult {
   grads: Params;
   /** dL/df of the objective (without AuxK's term), as ./sae.ts's StepResult. */
   gf: Float64Array;
+  /** dL/dh of the objective (dL/df masked by ∂f/∂h), as ./sae.ts's StepResult. */
+  gh: Float64Array;
   hyper: Hyper;
   aux_loss: number;
   n_dead_train: number;
@@ -199,7 +201,7 @@ export function trainStepSelect(state: SelectState, cfg: TrainConfig, x: ArrayLi
   const hp: Hyper = { ...base, select: selectorFor(kind, cfg.sae.k ?? 0, n, (m) => (minKept = m)) };
   if (cfg.sae.normalize_w_dec) normalizeDecoderRows(state.params.W_dec, n, d);
   const fw = forward(state.params, x, B, hp);
-  const { grads: g, gf } = backwardDetailed(state.params, x, B, hp, fw);
+  const { grads: g, gf, gh } = backwardDetailed(state.params, x, B, hp, fw);
   let aux = 0, nDead = 0;
   if (isSelectKind(kind)) {
     const dead = deadMask(state.counters, cfg.sae.dead_after);
@@ -217,7 +219,7 @@ export function trainStepSelect(state: SelectState, cfg: TrainConfig, x: ArrayLi
   const lr = learningRate(cfg, t);
   adamUpdate(state, cfg, g);
   const loss = isSelectKind(kind) ? fw.mse + cfg.sae.aux_coeff * aux : fw.loss;
-  return { forward: fw, grads: g, gf, hyper: hp, aux_loss: aux, n_dead_train: nDead, loss, gradNorm: norm, lr };
+  return { forward: fw, grads: g, gf, gh, hyper: hp, aux_loss: aux, n_dead_train: nDead, loss, gradNorm: norm, lr };
 }
 
 /** BatchTopK at evaluation: f = h·1{h > θ}, a JumpReLU whose one threshold θ serves every latent (SAELens's layout). */
