@@ -10,7 +10,7 @@
  * The runner caches the result per adapter and shape (runner/tune-cache.ts) and reports it with the lease.
  */
 import { planMemory, type MemoryPlan } from "./fit";
-import { KERNEL_HEADER, MATMUL_NAMES, MATMUL_SPECS, META_WORDS, matmulShape, type MatmulChoices, type MatmulName } from "./kernels";
+import { KERNEL_HEADER, MATMUL_NAMES, MATMUL_SPECS, META_WORDS, VEC4_VIEW, matmulShape, type MatmulChoices, type MatmulName } from "./kernels";
 import { choiceFor, choiceId, matmul, matmulGrid, parseChoiceId, validChoice, type MatmulChoice } from "./matmul-template";
 
 /** The shape an engine runs its matmuls at: the row chunk's rows and the slab's SAEs of its memory plan. */
@@ -156,7 +156,8 @@ export function candidateWgsl(): string {
 
 function* bindingsOf(code: string): Generator<{ binding: number; kind: "uniform" | "storage"; readOnly: boolean; name: string }> {
   for (const m of code.matchAll(/@binding\((\d+)\) var<(uniform|storage, read_write|storage, read)> (\w+)/g))
-    yield { binding: Number(m[1]), kind: m[2] === "uniform" ? "uniform" : "storage", readOnly: m[2] === "storage, read", name: m[3] };
+    // a vec4 view (`x_v4`) binds its tensor's buffer
+    yield { binding: Number(m[1]), kind: m[2] === "uniform" ? "uniform" : "storage", readOnly: m[2] === "storage, read", name: m[3].replace(VEC4_VIEW, "") };
 }
 
 /** The Dims and meta a step of shape s would bind (P prefixes spread evenly over d_sae; Vanilla when P = 1). */
