@@ -60,8 +60,9 @@ const ids = (list: string[]) => list.map((id) => parseChoiceId(id)!);
 
 /**
  * Candidates on GPUs: the default, BK and tile/outputs-per-thread variations around it (the published fast WGSL
- * GEMMs use 128×64 tiles with 8×4 outputs per thread), and the two direct ones. No vec4: the step's specs declare
- * no vec4 forms, so a /v4 choice compiles to its scalar twin.
+ * GEMMs use 128×64 tiles with 8×4 outputs per thread), two of them with vec4 tile loads of B (the step's specs
+ * declare vec4 views; at d_vit or d_sae not a multiple of 4 a /v4 choice compiles to its scalar twin), and the two
+ * direct ones.
  */
 export const GPU_CANDIDATES: MatmulChoice[] = ids([
   "64x64/4x4/k16/tiled",
@@ -73,14 +74,18 @@ export const GPU_CANDIDATES: MatmulChoice[] = ids([
   "64x64/8x8/k16/tiled",
   "128x128/8x8/k8/tiled",
   "128x128/8x8/k16/tiled",
+  "128x64/8x4/k16/tiled/v4",
+  "128x128/8x8/k16/tiled/v4",
   "64x64/4x4/k16/direct",
   "128x64/8x4/k16/direct",
 ]);
 
-/** Candidates on software adapters: barrier-free kernels only (SwiftShader runs barriers as fiber switches). Not the
- *  16-output direct choices: a plain 16 × 16 kernel reads ~2× fewer operands per FMA, but SwiftShader compiles the
- *  step's for 6–9 s each, and its block-masked ones (dL/df, dL/dW_dec) for over a minute, at load 10 (2 cores). */
-export const SOFTWARE_CANDIDATES: MatmulChoice[] = ids(["64x64/4x4/k16/direct", "128x64/8x4/k16/direct", "64x64/8x8/k16/direct"]);
+/** Candidates on software adapters: barrier-free kernels only (SwiftShader runs barriers as fiber switches), the
+ *  vec4 one last (timed when the budget allows: in the step it measured within the noise of its scalar twin,
+ *  BENCHMARKS.md §8). Not the 16-output direct choices: a plain 16 × 16 kernel reads ~2× fewer operands per FMA,
+ *  but SwiftShader compiles the step's for 6–9 s each, and its block-masked ones (dL/df, dL/dW_dec) for over a
+ *  minute, at load 10 (2 cores); with vec4 loads 8 × 16 compiled for over 8 minutes at load 8. */
+export const SOFTWARE_CANDIDATES: MatmulChoice[] = ids(["64x64/4x4/k16/direct", "128x64/8x4/k16/direct", "64x64/8x8/k16/direct", "64x64/8x8/k16/direct/v4"]);
 
 /** Every choice the tuner can pick on some adapter (what test/gpu/matmul-variants.test.ts must check). */
 export const TUNER_CHOICES: MatmulChoice[] = [...GPU_CANDIDATES, ...SOFTWARE_CANDIDATES].filter((c, i, all) => all.findIndex((x) => choiceId(x) === choiceId(c)) === i);
