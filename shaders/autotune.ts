@@ -10,7 +10,7 @@
  * The runner caches the result per adapter and shape (runner/tune-cache.ts) and reports it with the lease.
  */
 import { planMemory, type MemoryPlan } from "./fit";
-import { KERNEL_HEADER, MATMUL_NAMES, MATMUL_SPECS, META_WORDS, matmulShape, type MatmulChoices, type MatmulName } from "./kernels";
+import { KERNEL_HEADER, MATMUL_NAMES, MATMUL_SPECS, META_WORDS, VEC4_VIEW, matmulShape, type MatmulChoices, type MatmulName } from "./kernels";
 import { choiceFor, choiceId, matmul, matmulGrid, parseChoiceId, validChoice, type MatmulChoice } from "./matmul-template";
 import { drawPrefixBounds } from "./schedule";
 
@@ -61,8 +61,9 @@ const ids = (list: string[]) => list.map((id) => parseChoiceId(id)!);
 
 /**
  * Candidates on GPUs: the default, BK and tile/outputs-per-thread variations around it (the published fast WGSL
- * GEMMs use 128×64 tiles with 8×4 outputs per thread), and the two direct ones. No vec4: the step's specs declare
- * no vec4 forms, so a /v4 choice compiles to its scalar twin.
+ * GEMMs use 128×64 tiles with 8×4 outputs per thread), two of them with vec4 tile loads of B (the step's specs
+ * declare vec4 views; at d_vit or d_sae not a multiple of 4 a /v4 choice compiles to its scalar twin), and the two
+ * direct ones.
  */
 export const GPU_CANDIDATES: MatmulChoice[] = ids([
   "64x64/4x4/k16/tiled",
@@ -74,14 +75,18 @@ export const GPU_CANDIDATES: MatmulChoice[] = ids([
   "64x64/8x8/k16/tiled",
   "128x128/8x8/k8/tiled",
   "128x128/8x8/k16/tiled",
+  "128x64/8x4/k16/tiled/v4",
+  "128x128/8x8/k16/tiled/v4",
   "64x64/4x4/k16/direct",
   "128x64/8x4/k16/direct",
 ]);
 
-/** Candidates on software adapters: barrier-free kernels only (SwiftShader runs barriers as fiber switches). Not the
- *  16-output direct choices: a plain 16 × 16 kernel reads ~2× fewer operands per FMA, but SwiftShader compiles the
- *  step's for 6–9 s each, and its block-masked ones (dL/df, dL/dW_dec) for over a minute, at load 10 (2 cores). */
-export const SOFTWARE_CANDIDATES: MatmulChoice[] = ids(["64x64/4x4/k16/direct", "128x64/8x4/k16/direct", "64x64/8x8/k16/direct"]);
+/** Candidates on software adapters: barrier-free kernels only (SwiftShader runs barriers as fiber switches), the
+ *  vec4 one last (timed when the budget allows: in the step it measured within the noise of its scalar twin,
+ *  BENCHMARKS.md §8). Not the 16-output direct choices: a plain 16 × 16 kernel reads ~2× fewer operands per FMA,
+ *  but SwiftShader compiles the step's for 6–9 s each, and its block-masked ones (dL/df, dL/dW_dec) for over a
+ *  minute, at load 10 (2 cores); with vec4 loads 8 × 16 compiled for over 8 minutes at load 8. */
+export const SOFTWARE_CANDIDATES: MatmulChoice[] = ids(["64x64/4x4/k16/direct", "128x64/8x4/k16/direct", "64x64/8x8/k16/direct", "64x64/8x8/k16/direct/v4"]);
 
 /** Every choice the tuner can pick on some adapter (what test/gpu/matmul-variants.test.ts must check). */
 export const TUNER_CHOICES: MatmulChoice[] = [...GPU_CANDIDATES, ...SOFTWARE_CANDIDATES].filter((c, i, all) => all.findIndex((x) => choiceId(x) === choiceId(c)) === i);
@@ -157,7 +162,8 @@ export function candidateWgsl(): string {
 
 function* bindingsOf(code: string): Generator<{ binding: number; kind: "uniform" | "storage"; readOnly: boolean; name: string }> {
   for (const m of code.matchAll(/@binding\((\d+)\) var<(uniform|storage, read_write|storage, read)> (\w+)/g))
-    yield { binding: Number(m[1]), kind: m[2] === "uniform" ? "uniform" : "storage", readOnly: m[2] === "storage, read", name: m[3] };
+    // a vec4 view (`x_v4`) binds its tensor's buffer
+    yield { binding: Number(m[1]), kind: m[2] === "uniform" ? "uniform" : "storage", readOnly: m[2] === "storage, read", name: m[3].replace(VEC4_VIEW, "") };
 }
 
 /**

@@ -343,7 +343,8 @@ export class SaeEngine {
         if (names.length !== kernel.count) throw new Error(`engine: ${kernel.pipeline.label} takes ${kernel.count} bindings, got ${names.length}`);
         const bind = device.createBindGroup({
           layout: kernel.layout,
-          entries: names.map((name, binding) => ({ binding, resource: { buffer: this.buf(this.perSae.has(name) ? this.slabName(name, slab) : name) } })),
+          // a vec4 view (`x_v4`, kernels.ts) is its tensor's buffer bound a second time
+          entries: names.map((n) => n.replace(K.VEC4_VIEW, "")).map((name, binding) => ({ binding, resource: { buffer: this.buf(this.perSae.has(name) ? this.slabName(name, slab) : name) } })),
         });
         return { kernel, bind, size };
       };
@@ -354,8 +355,8 @@ export class SaeEngine {
       const normalize = dispatch(kn.normalize, [...tr(0), "W_dec"], [ceil(n, 64), 1, Ks]);
       this.normalizePasses.push(normalize);
       const thresholds = (names: string[]) => dispatch(kn.thresholds, [...names, "log_threshold", "theta"], [ceil(n, 64), 1, Ks]);
-      const encode = (names: string[], c: number) => dispatch(kn.encode, [...names, "x", "b_dec", "W_enc", "b_enc", "H"], grid("ENCODE", rowsOf(c), n));
-      const decode = (names: string[], c: number) => dispatch(kn.decode, [...names, "x", "b_dec", "W_dec", "H", "theta", "R"], grid("DECODE", rowsOf(c), d));
+      const encode = (names: string[], c: number) => dispatch(kn.encode, [...names, "x", "b_dec", "W_enc", "b_enc", "H", "x_v4", "b_dec_v4", "W_enc_v4"], grid("ENCODE", rowsOf(c), n));
+      const decode = (names: string[], c: number) => dispatch(kn.decode, [...names, "x", "b_dec", "W_dec", "H", "theta", "R", "W_dec_v4", "H_v4", "theta_v4"], grid("DECODE", rowsOf(c), d));
       const meta = `topkMeta#${slab.index}`;
       const sel = (dimsName: string, c: number) => [`${dimsName}#${slab.index}/${c}`, meta];
       // encode, then (a slab with TopK SAEs) the selection in place: the other kinds' rows are left as they are
@@ -456,11 +457,11 @@ export class SaeEngine {
             ...auxForward(c),
           ],
           backward: [
-            dispatch(kn.gradF, [...tr(c), "R", "W_dec", "H", "G"], grid("GRAD_F", rowsOf(c), n)),
+            dispatch(kn.gradF, [...tr(c), "R", "W_dec", "H", "G", "R_v4", "W_dec_v4"], grid("GRAD_F", rowsOf(c), n)),
             dispatch(kn.latent, [...tr(c), "H", "theta", "G", "latentPart"], [ceil(n, 64), partialsOf(c), Ks]),
             dispatch(kn.transposeX, [...tr(c), "x", "xT"], [ceil(rowsOf(c), 64), d, 1]),
             dispatch(kn.gradWEnc, [...tr(c), "xT", "b_dec", "G", "grad.W_enc"], grid("GRAD_W_ENC", d, n)),
-            dispatch(kn.gradWDec, [...tr(c), "H", "theta", "R", "grad.W_dec"], grid("GRAD_W_DEC", d, n)),
+            dispatch(kn.gradWDec, [...tr(c), "H", "theta", "R", "grad.W_dec", "H_v4", "theta_v4"], grid("GRAD_W_DEC", d, n)),
             ...auxBackward(c),
           ],
         })),

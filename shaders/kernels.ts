@@ -54,6 +54,7 @@ fn blockOf(sae: u32, j: u32) -> u32 {
 }
 // f = act(h) = h·1{h > θ}: θ = exp(log θ) for JumpReLU and θ = 0 for ReLU (max(h, 0)), from the theta buffer.
 fn act(h: f32, theta: f32) -> f32 { return select(0.0, h, h > theta); }
+fn act4(h: vec4f, theta: vec4f) -> vec4f { return select(vec4f(0.0), h, h > theta); }
 // ∂f/∂h = 1{h > θ} (ReLU: 1{h > 0}; JumpReLU: H(h − θ)).
 fn actGrad(h: f32, theta: f32) -> f32 { return select(0.0, 1.0, h > theta); }
 // Kahan–Babuška (Neumaier) compensated sum: s.x is the sum, s.y the running compensation.
@@ -72,35 +73,48 @@ export { HEADER as KERNEL_HEADER };
 const rw = (b: number, name: string) => `@group(0) @binding(${b}) var<storage, read_write> ${name}: array<f32>;`;
 const ro = (b: number, name: string) => `@group(0) @binding(${b}) var<storage, read> ${name}: array<f32>;`;
 const ro4 = (b: number, name: string) => `@group(0) @binding(${b}) var<storage, read> ${name}: array<vec4f>;`;
+/** vec4 views `<name>_v4` of read-only operands, bound after a kernel's own bindings to the same buffers (read-only
+ *  aliases are allowed); the matmuls' vec4 choices read through them. The engine and the tuner bind `<name>_v4` to
+ *  `<name>`'s buffer (VEC4_VIEW). */
+const views = (first: number, names: string[]) => names.map((name, i) => ro4(first + i, `${name}_v4`));
+export const VEC4_VIEW = /_v4$/;
 
 /** h = (x − b_dec) W_enc + b_enc. */
 export const ENCODE: MatmulSpec = ({
-  bindings: [META, ro(2, "x"), ro(3, "b_dec"), ro(4, "W_enc"), ro(5, "b_enc"), rw(6, "H")].join("\n"),
+  bindings: [META, ro(2, "x"), ro(3, "b_dec"), ro(4, "W_enc"), ro(5, "b_enc"), rw(6, "H"), ...views(7, ["x", "b_dec", "W_enc"])].join("\n"),
   M: "dims.B", N: "dims.n", KD: "dims.d",
   loadA: "x[(dims.row0 + gm) * dims.d + gk] - ak", aKFast: true,
   aK: "b_dec[sae * dims.d + gk]",
   loadB: "W_enc[(sae * dims.d + gk) * dims.n + gn]", bNFast: true,
+  loadA4: "x_v4[((dims.row0 + gm) * dims.d + gk) / 4u] - ak",
+  aK4: "b_dec_v4[(sae * dims.d + gk) / 4u]",
+  loadB4: "W_enc_v4[((sae * dims.d + gk) * dims.n + gn) / 4u]",
   mode: "plain",
   epilogue: "H[(sae * dims.B + m) * dims.n + nn] = v + b_enc[sae * dims.n + nn];",
 });
 
 /** e_q = b_dec + Σ_{j < p_q} f_j W_dec[j] − x for every prefix q (cumulative over blocks). */
 export const DECODE: MatmulSpec = ({
-  bindings: [META, ro(2, "x"), ro(3, "b_dec"), ro(4, "W_dec"), ro(5, "H"), ro(6, "theta"), rw(7, "R")].join("\n"),
+  bindings: [META, ro(2, "x"), ro(3, "b_dec"), ro(4, "W_dec"), ro(5, "H"), ro(6, "theta"), rw(7, "R"), ...views(8, ["W_dec", "H", "theta"])].join("\n"),
   M: "dims.B", N: "dims.d", KD: "dims.n",
   loadA: "act(H[(sae * dims.B + gm) * dims.n + gk], ak)", aKFast: true,
   aK: "theta[sae * dims.n + gk]",
   loadB: "W_dec[(sae * dims.n + gk) * dims.d + gn]", bNFast: true,
+  loadA4: "act4(H_v4[((sae * dims.B + gm) * dims.n + gk) / 4u], ak)",
+  aK4: "theta_v4[(sae * dims.n + gk) / 4u]",
+  loadB4: "W_dec_v4[((sae * dims.n + gk) * dims.d + gn) / 4u]",
   mode: "kSegments",
   epilogue: "R[((sae * dims.Pmax + q) * dims.B + m) * dims.d + nn] = v + b_dec[sae * dims.d + nn] - x[(dims.row0 + m) * dims.d + nn];",
 });
 
 /** dL/df_j = scale·R_{block(j)}·W_dec[j] (+ coeff/B where h > 0, ReLU's L1 term). */
 export const GRAD_F: MatmulSpec = ({
-  bindings: [META, ro(2, "R"), ro(3, "W_dec"), ro(4, "H"), rw(5, "G")].join("\n"),
+  bindings: [META, ro(2, "R"), ro(3, "W_dec"), ro(4, "H"), rw(5, "G"), ...views(6, ["R", "W_dec"])].join("\n"),
   M: "dims.B", N: "dims.n", KD: "dims.d",
   loadA: "R[((sae * dims.Pmax + q) * dims.B + gm) * dims.d + gk]", aKFast: true,
   loadB: "W_dec[(sae * dims.n + gn) * dims.d + gk]", bNFast: false,
+  loadA4: "R_v4[(((sae * dims.Pmax + q) * dims.B + gm) * dims.d + gk) / 4u]",
+  loadBk4: "W_dec_v4[((sae * dims.n + gn) * dims.d + gk) / 4u]",
   mode: "nBlocks",
   epilogue: /* wgsl */ `let idx = (sae * dims.B + m) * dims.n + nn;
         var g = lossScale(sae) * v;
@@ -152,11 +166,13 @@ export const GRAD_W_ENC: MatmulSpec = ({
  * blocks, where along M (mBlocks) a tile runs every block it spans, up to P× the work for Matryoshka.
  */
 export const GRAD_W_DEC: MatmulSpec = ({
-  bindings: [META, ro(2, "H"), ro(3, "theta"), ro(4, "R"), rw(5, "gW_dec")].join("\n"),
+  bindings: [META, ro(2, "H"), ro(3, "theta"), ro(4, "R"), rw(5, "gW_dec"), ...views(6, ["H", "theta"])].join("\n"),
   M: "dims.d", N: "dims.n", KD: "dims.B",
   loadA: "R[((sae * dims.Pmax + q) * dims.B + gk) * dims.d + gm]", aKFast: false,
   loadB: "act(H[(sae * dims.B + gk) * dims.n + gn], bi)", bNFast: true,
   bInv: "theta[sae * dims.n + gn]",
+  loadB4: "act4(H_v4[((sae * dims.B + gk) * dims.n + gn) / 4u], bi)",
+  bInv4: "theta_v4[(sae * dims.n + gn) / 4u]",
   mode: "nBlocks",
   epilogue: accumulate("gW_dec[(sae * dims.n + nn) * dims.d + m]", "lossScale(sae) * v"),
 });

@@ -25,12 +25,19 @@ export interface MatmulSpec {
   mode: "plain" | "kSegments" | "nBlocks" | "mBlocks";
   /** Statement run per output (m, nn) with acc value `v` (and `q` in kSegments mode). */
   epilogue: string;
-  /** Optional vec4 forms (used by `vec4` choices when N, and for loadA4 KD, are multiples of 4):
-   *  loadB4: vec4f of B(gk, gn .. gn + 3) (bNFast specs); loadA4: vec4f of A(gm, gk .. gk + 3) (aKFast, plain mode);
+  /** Optional vec4 forms (used by `vec4` choices when N, and for loadA4 / loadBk4 KD, are multiples of 4; the
+   *  engine's operands are then 16-byte aligned, read through `array<vec4f>` views of the same buffers):
+   *  loadB4: vec4f of B(gk, gn .. gn + 3) (bNFast specs); loadA4: vec4f of A(gm, gk .. gk + 3) (aKFast specs, direct
+   *  kernels); loadBk4: vec4f of B(gk .. gk + 3, gn) (specs with bNFast false, direct kernels);
    *  epilogue4: statement per (m, nn .. nn + 3) with `v4: vec4f`. */
   loadB4?: string;
   loadA4?: string;
+  loadBk4?: string;
   epilogue4?: string;
+  /** vec4 forms of aK (at gk .. gk + 3, bound to `ak` in loadA4) and bInv (at gn .. gn + 3, bound to `bi` in
+   *  loadB4): a spec with aK / bInv needs them for its loadA4 / loadB4. */
+  aK4?: string;
+  bInv4?: string;
   /** Optional k-invariant parts of the loads: aInv(gm) is bound to `ai` in loadA, bInv(gn) to `bi` in loadB (e.g. a
    *  bias per row, θ per column). Direct kernels compute them once per row / column before the K loop (SwiftShader
    *  runs every load as four scalar ones, so a load saved per k is time saved); tiled ones inline them. */
@@ -99,10 +106,11 @@ export function allChoices(limits?: { invocations: number; workgroupBytes: numbe
 }
 
 /** Whether a choice's vec4 paths apply to this spec (it declares them) at this shape. */
-export function vec4Applies(s: MatmulSpec, shape: { N: number; KD: number }): { b: boolean; a: boolean; store: boolean } {
+export function vec4Applies(s: MatmulSpec, shape: { N: number; KD: number }): { b: boolean; a: boolean; bk: boolean; store: boolean } {
   return {
     b: !!s.loadB4 && s.bNFast && shape.N % 4 === 0,
-    a: !!s.loadA4 && s.aKFast && s.mode === "plain" && shape.KD % 4 === 0,
+    a: !!s.loadA4 && s.aKFast && shape.KD % 4 === 0,
+    bk: !!s.loadBk4 && !s.bNFast && shape.KD % 4 === 0,
     store: !!s.epilogue4 && shape.N % 4 === 0,
   };
 }
@@ -117,7 +125,7 @@ const range = (n: number) => Array.from({ length: n }, (_, i) => i);
 export function matmul(s: MatmulSpec, choice: MatmulChoice | boolean, header: string, shape?: { N: number; KD: number }): string {
   const c = typeof choice === "boolean" ? choiceFor(choice) : choice;
   if (!validChoice(c, { invocations: 1024, workgroupBytes: 65536 })) throw new Error(`matmul: invalid choice ${choiceId(c)}`);
-  const v4 = c.vec4 && shape ? vec4Applies(s, shape) : { a: false, b: false, store: false };
+  const v4 = c.vec4 && shape ? vec4Applies(s, shape) : { a: false, b: false, bk: false, store: false };
   const TX = c.tileN / c.outN; // threads along n
   const TY = c.tileM / c.outM; // threads along m
   const T = TX * TY;
@@ -130,8 +138,10 @@ export function matmul(s: MatmulSpec, choice: MatmulChoice | boolean, header: st
   const bMask = s.mode === "nBlocks" ? " && gn >= rLo && gn < rHi" : "";
   // substitutes an index variable by an expression, parenthesized ("gk * n" with gk = "k + 1u" is (k + 1u) * n)
   const sub = (expr: string, from: string, to: string) => expr.replace(new RegExp(`\\b${from}\\b`, "g"), `(${to})`);
-  if ((s.aInv || s.aK) && s.loadA4) throw new Error("matmul: aInv and aK do not combine with loadA4");
-  if (s.bInv && s.loadB4) throw new Error("matmul: bInv does not combine with loadB4");
+  if (s.aInv && s.loadA4) throw new Error("matmul: aInv does not combine with loadA4");
+  if (s.aK && s.loadA4 && !s.aK4) throw new Error("matmul: a spec with aK and loadA4 needs aK4");
+  if (s.bInv && s.loadB4 && !s.bInv4) throw new Error("matmul: a spec with bInv and loadB4 needs bInv4");
+  if (s.bInv && s.loadBk4) throw new Error("matmul: bInv does not combine with loadBk4");
   // the load expressions with their invariant parts inlined (tiled kernels; direct ones bind ai, bi and ak)
   const inlineA = sub(sub(s.loadA, "ai", s.aInv ?? "ai"), "ak", s.aK ?? "ak");
   const inlineB = sub(s.loadB, "bi", s.bInv ?? "bi");
@@ -160,7 +170,7 @@ export function matmul(s: MatmulSpec, choice: MatmulChoice | boolean, header: st
             let bk = e / ${c.tileN / 4}u; let bn = 4u * (e % ${c.tileN / 4}u);
             let gn = n0 + bn; let gk = k0 + bk;
             var bv = vec4f(0.0);
-            if (gn < N && gk < kHi) { bv = ${s.loadB4}; }
+            if (gn < N && gk < kHi) { bv = ${sub(s.loadB4!, "bi", s.bInv4 ?? "bi")}; }
             ${bMask ? `bv = select(vec4f(0.0), bv, (vec4u(gn) + vec4u(0u, 1u, 2u, 3u) >= vec4u(rLo)) & (vec4u(gn) + vec4u(0u, 1u, 2u, 3u) < vec4u(rHi)));` : ""}
             let o = bk * ${c.tileN}u + bn;
             Bs[o] = bv.x; Bs[o + 1u] = bv.y; Bs[o + 2u] = bv.z; Bs[o + 3u] = bv.w;
@@ -215,7 +225,8 @@ export function matmul(s: MatmulSpec, choice: MatmulChoice | boolean, header: st
     };
     const bVec = (g: number, k: string) => {
       if (!v4.b) return `vec4f(${lanes.map((l) => bAt(g, l, k)).join(", ")})`;
-      const e = sub(sub(s.loadB4!, "gk", k), "gn", `gn${g}`);
+      let e = sub(sub(s.loadB4!, "gk", k), "gn", `gn${g}`);
+      if (s.bInv4) e = sub(e, "bi", `bi${g}`);
       return maskB ? `select(vec4f(0.0), ${e}, okB${g})` : e;
     };
     const akDecl = (k: string, name: string) => (s.aK ? `let ${name} = ${sub(s.aK, "gk", k)};` : "");
@@ -224,21 +235,33 @@ export function matmul(s: MatmulSpec, choice: MatmulChoice | boolean, header: st
           ${groups.map((g) => `let b${g} = ${bVec(g, k)};`).join("\n          ")}
           ${fmaRows((i) => aAt(i, k, "akv"), (g) => `b${g}`)}
         }`;
-    // vec4 along k for A (plain mode, aKFast): 4 k per iteration from one load per row
+    // four k per iteration from vec4 loads along k: A (aKFast: one load per row) and / or B (bNFast false: one load
+    // per column); the other operand as in step
     const a4At = (i: number, k: string) => {
-      const e = sub(sub(s.loadA4!, "gm", `gm${i}`), "gk", k);
+      let e = sub(sub(s.loadA4!, "gm", `gm${i}`), "gk", k);
+      if (s.aK4) e = sub(e, "ak", "akv4");
       return maskA ? `select(vec4f(0.0), ${e}, okA${i})` : e;
     };
+    const bk4At = (g: number, l: number, k: string) => {
+      const e = sub(sub(s.loadBk4!, "gk", k), "gn", `gn${g}_${l}`);
+      return maskB ? `select(vec4f(0.0), ${e}, okB${g}[${l}])` : e;
+    };
     const stepA4 = (k: string) => `{
-          ${rows.map((i) => `let a${i} = ${a4At(i, k)};`).join("\n          ")}
+          ${v4.a ? `${s.aK4 ? `let akv4 = ${sub(s.aK4, "gk", k)};` : ""}
+          ${rows.map((i) => `let a${i} = ${a4At(i, k)};`).join("\n          ")}` : ""}
+          ${v4.bk ? groups.map((g) => lanes.map((l) => `let bk${g}_${l} = ${bk4At(g, l, k)};`).join(" ")).join("\n          ") : ""}
           ${range(4)
-            .map((u) => `{ ${groups.map((g) => `let b${g} = ${bVec(g, `${k} + ${u}u`)};`).join(" ")}
-          ${fmaRows((i) => `a${i}[${u}]`, (g) => `b${g}`)} }`)
+            .map((u) => `{ ${v4.a ? "" : akDecl(`${k} + ${u}u`, "akv")} ${groups
+              .map((g) => `let b${g} = ${v4.bk ? `vec4f(${lanes.map((l) => `bk${g}_${l}[${u}]`).join(", ")})` : bVec(g, `${k} + ${u}u`)};`)
+              .join(" ")}
+          ${fmaRows((i) => (v4.a ? `a${i}[${u}]` : aAt(i, `${k} + ${u}u`, "akv")), (g) => `b${g}`)} }`)
             .join("\n          ")}
         }`;
     const colDecl = (g: number) =>
       v4.b
-        ? `let gn${g} = ${colExpr(g)};${maskB ? ` let okB${g} = vec4<bool>(${lanes.map((l) => `gn${g} + ${l}u < N && gn${g} + ${l}u >= rLo && gn${g} + ${l}u < rHi`).join(", ")});` : ""}`
+        ? `let gn${g} = ${colExpr(g)};${maskB ? ` let okB${g} = vec4<bool>(${lanes.map((l) => `gn${g} + ${l}u < N && gn${g} + ${l}u >= rLo && gn${g} + ${l}u < rHi`).join(", ")});` : ""}${
+            s.bInv4 ? ` let bi${g} = ${sub(s.bInv4, "gn", `gn${g}`)};` : ""
+          }`
         : `${lanes.map((l) => `let gn${g}_${l} = ${colExpr(g)} + ${l}u;`).join(" ")}${maskB ? ` let okB${g} = vec4<bool>(${lanes.map((l) => `gn${g}_${l} < N${sub(bMask, "gn", `gn${g}_${l}`)}`).join(", ")});` : ""}${
             s.bInv ? ` ${lanes.map((l) => `let bi${g}_${l} = ${sub(s.bInv!, "gn", `min(gn${g}_${l}, N - 1u)`)};`).join(" ")}` : ""
           }`;
@@ -250,9 +273,14 @@ export function matmul(s: MatmulSpec, choice: MatmulChoice | boolean, header: st
       ${rows.map(rowDecl).join("\n      ")}
       ${groups.map(colDecl).join("\n      ")}
       var gk = ${kLo};
+      ${
+        // vec4 loads along k need gk % 4 == 0: a block (kSegments) may start anywhere, so one k at a time up to
+        // the next multiple of 4
+        (v4.a || v4.bk) && s.mode === "kSegments" ? `for (; gk < kHi && (gk & 3u) != 0u; gk++) { ${step("gk")} }` : ""
+      }
       // four k per iteration while they last (less loop overhead), then one at a time
       for (; gk + 4u <= kHi; gk += 4u) {
-        ${v4.a ? stepA4("gk") : range(4).map((u) => step(`gk + ${u}u`)).join("\n        ")}
+        ${v4.a || v4.bk ? stepA4("gk") : range(4).map((u) => step(`gk + ${u}u`)).join("\n        ")}
       }
       for (; gk < kHi; gk++) { ${step("gk")} }
     }`;

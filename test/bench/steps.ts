@@ -8,10 +8,15 @@
  *   - the bare cost of a dispatch: 256 one-invocation dispatches in one stamped pass, minus one alone;
  *   - with STEPS_BASELINE=DIR, the same for another checkout's engine (DIR/shaders/engine.ts), round by round in
  *     turn with this tree's, so both see the same load (2 cores shared: only ratios within one run mean much).
+ *   - STEPS_KERNELS / STEPS_BASELINE_KERNELS: the matmuls' choices of this tree's / the baseline's engine, one
+ *     choice id for all five ("64x64/8x8/k16/direct") or "ENCODE=id,DECODE=id,…" (the others keep the default);
+ *     without them both run the default (direct) kernels.
  *   node --import tsx test/bench/steps.ts        (STEPS_SHAPE=bench, STEPS_REPS=5, STEPS_OBJECTIVE=matryoshka)
  */
 import { existsSync, readFileSync } from "node:fs";
 import { SaeEngine } from "../../shaders/engine";
+import { MATMUL_NAMES } from "../../shaders/kernels";
+import { choiceId, parseChoiceId, type MatmulChoice } from "../../shaders/matmul-template";
 import type { TrainConfig } from "../../shaders/config";
 import { requestSaeDevice } from "../../shaders/device";
 import { expandSweep, parseSweepText } from "../../worker/sweep";
@@ -45,24 +50,35 @@ const x = Float32Array.from({ length: B * d }, (_, i) => Math.max(0, (Math.sin(i
 
 // the engine's recorded dispatches (private; read here to time each one alone)
 type Dispatch = { kernel: { pipeline: GPUComputePipeline }; bind: GPUBindGroup; size: [number, number, number] };
-type Engine = Pick<SaeEngine, "step" | "uploadBatch" | "initBDec" | "destroy" | "plan" | "matmulVariant">;
-interface Side { label: string; engine: Engine; batch: GPUBuffer; dispatches: Dispatch[]; stepNs: number; best: number[] }
+type Engine = Pick<SaeEngine, "step" | "uploadBatch" | "initBDec" | "destroy" | "plan" | "matmulVariant" | "kernels">;
+interface Side { label: string; engine: Engine; batch: GPUBuffer; dispatches: Dispatch[]; stepNs: number; best: number[]; cpu: number[] }
 async function side(label: string, create: (device: GPUDevice, cfgs: TrainConfig[], o: object) => Engine): Promise<Side> {
+  const t0 = performance.now();
   const engine = create(device, cfgs, { memoryBudget: 8 * 2 ** 30 });
   engine.initBDec(x);
   const batch = engine.uploadBatch(x);
   for (let i = 0; i < 2; i++) await engine.step(batch); // warm-up: compiles, first touches
   await device.queue.onSubmittedWorkDone();
+  // creation and two warm-up steps: mostly compiling on SwiftShader
+  console.log(`${label}: created and 2 warm-up steps in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
   const dispatches = [...(engine as unknown as { stepDispatches(): Iterable<Dispatch> }).stepDispatches()];
-  console.log(`${label}: ${engine.plan.rowChunks} × ${engine.plan.rowsPerChunk} rows, ${engine.plan.slabs} slab(s); matmuls ${engine.matmulVariant}; ${dispatches.length} dispatches`);
-  return { label, engine, batch, dispatches, stepNs: Infinity, best: dispatches.map(() => Infinity) };
+  console.log(`${label}: ${engine.plan.rowChunks} × ${engine.plan.rowsPerChunk} rows, ${engine.plan.slabs} slab(s); matmuls ${Object.entries(engine.kernels).map(([m, c]) => `${m} ${choiceId(c)}`).join(", ")}; ${dispatches.length} dispatches`);
+  return { label, engine, batch, dispatches, stepNs: Infinity, best: dispatches.map(() => Infinity), cpu: dispatches.map(() => Infinity) };
 }
 // STEPS_BASELINE=DIR: the same step by another checkout's engine (DIR/shaders/engine.ts), timed in turn with this one
 // in the same process, so both see the same machine load (the fastest of STEPS_REPS rounds each)
-const sides = [await side("this tree", (dv, c, o) => SaeEngine.create(dv, c, o))];
+// the engine's `kernels` option from STEPS_KERNELS-style text (choice objects, so either checkout's engine takes them)
+function kernelsOf(text: string | undefined): Record<string, MatmulChoice> | undefined {
+  if (!text) return undefined;
+  const parse = (id: string) => parseChoiceId(id) ?? (() => { throw new Error(`steps: unknown choice ${id}`); })();
+  if (!text.includes("=")) return Object.fromEntries(MATMUL_NAMES.map((m) => [m, parse(text)]));
+  return Object.fromEntries(text.split(",").map((kv) => kv.split("=")).map(([m, id]) => [m, parse(id)]));
+}
+const mine = kernelsOf(process.env.STEPS_KERNELS), theirs = kernelsOf(process.env.STEPS_BASELINE_KERNELS);
+const sides = [await side("this tree", (dv, c, o) => SaeEngine.create(dv, c, { ...o, kernels: mine }))];
 if (process.env.STEPS_BASELINE) {
   const other = (await import(`${process.env.STEPS_BASELINE}/shaders/engine.ts`)) as { SaeEngine: { create(dv: GPUDevice, c: TrainConfig[], o: object): Engine } };
-  sides.push(await side(`baseline ${process.env.STEPS_BASELINE}`, (dv, c, o) => other.SaeEngine.create(dv, c, o)));
+  sides.push(await side(`baseline ${process.env.STEPS_BASELINE}`, (dv, c, o) => other.SaeEngine.create(dv, c, { ...o, kernels: theirs })));
 }
 const N = Math.max(...sides.map((s) => s.dispatches.length));
 const qs = device.createQuerySet({ type: "timestamp", count: 2 * N });
@@ -100,23 +116,41 @@ for (let r = 0; r < reps; r++)
     device.queue.submit([enc.finish()]);
     const u = await stamps(M);
     for (let i = 0; i < M; i++) sd.best[i] = Math.min(sd.best[i], Number(u[2 * i + 1] - u[2 * i]));
+    // STEPS_CPU=1: each dispatch alone in a submit of its own, timed by this process's CPU time (SwiftShader runs
+    // in it): the work a kernel costs, which other processes' load on the cores changes less than wall time
+    if (process.env.STEPS_CPU)
+      for (const [i, p] of sd.dispatches.entries()) {
+        const e = device.createCommandEncoder();
+        const pass = e.beginComputePass();
+        pass.setPipeline(p.kernel.pipeline);
+        pass.setBindGroup(0, p.bind);
+        pass.dispatchWorkgroups(...p.size);
+        pass.end();
+        const c0 = process.cpuUsage();
+        device.queue.submit([e.finish()]);
+        await device.queue.onSubmittedWorkDone();
+        const c = process.cpuUsage(c0);
+        sd.cpu[i] = Math.min(sd.cpu[i], (c.user + c.system) * 1e3);
+      }
   }
 
 for (const sd of sides) {
-  const byKernel = new Map<string, { count: number; ns: number; workgroups: number }>();
+  const byKernel = new Map<string, { count: number; ns: number; workgroups: number; cpuNs: number }>();
   sd.dispatches.forEach((p, i) => {
     const label = p.kernel.pipeline.label;
-    const e = byKernel.get(label) ?? { count: 0, ns: 0, workgroups: 0 };
+    const e = byKernel.get(label) ?? { count: 0, ns: 0, workgroups: 0, cpuNs: 0 };
     e.count++;
     e.ns += sd.best[i];
+    e.cpuNs += sd.cpu[i];
     e.workgroups += p.size[0] * p.size[1] * p.size[2];
     byKernel.set(label, e);
   });
   const sum = sd.best.reduce((a, b) => a + b, 0);
   console.log(`\n${sd.label}: per dispatch (fastest of ${reps} rounds each, a compute pass per dispatch), in step order:`);
-  console.log("kernel               dispatches  workgroups        ms   share");
+  const cpu = process.env.STEPS_CPU ? "    CPU ms" : "";
+  console.log(`kernel               dispatches  workgroups        ms   share${cpu}`);
   for (const [label, e] of byKernel)
-    console.log(`${label.padEnd(20)} ${String(e.count).padStart(10)} ${String(e.workgroups).padStart(11)} ${(e.ns / 1e6).toFixed(2).padStart(9)} ${((100 * e.ns) / sum).toFixed(1).padStart(6)} %`);
+    console.log(`${label.padEnd(20)} ${String(e.count).padStart(10)} ${String(e.workgroups).padStart(11)} ${(e.ns / 1e6).toFixed(2).padStart(9)} ${((100 * e.ns) / sum).toFixed(1).padStart(6)} %${cpu ? (e.cpuNs / 1e6).toFixed(1).padStart(10) : ""}`);
   console.log(`${"Σ dispatches alone".padEnd(20)} ${String(sd.dispatches.length).padStart(10)} ${"".padStart(11)} ${(sum / 1e6).toFixed(2).padStart(9)}`);
   console.log(`whole step in one pass: ${(sd.stepNs / 1e6).toFixed(2)} ms (fastest of ${reps})`);
 }

@@ -109,26 +109,39 @@ for (const [name, open, skip] of backends) {
       }
     }, 300_000);
 
-    it("engines running every choice the tuner can pick match the default engine on the same inputs", async () => {
+    /** Runs the default engine and engines with `kernels` on one batch; every buffer must match the default's. */
+    async function matchDefault(d: number, B: number, kernels: Array<Record<string, string>>) {
       const seed = testSeed();
       const rand = mulberry32(seed);
-      const d = 17, B = 37;
       const cfgs = [
         trainConfig({ sae_batch_size: B, seed: seed, sae: { d_vit: d, exp_factor: 3 }, objective: { kind: "matryoshka", n_prefixes: 3, sparsity_coeff: 5e-2 } }),
         trainConfig({ sae_batch_size: B, seed: seed + 1, sae: { d_vit: d, exp_factor: 3, kind: "jumprelu", init_threshold: 0.05, bandwidth: 0.1 } }),
       ];
       const x = Array.from({ length: B * d }, () => Math.fround(rand() * 2 - 1));
-      const kernels = spread();
       const out = await gpu.run<{ base: { buffers: Record<string, (number | null)[]> }; tuned: Array<{ buffers: Record<string, (number | null)[]>; kernels: Record<string, string> }> }>("engineKernels", { cfgs, x, kernels });
       expect(out.tuned.map((t) => t.kernels)).toEqual(kernels);
-      const ran = new Set(out.tuned.flatMap((t) => Object.values(t.kernels)));
-      expect([...ran].sort()).toEqual(TUNER_CHOICES.map(choiceId).sort());
       for (const [i, t] of out.tuned.entries())
         for (const [buf, want] of Object.entries(out.base.buffers)) {
           // only R holds rows no kernel writes (a Vanilla SAE's prefixes past the first)
           if (buf !== "R") expect(want.every((w) => w !== null && Number.isFinite(w)), `default engine ${buf} fully written (seed ${seed})`).toBe(true);
           expect(relError(t.buffers[buf], want), `engine ${i} (${JSON.stringify(t.kernels)}) ${buf}, seed ${seed}`).toBeLessThanOrEqual(1e-5);
         }
+      return out;
+    }
+
+    it("engines running every choice the tuner can pick match the default engine on the same inputs", async () => {
+      // odd sizes: a /v4 choice runs its scalar paths here (the next test runs its vec4 ones)
+      const kernels = spread();
+      const out = await matchDefault(17, 37, kernels);
+      const ran = new Set(out.tuned.flatMap((t) => Object.values(t.kernels)));
+      expect([...ran].sort()).toEqual(TUNER_CHOICES.map(choiceId).sort());
+    }, 600_000);
+
+    it("vec4 choices at d_vit and d_sae multiples of 4 (vec4 loads along k and n, Matryoshka's blocks unaligned) match the default engine", async () => {
+      // direct: A and W_dec (dL/df) as vec4 along k, B as vec4 along n with θ as vec4 (dL/dW_dec); tiled: B's vec4
+      // tile loads. d 16, n 48: prefixes at unaligned bounds exercise the decode's scalar steps up to a multiple of 4
+      const all = (id: string) => Object.fromEntries(MATMUL_NAMES.map((m) => [m, id]));
+      await matchDefault(16, 36, [all("64x64/8x8/k16/direct/v4"), all("64x64/4x4/k16/tiled/v4")]);
     }, 600_000);
   });
 }

@@ -72,7 +72,7 @@ for (const [name, open, skip] of backends) {
         const seed = testSeed();
         const { a, b, want } = plainCase(mulberry32(seed), M, N, K);
         // at odd sizes a vec4 choice compiles to its scalar twin, which the list holds too; the vec4 shape runs the
-        // vec4 choices and the two defaults (the step's specs have no vec4 forms: the tuner's choices run scalar)
+        // vec4 choices and the two defaults (autotune.test.ts runs the step's vec4 forms)
         const choices = K % 4 ? ids.filter((id) => !id.endsWith("/v4")) : ids.filter((id) => id.endsWith("/v4") || id === "64x64/4x4/k16/tiled" || id === "64x64/4x4/k16/direct");
         const out = await gpu.run<Array<{ choice: string; c: (number | null)[]; error: string | null }>>("matmulVariants", { M, N, K, a, b, choices });
         expect(out.map((o) => o.choice)).toEqual(choices);
