@@ -115,6 +115,20 @@ export function scanJson(text: string, maxRuns: number): void {
         expectKey = false;
       } else if (depth) any[top] = 1;
       i = end - 1;
+    } else if (ch === 0x7b && depth > 0 && list[top] === 1 && depth < MAX_DEPTH && commas[top] + TABLE_RUN + 1 <= maxList && tableRun(JSON_TABLE_RUN_RE, text, i)) {
+      // As in scanToml: TABLE_RUN flat tables and their commas in one regex step, none of whose checks could fail
+      // (one level deeper, at most 256 keys each, the list within maxList). What the steps would have left: the
+      // list's commas and no value after the last, no key expected, and the last table's last key as the last key
+      // seen (its strings hold no "," or "{", so its last pair starts past the last of either; keys hold no escape).
+      const end = JSON_TABLE_RUN_RE.lastIndex;
+      const comma = text.lastIndexOf(",", end - 1);
+      const pair = Math.max(text.lastIndexOf(",", comma - 1), text.lastIndexOf("{", comma - 1));
+      commas[top] += TABLE_RUN;
+      any[top] = 0;
+      expectKey = false;
+      lastKeyFrom = text.indexOf('"', pair);
+      lastKeyTo = text.indexOf('"', lastKeyFrom + 1) + 1;
+      i = end - 1;
     } else if (ch === 0x7b || ch === 0x5b) {
       const inList = depth > 0 && list[top] === 1;
       if (depth) any[top] = 1;
@@ -280,6 +294,20 @@ export function scanToml(text: string, maxRuns: number): void {
     if (ch === 0x22 || ch === 0x27) {
       i = skipTomlString(text, i, lines) - 1;
       if (top) top.any = true;
+    } else if (ch === 0x7b && top?.list && top.commas + TABLE_RUN + 1 <= maxList && sectionDepth + keyDepth + stack.length + 1 <= MAX_DEPTH && tableRun(TABLE_RUN_RE, text, i)) {
+      // TABLE_RUN flat inline tables, each followed by its comma (a list of datasets), in one native regex step, not
+      // ~5 loop steps each: what the steps would have left is set here. Each table is one level below the list (the
+      // depth checked above) and has at most 256 keys (the pattern's bound), the list's count stays within maxList
+      // (checked above), so no check the steps make could fail. After the last comma: no value yet, the inline key
+      // span is the last table's last key (its strings and bare values hold no "=" or ",").
+      const end = TABLE_RUN_RE.lastIndex;
+      const comma = text.lastIndexOf(",", end - 1);
+      top.commas += TABLE_RUN;
+      top.any = false;
+      inlineKeyFrom = comma + 1;
+      inlineKeyTo = text.lastIndexOf("=", comma);
+      i = end - 1;
+      continue;
     } else if (ch === 0x5b || ch === 0x7b) {
       if (top) top.any = true;
       const inList = !!top?.list;
@@ -327,6 +355,33 @@ export function scanToml(text: string, maxRuns: number): void {
     }
   }
 }
+
+/** How many tables of a list the scanners' fast path (tableRun) takes in one step. */
+const TABLE_RUN = 32;
+
+/** Whether `re` (sticky) matches at `i`; re.lastIndex is then the end of the match. */
+function tableRun(re: RegExp, text: string, i: number): boolean {
+  re.lastIndex = i;
+  return re.test(text);
+}
+
+/**
+ * TABLE_RUN inline tables at `i`, each followed by a comma (blanks and newlines around it): tables on one line of
+ * 1 to 256 bare keys, each set to a single-line basic string without escapes, "," or "=" (a URL) or a bare value
+ * (a number, true/false). Anything else (a nested value, a comment, a quoted or dotted key) fails the match, and
+ * scanToml reads it step by step.
+ */
+
+const TOML_KEY_VALUE = String.raw`[ \t]*[A-Za-z0-9_-]+[ \t]*=[ \t]*(?:"[^"\\\n,=]*"|[^\n#"'[\]{},= \t\r]+)[ \t]*`;
+const TABLE_RUN_RE = new RegExp(String.raw`(?:\{${TOML_KEY_VALUE}(?:,${TOML_KEY_VALUE}){0,255}\}[ \t\r\n]*,[ \t\r\n]*){${TABLE_RUN}}`, "y");
+
+/**
+ * The same for JSON (scanJson): TABLE_RUN objects of 1 to 256 keys, each key a string without escapes, "," or "{",
+ * each value such a string or a bare value (a number, true/false/null), each object followed by a comma.
+ */
+const JSON_STRING = String.raw`"[^"\\,{]*"`;
+const JSON_KEY_VALUE = String.raw`[ \t\n\r]*${JSON_STRING}[ \t\n\r]*:[ \t\n\r]*(?:${JSON_STRING}|[^"{}[\],: \t\n\r]+)[ \t\n\r]*`;
+const JSON_TABLE_RUN_RE = new RegExp(String.raw`(?:\{${JSON_KEY_VALUE}(?:,${JSON_KEY_VALUE}){0,255}\}[ \t\n\r]*,[ \t\n\r]*){${TABLE_RUN}}`, "y");
 
 /** A run of characters that mean nothing in a TOML value but "a value is here" (scanToml), and a run of blanks. */
 const GAP = /[^\n#"'[\]{},=]*/y;

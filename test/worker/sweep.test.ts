@@ -226,3 +226,32 @@ describe("expandSweep rejects bad input, naming the key", () => {
     expect(rejects(() => expandSweep({ method: "random", parameters: { lr: { values: [1] } } })).field).toBe("method");
   });
 });
+
+describe("lists of flat tables (the scanners' fast path: 32 tables a step)", () => {
+  // Tables past the first runs of 32 that break a bound are named as when read one step at a time.
+  const url = (i: number) => `https://example.com/${i}`;
+  const tomlList = (tables: string[]) => `n_train = 65536\nbatch_size = 64\ndata = [${tables.join(", ")}]\n`;
+  const jsonList = (tables: string[]) => `{"n_train": 65536, "batch_size": 64, "data": [${tables.join(", ")}]}`;
+  const wide = (n: number, kv: (k: number) => string) => Array.from({ length: n }, (_, k) => kv(k)).join(", ");
+
+  it("accepts 100 datasets in TOML and JSON, the same runs", () => {
+    const t = toml(tomlList(Array.from({ length: 100 }, (_, i) => `{url = "${url(i)}"}`)));
+    const j = expandSweep(parseSweepText(jsonList(Array.from({ length: 100 }, (_, i) => `{"url": "${url(i)}"}`)), "application/json").raw);
+    expect(t.configs.map((c) => c.cfg.data)).toEqual(j.configs.map((c) => c.cfg.data));
+    expect(t.configs[99].cfg.data).toMatchObject({ kind: "shards", url: url(99) });
+  });
+
+  it("names a table of 257 keys, a too deep value and a list too long after the fast runs", () => {
+    const tables = (bad: string, at: number, n = 80) => Array.from({ length: n }, (_, i) => (i === at ? bad : `{url = "${url(i)}"}`));
+    const many = rejects(() => toml(tomlList(tables(`{${wide(257, (k) => `k${k} = 1`)}}`, 70))));
+    expect([many.code, many.field]).toEqual(["too_many_keys", "data[70]"]);
+    const manyJson = rejects(() => parseSweepText(jsonList(tables(`{${wide(257, (k) => `"k${k}": 1`)}}`, 70).map((t) => t.replace(/^\{url = (.*)\}$/, '{"url": $1}'))), "application/json"));
+    expect([manyJson.code, manyJson.field]).toEqual(["too_many_keys", "data[70]"]);
+    const deep = rejects(() => toml(tomlList(tables(`{a = ${"[".repeat(9)}${"]".repeat(9)}}`, 65))));
+    expect([deep.code, deep.field]).toEqual(["too_deep", "data[65].a[0][0][0][0][0][0][0]"]);
+    const long = rejects(() => parseSweepText(tomlList(tables("", -1, 4097)), "application/toml"));
+    expect([long.code, long.field]).toEqual(["sweep_too_large", "data"]);
+    const longJson = rejects(() => parseSweepText(jsonList(Array.from({ length: 4097 }, (_, i) => `{"url": "${url(i)}"}`)), "application/json"));
+    expect([longJson.code, longJson.field]).toEqual(["sweep_too_large", "data"]);
+  });
+});
