@@ -2,9 +2,10 @@
  * Which elements of a step's H, R, G and grad W_dec change when Dawn's robustness transform is off (runner/robustness.ts): the
  * same step (test/gpu/engine.test.ts's first group: a ReLU Vanilla, a JumpReLU Matryoshka and a ReLU Matryoshka
  * SAE, d_vit 17, d_sae 51, batch 37) on two Dawn instances, with and without `disable_robustness`, compared
- * bit for bit. On SwiftShader with direct matmuls, G differs in the Matryoshka SAEs' columns whose thread spans more
- * than one block (GRAD_F's per-thread block loop, nBlocks mode), and so does grad W_dec (GRAD_W_DEC, the same
- * loop); with tiled matmuls, or direct ones looping over the tile's blocks (`own` false), nothing differs.
+ * bit for bit. On SwiftShader with direct matmuls, G differed in the Matryoshka SAEs' columns whose thread spans more
+ * than one block (GRAD_F's per-thread block loop, nBlocks mode), and so did grad W_dec (GRAD_W_DEC, the same loop),
+ * until blockOf stopped breaking out of its search (shaders/kernels.ts; test/bench/robustness-repro.ts). Now nothing
+ * differs, direct or tiled: the clamps change no arithmetic.
  *   node --import tsx test/bench/robustness-diff.ts     (ROBUST_MATMUL=direct|tiled, default direct)
  */
 import { existsSync } from "node:fs";

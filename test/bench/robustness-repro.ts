@@ -3,10 +3,11 @@
  * bounds [0, 4, 5, 10, 51]) on two Dawn instances, with and without `disable_robustness`, each against a float64
  * reference. Every buffer is bound whole and padded by 64 Ki elements past any index the kernel can form, so nothing
  * is read out of bounds: a difference is the compiler's or the driver's, not the kernel's. On SwiftShader (webgpu
- * 0.6.2) the robust device is right and the other is wrong in latents 4-11, those of the threads whose four columns
- * span more than one block (the per-thread block loop, `own` in shaders/matmul-template.ts). Neither a masked load
- * by multiplication instead of select, the block bounds from a local array, nor the loop's bounds hoisted changes
- * that; the loop over the tile's blocks (`own` false) does. Rerun it after a `webgpu` or Chromium update:
+ * 0.6.2), with blockOf as a search that breaks at the column's block, the device without robustness was wrong in
+ * latents 4-11 (G written as 0), those of the threads whose four columns span more than one block: the second
+ * inlined call of blockOf (the thread's last column) returned a stale q, below the first call's, so the per-thread
+ * block loop (`own` in shaders/matmul-template.ts) ran no block at all. blockOf now counts over all P bounds (a trip
+ * count uniform over the workgroup) and both devices are right. Rerun it after a `webgpu` or Chromium update:
  *   node --import tsx test/bench/robustness-repro.ts
  */
 import { existsSync } from "node:fs";
