@@ -48,10 +48,11 @@ fn invB(sae: u32) -> f32 { return bitcast<f32>(metaWord(sae, 7u)); }
 fn isJump(sae: u32) -> bool { return (flags(sae) & ${FLAG_JUMPRELU}u) != 0u; }
 fn bound(sae: u32, q: u32) -> u32 { return saeMeta[dims.Kall * ${META_WORDS}u + (dims.sae0 + sae) * (dims.Pmax + 1u) + q]; }
 // The block of column j: the bounds past the first at or below j, counted over all P of them. Not a search that
-// breaks at j's block: on SwiftShader with Dawn's robustness transform off, the second inlined call of such a loop
-// (a thread's last column after its first, when they lie in different blocks) returned a stale q, so the direct
-// matmuls' per-thread block loops skipped blocks (test/bench/robustness-repro.ts). A loop whose trip count is the
-// SAE's, the same for the whole workgroup, has no divergent exit to get wrong.
+// breaks at j's block: on SwiftShader with Dawn's robustness transform off, of two such searches in a row (a
+// thread's first column's block, then its last's; called or written out alike; neighbouring threads leave them at
+// different trips), the second gave a stale q, below the first, so the direct matmuls' per-thread block loops ran
+// no block (test/bench/robustness-repro.ts). A loop whose trip count is the SAE's, the same for the whole
+// workgroup, has no divergent exit to get wrong.
 fn blockOf(sae: u32, j: u32) -> u32 {
   var q = 0u;
   let P = nPrefixes(sae);
