@@ -38,7 +38,7 @@ export async function dawnNavigatorGpu(): Promise<GPU> {
   if (!chosen && existsSync(SWIFTSHADER_ICD)) process.env.VK_ADD_DRIVER_FILES = SWIFTSHADER_ICD;
   const { create, globals } = await import("webgpu");
   Object.assign(globalThis, globals); // GPUBufferUsage, GPUMapMode, ... as the engine uses them
-  dawnGpu = create(dawnRobustnessFlags()); // SAE_SWARM_ROBUSTNESS: on unless `off` (runner/robustness.ts)
+  dawnGpu = create(dawnRobustnessFlags()); // SAE_SWARM_ROBUSTNESS: off unless `on` (runner/robustness.ts)
   return dawnGpu;
 }
 

@@ -4,9 +4,9 @@ import { describe, expect, it } from "vitest";
 import { chromeRobustnessArgs, dawnRobustnessFlags, robustness } from "../../runner/robustness";
 
 describe("SAE_SWARM_ROBUSTNESS", () => {
-  it("is on unless set to off, and names itself when set to anything else", () => {
-    expect(robustness({})).toBe("on");
-    expect(robustness({ SAE_SWARM_ROBUSTNESS: "" })).toBe("on");
+  it("is off unless set to on, and names itself when set to anything else", () => {
+    expect(robustness({})).toBe("off");
+    expect(robustness({ SAE_SWARM_ROBUSTNESS: "" })).toBe("off");
     expect(robustness({ SAE_SWARM_ROBUSTNESS: " ON " })).toBe("on");
     expect(robustness({ SAE_SWARM_ROBUSTNESS: " Off" })).toBe("off");
     expect(() => robustness({ SAE_SWARM_ROBUSTNESS: "1" })).toThrow(/SAE_SWARM_ROBUSTNESS must be "on" or "off", not "1"/);
