@@ -72,6 +72,6 @@ for (const flags of [[], ["enable-dawn-features=disable_robustness"]]) {
   read.unmap();
   const wrong = new Set<number>();
   for (let i = 0; i < B * n; i++) if (!(Math.abs(got[i] - want[i]) <= 1e-4 * (1 + Math.abs(want[i])))) wrong.add(i % n);
-  console.log(`${flags.length ? "disable_robustness" : "robust (default)"}: wrong latents: ${[...wrong].sort((a, b) => a - b).join(",") || "none"}`);
+  console.log(`${flags.length ? "disable_robustness" : "robust (on)"}: wrong latents: ${[...wrong].sort((a, b) => a - b).join(",") || "none"}`);
 }
 process.exit(0); // two Dawn instances: leave without tearing them down

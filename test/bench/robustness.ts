@@ -62,7 +62,7 @@ async function side(label: string, flags: string[], engines: Engines = { SaeEngi
 }
 // ROBUST_OFF_ENGINE=DIR: the side without robustness runs DIR/shaders/engine.ts (a kernel changed to be right there)
 const offEngines = process.env.ROBUST_OFF_ENGINE ? ((await import(`${process.env.ROBUST_OFF_ENGINE}/shaders/engine.ts`)) as Engines) : undefined;
-const sides = [await side("robust (default)", []), await side("disable_robustness", ["enable-dawn-features=disable_robustness"], offEngines)];
+const sides = [await side("robust (on)", []), await side("disable_robustness (off, the default)", ["enable-dawn-features=disable_robustness"], offEngines)];
 
 for (let r = 0; r < reps; r++)
   for (const sd of r % 2 ? [...sides].reverse() : sides) {
