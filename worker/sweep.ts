@@ -284,15 +284,7 @@ const MAX_ISSUES = 50;
  * are checked later (Axis.check), after the cartesian product is known to be small: a list of 500 000 numbers is
  * refused by its length, not parsed value by value.
  */
-function walk(
-  raw: Record<string, unknown>,
-  tree: Tree,
-  path: string[],
-  axes: Axis[],
-  issues: Issue[],
-  shown: string[] = path,
-  facts: DataListFacts | null = null,
-) {
+function walk(raw: Record<string, unknown>, tree: Tree, path: string[], axes: Axis[], issues: Issue[], shown: string[] = path) {
   for (const [key, value] of Object.entries(raw)) {
     if (issues.length >= MAX_ISSUES) return;
     // Built only for a message: 4096 tables of a data axis walk ~60 000 keys that are fine.
@@ -311,7 +303,7 @@ function walk(
           value.forEach((v, i) => {
             // Most tables (4096 datasets: 4096 URLs) pass every key's plain predicate: nothing to build for them. The
             // others are walked as before, which reports their problems.
-            if (value === facts?.list ? facts.ok[i] === 1 : tableOk(v as Record<string, unknown>, spec.table)) return;
+            if (tableOk(v as Record<string, unknown>, spec.table)) return;
             const inner: Axis[] = [];
             walk(v as Record<string, unknown>, spec.table, [...path, `${key}[${i}]`], inner, issues, [...shown, `${key}[${i}]`]);
             for (const a of inner) issues.push({ field: a.path.join("."), message: "a list inside a list of tables is not supported" });
@@ -353,74 +345,12 @@ function tableOk(t: Record<string, unknown>, tree: Tree): boolean {
   return true;
 }
 
-/**
- * What expandSweep needs to know of a list of data tables (`data = [{…}, …]`), gathered in one pass over its tables
- * (4096 datasets: one loop for V8 to compile, not four): whether any uses an alias (applyAliases then copies it), gives
- * clamp (a warning), and, per table, tableOk's answer on DATA (walk's check reads it).
- */
-interface DataListFacts {
-  list: unknown[];
-  alias: boolean;
-  clamp: boolean;
-  ok: Uint8Array;
-}
-
-/**
- * One pass over `list`'s tables: the facts above, and, with `depth` (checkDepth's walk of a TOML file, where the list
- * sits at depth 1), checkDepth's checks of each table in the same order: its key count first, then its values' depth.
- * Returns the path to a too deep value as checkDepth's tooDeep would (the throw is the caller's), else null.
- */
-function dataListPass(list: unknown[], facts: DataListFacts, depth: ((x: unknown, depth: number) => string[] | null) | null): string[] | null {
-  const ok = facts.ok;
-  for (let i = 0; i < list.length; i++) {
-    const t = list[i];
-    if (typeof t !== "object" || t === null) continue;
-    if (Array.isArray(t)) {
-      const at = depth && depth(t, 2);
-      if (at) return [`[${i}]`, ...at];
-      continue;
-    }
-    let n = 0;
-    let good = true;
-    let deep = false;
-    for (const k in t) {
-      const v = (t as Record<string, unknown>)[k];
-      if (Object.hasOwn(t, k)) {
-        n++;
-        if (Object.hasOwn(DATA_ALIASES, k)) facts.alias = true;
-        else if (k === "clamp") facts.clamp = true;
-      }
-      if (typeof v === "object" && v !== null) deep = true;
-      if (good) {
-        const spec = Object.hasOwn(DATA, k) ? DATA[k] : undefined;
-        if (!spec || "table" in spec || !spec.ok || Array.isArray(v) || !spec.ok(v)) good = false;
-      }
-    }
-    ok[i] = good ? 1 : 0;
-    if (depth) {
-      if (n > MAX_TABLE_KEYS) throw badRequest("too_many_keys", `a table with ${n} keys; a sweep file's tables have at most ${MAX_TABLE_KEYS}`, "body");
-      if (deep)
-        for (const k in t) {
-          const at = depth((t as Record<string, unknown>)[k], 3);
-          if (at) return [`[${i}]`, `.${k}`, ...at];
-        }
-    }
-  }
-  return null;
-}
-
-function newFacts(list: unknown[]): DataListFacts {
-  return { list, alias: false, clamp: false, ok: new Uint8Array(list.length) };
-}
-
-/** checkDepth's walk; a list of data tables at the top (`facts`) is walked by dataListPass, which gathers its facts. */
-function checkDepth(v: unknown, facts: DataListFacts | null = null): void {
+function checkDepth(v: unknown): void {
   // Recursion is safe here: it never goes deeper than MAX_DEPTH. The path is built only on the way out of a failure.
   const tooDeep = (x: unknown, depth: number): string[] | null => {
     if (typeof x !== "object" || x === null) return null;
     if (depth >= MAX_DEPTH) return [];
     if (Array.isArray(x)) {
-      if (facts && x === facts.list && depth === 1) return dataListPass(x, facts, tooDeep);
       for (let i = 0; i < x.length; i++) {
         const at = typeof x[i] === "object" && x[i] !== null ? tooDeep(x[i], depth + 1) : null;
         if (at) return [`[${i}]`, ...at];
@@ -507,26 +437,21 @@ export function expandSweep(parsed: unknown, maxRuns = 4096): ExpandedSweep {
   const warnings: string[] = [];
   const issues: Issue[] = [];
   if (!isTable(parsed)) fail([{ field: "body", message: "a sweep file must be a table (TOML) or an object (JSON)" }]);
-  // A list of data tables (not through W&B's parameters, which fromWandb rewrites) is gone over once, here.
-  const facts = !("parameters" in parsed) && Array.isArray(parsed.data) ? newFacts(parsed.data) : null;
-  if (!SCANNED.has(parsed)) checkDepth(parsed, facts);
-  else if (facts) dataListPass(facts.list, facts, null);
+  if (!SCANNED.has(parsed)) checkDepth(parsed);
   // Not cloned (a clone of 4096 data tables cost ~8 ms): nothing below writes into the parsed tables; aliases are
   // renamed in copies of the tables that have them, and expansion copies the tables on its axes' paths.
   let raw: Record<string, unknown> = "parameters" in parsed ? fromWandb(parsed, warnings, issues) : { ...parsed };
   raw = applyAliases(raw, TOP_ALIASES, "", issues);
   if (isTable(raw.data)) raw.data = applyAliases(raw.data, DATA_ALIASES, "data.", issues);
-  else if (Array.isArray(raw.data) && (raw.data === facts?.list ? facts.alias : raw.data.some(hasDataAlias)))
+  else if (Array.isArray(raw.data) && raw.data.some(hasDataAlias))
     raw.data = raw.data.map((d) => (isTable(d) ? applyAliases(d, DATA_ALIASES, "data.", issues) : d));
 
   const axes: Axis[] = [];
-  walk(raw, TRAIN, [], axes, issues, [], raw.data === facts?.list ? facts : null);
+  walk(raw, TRAIN, [], axes, issues);
   if (issues.length) fail(issues);
 
   for (const k of IGNORED_SAEV_KEYS) if (k in raw) warnings.push(`${k}: a saev key sae-swarm accepts and ignores`);
-  const clampGiven = isTable(raw.data)
-    ? "clamp" in raw.data
-    : Array.isArray(raw.data) && (raw.data === facts?.list ? facts.clamp : raw.data.some((d) => isTable(d) && "clamp" in d));
+  const clampGiven = isTable(raw.data) ? "clamp" in raw.data : Array.isArray(raw.data) && raw.data.some((d) => isTable(d) && "clamp" in d);
   if (clampGiven) warnings.push("data.clamp: ignored; activations are always clamped to ±1e5");
 
   const total = axes.reduce((n, a) => n * a.values.length, 1);
@@ -609,9 +534,7 @@ export function expandSweep(parsed: unknown, maxRuns = 4096): ExpandedSweep {
       if (swapMemo.d !== d || swapMemo.t !== template) {
         const n = issues.length;
         const out = resolveData(d, template.sae, template.nPatches, issues);
-        swapMemo.d = d;
-        swapMemo.t = template;
-        swapMemo.out = issues.length === n ? out : undefined;
+        Object.assign(swapMemo, { d, t: template, out: issues.length === n ? out : undefined });
         issues.length = n;
       }
       data = swapMemo.out && swapMemo.out.d_vit === template.cfg.sae.d_vit ? swapMemo.out.data : undefined;
@@ -674,17 +597,12 @@ export function expandSweep(parsed: unknown, maxRuns = 4096): ExpandedSweep {
     const d = c.cfg.data;
     if (d === seen) continue;
     seen = d;
-    // startsWith, not /^https?:\/\//: the same test, without a regex run per dataset.
-    if (d.kind === "shards" && !d.url.startsWith("https://") && !d.url.startsWith("http://")) urls.add(d.url);
+    if (d.kind === "shards" && !/^https?:\/\//.test(d.url)) urls.add(d.url);
   }
   for (const u of urls) warnings.push(`data.url: ${JSON.stringify(u)} is not an HTTP(S) URL; runners resolve it themselves`);
   const written = [["seed"], ["sae", "seed"], ...axes.filter((a, k) => selfOnly[k]).map((a) => a.path)];
   return { configs, warnings, written };
 }
-
-/** Data keys that apply to one kind of data only (resolveData; module constants, not an array per call). */
-const SHARDS_ONLY = ["url", "layer", "patches", "scale_mean", "scale_norm", "n_random_samples", "clamp"];
-const SYNTHETIC_ONLY = ["d_vit", "n_features", "sparsity", "noise", "n_examples"];
 
 /** Fills one config's defaults (SAE.md) and checks what depends on several keys. */
 /** The DataConfig a config's data table, [sae] table and n_patches resolve to, and the SAE's d_vit. */
@@ -693,7 +611,7 @@ function resolveData(d: Record<string, any>, s: Record<string, any>, n_patches: 
   let data: DataConfig;
   let d_vit: number = s.d_vit ?? 1024;
   if (kind === "synthetic") {
-    for (const k of SHARDS_ONLY)
+    for (const k of ["url", "layer", "patches", "scale_mean", "scale_norm", "n_random_samples", "clamp"])
       if (k in d) issues.push({ field: `data.${k}`, message: 'applies to data.kind = "shards" only' });
     const dv = d.d_vit ?? s.d_vit;
     if (dv === undefined) issues.push({ field: "data.d_vit", message: "is required for synthetic data (or give sae.d_vit)" });
@@ -712,7 +630,7 @@ function resolveData(d: Record<string, any>, s: Record<string, any>, n_patches: 
       sparsity: d.sparsity,
     };
   } else {
-    for (const k of SYNTHETIC_ONLY)
+    for (const k of ["d_vit", "n_features", "sparsity", "noise", "n_examples"])
       if (k in d) issues.push({ field: `data.${k}`, message: 'applies to data.kind = "synthetic" only' });
     data = {
       kind: "shards",
