@@ -365,6 +365,15 @@ export interface KernelCache {
 }
 
 /**
+ * The report of a cached choice: the result's own fields only, since an entry read from the cache file carries more
+ * (saveTuned's `at`), and the Worker refuses a heartbeat whose kernels hold a key it does not know.
+ */
+export function cachedReport(hit: TuneResult, key: string): KernelReport {
+  const { kernels, timing, tuned_ms, candidates, shape } = hit;
+  return { kernels, timing, tuned_ms, candidates, shape, key, source: "cache" };
+}
+
+/**
  * The kernels for an engine of these configs on this device: from the cache, else tuned now (and cached).
  * `engine`: the engine's plan options (memory budget …), so the tuning shape is the engine's.
  */
@@ -377,7 +386,7 @@ export async function kernelsFor(
   const plan = planFor(device, s, o.engine);
   const key = shapeKey(tuneShapeOf(plan, { d_vit: s.d_vit, d_sae: s.d_sae, prefixes: s.prefixes }));
   const hit = cache.get(key);
-  if (hit && Object.keys(choicesOf(hit)).length === MATMUL_NAMES.length) return { ...hit, key, source: "cache" };
+  if (hit && Object.keys(choicesOf(hit)).length === MATMUL_NAMES.length) return cachedReport(hit, key);
   const r = await autotune(device, tuneShapeOf(plan, { d_vit: s.d_vit, d_sae: s.d_sae, prefixes: s.prefixes }), { software: o.software, ...(cache.budgetMs !== undefined ? { budgetMs: cache.budgetMs } : {}), ...o.tune });
   cache.put(key, r);
   return { ...r, key, source: "tuned" };

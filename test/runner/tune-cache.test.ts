@@ -9,7 +9,8 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { candidateWgsl, choicesOf, TUNER_CHOICES, type TuneResult } from "../../shaders/autotune";
+import { cachedReport, candidateWgsl, choicesOf, TUNER_CHOICES, type TuneResult } from "../../shaders/autotune";
+import { KernelsBody } from "../../worker/bodies";
 import { KERNEL_HEADER, MATMUL_NAMES, MATMUL_SPECS, matmulShape } from "../../shaders/kernels";
 import { choiceId, matmul } from "../../shaders/matmul-template";
 import { requestSaeDevice } from "../../shaders/device";
@@ -63,6 +64,16 @@ describe("the kernel cache on disk", () => {
     expect(loadTuned(a)).toEqual({});
     saveTuned(a, "k", result);
     expect(Object.keys(loadTuned(a))).toEqual(["k"]);
+  });
+
+  it("a cached entry read back from the file reports as the Worker's heartbeat schema accepts (no `at`)", () => {
+    const a = adapterKey(H200, DAWN);
+    saveTuned(a, "d768-n12288-b4096-k2-p1", result);
+    const entry = loadTuned(a)["d768-n12288-b4096-k2-p1"];
+    expect(entry).toHaveProperty("at"); // the file keeps when it was tuned ...
+    expect(KernelsBody.safeParse({ ...entry, key: "d768-n12288-b4096-k2-p1", source: "cache" }).success).toBe(false);
+    const report = cachedReport(entry, "d768-n12288-b4096-k2-p1"); // ... the report does not send it
+    expect(KernelsBody.parse(report)).toEqual({ ...result, key: "d768-n12288-b4096-k2-p1", source: "cache" });
   });
 
   it("a driver update, a runtime update or a kernel change reads none of the old entries", () => {
