@@ -1,21 +1,21 @@
 /**
- * Dawn's robustness transform (SAE_SWARM_ROBUSTNESS=on|off, default off). With it on, Tint clamps every
+ * Dawn's robustness transform (SAE_SWARM_ROBUSTNESS=on|off, default on). With it on, Tint clamps every
  * storage-buffer index to its binding's length, on every access of every kernel: on SwiftShader turning it off makes
  * the training step 1.2-1.4× faster (BENCHMARKS.md §8, test/bench/robustness.ts). Robustness guards a browser
- * against pages it cannot trust; a runner runs only this project's kernels, whose indices the float64 tests check
- * element by element with outputs poisoned (test/gpu/*, run in both modes), so `off` is the runner's default and
- * `on` is for checking a kernel or a driver against the clamped device. Off once gave wrong Matryoshka gradients on
- * SwiftShader (blockOf's search loop, inlined twice with a divergent break: shaders/kernels.ts says why, and
- * test/bench/robustness-repro.ts checks it): rerun the GPU tests with SAE_SWARM_ROBUSTNESS=on and off after a
- * `webgpu` or Chromium update.
+ * against pages it cannot trust; a runner runs only this project's kernels, so `off` is meant to become the
+ * runner's default, but not yet: with it off, test/e2e/storage.e2e.test.ts's runner (d_vit 64, d_sae 4096, batch 32,
+ * Chrome/SwiftShader) lost its GPU device right after autotuning, reproducibly, and passes with it on: some kernel
+ * reaches outside a binding there and the clamps hide it. Until that kernel is found and the suites pass with `off`,
+ * `off` is for measuring. (Off also once gave wrong Matryoshka gradients on SwiftShader: blockOf's search loop,
+ * fixed in shaders/kernels.ts; test/bench/robustness-repro.ts checks it.)
  * Both backends take it: Dawn as an instance toggle, Chrome as a command-line switch for its GPU process.
  */
 export type Robustness = "on" | "off";
 
-/** SAE_SWARM_ROBUSTNESS, or "off"; anything else is refused by name. */
+/** SAE_SWARM_ROBUSTNESS, or "on"; anything else is refused by name. */
 export function robustness(env: NodeJS.ProcessEnv = process.env): Robustness {
   const v = env.SAE_SWARM_ROBUSTNESS?.trim().toLowerCase();
-  if (!v) return "off";
+  if (!v) return "on";
   if (v === "on" || v === "off") return v;
   throw new Error(`SAE_SWARM_ROBUSTNESS must be "on" or "off", not ${JSON.stringify(env.SAE_SWARM_ROBUSTNESS)}`);
 }
