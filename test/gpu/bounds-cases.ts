@@ -7,7 +7,9 @@
 import { bindingsOf, dimsAndMeta, kernelCode, tensorFloats, type TuneShape } from "../../shaders/autotune";
 import { MATMUL_NAMES, matmulShape } from "../../shaders/kernels";
 import { matmulGrid, parseChoiceId } from "../../shaders/matmul-template";
-import { boundsChecked } from "../helpers/bounds-check";
+import { boundsChecked, boundsCheckedDevice } from "../helpers/bounds-check";
+import type { TrainConfig } from "../../shaders/config";
+import { SaeEngine, type EngineOptions } from "../../shaders/engine";
 import type { GpuCase } from "./cases";
 
 async function matmulBounds(device: GPUDevice, input: { shape: TuneShape; choice: string }): Promise<Record<string, number>> {
@@ -72,6 +74,23 @@ async function matmulBounds(device: GPUDevice, input: { shape: TuneShape; choice
   return out;
 }
 
+/** Steps of an engine whose every kernel is bounds-checked, on random batches: accesses outside a binding. */
+async function engineBounds(device: GPUDevice, input: { cfgs: TrainConfig[]; options?: EngineOptions; steps: number }): Promise<number> {
+  const checked = boundsCheckedDevice(device);
+  const engine = SaeEngine.create(checked.device, input.cfgs, input.options);
+  try {
+    const B = input.cfgs[0].sae_batch_size;
+    const d = input.cfgs[0].sae.d_vit;
+    for (let t = 0; t < input.steps; t++) await engine.step(Float32Array.from({ length: B * d }, (_, i) => Math.sin(i * 12.9898 + t) * 2), { metrics: true });
+    await engine.evaluate([Float32Array.from({ length: (B + 3) * d }, (_, i) => Math.cos(i * 7.1 + 1))]);
+    return await checked.count();
+  } finally {
+    engine.destroy();
+    checked.destroy();
+  }
+}
+
 export const boundsCases: Record<string, GpuCase> = {
   matmulBounds: (device, input) => matmulBounds(device, input),
+  engineBounds: (device, input) => engineBounds(device, input),
 };

@@ -33,3 +33,47 @@ function wrapIndices(code: string, name: string): string {
   }
   return out + code.slice(at);
 }
+
+/**
+ * A device whose every kernel is bounds-checked: createShaderModule instruments the code (the counter at the
+ * binding after the module's last), and bind group layouts and bind groups get the counter's entry at the binding
+ * after their last, which is the same one for a layout built from the code's declarations (shaders/engine.ts
+ * makeKernel). `count()` reads how many accesses fell outside their bindings so far.
+ */
+export function boundsCheckedDevice(device: GPUDevice): { device: GPUDevice; count: () => Promise<number>; destroy: () => void } {
+  const counter = device.createBuffer({ size: 4, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
+  device.queue.writeBuffer(counter, 0, new Uint32Array(1));
+  const next = (bindings: Iterable<number>) => Math.max(-1, ...bindings) + 1;
+  const overrides: Partial<GPUDevice> = {
+    createShaderModule: (d) => device.createShaderModule({ ...d, code: boundsChecked(d.code, next([...d.code.matchAll(/@binding\((\d+)\)/g)].map((m) => Number(m[1])))) }),
+    createBindGroupLayout: (d) => {
+      const entries = [...d.entries];
+      return device.createBindGroupLayout({ ...d, entries: [...entries, { binding: next(entries.map((e) => e.binding)), visibility: GPUShaderStage.COMPUTE, buffer: { type: "storage" } }] });
+    },
+    createBindGroup: (d) => {
+      const entries = [...d.entries];
+      return device.createBindGroup({ ...d, entries: [...entries, { binding: next(entries.map((e) => e.binding)), resource: { buffer: counter } }] });
+    },
+  };
+  const wrapped = new Proxy(device, {
+    get(target, prop) {
+      if (prop in overrides) return overrides[prop as keyof GPUDevice];
+      const v = Reflect.get(target, prop, target);
+      return typeof v === "function" ? v.bind(target) : v;
+    },
+  });
+  return {
+    device: wrapped,
+    async count() {
+      const read = device.createBuffer({ size: 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+      const enc = device.createCommandEncoder();
+      enc.copyBufferToBuffer(counter, 0, read, 0, 4);
+      device.queue.submit([enc.finish()]);
+      await read.mapAsync(GPUMapMode.READ);
+      const n = new Uint32Array(read.getMappedRange().slice(0))[0];
+      read.destroy();
+      return n;
+    },
+    destroy: () => counter.destroy(),
+  };
+}
