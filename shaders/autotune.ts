@@ -114,7 +114,7 @@ export function planFor(device: GPUDevice, s: { d_vit: number; d_sae: number; ba
 export const shapeKey = (s: TuneShape) => `d${s.d}-n${s.n}-b${s.B}-k${s.K}-p${s.P}`;
 
 /** Floats of each tensor a step matmul binds, at shape s (the engine's layouts, kernels.ts). */
-function tensorFloats(name: string, s: TuneShape): number {
+export function tensorFloats(name: string, s: TuneShape): number {
   const { d, n, B, K, P } = s;
   const sizes: Record<string, number> = {
     x: B * d, xT: d * B, b_dec: K * d, W_enc: K * d * n, b_enc: K * n, H: K * B * n, W_dec: K * n * d, theta: K * n, R: K * P * B * d, G: K * B * n,
@@ -143,7 +143,7 @@ export function shrinkShape(s: TuneShape, maxBytes: number, maxRows = Infinity, 
   return t;
 }
 
-function kernelCode(m: MatmulName, c: MatmulChoice, s: TuneShape): string {
+export function kernelCode(m: MatmulName, c: MatmulChoice, s: TuneShape): string {
   return matmul(MATMUL_SPECS[m], c, KERNEL_HEADER, matmulShape(m, { d: s.d, n: s.n, B: s.B }));
 }
 
@@ -160,7 +160,7 @@ export function candidateWgsl(): string {
   return shapes.flatMap((s) => MATMUL_NAMES.flatMap((m) => TUNER_CHOICES.map((c) => kernelCode(m, c, s)))).join("\n");
 }
 
-function* bindingsOf(code: string): Generator<{ binding: number; kind: "uniform" | "storage"; readOnly: boolean; name: string }> {
+export function* bindingsOf(code: string): Generator<{ binding: number; kind: "uniform" | "storage"; readOnly: boolean; name: string }> {
   for (const m of code.matchAll(/@binding\((\d+)\) var<(uniform|storage, read_write|storage, read)> (\w+)/g))
     // a vec4 view (`x_v4`) binds its tensor's buffer
     yield { binding: Number(m[1]), kind: m[2] === "uniform" ? "uniform" : "storage", readOnly: m[2] === "storage, read", name: m[3].replace(VEC4_VIEW, "") };

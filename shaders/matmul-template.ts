@@ -204,9 +204,11 @@ export function matmul(s: MatmulSpec, choice: MatmulChoice | boolean, header: st
   };
 
   // Direct: each thread reads its outM A values and outN B values per k straight from memory (no barriers).
-  // Out-of-range rows and columns need no masking: WGSL's robust access keeps their reads in bounds, and they only
-  // feed accumulators whose outputs are never stored. Only a block (mBlocks / nBlocks) masks its operand, by select:
-  // no branches. The k-invariant parts of the loads (aInv, bInv) are read once before the K loop, the per-k part
+  // Out-of-range rows and columns (M or N not a multiple of the tile: a batch of 32 rows in a 64-row tile) read the
+  // last row / column instead: their accumulators are never stored, and the clamp keeps every read inside its binding
+  // without Dawn's robustness transform (SAE_SWARM_ROBUSTNESS=off: past the binding SwiftShader read other buffers'
+  // memory, or past the allocation and lost the device). Only a block (mBlocks / nBlocks) masks its operand, by
+  // select, on the unclamped index: no branches. The k-invariant parts of the loads (aInv, bInv) are read once before the K loop, the per-k part
   // shared by all rows (aK) once per k.
   const directLoop = (kLo: string, kHi: string) => {
     const lanes = range(4);
@@ -257,19 +259,23 @@ export function matmul(s: MatmulSpec, choice: MatmulChoice | boolean, header: st
           ${fmaRows((i) => (v4.a ? `a${i}[${u}]` : aAt(i, `${k} + ${u}u`, "akv")), (g) => `b${g}`)} }`)
             .join("\n          ")}
         }`;
+    // gnG / gnG_L / gmI: the clamped indices every load uses (a vec4 column group: its first column, N % 4 == 0, so
+    // N - 4 is the last group's); uG / uG_L / umI: the thread's own, for the block masks
     const colDecl = (g: number) =>
       v4.b
-        ? `let gn${g} = ${colExpr(g)};${maskB ? ` let okB${g} = vec4<bool>(${lanes.map((l) => `gn${g} + ${l}u < N && gn${g} + ${l}u >= rLo && gn${g} + ${l}u < rHi`).join(", ")});` : ""}${
+        ? `let ugn${g} = ${colExpr(g)}; let gn${g} = min(ugn${g}, Nlast4);${maskB ? ` let okB${g} = vec4<bool>(${lanes.map((l) => `ugn${g} + ${l}u < N && ugn${g} + ${l}u >= rLo && ugn${g} + ${l}u < rHi`).join(", ")});` : ""}${
             s.bInv4 ? ` let bi${g} = ${sub(s.bInv4, "gn", `gn${g}`)};` : ""
           }`
-        : `${lanes.map((l) => `let gn${g}_${l} = ${colExpr(g)} + ${l}u;`).join(" ")}${maskB ? ` let okB${g} = vec4<bool>(${lanes.map((l) => `gn${g}_${l} < N${sub(bMask, "gn", `gn${g}_${l}`)}`).join(", ")});` : ""}${
-            s.bInv ? ` ${lanes.map((l) => `let bi${g}_${l} = ${sub(s.bInv!, "gn", `min(gn${g}_${l}, N - 1u)`)};`).join(" ")}` : ""
+        : `${lanes.map((l) => `let ugn${g}_${l} = ${colExpr(g)} + ${l}u; let gn${g}_${l} = min(ugn${g}_${l}, Nlast);`).join(" ")}${maskB ? ` let okB${g} = vec4<bool>(${lanes.map((l) => `ugn${g}_${l} < N${sub(bMask, "gn", `ugn${g}_${l}`)}`).join(", ")});` : ""}${
+            s.bInv ? ` ${lanes.map((l) => `let bi${g}_${l} = ${sub(s.bInv!, "gn", `gn${g}_${l}`)};`).join(" ")}` : ""
           }`;
     const rowDecl = (i: number) =>
-      `let gm${i} = ${rowExpr(i)};${maskA ? ` let okA${i} = gm${i} < M${sub(aMask, "gm", `gm${i}`)};` : ""}${s.aInv ? ` let ai${i} = ${sub(s.aInv, "gm", `min(gm${i}, M - 1u)`)};` : ""}`;
+      `let ugm${i} = ${rowExpr(i)}; let gm${i} = min(ugm${i}, Mlast);${maskA ? ` let okA${i} = ugm${i} < M${sub(aMask, "gm", `ugm${i}`)};` : ""}${s.aInv ? ` let ai${i} = ${sub(s.aInv, "gm", `gm${i}`)};` : ""}`;
     return /* wgsl */ `
     {
       let kHi = ${kHi};
+      // max(·, 1): M or N of 0 dispatches no workgroup, but the subtraction must not wrap
+      let Mlast = max(M, 1u) - 1u; let Nlast = max(N, 1u) - 1u;${v4.b ? " let Nlast4 = max(N, 4u) - 4u;" : ""}
       ${rows.map(rowDecl).join("\n      ")}
       ${groups.map(colDecl).join("\n      ")}
       var gk = ${kLo};

@@ -10,6 +10,7 @@ import { matmulCases } from "./matmul-cases";
 import { topkCases } from "./topk-cases";
 import { auxkCases } from "./auxk-cases";
 import { topkTrainCases } from "./topk-train-cases";
+import { boundsCases } from "./bounds-cases";
 import { outOfBoundsRead } from "../helpers/oob-probe";
 
 export type GpuCase = (device: GPUDevice, input: any) => Promise<unknown>;
@@ -26,5 +27,6 @@ export const cases: Record<string, GpuCase> = {
   ...topkCases,
   ...auxkCases,
   ...topkTrainCases,
+  ...boundsCases,
   outOfBoundsRead: (device) => outOfBoundsRead(device),
 };

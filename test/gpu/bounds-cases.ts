@@ -1,0 +1,96 @@
+/**
+ * Every step matmul (kernels.ts MATMUL_SPECS) as one choice builds it, at a given shape, with every storage index
+ * checked against its binding (test/helpers/bounds-check.ts): how many accesses fell outside, per matmul. The
+ * buffers are bound as the tuner binds them (autotune.ts: each tensor at exactly its size at that shape, vec4 views
+ * on the same buffers), the Dims and meta a step of that shape would bind.
+ */
+import { bindingsOf, dimsAndMeta, kernelCode, tensorFloats, type TuneShape } from "../../shaders/autotune";
+import { MATMUL_NAMES, matmulShape } from "../../shaders/kernels";
+import { matmulGrid, parseChoiceId } from "../../shaders/matmul-template";
+import { boundsChecked, boundsCheckedDevice } from "../helpers/bounds-check";
+import type { TrainConfig } from "../../shaders/config";
+import { SaeEngine, type EngineOptions } from "../../shaders/engine";
+import type { GpuCase } from "./cases";
+
+async function matmulBounds(device: GPUDevice, input: { shape: TuneShape; choice: string }): Promise<Record<string, number>> {
+  const s = input.shape;
+  const choice = parseChoiceId(input.choice);
+  if (!choice) throw new Error(`matmulBounds: no choice ${input.choice}`);
+  const { dims, meta } = dimsAndMeta(s);
+  const created: GPUBuffer[] = [];
+  const make = (bytes: number, usage: number, data?: Uint32Array<ArrayBuffer>) => {
+    const b = device.createBuffer({ size: Math.max(16, 4 * Math.ceil(bytes / 4)), usage: usage | GPUBufferUsage.COPY_DST });
+    if (data) device.queue.writeBuffer(b, 0, data);
+    created.push(b);
+    return b;
+  };
+  const dimsBuf = make(dims.byteLength, GPUBufferUsage.UNIFORM, dims);
+  const metaBuf = make(meta.byteLength, GPUBufferUsage.STORAGE, meta);
+  const tensors = new Map<string, GPUBuffer>();
+  const tensor = (name: string) => tensors.get(name) ?? (tensors.set(name, make(4 * tensorFloats(name, s), GPUBufferUsage.STORAGE)), tensors.get(name)!);
+  const out: Record<string, number> = {};
+  try {
+    for (const m of MATMUL_NAMES) {
+      const plain = kernelCode(m, choice, s);
+      const bindings = [...bindingsOf(plain)];
+      const counter = Math.max(...bindings.map((b) => b.binding)) + 1;
+      const code = boundsChecked(plain, counter);
+      const count = make(4, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC, new Uint32Array(1));
+      const entries: GPUBindGroupEntry[] = bindings.map((b) => ({
+        binding: b.binding,
+        resource: { buffer: b.kind === "uniform" ? dimsBuf : b.name === "saeMeta" ? metaBuf : tensor(b.name) },
+      }));
+      entries.push({ binding: counter, resource: { buffer: count } });
+      // an explicit layout, as the tuner's: "auto" would drop the vec4 views a scalar path leaves unused
+      const layout = device.createBindGroupLayout({
+        entries: [
+          ...bindings.map((b) => ({ binding: b.binding, visibility: GPUShaderStage.COMPUTE, buffer: { type: (b.kind === "uniform" ? "uniform" : b.readOnly ? "read-only-storage" : "storage") as GPUBufferBindingType } })),
+          { binding: counter, visibility: GPUShaderStage.COMPUTE, buffer: { type: "storage" as GPUBufferBindingType } },
+        ],
+      });
+      device.pushErrorScope("validation");
+      const module = device.createShaderModule({ code });
+      const pipeline = device.createComputePipeline({ label: `bounds ${m} ${input.choice}`, layout: device.createPipelineLayout({ bindGroupLayouts: [layout] }), compute: { module, entryPoint: "main" } });
+      const bind = device.createBindGroup({ layout, entries });
+      const err = await device.popErrorScope();
+      if (err) throw new Error(`matmulBounds ${m} ${input.choice}: ${err.message}`);
+      const { M, N } = matmulShape(m, { d: s.d, n: s.n, B: s.B });
+      const read = make(4, GPUBufferUsage.MAP_READ);
+      const enc = device.createCommandEncoder();
+      const pass = enc.beginComputePass();
+      pass.setPipeline(pipeline);
+      pass.setBindGroup(0, bind);
+      pass.dispatchWorkgroups(...matmulGrid(choice, M, N, s.K));
+      pass.end();
+      enc.copyBufferToBuffer(count, 0, read, 0, 4);
+      device.queue.submit([enc.finish()]);
+      await read.mapAsync(GPUMapMode.READ);
+      out[m] = new Uint32Array(read.getMappedRange().slice(0))[0];
+      read.unmap();
+    }
+  } finally {
+    for (const b of created) b.destroy();
+  }
+  return out;
+}
+
+/** Steps of an engine whose every kernel is bounds-checked, on random batches: accesses outside a binding. */
+async function engineBounds(device: GPUDevice, input: { cfgs: TrainConfig[]; options?: EngineOptions; steps: number }): Promise<number> {
+  const checked = boundsCheckedDevice(device);
+  const engine = SaeEngine.create(checked.device, input.cfgs, input.options);
+  try {
+    const B = input.cfgs[0].sae_batch_size;
+    const d = input.cfgs[0].sae.d_vit;
+    for (let t = 0; t < input.steps; t++) await engine.step(Float32Array.from({ length: B * d }, (_, i) => Math.sin(i * 12.9898 + t) * 2), { metrics: true });
+    await engine.evaluate([Float32Array.from({ length: (B + 3) * d }, (_, i) => Math.cos(i * 7.1 + 1))]);
+    return await checked.count();
+  } finally {
+    engine.destroy();
+    checked.destroy();
+  }
+}
+
+export const boundsCases: Record<string, GpuCase> = {
+  matmulBounds: (device, input) => matmulBounds(device, input),
+  engineBounds: (device, input) => engineBounds(device, input),
+};
