@@ -3,11 +3,13 @@
  * storage-buffer index to its binding's length, on every access of every kernel: on SwiftShader turning it off makes
  * the training step 1.2-1.4× faster (BENCHMARKS.md §8, test/bench/robustness.ts). Robustness guards a browser
  * against pages it cannot trust; a runner runs only this project's kernels, so `off` is meant to become the
- * runner's default, but not yet: with it off, test/e2e/storage.e2e.test.ts's runner (d_vit 64, d_sae 4096, batch 32,
- * Chrome/SwiftShader) lost its GPU device right after autotuning, reproducibly, and passes with it on: some kernel
- * reaches outside a binding there and the clamps hide it. Until that kernel is found and the suites pass with `off`,
- * `off` is for measuring. (Off also once gave wrong Matryoshka gradients on SwiftShader: blockOf's search loop,
- * fixed in shaders/kernels.ts; test/bench/robustness-repro.ts checks it.)
+ * runner's default once their indices are shown in bounds everywhere. Off found two real faults so far: the direct
+ * matmuls read rows and columns past their bindings whenever a tile overhung the matrix (batch 32 in a 128-row tile:
+ * a segfault in SwiftShader's GPU process, test/e2e/storage.e2e.test.ts), now clamped; and blockOf's search loop gave
+ * wrong Matryoshka bounds on SwiftShader (shaders/kernels.ts). test/gpu/matmul-bounds.test.ts counts every storage
+ * index past its binding (instrumented WGSL, either mode) for the step's matmuls and whole engines at a few small
+ * shapes: 0 now. Before `off` becomes the default, that check should cover more shapes (production d_sae, TopK and
+ * AuxK row lengths on both sides of their per-thread cut) and the suites should pass with `off`.
  * Both backends take it: Dawn as an instance toggle, Chrome as a command-line switch for its GPU process.
  */
 export type Robustness = "on" | "off";
