@@ -31,20 +31,22 @@ import { measureIdle, type IdleCase, type IdleResult } from "./idle";
 import { serveDirWithRanges } from "../runner/range-server";
 import { writeBenchShards } from "./shards";
 import { torchStep, torchUnavailable } from "./torch";
+import { dawnRobustnessFlags, robustness } from "../../runner/robustness";
 
 const ICD = "/usr/lib/chromium/vk_swiftshader_icd.json";
 if (!process.env.VK_ICD_FILENAMES && existsSync(ICD) && !existsSync("/dev/nvidia0")) process.env.VK_ICD_FILENAMES = ICD;
 const { create, globals } = await import("webgpu");
 Object.assign(globalThis, globals);
-// Raw timestamps (Dawn quantizes them by default; the idle measurement wants the GPU's own resolution).
-const gpu = create(["disable-dawn-features=timestamp_quantization"]);
+// Raw timestamps (Dawn quantizes them by default; the idle measurement wants the GPU's own resolution), and the
+// runner's robustness setting (SAE_SWARM_ROBUSTNESS, runner/robustness.ts), so the bench times what a runner runs.
+const gpu = create(["disable-dawn-features=timestamp_quantization", ...dawnRobustnessFlags()]);
 const { device, report } = await requestSaeDevice(gpu).catch((e: Error) => {
   console.error(`${e.message}\nNode's webgpu (Dawn) found no adapter: it needs a Vulkan loader (libvulkan1) and a driver (the GPU's, or ${ICD} from Debian's chromium, through VK_ICD_FILENAMES)`);
   process.exit(1);
 });
 device.addEventListener("uncapturederror", (e) => console.error("WebGPU error:", (e as GPUUncapturedErrorEvent).error.message));
 const software = report.isFallbackAdapter;
-console.log(`adapter: ${report.vendor} ${report.architecture} ${report.description} (${software ? "software" : "GPU"})`);
+console.log(`adapter: ${report.vendor} ${report.architecture} ${report.description} (${software ? "software" : "GPU"}); robustness ${robustness()}`);
 
 const env = (k: string, d: number) => (process.env[k] ? Number(process.env[k]) : d);
 const d = env("BENCH_D", software ? 64 : 768);
