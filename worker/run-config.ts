@@ -75,17 +75,10 @@ function setLeaf(t: Table, parts: string[], value: Json) {
  * `copies` (from expandSweep) says which configs are copies of another: copies.bases[c], where not c itself, is a
  * config that config c equals but in data and the leaves copies.written lists; c's other leaves are then compared
  * through its base (4096 datasets copied from one config compare 2 leaves each, not ~45).
- */
-export function splitShared(cfgs: TrainConfig[], copies?: { bases: (number | undefined)[]; written: string[][] }): { shared: Table; deltas: Table[] } {
-  const tables = cfgs as unknown as Table[];
-  const { shared, varying } = sharedLeaves(tables, copies);
-  const read = varying.map(reader);
-  return { shared, deltas: tables.map((t) => delta(t, varying, read)) };
-}
-
-/**
- * splitShared with each delta as its JSON text (`deltaJson(c)` is JSON.stringify(deltas[c])), written without
- * building the delta: planSweep stores only the text, and 4096 runs made 8192 small objects to serialize once.
+ *
+ * Each config's delta comes as its JSON text (`deltaJson(c)`: the JSON of c's differing leaves, nested as in the
+ * config), written without building the table: planSweep stores only the text, and 4096 runs made 8192 small
+ * objects to serialize once.
  */
 export function splitSharedJson(
   cfgs: TrainConfig[],
@@ -132,7 +125,7 @@ function delta(t: Table, varying: string[][], read: ((t: Table) => Json | undefi
   return d;
 }
 
-/** What splitShared computes before the deltas: the shared table, and the leaf paths where configs differ. */
+/** What splitSharedJson computes before the deltas: the shared table, and the leaf paths where configs differ. */
 function sharedLeaves(tables: Table[], copies?: { bases: (number | undefined)[]; written: string[][] }): { shared: Table; varying: string[][] } {
   const shared: Table = {};
   if (!tables.length) return { shared, varying: [] };

@@ -29,7 +29,7 @@ export interface ExpandedConfig {
   combo?: number;
   /**
    * The index of the config this one was copied from (expandSweep's templates; a template has its own index): it
-   * equals that config but in data and in the leaves ExpandedSweep.written lists. splitShared and groupIndex use it
+   * equals that config but in data and in the leaves ExpandedSweep.written lists. splitSharedJson and groupIndex use it
    * to skip what cannot differ.
    */
   base?: number;

@@ -2,7 +2,7 @@
 import { describe, expect, it } from "vitest";
 import { ApiError } from "../../worker/errors";
 import { expandSweep, parseSweepText, splitCfgs } from "../../worker/sweep";
-import { fullConfig, splitShared } from "../../worker/run-config";
+import { fullConfig, splitSharedJson } from "../../worker/run-config";
 
 const toml = (text: string) => expandSweep(parseSweepText(text, "application/toml").raw);
 
@@ -207,14 +207,14 @@ describe("expandSweep rejects bad input, naming the key", () => {
   });
   it("stores each run's differences from what the sweep shares, and reads the full config back", () => {
     const { configs } = toml(`data = { kind = "synthetic", d_vit = 8, n_features = 8, sparsity = 0.1 }\ntags = ["a", "b"]\nlr = [1e-4, 2e-4]\nsae = { exp_factor = [2, 4] }`);
-    const { shared, deltas } = splitShared(configs.map((c) => c.cfg));
+    const { shared, deltaJson } = splitSharedJson(configs.map((c) => c.cfg));
     expect(shared).toMatchObject({ tags: ["a", "b"], sae: { kind: "relu", d_vit: 8 }, objective: { kind: "vanilla" } });
     expect(shared).not.toHaveProperty("data");
     expect(shared).not.toHaveProperty("lr");
-    expect(deltas[3]).toEqual({ lr: 2e-4, seed: 45, sae: { exp_factor: 4, seed: 45 } });
+    expect(JSON.parse(deltaJson(3))).toEqual({ lr: 2e-4, seed: 45, sae: { exp_factor: 4, seed: 45 } });
     // The same JSON, key order included (toEqual ignores it): a run's own keys are not moved after the shared ones.
     for (const [i, c] of configs.entries())
-      expect(JSON.stringify(fullConfig({ shared: JSON.stringify(shared), cfg: JSON.stringify(deltas[i]), data: JSON.stringify(c.cfg.data) }))).toBe(JSON.stringify(c.cfg));
+      expect(JSON.stringify(fullConfig({ shared: JSON.stringify(shared), cfg: deltaJson(i), data: JSON.stringify(c.cfg.data) }))).toBe(JSON.stringify(c.cfg));
     // Rows stored before the split (a full cfg, cfg_shared '{}') read back the same.
     expect(JSON.stringify(fullConfig({ shared: "{}", cfg: JSON.stringify(configs[1].cfg), data: JSON.stringify(configs[1].cfg.data) }))).toBe(JSON.stringify(configs[1].cfg));
   });
