@@ -11,18 +11,11 @@ import { dimsAndMeta, TUNER_CHOICES, type TuneResult } from "../../shaders/autot
 import { MATMUL_NAMES, META_WORDS } from "../../shaders/kernels";
 import { choiceId } from "../../shaders/matmul-template";
 import { prefixBounds } from "../../shaders/schedule";
-import { dawnUnavailable, openChrome, openDawn, type GpuBackend } from "../helpers/gpu-backends";
+import { gpuBackends, type GpuBackend } from "../helpers/gpu-backends";
 import { mulberry32, testSeed } from "../helpers/random";
 import { trainConfig } from "../helpers/train-config";
 
-const dawnSkip = await dawnUnavailable();
-const only = process.env.SAE_GPU_BACKENDS?.split(",");
-const backends = (
-  [
-    ["chrome", openChrome, null],
-    ["dawn", openDawn, dawnSkip],
-  ] as Array<[string, () => Promise<GpuBackend>, string | null]>
-).filter(([name]) => !only || only.includes(name));
+const backends = await gpuBackends();
 
 /** Three engines' kernels that between them run every choice the tuner can pick (each matmul a different one). */
 function spread(): Array<Record<string, string>> {

@@ -14,16 +14,16 @@ import { dSae } from "../../shaders/config";
 import type { EngineOptions } from "../../shaders/engine";
 import { persistentTensors, planMemory, workingTensors, type MemoryPlan, type SaeShape } from "../../shaders/fit";
 import { prefixBounds } from "../../shaders/schedule";
-import { dawnUnavailable, openDawn, type GpuBackend } from "../helpers/gpu-backends";
+import { dawnUnavailable, gpuBackends, openDawn, type GpuBackend } from "../helpers/gpu-backends";
 import { mulberry32, testSeed } from "../helpers/random";
 import { trainConfig } from "../helpers/train-config";
 import * as ref from "../reference/sae";
 import { deadMask, topkMask, trainStepSelect, type SelectState } from "../reference/topk";
-import { arr, engineBackends, F32_TOL, randomParams, relError, slice } from "./compare";
+import { arr, F32_TOL, randomParams, relError, slice } from "./compare";
 import type { JsonState } from "./engine-cases";
 
 const dawnSkip = await dawnUnavailable();
-const backends = await engineBackends();
+const backends = await gpuBackends();
 
 const auxOn = (c: TrainConfig) => (c.sae.kind === "topk" || c.sae.kind === "batchtopk") && c.sae.aux_coeff > 0;
 

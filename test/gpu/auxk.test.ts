@@ -10,17 +10,13 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AUX_ARGS_LATENT, AUX_ARGS_SELECT, AUX_META_WORDS, AUX_SCALARS, LATENT_COLS } from "../../shaders/auxk";
 import { ROW_THREADS, TOPK_META_WORDS } from "../../shaders/topk";
-import { dawnUnavailable, openChrome, openDawn, type GpuBackend } from "../helpers/gpu-backends";
+import { gpuBackends, type GpuBackend } from "../helpers/gpu-backends";
 import { mulberry32, testSeed } from "../helpers/random";
 import { auxAct, auxDen, auxGradBEnc, auxGradH, auxGradWDec, auxGradWEnc, auxGScale, auxResid, sumSquares } from "../reference/auxk";
 import { deadMask } from "../reference/topk";
 import type { AuxkInput } from "./auxk-cases";
 
-const dawnSkip = await dawnUnavailable();
-const backends: Array<[string, () => Promise<GpuBackend>, string | null]> = [
-  ["chrome", openChrome, null],
-  ["dawn", openDawn, dawnSkip],
-];
+const backends = await gpuBackends();
 
 const bits = new Uint32Array(1);
 const asF32 = new Float32Array(bits.buffer);

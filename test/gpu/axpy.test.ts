@@ -1,14 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { dawnUnavailable, openChrome, openDawn, type GpuBackend } from "../helpers/gpu-backends";
+import { gpuBackends, type GpuBackend } from "../helpers/gpu-backends";
 import { mulberry32, randomArray, testSeed } from "../helpers/random";
 
-const dawnSkip = await dawnUnavailable();
-if (dawnSkip) console.warn(`skipping the Dawn backend: ${dawnSkip}`);
-
-const backends: Array<[string, () => Promise<GpuBackend>, string | null]> = [
-  ["chrome", openChrome, null],
-  ["dawn", openDawn, dawnSkip],
-];
+const backends = await gpuBackends();
 
 for (const [name, open, skip] of backends) {
   describe.skipIf(skip !== null)(`WebGPU rail on ${name}`, () => {

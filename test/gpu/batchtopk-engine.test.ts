@@ -11,15 +11,15 @@ import { dSae } from "../../shaders/config";
 import type { EngineOptions } from "../../shaders/engine";
 import { persistentTensors, planMemory, workingTensors, type MemoryPlan, type SaeShape } from "../../shaders/fit";
 import { learningRate, prefixBounds } from "../../shaders/schedule";
-import type { GpuBackend } from "../helpers/gpu-backends";
+import { gpuBackends, type GpuBackend } from "../helpers/gpu-backends";
 import { mulberry32, testSeed } from "../helpers/random";
 import { trainConfig } from "../helpers/train-config";
 import * as ref from "../reference/sae";
 import { batchTopkEvalParams, batchTopkMask, trainStepSelect, type SelectState } from "../reference/topk";
-import { arr, engineBackends, F32_TOL, randomParams, referenceStart, relError, slice } from "./compare";
+import { arr, F32_TOL, randomParams, referenceStart, relError, slice } from "./compare";
 import type { JsonState } from "./engine-cases";
 
-const backends = await engineBackends();
+const backends = await gpuBackends();
 
 /**
  * A random state per SAE at step t: weights, small Adam moments, θ as given. BatchTopK SAEs get their encoder columns

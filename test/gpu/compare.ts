@@ -1,22 +1,13 @@
 /**
- * What the GPU engine tests share: the runtimes they run on, the element-wise comparison with the float64 reference
+ * What the GPU engine tests share: the element-wise comparison with the float64 reference
  * and its tolerance, its start state, random SAE parameters, and the slicing of engine buffers and states.
  */
 import { expect } from "vitest";
 import { SyntheticDataset } from "../../runner/data/synthetic";
 import { dSae, type SyntheticData, type TrainConfig } from "../../shaders/config";
-import { dawnUnavailable, openChrome, openDawn, type GpuBackend } from "../helpers/gpu-backends";
 import * as ref from "../reference/sae";
 import { initialSelectState, type SelectState } from "../reference/topk";
 import type { JsonState } from "./engine-cases";
-
-/** The runtimes of the engine tests: [name, open, why it cannot run here or null]; Chromium always, Dawn where it loads. */
-export async function engineBackends(): Promise<Array<[string, () => Promise<GpuBackend>, string | null]>> {
-  return [
-    ["chrome", openChrome, null],
-    ["dawn", openDawn, await dawnUnavailable()],
-  ];
-}
 
 /** Largest relative error allowed of an f32 engine against the float64 reference. */
 export const F32_TOL = 1e-4;

@@ -11,15 +11,15 @@ import { MATMUL_VARIANTS } from "../../shaders/matmul";
 import { persistentTensors, planMemory, workingTensors, type MemoryPlan, type SaeShape } from "../../shaders/fit";
 import type { EngineOptions } from "../../shaders/engine";
 import { initWeights, prefixBounds } from "../../shaders/schedule";
-import type { GpuBackend } from "../helpers/gpu-backends";
+import { gpuBackends, type GpuBackend } from "../helpers/gpu-backends";
 import { mulberry32, testSeed } from "../helpers/random";
 import { trainConfig } from "../helpers/train-config";
 import * as ref from "../reference/sae";
 import { selectorFor, trainStepSelect } from "../reference/topk";
-import { arr, engineBackends, F32_TOL, randomParams, relError, slice } from "./compare";
+import { arr, F32_TOL, randomParams, relError, slice } from "./compare";
 import type { JsonState } from "./engine-cases";
 
-const backends = await engineBackends();
+const backends = await gpuBackends();
 
 /** A random state: weights, nonzero Adam moments (so the update is smooth), at step t. */
 function randomState(rand: () => number, cfgs: TrainConfig[], t: number): { json: JsonState; refs: ref.State[] } {

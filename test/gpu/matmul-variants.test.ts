@@ -8,18 +8,10 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TUNER_CHOICES } from "../../shaders/autotune";
 import { allChoices, choiceId } from "../../shaders/matmul-template";
-import { dawnUnavailable, openChrome, openDawn, type GpuBackend } from "../helpers/gpu-backends";
+import { gpuBackends, type GpuBackend } from "../helpers/gpu-backends";
 import { mulberry32, testSeed } from "../helpers/random";
 
-const dawnSkip = await dawnUnavailable();
-// SAE_GPU_BACKENDS=dawn (scripts/device-check.sh) leaves Chrome out on a machine that has none
-const only = process.env.SAE_GPU_BACKENDS?.split(",");
-const backends: Array<[string, () => Promise<GpuBackend>, string | null]> = (
-  [
-    ["chrome", openChrome, null],
-    ["dawn", openDawn, dawnSkip],
-  ] as Array<[string, () => Promise<GpuBackend>, string | null]>
-).filter(([name]) => !only || only.includes(name));
+const backends = await gpuBackends();
 
 // Every choice the autotuner can pick (shaders/autotune.ts TUNER_CHOICES), plus a spread of the rest: each tile
 // shape, outputs per thread, BK, tiled and direct, with and without vec4 (the full list, allChoices(), is 54 and

@@ -7,15 +7,9 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { robustness } from "../../runner/robustness";
-import { dawnUnavailable, openChrome, openDawn, type GpuBackend } from "../helpers/gpu-backends";
+import { gpuBackends, type GpuBackend } from "../helpers/gpu-backends";
 
-const dawnSkip = await dawnUnavailable();
-if (dawnSkip) console.warn(`skipping the Dawn backend: ${dawnSkip}`);
-
-const backends: Array<[string, () => Promise<GpuBackend>, string | null]> = [
-  ["chrome", openChrome, null],
-  ["dawn", openDawn, dawnSkip],
-];
+const backends = await gpuBackends();
 
 for (const [name, open, skip] of backends) {
   describe.skipIf(skip !== null)(`robustness ${robustness()} on ${name}`, () => {

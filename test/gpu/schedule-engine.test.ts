@@ -4,16 +4,12 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { StepMetrics, SyntheticData } from "../../shaders/config";
 import { learningRate } from "../../shaders/schedule";
-import { dawnUnavailable, openChrome, openDawn, type GpuBackend } from "../helpers/gpu-backends";
+import { gpuBackends, type GpuBackend } from "../helpers/gpu-backends";
 import { trainConfig } from "../helpers/train-config";
 import { trainStepSelect } from "../reference/topk";
 import { referenceStart } from "./compare";
 
-const dawnSkip = await dawnUnavailable();
-const backends: Array<[string, () => Promise<GpuBackend>, string | null]> = [
-  ["chrome", openChrome, null],
-  ["dawn", openDawn, dawnSkip],
-];
+const backends = await gpuBackends();
 
 for (const [name, open, skip] of backends) {
   describe.skipIf(skip !== null)(`engine schedule on ${name}`, () => {

@@ -2,17 +2,13 @@
 // inputs with ties planted (few distinct values, −0 beside +0, many negatives), outputs poisoned with NaN.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BATCH_CANDIDATES, BATCH_STATE_WORDS, TOPK_META_WORDS } from "../../shaders/topk";
-import { dawnUnavailable, openChrome, openDawn, type GpuBackend } from "../helpers/gpu-backends";
+import { gpuBackends, type GpuBackend } from "../helpers/gpu-backends";
 import { mulberry32, testSeed } from "../helpers/random";
 import { batchTopkMask, clipGradNorm, deadMask, thetaUpdate, topkMask } from "../reference/topk";
 import type { Params } from "../reference/sae";
 import type { BatchInput, RowsInput } from "./topk-cases";
 
-const dawnSkip = await dawnUnavailable();
-const backends: Array<[string, () => Promise<GpuBackend>, string | null]> = [
-  ["chrome", openChrome, null],
-  ["dawn", openDawn, dawnSkip],
-];
+const backends = await gpuBackends();
 
 const bits = new Uint32Array(1);
 const asF32 = new Float32Array(bits.buffer);

@@ -76,6 +76,22 @@ export async function dawnUnavailable(): Promise<string | null> {
   }
 }
 
+/**
+ * The runtimes a GPU test file runs on: [name, open, why it cannot run here or null]; Chromium always, Dawn where
+ * it loads (a warning says why not). SAE_GPU_BACKENDS=dawn (scripts/device-check.sh) leaves Chrome out on a machine
+ * that has none.
+ */
+export async function gpuBackends(): Promise<Array<[string, () => Promise<GpuBackend>, string | null]>> {
+  const dawnSkip = await dawnUnavailable();
+  if (dawnSkip) console.warn(`skipping the Dawn backend: ${dawnSkip}`);
+  const only = process.env.SAE_GPU_BACKENDS?.split(",");
+  const all: Array<[string, () => Promise<GpuBackend>, string | null]> = [
+    ["chrome", openChrome, null],
+    ["dawn", openDawn, dawnSkip],
+  ];
+  return all.filter(([name]) => !only || only.includes(name));
+}
+
 export async function openDawn(): Promise<GpuBackend> {
   const { device, report } = await requestSaeDevice(await dawn());
   return {
