@@ -11,6 +11,7 @@ import { z } from "zod";
 import { CANNOT_PARALLELIZE, type DataConfig, type TrainConfig, nSteps } from "../shaders/config";
 import { badRequest, mediaType, unsupportedMediaType, type Issue } from "./errors";
 import { MAX_DEPTH, MAX_TABLE_KEYS, scanJson, scanToml } from "./sweep-scan";
+import { parseTomlFast } from "./toml-fast";
 import { SAE_KINDS, SCHEDULE_LEAVES, SELECT_SAE_LEAVES, checkSelect, scheduleFields, selectSaeFields, selectWarnings } from "./sweep-select";
 
 export { MAX_DEPTH, MAX_TABLE_KEYS };
@@ -79,13 +80,31 @@ export function parseSweepText(text: string, contentType: string | undefined, ma
     }
   }
   scanToml(text, maxRuns);
+  // Its inline nesting capped as JSON's is (smol-toml refuses deeper inline arrays and tables as it reads them).
+  const options = { maxDepth: MAX_DEPTH };
+  // A long list of flat inline tables (4096 datasets) is read as JSON when its text allows (toml-fast.ts). Its tables
+  // are flat with at most 256 keys: checkDepth walks the rest of the file only (a refusal there is left to
+  // expandSweep's walk of the whole, which finds the same).
+  const fast = parseTomlFast(text, options);
+  if (fast) {
+    if (depthOk(fast.rest)) SCANNED.add(fast.doc);
+    return { raw: fast.doc, format: "toml" };
+  }
   try {
-    // Its inline nesting capped as JSON's is (smol-toml refuses deeper inline arrays and tables as it reads them).
-    return { raw: parseToml(text, { maxDepth: MAX_DEPTH }), format: "toml" };
+    return { raw: parseToml(text, options), format: "toml" };
   } catch (e) {
     const where = e instanceof TomlError ? ` (line ${e.line}, column ${e.column})` : "";
     const first = (e as Error).message.split("\n")[0];
     throw badRequest("invalid_toml", `the sweep file is not valid TOML${where}: ${first}`, "body");
+  }
+}
+
+function depthOk(v: unknown): boolean {
+  try {
+    checkDepth(v);
+    return true;
+  } catch {
+    return false;
   }
 }
 
@@ -94,7 +113,8 @@ const isTable = (v: unknown): v is Record<string, unknown> => typeof v === "obje
 /**
  * Values parseSweepText parsed from JSON text that scanJson passed: nested at most MAX_DEPTH levels, no table of more
  * than MAX_TABLE_KEYS keys (it counts keys as written, duplicates too), so expandSweep's checkDepth cannot fail on them
- * and is skipped (a walk over every table of the file). TOML is checked again (its dotted keys nest without brackets).
+ * and is skipped (a walk over every table of the file). TOML is checked again (its dotted keys nest without brackets),
+ * but for a fast-read list (toml-fast.ts) whose rest checkDepth passed: the list itself cannot fail it.
  */
 const SCANNED = new WeakSet<object>();
 
