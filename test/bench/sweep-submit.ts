@@ -19,7 +19,7 @@ const bodies = (process.env.SWEEP_BODIES ?? "json,toml,product").split(",");
 const modes = (process.env.SWEEP_MODES ?? "cold,warm").split(",");
 const flags = (process.env.SWEEP_NODE_FLAGS ?? "").split(" ").filter(Boolean);
 
-type M = { proc_ms: number; main_ms: number; bytes: number };
+type M = { proc_ms: number; main_ms: number; bytes: number; phases?: Record<string, [number, number]> };
 const got = new Map<string, M[]>();
 const loads: number[] = [];
 for (let r = 0; r < runs; r++) {
@@ -44,3 +44,10 @@ const fmt = (xs: number[]) => {
 console.log(`load average ${Math.min(...loads).toFixed(1)}–${Math.max(...loads).toFixed(1)}, ${runs} runs each`);
 console.log("body mode tree | process CPU ms | main thread ms | bytes of rows");
 for (const [key, ms] of got) console.log(`${key} | ${fmt(ms.map((m) => m.proc_ms))} | ${fmt(ms.map((m) => m.main_ms))} | ${ms[0].bytes}`);
+// Per phase of planSweep (the child's probe): median process / main-thread ms.
+const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1].toFixed(1);
+console.log("phases (median process/main ms):");
+for (const [key, ms] of got) {
+  const names = Object.keys(ms[0].phases ?? {});
+  console.log(`${key} | ${names.map((n) => `${n} ${med(ms.map((m) => m.phases![n][0]))}/${med(ms.map((m) => m.phases![n][1]))}`).join(", ")}`);
+}

@@ -33,7 +33,7 @@ export function planSweep(text: string, contentType: string | undefined, id: str
   const { maxSweepRuns } = settings(env);
   const { raw, format } = parseSweepText(text, contentType, maxSweepRuns);
   probe?.();
-  const { configs, warnings, written } = expandSweep(raw, maxSweepRuns);
+  const { configs, warnings, written } = expandSweep(raw, maxSweepRuns, text.length);
   probe?.();
   const cfgs = configs.map((x) => x.cfg);
   checkArtifacts(cfgs, env);
