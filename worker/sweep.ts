@@ -909,6 +909,28 @@ function dataJsonBatch(datas: DataConfig[]): string[] | undefined {
   return all.indexOf('},{"', from) < 0 ? out : undefined;
 }
 
+/** A combo groupIndex caches in an array: a small integer, below the number of configs. */
+const smallCombo = (combo: number | undefined, n: number): combo is number => combo !== undefined && combo >= 0 && combo < n && Number.isInteger(combo);
+
+/**
+ * The data texts groupIndex's loop will read, serialized in one call (dataJsonBatch), in the order it reads them: of
+ * the configs it keys (the first of each combo) those that have a base (expandSweep's: their DataConfigs come from
+ * resolveData, flat with sorted keys), a config that shares the DataConfig object of the one before sharing its text.
+ * Its own function, not a loop inside groupIndex: V8 then compiles two small loops, not one big function on stack.
+ */
+function batchedDataTexts(cfgs: ExpandedConfig[]): string[] | undefined {
+  const seenCombo = new Uint8Array(cfgs.length);
+  const batch: DataConfig[] = [];
+  for (const c of cfgs) {
+    if (smallCombo(c.combo, cfgs.length)) {
+      if (seenCombo[c.combo]) continue;
+      seenCombo[c.combo] = 1;
+    }
+    if (c.base !== undefined && c.cfg.data !== batch[batch.length - 1]) batch.push(c.cfg.data);
+  }
+  return batch.length > 1 ? dataJsonBatch(batch) : undefined;
+}
+
 /**
  * The groups of keyedGroups without a list of members each (4096 groups of one config made 8192 small arrays): each
  * group's key as the text around its data (`around`: the key is around[0] + data + around[1]; one pair shared by the
@@ -934,27 +956,14 @@ export function groupIndex(cfgs: ExpandedConfig[]): { groups: { around: [string,
   let around: [string, string] = ["", ""];
   let rest = "";
   let inner: Map<string, Group> | undefined;
-  // The data texts the loop below will read, serialized in one call: the configs it keys (the first of each combo)
-  // that have a base (expandSweep's: their DataConfigs come from resolveData, flat with sorted keys). A config that
-  // shares the DataConfig object of the one before shares its text.
-  const small = (combo: number | undefined): combo is number => combo !== undefined && combo >= 0 && combo < cfgs.length && Number.isInteger(combo);
-  const seenCombo = new Uint8Array(cfgs.length);
-  const batch: DataConfig[] = [];
-  for (const c of cfgs) {
-    if (small(c.combo)) {
-      if (seenCombo[c.combo]) continue;
-      seenCombo[c.combo] = 1;
-    }
-    if (c.base !== undefined && c.cfg.data !== batch[batch.length - 1]) batch.push(c.cfg.data);
-  }
-  const texts = batch.length > 1 ? dataJsonBatch(batch) : undefined;
+  const texts = batchedDataTexts(cfgs);
   let next = 0;
   let prevData: DataConfig | undefined;
   let prevText = "";
   for (let i = 0; i < cfgs.length; i++) {
     const c = cfgs[i];
     const combo = c.combo;
-    const isSmall = small(combo);
+    const isSmall = smallCombo(combo, cfgs.length);
     let g = isSmall ? groupOfCombo[combo] : undefined;
     if (g === undefined) {
       // A config with a base comes from expandSweep, whose DataConfigs (resolveData) are flat with sorted keys.
