@@ -106,13 +106,17 @@ function withList(text: string, key: string, open: number, close: number, option
     return undefined;
   }
   if (rest[key] !== placeholder || !Array.isArray(list)) return undefined;
-  // Keys distinct in each table (TOML refuses a repeated one; JSON.parse keeps the last): as many keys as pairs.
-  let keys = 0;
-  for (const t of list) {
-    if (typeof t !== "object" || t === null || Array.isArray(t)) return undefined;
-    for (const k in t) if (Object.hasOwn(t, k)) keys++;
+  // Keys distinct in each table (TOML refuses a repeated one; JSON.parse keeps the last): as many keys as pairs. Every
+  // item is a table of at least one pair (checkedList), so as many pairs as tables means one key each, none repeated
+  // (4096 datasets of a URL each: no loop over them).
+  if (pairs !== list.length) {
+    let keys = 0;
+    for (const t of list) {
+      if (typeof t !== "object" || t === null || Array.isArray(t)) return undefined;
+      for (const k in t) if (Object.hasOwn(t, k)) keys++;
+    }
+    if (keys !== pairs) return undefined;
   }
-  if (keys !== pairs) return undefined;
   // The same key order as smol-toml's (the placeholder held the list's place); the values are shared.
   const doc = Object.assign(Object.create(null) as Record<string, unknown>, rest);
   doc[key] = list;
