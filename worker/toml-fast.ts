@@ -28,8 +28,12 @@ export const FAST_LIST_MIN_CHARS = 16 * 1024;
 const WS = String.raw`(?:[ \t]|\r?\n)*`;
 const VALUE = String.raw`"[^"\\\x00-\x1f\x7f]*"|true|false|0|-?[1-9][0-9]{0,14}|-?(?:0|[1-9][0-9]*)(?:\.[0-9]+(?:[eE][+-]?[0-9]+)?|[eE][+-]?[0-9]+)`;
 const PAIR = String.raw`[ \t]*[A-Za-z0-9_-]+[ \t]*=[ \t]*(?:${VALUE})[ \t]*`;
+const TABLE = String.raw`\{${PAIR}(?:,${PAIR}){0,255}\}${WS}`;
 /** One table and what follows it up to the next table or the list's end: `,` (and blanks), or `]`. */
-const ITEM_RE = new RegExp(String.raw`\{${PAIR}(?:,${PAIR}){0,255}\}${WS}(?:,${WS})?`, "y");
+const ITEM_RE = new RegExp(String.raw`${TABLE}(?:,${WS})?`, "y");
+/** RUN tables, each followed by its comma, in one regex step (4096 datasets: 128 steps, not 4096). */
+const RUN = 32;
+const RUN_RE = new RegExp(String.raw`(?:${TABLE},${WS}){${RUN}}`, "y");
 /** A pair in a checked list, its key captured to be quoted (the value is matched whole, so a string's "," or "=" is never taken for a key). */
 const PAIR_RE = new RegExp(String.raw`([{,][ \t]*)([A-Za-z0-9_-]+)[ \t]*=[ \t]*(${VALUE})`, "g");
 /** A line `key = [` at the top level, up to the "[". */
@@ -68,6 +72,12 @@ function checkedList(text: string, open: number): number {
   let i = lead.lastIndex;
   let items = 0;
   for (;;) {
+    RUN_RE.lastIndex = i;
+    if (RUN_RE.test(text)) {
+      items += RUN;
+      i = RUN_RE.lastIndex;
+      continue;
+    }
     ITEM_RE.lastIndex = i;
     if (!ITEM_RE.test(text)) break;
     items++;

@@ -52,7 +52,8 @@ function fuzzDoc(r: () => number): string {
     const pairs = Array.from({ length: n }, (_, j) => `${distinct ? distinct[j] : r() < 0.85 ? pick(KEYS.slice(0, 7)) : pick(KEYS)}${pick(["", " ", "\t"])}=${pick(["", " "])}${value()}`);
     return `{${pick(["", " "])}${pairs.join(pick([",", ", ", " ,"]))}${pick(["", " "])}}`;
   };
-  const n = 1 + Math.floor(r() * 5);
+  // Now and then more than 32 tables: the 32-table regex step (RUN_RE) and its tail.
+  const n = r() < 0.1 ? 30 + Math.floor(r() * 40) : 1 + Math.floor(r() * 5);
   let list = pick(["[", "[ ", "[\n", "[\r\n  "]);
   for (let i = 0; i < n; i++) list += table() + (i < n - 1 ? (r() < 0.9 ? pick(SEPS.slice(0, 4)) : pick(SEPS)) : pick(["", ",", ",\n", "\n", " , "]));
   list += "]";
