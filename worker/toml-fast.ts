@@ -7,7 +7,7 @@
  * placeholder where the list was. Anything outside the subset, or any doubt, gives undefined: the caller parses
  * the whole text with smol-toml as before (so errors, their lines and columns are smol-toml's, unchanged).
  *
- * The subset (one list, one line or several; checked table by table before anything is built):
+ * The subset (one list, one line or several; checked by regex, 32 tables a step, before anything is built):
  *   - the list is the value of a bare key at the top level of the document (before any [table] header), written at
  *     the start of its line: `data = [` … `]`;
  *   - its items are inline tables on one line each, separated by commas, with blanks and newlines (LF or CRLF)
