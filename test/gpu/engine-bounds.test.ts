@@ -7,7 +7,8 @@
  * latents, a workgroup per row past it) and of SMALL_K, a production d_sae (4096, odd 4097), partial row chunks and
  * one chunk (BatchTopK's speculative pass), direct (software) and tiled (GPU) matmuls. The matmul choices alone, at
  * more shapes: test/gpu/matmul-bounds.test.ts. Dawn only; the d_sae 4096 engines' selection and AuxK kernels are
- * most of its time (~50 s on 2 cores at load 2).
+ * most of its time (55 s on the 2 shared cores at load 4, 78 s at load 6). A workgroup array indexed past its end in
+ * the workgroup-per-row select (seg[tid + 1]) counts 223 at d_sae 4097 and nothing at 144: the wide shapes matter.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DEFAULT_CHOICE, choiceId, parseChoiceId } from "../../shaders/matmul-template";

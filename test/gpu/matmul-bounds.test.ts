@@ -4,9 +4,11 @@
  * at shapes whose rows and columns are not multiples of the tiles (a batch of 20 or 32 rows in 64- and 128-row
  * tiles) and with Matryoshka blocks. With Dawn's robustness off (SAE_SWARM_ROBUSTNESS, the runner's default) nothing
  * clamps an index: the direct kernels' rows past M once read up to 1.6 MB past H and crashed SwiftShader (the storage
- * e2e test's sweep, d_sae 4096, batch 32). The check is the kernel's own (test/helpers/bounds-check.ts), so it holds
- * in both modes; the first case shows it counts what it should. Whole engines: test/gpu/engine-bounds.test.ts.
- * Dawn only: compiling is most of its time (~75 s on 2 cores at load 2; the tiled BK 32 and 128 × 128 ones ~7–9 s).
+ * e2e test's sweep, d_sae 4096, batch 32: the last case, which counts 6.6e4–1.3e7 per matmul without the clamps). The
+ * check is the kernel's own (test/helpers/bounds-check.ts), so it holds in both modes; the first case shows it
+ * counts what it should. Whole engines: test/gpu/engine-bounds.test.ts.
+ * Dawn only: compiling is most of its time (85 s on the 2 shared cores at load 5, 110 s at load 7; the tiled BK 32
+ * and 128 × 128 choices 7–10 s each).
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { TuneShape } from "../../shaders/autotune";
@@ -31,6 +33,8 @@ const CASES: Array<[TuneShape, string[]]> = [
   // build their scalar twin, checked on the line before)
   [{ d: 33, n: 97, B: 20, K: 2, P: 3 }, TILED.filter((c) => !c.endsWith("/v4"))],
   [{ d: 36, n: 100, B: 20, K: 2, P: 3 }, TILED.filter((c) => c.endsWith("/v4"))],
+  // the shape and choice that crashed SwiftShader before the direct kernels clamped (storage e2e, robustness off)
+  [{ d: 64, n: 4096, B: 32, K: 2, P: 1 }, ["128x64/8x4/k16/direct"]],
 ];
 
 describe.skipIf(skip !== null)("matmul kernels stay inside their bindings (dawn)", () => {
