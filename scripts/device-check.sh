@@ -19,8 +19,8 @@ if [ -z "${VK_ICD_FILENAMES:-}" ] && [ ! -e /dev/nvidia0 ] && [ -e /usr/lib/chro
 fi
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 status=0
-echo "== kernel checks (the matmul generator's kernels against float64; the autotuner: its choices, and engines running every one of them against the default engine; on Dawn) =="
-npx vitest run -c vitest.config.ts test/gpu/matmul-variants.test.ts test/gpu/autotune.test.ts || status=1
+echo "== kernel checks (the matmul generator's kernels against float64; the autotuner: its choices, and engines running every one of them against the default engine; every kernel's indices in bounds, as robustness is off by default (runner/robustness.ts); on Dawn) =="
+npx vitest run -c vitest.config.ts test/gpu/matmul-variants.test.ts test/gpu/autotune.test.ts test/gpu/matmul-bounds.test.ts test/gpu/engine-bounds.test.ts test/gpu/robustness.test.ts || status=1
 if [ -n "${DEVICE_CHECK_SMALL:-}" ]; then
   export BENCH_D=${BENCH_D:-32} BENCH_EXP=${BENCH_EXP:-4} BENCH_B=${BENCH_B:-256} BENCH_K=${BENCH_K:-1,8} BENCH_REPS=${BENCH_REPS:-1}
   export BENCH_IDLE=${BENCH_IDLE:-0}

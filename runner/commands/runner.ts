@@ -83,7 +83,7 @@ export async function runner(argv: string[]): Promise<number> {
   }
   // SAE_SWARM_ROBUSTNESS (runner/robustness.ts): a bad value stops here, naming the variable, before any backend
   try {
-    if (robustness() === "off") console.log("[runner] SAE_SWARM_ROBUSTNESS=off: Dawn's bounds clamps are off (faster steps, for measuring: see runner/robustness.ts)");
+    if (robustness() === "on") console.log("[runner] SAE_SWARM_ROBUSTNESS=on: Dawn clamps every index (slower steps; the default, off, is checked in bounds: see runner/robustness.ts)");
   } catch (e) {
     console.error(`[runner] ${(e as Error).message}`);
     return 1;

@@ -55,23 +55,56 @@ async function matmulBounds(device: GPUDevice, input: { shape: TuneShape; choice
       const err = await device.popErrorScope();
       if (err) throw new Error(`matmulBounds ${m} ${input.choice}: ${err.message}`);
       const { M, N } = matmulShape(m, { d: s.d, n: s.n, B: s.B });
-      const read = make(4, GPUBufferUsage.MAP_READ);
-      const enc = device.createCommandEncoder();
-      const pass = enc.beginComputePass();
-      pass.setPipeline(pipeline);
-      pass.setBindGroup(0, bind);
-      pass.dispatchWorkgroups(...matmulGrid(choice, M, N, s.K));
-      pass.end();
-      enc.copyBufferToBuffer(count, 0, read, 0, 4);
-      device.queue.submit([enc.finish()]);
-      await read.mapAsync(GPUMapMode.READ);
-      out[m] = new Uint32Array(read.getMappedRange().slice(0))[0];
-      read.unmap();
+      out[m] = await dispatchAndCount(device, pipeline, bind, matmulGrid(choice, M, N, s.K), count);
     }
   } finally {
     for (const b of created) b.destroy();
   }
   return out;
+}
+
+/** A kernel that indexes a 4-element storage binding, a workgroup array and a thread's array at 0..9, through the
+ *  check: how many accesses it counted (18 when it counts each access past each array once). */
+async function boundsProbe(device: GPUDevice): Promise<number> {
+  const code = boundsChecked(
+    /* wgsl */ `@group(0) @binding(0) var<storage, read_write> a: array<u32>;
+var<workgroup> w: array<u32, 4>;
+@compute @workgroup_size(1)
+fn main() {
+  var t: array<u32, 4>;
+  for (var i = 0u; i < 10u; i++) { a[i] = i; w[i] = i; t[i] = i; }
+  a[0] = w[3] + t[3];
+}`,
+    1,
+  );
+  const a = device.createBuffer({ size: 16, usage: GPUBufferUsage.STORAGE });
+  const count = device.createBuffer({ size: 4, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC });
+  try {
+    const pipeline = device.createComputePipeline({ layout: "auto", compute: { module: device.createShaderModule({ code }), entryPoint: "main" } });
+    const bind = device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries: [{ binding: 0, resource: { buffer: a } }, { binding: 1, resource: { buffer: count } }] });
+    return await dispatchAndCount(device, pipeline, bind, [1, 1, 1], count);
+  } finally {
+    for (const b of [a, count]) b.destroy();
+  }
+}
+
+/** Runs one dispatch and reads the counter it added to (a 4-byte storage buffer with COPY_SRC). */
+async function dispatchAndCount(device: GPUDevice, pipeline: GPUComputePipeline, bind: GPUBindGroup, grid: [number, number, number], count: GPUBuffer): Promise<number> {
+  const read = device.createBuffer({ size: 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+  try {
+    const enc = device.createCommandEncoder();
+    const pass = enc.beginComputePass();
+    pass.setPipeline(pipeline);
+    pass.setBindGroup(0, bind);
+    pass.dispatchWorkgroups(...grid);
+    pass.end();
+    enc.copyBufferToBuffer(count, 0, read, 0, 4);
+    device.queue.submit([enc.finish()]);
+    await read.mapAsync(GPUMapMode.READ);
+    return new Uint32Array(read.getMappedRange().slice(0))[0];
+  } finally {
+    read.destroy();
+  }
 }
 
 /** Steps of an engine whose every kernel is bounds-checked, on random batches: accesses outside a binding. */
@@ -91,6 +124,7 @@ async function engineBounds(device: GPUDevice, input: { cfgs: TrainConfig[]; opt
 }
 
 export const boundsCases: Record<string, GpuCase> = {
+  boundsProbe: (device) => boundsProbe(device),
   matmulBounds: (device, input) => matmulBounds(device, input),
   engineBounds: (device, input) => engineBounds(device, input),
 };

@@ -3,7 +3,7 @@
  * --enable-dawn-features switch, Dawn through the `webgpu` package's instance flags. Neither refuses a toggle it
  * does not know, so only a read past a binding tells: clamped to the binding's last element with robustness on
  * (Tint's transform, on every driver); past it without. Run it in both modes:
- *   SAE_SWARM_ROBUSTNESS=off npx vitest run -c vitest.config.ts test/gpu/robustness.test.ts   (the default is on)
+ *   SAE_SWARM_ROBUSTNESS=on npx vitest run -c vitest.config.ts test/gpu/robustness.test.ts   (the default is off)
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { robustness } from "../../runner/robustness";

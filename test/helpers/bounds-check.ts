@@ -1,21 +1,28 @@
 /**
- * Instruments WGSL so that every index into a storage binding is checked against the binding's length
- * (arrayLength) before use: an index past it adds 1 to an atomic counter (bound at `binding`) and is replaced by 0.
- * What Dawn's robustness transform would clamp silently is counted here, whatever SAE_SWARM_ROBUSTNESS is: a kernel
- * whose count is not 0 reads or writes outside its bindings, which with robustness off reads other buffers' memory
- * or (past the allocation) crashes SwiftShader's GPU process.
+ * Instruments WGSL so that every index into an array is checked against the array's length before use: storage
+ * bindings against arrayLength, fixed-size workgroup and function-scope arrays (histograms, scan segments, a
+ * thread's top-k keys) against their declared count. An index past it adds 1 to an atomic counter (bound at
+ * `binding`) and is replaced by 0. What Dawn's robustness transform would clamp silently (it clamps all of these, not
+ * only storage) is counted here, whatever SAE_SWARM_ROBUSTNESS is: a kernel whose count is not 0 reads or writes
+ * outside an array, which with robustness off reads other buffers' memory (or another variable's, in workgroup or
+ * thread memory), or (past the allocation) crashes SwiftShader's GPU process. Vector components (v[l], l < 4 in every
+ * kernel's loops) are not checked.
  */
 export function boundsChecked(code: string, binding: number): string {
-  const names = [...code.matchAll(/@binding\(\d+\) var<storage[^>]*> (\w+)\s*:\s*array</g)].map((m) => m[1]);
+  const storage = [...code.matchAll(/@binding\(\d+\) var<storage[^>]*> (\w+)\s*:\s*array</g)].map((m) => m[1]);
+  // var<workgroup> name: array<T, N>; and (in a function) var name: array<T, N>; T may be atomic<u32>, N a const
+  const fixed = [...code.matchAll(/\bvar(?:<workgroup>)?\s+(\w+)\s*:\s*array<\s*(?:\w+<\w+>|\w+)\s*,\s*([\w$]+)\s*>/g)].map((m) => [m[1], m[2]]);
+  if (new Set(fixed.map(([name]) => name)).size !== fixed.length) throw new Error(`boundsChecked: two fixed-size arrays share a name in one module`);
   let out = code;
-  for (const name of names) out = wrapIndices(out, name);
+  for (const name of storage) out = wrapIndices(out, name, `arrayLength(&${name})`);
+  for (const [name, count] of fixed) out = wrapIndices(out, name, `u32(${count})`);
   return `${out}
 @group(0) @binding(${binding}) var<storage, read_write> oobCount: atomic<u32>;
 fn oobCheck(i: u32, len: u32) -> u32 { if (i >= len) { atomicAdd(&oobCount, 1u); return 0u; } return i; }`;
 }
 
-/** Rewrites every `name[expr]` as `name[oobCheck(expr, arrayLength(&name))]` (expr may nest brackets). */
-function wrapIndices(code: string, name: string): string {
+/** Rewrites every `name[expr]` as `name[oobCheck(expr, len)]` (expr may nest brackets). */
+function wrapIndices(code: string, name: string, len: string): string {
   const re = new RegExp(`\\b${name}\\[`, "g");
   let out = "";
   let at = 0;
@@ -26,8 +33,8 @@ function wrapIndices(code: string, name: string): string {
     for (; i < code.length && depth > 0; i++) depth += code[i] === "[" ? 1 : code[i] === "]" ? -1 : 0;
     if (depth !== 0) throw new Error(`boundsChecked: unbalanced brackets after ${name}[`);
     // the index itself may index this binding too
-    const index = wrapIndices(code.slice(open, i - 1), name);
-    out += `${code.slice(at, open)}oobCheck(${index}, arrayLength(&${name}))]`;
+    const index = wrapIndices(code.slice(open, i - 1), name, len);
+    out += `${code.slice(at, open)}oobCheck(${index}, ${len})]`;
     at = i;
     re.lastIndex = i;
   }

@@ -62,7 +62,7 @@ async function dawn(): Promise<GPU> {
   if (!dawnGpu) {
     const { create, globals } = await import("webgpu");
     Object.assign(globalThis, globals);
-    dawnGpu = create(dawnRobustnessFlags()); // as the runner: SAE_SWARM_ROBUSTNESS, on unless `off`
+    dawnGpu = create(dawnRobustnessFlags()); // as the runner: SAE_SWARM_ROBUSTNESS, off unless `on`
   }
   return dawnGpu;
 }

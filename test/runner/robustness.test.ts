@@ -5,8 +5,9 @@ import { chromeRobustnessArgs, dawnRobustnessFlags, robustness } from "../../run
 
 describe("SAE_SWARM_ROBUSTNESS", () => {
   it("is off unless set to on, and names itself when set to anything else", () => {
-    expect(robustness({})).toBe("on");
-    expect(robustness({ SAE_SWARM_ROBUSTNESS: "" })).toBe("on");
+    expect(robustness({})).toBe("off");
+    expect(robustness({ SAE_SWARM_ROBUSTNESS: "" })).toBe("off");
+    expect(robustness({ SAE_SWARM_ROBUSTNESS: "  " })).toBe("off");
     expect(robustness({ SAE_SWARM_ROBUSTNESS: " ON " })).toBe("on");
     expect(robustness({ SAE_SWARM_ROBUSTNESS: " Off" })).toBe("off");
     expect(() => robustness({ SAE_SWARM_ROBUSTNESS: "1" })).toThrow(/SAE_SWARM_ROBUSTNESS must be "on" or "off", not "1"/);
