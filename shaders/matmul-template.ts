@@ -123,15 +123,16 @@ export interface MatmulOptions {
    * its rows, and quadBroadcast hands the four k to all four lanes, whose rows are the same (TX % 4 == 0: a quad is
    * four neighbouring column threads). On SwiftShader a quad is 4 consecutive invocations, its SIMD width, and every
    * storage load is a 4-lane gather: the A operand (the same address in all four lanes before) costs a quarter of
-   * the loads. Only where a quad's four lanes run the same k loop: plain and kSegments (bounds per SAE), not the
-   * per-thread block loops of nBlocks / mBlocks, and not with vec4 loads along k. Needs the device's "subgroups"
+   * the loads. The four lanes must run the same k loops: a direct nBlocks kernel's block loop then spans the quad's
+   * columns, not the thread's (B is masked per column, so a block none of a lane's columns is in adds 0). Not with
+   * vec4 loads along k. Needs the device's "subgroups"
    * feature; the engine and the tuner turn it on for software adapters that have it (kernels.ts matmulOptions).
    */
   quad?: boolean;
 }
 
 function quadApplies(s: MatmulSpec, c: MatmulChoice, v4: { a: boolean; bk: boolean }): boolean {
-  return c.direct && !v4.a && !v4.bk && (s.mode === "plain" || s.mode === "kSegments") && (c.tileN / c.outN) % 4 === 0;
+  return c.direct && !v4.a && !v4.bk && (c.tileN / c.outN) % 4 === 0;
 }
 
 /**
@@ -163,7 +164,7 @@ export function matmul(s: MatmulSpec, choice: MatmulChoice | boolean, header: st
   // the load expressions with their invariant parts inlined (tiled kernels; direct ones bind ai, bi and ak)
   const inlineA = sub(sub(s.loadA, "ai", s.aInv ?? "ai"), "ak", s.aK ?? "ak");
   const inlineB = sub(s.loadB, "bi", s.bInv ?? "bi");
-  const colExpr = (g: number) => `n0 + 4u * (tx + ${TX * g}u)`;
+  const colExpr = (g: number, t = "tx") => `n0 + 4u * (${t} + ${TX * g}u)`;
   const rowExpr = (i: number) => `m0 + ty + ${TY * i}u`;
 
   const fmaRows = (aOf: (i: number) => string, bOf: (g: number) => string) =>
@@ -338,9 +339,10 @@ export function matmul(s: MatmulSpec, choice: MatmulChoice | boolean, header: st
     // the whole tile's: Matryoshka's blocks are a few latents wide at the start, so a tile spans up to P of them
     const own = c.direct && s.mode === "nBlocks";
     // (colExpr: the thread's column groups, so the bounds follow the thread layout)
-    const first = own ? colExpr(0) : s.mode === "nBlocks" ? "n0" : "m0";
+    // quad: the quad's columns (its lanes are tx & ~3 .. tx | 3), so its four lanes run the same blocks
+    const first = own ? colExpr(0, quad ? "(tx & ~3u)" : "tx") : s.mode === "nBlocks" ? "n0" : "m0";
     const last = own
-      ? `min(${colExpr(CG - 1)} + 3u, N - 1u)`
+      ? `min(${colExpr(CG - 1, quad ? "(tx | 3u)" : "tx")} + 3u, N - 1u)`
       : s.mode === "nBlocks" ? `min(n0 + ${c.tileN - 1}u, N - 1u)` : `min(m0 + ${c.tileM - 1}u, M - 1u)`;
     body = `for (var q = blockOf(sae, ${first}); q <= blockOf(sae, ${last}); q++) {
       let rLo = bound(sae, q); let rHi = bound(sae, q + 1u);

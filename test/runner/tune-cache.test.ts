@@ -104,18 +104,17 @@ describe("the kernel cache on disk", () => {
             expect(wgsl.includes(matmul(MATMUL_SPECS[m], c, KERNEL_HEADER, matmulShape(m, s), { quad })), `${m} ${choiceId(c)} at ${JSON.stringify(s)}${quad ? ", quad" : ""}`).toBe(true);
   });
 
-  it("A read once per quad: the direct plain and kSegments matmuls only, where a quad's lanes share rows", () => {
+  it("A read once per quad: the direct matmuls only, without vec4 loads along k", () => {
     const s = { d: 64, n: 256, B: 64 };
     const has = (m: MatmulName, id: string, quad: boolean) => matmul(MATMUL_SPECS[m], parseChoiceId(id)!, KERNEL_HEADER, matmulShape(m, s), { quad }).includes("quadBroadcast");
-    for (const m of ["ENCODE", "DECODE", "GRAD_W_ENC"] as const) {
+    for (const m of MATMUL_NAMES) {
       expect(has(m, "64x64/4x4/k16/direct", true), m).toBe(true);
       expect(has(m, "128x64/8x4/k16/direct", true), m).toBe(true);
       expect(has(m, "64x64/4x4/k16/direct", false), m).toBe(false);
       expect(has(m, "64x64/4x4/k16/tiled", true), m).toBe(false);
     }
-    // per-thread block loops (a quad's lanes may run different blocks) and vec4 loads along k keep their own loads
-    for (const m of ["GRAD_F", "GRAD_W_DEC"] as const) expect(has(m, "64x64/4x4/k16/direct", true), m).toBe(false);
-    expect(has("ENCODE", "64x64/8x8/k16/direct/v4", true)).toBe(false);
+    // vec4 loads along k (encode and decode's A, dL/df's A and B) keep their own loads
+    for (const m of ["ENCODE", "DECODE", "GRAD_F"] as const) expect(has(m, "64x64/8x8/k16/direct/v4", true), m).toBe(false);
     expect(has("GRAD_W_ENC", "64x64/8x8/k16/direct/v4", true)).toBe(true);
   });
 });
