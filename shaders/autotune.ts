@@ -10,8 +10,8 @@
  * The runner caches the result per adapter and shape (runner/tune-cache.ts) and reports it with the lease.
  */
 import { planMemory, type MemoryPlan } from "./fit";
-import { KERNEL_HEADER, MATMUL_NAMES, MATMUL_SPECS, META_WORDS, VEC4_VIEW, matmulShape, type MatmulChoices, type MatmulName } from "./kernels";
-import { choiceFor, choiceId, matmul, matmulGrid, parseChoiceId, validChoice, type MatmulChoice } from "./matmul-template";
+import { KERNEL_HEADER, MATMUL_NAMES, MATMUL_SPECS, META_WORDS, VEC4_VIEW, matmulOptions, matmulShape, type MatmulChoices, type MatmulName } from "./kernels";
+import { choiceFor, choiceId, matmul, matmulGrid, parseChoiceId, validChoice, type MatmulChoice, type MatmulOptions } from "./matmul-template";
 import { drawPrefixBounds } from "./schedule";
 
 /** The shape an engine runs its matmuls at: the row chunk's rows and the slab's SAEs of its memory plan. */
@@ -143,8 +143,8 @@ export function shrinkShape(s: TuneShape, maxBytes: number, maxRows = Infinity, 
   return t;
 }
 
-export function kernelCode(m: MatmulName, c: MatmulChoice, s: TuneShape): string {
-  return matmul(MATMUL_SPECS[m], c, KERNEL_HEADER, matmulShape(m, { d: s.d, n: s.n, B: s.B }));
+export function kernelCode(m: MatmulName, c: MatmulChoice, s: TuneShape, opts?: MatmulOptions): string {
+  return matmul(MATMUL_SPECS[m], c, KERNEL_HEADER, matmulShape(m, { d: s.d, n: s.n, B: s.B }), opts);
 }
 
 /**
@@ -157,7 +157,8 @@ export function candidateWgsl(): string {
     { d: 64, n: 256, B: 64, K: 2, P: 2 },
     { d: 33, n: 97, B: 35, K: 3, P: 1 },
   ];
-  return shapes.flatMap((s) => MATMUL_NAMES.flatMap((m) => TUNER_CHOICES.map((c) => kernelCode(m, c, s)))).join("\n");
+  // each as the engine builds it on a software adapter with subgroups (A read once per quad) and elsewhere
+  return shapes.flatMap((s) => MATMUL_NAMES.flatMap((m) => TUNER_CHOICES.flatMap((c) => [false, true].map((quad) => kernelCode(m, c, s, { quad }))))).join("\n");
 }
 
 export function* bindingsOf(code: string): Generator<{ binding: number; kind: "uniform" | "storage"; readOnly: boolean; name: string }> {
@@ -261,7 +262,7 @@ export async function autotune(device: GPUDevice, shape: TuneShape, o: TuneOptio
   /** Compiles choice for matmul m (null when this adapter cannot build it: then it is no candidate). */
   const build = async (m: MatmulName, choice: MatmulChoice): Promise<Candidate | null> => {
     const { M, N } = matmulShape(m, { d: s.d, n: s.n, B: s.B });
-    const code = kernelCode(m, choice, s);
+    const code = kernelCode(m, choice, s, matmulOptions(device, o.software));
     const entries: GPUBindGroupLayoutEntry[] = [];
     const resources: GPUBindGroupEntry[] = [];
     for (const b of bindingsOf(code)) {

@@ -18,7 +18,7 @@
  *     The normalizations (scale, 1/B) are the whole batch's: the chunks sum to SAE.md's full-batch step.
  */
 
-import { choiceFor, DEFAULT_CHOICE, matmul, type MatmulChoice, type MatmulSpec } from "./matmul-template";
+import { choiceFor, DEFAULT_CHOICE, matmul, type MatmulChoice, type MatmulOptions, type MatmulSpec } from "./matmul-template";
 
 export type { MatmulChoice, MatmulSpec };
 export const TILE = 64; // output tile of the matmuls (TILE × TILE, 16 × 16 threads, 4 × 4 outputs per thread)
@@ -435,13 +435,20 @@ export type MatmulChoices = Partial<Record<MatmulName, MatmulChoice>>;
  * 64 × 64, 4 × 4, BK 16, as before the tuner), or a MatmulChoice per matmul (the tuner's). `shape` lets vec4
  * choices use their vec4 paths where the spec has them.
  */
-export function matmulKernels(choices: boolean | MatmulChoices, shape?: { d: number; n: number; B: number }): Record<MatmulName, string> {
+export function matmulKernels(choices: boolean | MatmulChoices, shape?: { d: number; n: number; B: number }, opts?: MatmulOptions): Record<MatmulName, string> {
   const out = {} as Record<MatmulName, string>;
   for (const name of MATMUL_NAMES) {
     const c = typeof choices === "boolean" ? choiceFor(choices) : (choices[name] ?? DEFAULT_CHOICE);
-    out[name] = matmul(MATMUL_SPECS[name], c, HEADER, shape && matmulShape(name, shape));
+    out[name] = matmul(MATMUL_SPECS[name], c, HEADER, shape && matmulShape(name, shape), opts);
   }
   return out;
+}
+
+/** The step matmuls' MatmulOptions on a device: A read once per quad (`quad`) on software adapters that have
+ *  subgroups (SwiftShader: a quad is its 4-lane SIMD group; GPUs run the tiled kernels). The engine and the tuner
+ *  both take it, so the tuner times the engine's own kernels. */
+export function matmulOptions(device: GPUDevice, software: boolean): MatmulOptions {
+  return { quad: software && device.features.has("subgroups") };
 }
 
 /** A plain C[M, N] = A[M, K]·B[K, N] from the same generator (dims.B = M, dims.d = K, dims.n = N): a roofline
@@ -458,6 +465,6 @@ export const PLAIN_MATMUL: MatmulSpec = {
   loadB4: "Bm4[(gk * dims.n + gn) / 4u]",
 };
 
-export function plainMatmul(choice: boolean | MatmulChoice, shape?: { N: number; KD: number }): string {
-  return matmul(PLAIN_MATMUL, choice, HEADER, shape);
+export function plainMatmul(choice: boolean | MatmulChoice, shape?: { N: number; KD: number }, opts?: MatmulOptions): string {
+  return matmul(PLAIN_MATMUL, choice, HEADER, shape, opts);
 }

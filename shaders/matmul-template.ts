@@ -117,15 +117,34 @@ export function vec4Applies(s: MatmulSpec, shape: { N: number; KD: number }): { 
 
 const range = (n: number) => Array.from({ length: n }, (_, i) => i);
 
+export interface MatmulOptions {
+  /**
+   * Direct kernels read A once per quad (WGSL subgroups): lane l of each quad of invocations loads A at k + l for
+   * its rows, and quadBroadcast hands the four k to all four lanes, whose rows are the same (TX % 4 == 0: a quad is
+   * four neighbouring column threads). On SwiftShader a quad is 4 consecutive invocations, its SIMD width, and every
+   * storage load is a 4-lane gather: the A operand (the same address in all four lanes before) costs a quarter of
+   * the loads. The four lanes must run the same k loops: a direct nBlocks kernel's block loop then spans the quad's
+   * columns, not the thread's (B is masked per column, so a block none of a lane's columns is in adds 0). Not with
+   * vec4 loads along k. Needs the device's "subgroups"
+   * feature; the engine and the tuner turn it on for software adapters that have it (kernels.ts matmulOptions).
+   */
+  quad?: boolean;
+}
+
+function quadApplies(s: MatmulSpec, c: MatmulChoice, v4: { a: boolean; bk: boolean }): boolean {
+  return c.direct && !v4.a && !v4.bk && (c.tileN / c.outN) % 4 === 0;
+}
+
 /**
  * WGSL for spec `s` computed as `choice` (a boolean is the old interface: direct or tiled, 64 × 64, 4 × 4, BK 16).
  * `header` is prepended (the engine's Dims struct and helpers, which the spec's expressions use). `shape` (N, KD)
  * decides whether vec4 paths apply; without it they are off.
  */
-export function matmul(s: MatmulSpec, choice: MatmulChoice | boolean, header: string, shape?: { N: number; KD: number }): string {
+export function matmul(s: MatmulSpec, choice: MatmulChoice | boolean, header: string, shape?: { N: number; KD: number }, opts: MatmulOptions = {}): string {
   const c = typeof choice === "boolean" ? choiceFor(choice) : choice;
   if (!validChoice(c, { invocations: 1024, workgroupBytes: 65536 })) throw new Error(`matmul: invalid choice ${choiceId(c)}`);
   const v4 = c.vec4 && shape ? vec4Applies(s, shape) : { a: false, b: false, bk: false, store: false };
+  const quad = !!opts.quad && quadApplies(s, c, v4);
   const TX = c.tileN / c.outN; // threads along n
   const TY = c.tileM / c.outM; // threads along m
   const T = TX * TY;
@@ -145,7 +164,7 @@ export function matmul(s: MatmulSpec, choice: MatmulChoice | boolean, header: st
   // the load expressions with their invariant parts inlined (tiled kernels; direct ones bind ai, bi and ak)
   const inlineA = sub(sub(s.loadA, "ai", s.aInv ?? "ai"), "ak", s.aK ?? "ak");
   const inlineB = sub(s.loadB, "bi", s.bInv ?? "bi");
-  const colExpr = (g: number) => `n0 + 4u * (tx + ${TX * g}u)`;
+  const colExpr = (g: number, t = "tx") => `n0 + 4u * (${t} + ${TX * g}u)`;
   const rowExpr = (i: number) => `m0 + ty + ${TY * i}u`;
 
   const fmaRows = (aOf: (i: number) => string, bOf: (g: number) => string) =>
@@ -232,11 +251,13 @@ export function matmul(s: MatmulSpec, choice: MatmulChoice | boolean, header: st
       return maskB ? `select(vec4f(0.0), ${e}, okB${g})` : e;
     };
     const akDecl = (k: string, name: string) => (s.aK ? `let ${name} = ${sub(s.aK, "gk", k)};` : "");
-    const step = (k: string) => `{
-          ${akDecl(k, "akv")}
+    const step = (k: string, quadU?: number) => `{
+          ${quadU === undefined ? akDecl(k, "akv") : ""}
           ${groups.map((g) => `let b${g} = ${bVec(g, k)};`).join("\n          ")}
-          ${fmaRows((i) => aAt(i, k, "akv"), (g) => `b${g}`)}
+          ${fmaRows((i) => (quadU === undefined ? aAt(i, k, "akv") : `quadBroadcast(qa${i}, ${quadU}u)`), (g) => `b${g}`)}
         }`;
+    // quad (MatmulOptions): lane l of each quad reads A at k + l, then the four k are broadcast across the quad
+    const quadLoads = () => `${akDecl("gk + (sgid & 3u)", "akq")} ${rows.map((i) => `let qa${i} = ${aAt(i, "gk + (sgid & 3u)", "akq")};`).join(" ")}`;
     // four k per iteration from vec4 loads along k: A (aKFast: one load per row) and / or B (bNFast false: one load
     // per column); the other operand as in step
     const a4At = (i: number, k: string) => {
@@ -286,7 +307,7 @@ export function matmul(s: MatmulSpec, choice: MatmulChoice | boolean, header: st
       }
       // four k per iteration while they last (less loop overhead), then one at a time
       for (; gk + 4u <= kHi; gk += 4u) {
-        ${v4.a || v4.bk ? stepA4("gk") : range(4).map((u) => step(`gk + ${u}u`)).join("\n        ")}
+        ${v4.a || v4.bk ? stepA4("gk") : quad ? quadLoads() + range(4).map((u) => step(`gk + ${u}u`, u)).join("\n        ") : range(4).map((u) => step(`gk + ${u}u`)).join("\n        ")}
       }
       for (; gk < kHi; gk++) { ${step("gk")} }
     }`;
@@ -318,9 +339,10 @@ export function matmul(s: MatmulSpec, choice: MatmulChoice | boolean, header: st
     // the whole tile's: Matryoshka's blocks are a few latents wide at the start, so a tile spans up to P of them
     const own = c.direct && s.mode === "nBlocks";
     // (colExpr: the thread's column groups, so the bounds follow the thread layout)
-    const first = own ? colExpr(0) : s.mode === "nBlocks" ? "n0" : "m0";
+    // quad: the quad's columns (its lanes are tx & ~3 .. tx | 3), so its four lanes run the same blocks
+    const first = own ? colExpr(0, quad ? "(tx & ~3u)" : "tx") : s.mode === "nBlocks" ? "n0" : "m0";
     const last = own
-      ? `min(${colExpr(CG - 1)} + 3u, N - 1u)`
+      ? `min(${colExpr(CG - 1, quad ? "(tx | 3u)" : "tx")} + 3u, N - 1u)`
       : s.mode === "nBlocks" ? `min(n0 + ${c.tileN - 1}u, N - 1u)` : `min(m0 + ${c.tileM - 1}u, M - 1u)`;
     body = `for (var q = blockOf(sae, ${first}); q <= blockOf(sae, ${last}); q++) {
       let rLo = bound(sae, q); let rHi = bound(sae, q + 1u);
@@ -329,11 +351,13 @@ export function matmul(s: MatmulSpec, choice: MatmulChoice | boolean, header: st
     ${epilogue}`;
   }
   const shared = c.direct ? "" : `var<workgroup> As: array<f32, ${BK * c.tileM}>;\nvar<workgroup> Bs: array<f32, ${BK * c.tileN}>;`;
-  return /* wgsl */ `${header}
+  // subgroup_uniformity off: a kSegments K loop's bounds come from a storage buffer, which WGSL's uniformity analysis
+  // cannot prove uniform; they are the SAE's (wg.z), the same for the whole workgroup
+  return /* wgsl */ `${quad ? "enable subgroups;\ndiagnostic(off, subgroup_uniformity);\n" : ""}${header}
 ${s.bindings}
 ${shared}
 @compute @workgroup_size(${TX}, ${TY})
-fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) lid: u32, @builtin(local_invocation_id) lxy: vec3u) {
+fn main(${quad ? "@builtin(subgroup_invocation_id) sgid: u32, " : ""}@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) lid: u32, @builtin(local_invocation_id) lxy: vec3u) {
   let sae = wg.z;
   let tx = lxy.x; let ty = lxy.y;
   let m0 = wg.y * ${c.tileM}u; let n0 = wg.x * ${c.tileN}u;

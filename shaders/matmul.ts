@@ -6,8 +6,8 @@
  * M % 64 = N % 64 = K % 16 = 0. "gen:<choice>" is kernels.ts's generator (matmul-template.ts) for that choice, on
  * any shape: the same code the step's matmuls are built from.
  */
-import { makeKernel } from "./engine";
-import { plainMatmul } from "./kernels";
+import { isSoftwareDevice, makeKernel } from "./engine";
+import { matmulOptions, plainMatmul } from "./kernels";
 import { choiceFor, choiceId, matmulGrid, parseChoiceId, type MatmulChoice } from "./matmul-template";
 
 export type MatmulVariant = "tiled" | "direct" | `gen:${string}`;
@@ -103,7 +103,7 @@ export function createMatmul(device: GPUDevice, variant: MatmulVariant, M: numbe
   let layout: GPUBindGroupLayout;
   let buffers: GPUBuffer[];
   if (choice) {
-    const kernel = makeKernel(device, variant, plainMatmul(choice, { N, KD: K }));
+    const kernel = makeKernel(device, variant, plainMatmul(choice, { N, KD: K }, matmulOptions(device, isSoftwareDevice(device))));
     pipeline = kernel.pipeline;
     layout = kernel.layout;
     buffers = [dims, meta, A, B, C, A, B];

@@ -21,16 +21,18 @@ import type { TrainConfig } from "../../shaders/config";
 import { requestSaeDevice } from "../../shaders/device";
 import { expandSweep, parseSweepText } from "../../worker/sweep";
 import { trainConfig } from "../helpers/train-config";
+import { dawnRobustnessFlags, robustness } from "../../runner/robustness";
 
 const ICD = "/usr/lib/chromium/vk_swiftshader_icd.json";
 if (!process.env.VK_ICD_FILENAMES && existsSync(ICD) && !existsSync("/dev/nvidia0")) process.env.VK_ICD_FILENAMES = ICD;
 const { create, globals } = await import("webgpu");
 Object.assign(globalThis, globals);
-const gpu = create(["disable-dawn-features=timestamp_quantization"]);
+// the runner's robustness setting (SAE_SWARM_ROBUSTNESS), so both sides run as a runner would
+const gpu = create(["disable-dawn-features=timestamp_quantization", ...dawnRobustnessFlags()]);
 const { device, report } = await requestSaeDevice(gpu);
 device.addEventListener("uncapturederror", (e) => console.error("WebGPU error:", (e as GPUUncapturedErrorEvent).error.message));
 if (!device.features.has("timestamp-query")) throw new Error("steps: the device has no timestamp-query");
-console.log(`adapter: ${report.vendor} ${report.architecture} ${report.description}`);
+console.log(`adapter: ${report.vendor} ${report.architecture} ${report.description}; robustness ${robustness()}`);
 
 const reps = Number(process.env.STEPS_REPS ?? 5);
 let cfgs: TrainConfig[];
@@ -51,7 +53,7 @@ const x = Float32Array.from({ length: B * d }, (_, i) => Math.max(0, (Math.sin(i
 // the engine's recorded dispatches (private; read here to time each one alone)
 type Dispatch = { kernel: { pipeline: GPUComputePipeline }; bind: GPUBindGroup; size: [number, number, number] };
 type Engine = Pick<SaeEngine, "step" | "uploadBatch" | "initBDec" | "destroy" | "plan" | "matmulVariant" | "kernels">;
-interface Side { label: string; engine: Engine; batch: GPUBuffer; dispatches: Dispatch[]; stepNs: number; best: number[]; cpu: number[] }
+interface Side { label: string; engine: Engine; batch: GPUBuffer; dispatches: Dispatch[]; stepNs: number; steps: number[]; best: number[]; all: number[][]; cpu: number[] }
 async function side(label: string, create: (device: GPUDevice, cfgs: TrainConfig[], o: object) => Engine): Promise<Side> {
   const t0 = performance.now();
   const engine = create(device, cfgs, { memoryBudget: 8 * 2 ** 30 });
@@ -63,7 +65,7 @@ async function side(label: string, create: (device: GPUDevice, cfgs: TrainConfig
   console.log(`${label}: created and 2 warm-up steps in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
   const dispatches = [...(engine as unknown as { stepDispatches(): Iterable<Dispatch> }).stepDispatches()];
   console.log(`${label}: ${engine.plan.rowChunks} × ${engine.plan.rowsPerChunk} rows, ${engine.plan.slabs} slab(s); matmuls ${Object.entries(engine.kernels).map(([m, c]) => `${m} ${choiceId(c)}`).join(", ")}; ${dispatches.length} dispatches`);
-  return { label, engine, batch, dispatches, stepNs: Infinity, best: dispatches.map(() => Infinity), cpu: dispatches.map(() => Infinity) };
+  return { label, engine, batch, dispatches, stepNs: Infinity, steps: [], all: [], best: dispatches.map(() => Infinity), cpu: dispatches.map(() => Infinity) };
 }
 // STEPS_BASELINE=DIR: the same step by another checkout's engine (DIR/shaders/engine.ts), timed in turn with this one
 // in the same process, so both see the same machine load (the fastest of STEPS_REPS rounds each)
@@ -101,6 +103,7 @@ for (let r = 0; r < reps; r++)
     device.queue.submit([enc.finish()]);
     const t = await stamps(1);
     sd.stepNs = Math.min(sd.stepNs, Number(t[1] - t[0]));
+    sd.steps.push(Number(t[1] - t[0]));
     // each dispatch alone (same order, same buffers: each sees its predecessors' writes as in the step)
     const M = sd.dispatches.length;
     enc = device.createCommandEncoder();
@@ -115,7 +118,10 @@ for (let r = 0; r < reps; r++)
     enc.copyBufferToBuffer(resolve, 0, read, 0, 16 * M);
     device.queue.submit([enc.finish()]);
     const u = await stamps(M);
-    for (let i = 0; i < M; i++) sd.best[i] = Math.min(sd.best[i], Number(u[2 * i + 1] - u[2 * i]));
+    for (let i = 0; i < M; i++) {
+      sd.best[i] = Math.min(sd.best[i], Number(u[2 * i + 1] - u[2 * i]));
+      (sd.all[i] ??= []).push(Number(u[2 * i + 1] - u[2 * i]));
+    }
     // STEPS_CPU=1: each dispatch alone in a submit of its own, timed by this process's CPU time (SwiftShader runs
     // in it): the work a kernel costs, which other processes' load on the cores changes less than wall time
     if (process.env.STEPS_CPU)
@@ -134,13 +140,18 @@ for (let r = 0; r < reps; r++)
       }
   }
 
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length ? (s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2) : NaN;
+}
 for (const sd of sides) {
-  const byKernel = new Map<string, { count: number; ns: number; workgroups: number; cpuNs: number }>();
+  const byKernel = new Map<string, { count: number; ns: number; medNs: number; workgroups: number; cpuNs: number }>();
   sd.dispatches.forEach((p, i) => {
     const label = p.kernel.pipeline.label;
-    const e = byKernel.get(label) ?? { count: 0, ns: 0, workgroups: 0, cpuNs: 0 };
+    const e = byKernel.get(label) ?? { count: 0, ns: 0, medNs: 0, workgroups: 0, cpuNs: 0 };
     e.count++;
     e.ns += sd.best[i];
+    e.medNs += median(sd.all[i] ?? []);
     e.cpuNs += sd.cpu[i];
     e.workgroups += p.size[0] * p.size[1] * p.size[2];
     byKernel.set(label, e);
@@ -148,13 +159,18 @@ for (const sd of sides) {
   const sum = sd.best.reduce((a, b) => a + b, 0);
   console.log(`\n${sd.label}: per dispatch (fastest of ${reps} rounds each, a compute pass per dispatch), in step order:`);
   const cpu = process.env.STEPS_CPU ? "    CPU ms" : "";
-  console.log(`kernel               dispatches  workgroups        ms   share${cpu}`);
+  console.log(`kernel               dispatches  workgroups        ms   share  median ms${cpu}`);
   for (const [label, e] of byKernel)
-    console.log(`${label.padEnd(20)} ${String(e.count).padStart(10)} ${String(e.workgroups).padStart(11)} ${(e.ns / 1e6).toFixed(2).padStart(9)} ${((100 * e.ns) / sum).toFixed(1).padStart(6)} %${cpu ? (e.cpuNs / 1e6).toFixed(1).padStart(10) : ""}`);
+    console.log(`${label.padEnd(20)} ${String(e.count).padStart(10)} ${String(e.workgroups).padStart(11)} ${(e.ns / 1e6).toFixed(2).padStart(9)} ${((100 * e.ns) / sum).toFixed(1).padStart(6)} % ${(e.medNs / 1e6).toFixed(2).padStart(9)}${cpu ? (e.cpuNs / 1e6).toFixed(1).padStart(10) : ""}`);
   console.log(`${"Σ dispatches alone".padEnd(20)} ${String(sd.dispatches.length).padStart(10)} ${"".padStart(11)} ${(sum / 1e6).toFixed(2).padStart(9)}`);
-  console.log(`whole step in one pass: ${(sd.stepNs / 1e6).toFixed(2)} ms (fastest of ${reps})`);
+  console.log(`whole step in one pass: ${(sd.stepNs / 1e6).toFixed(2)} ms (fastest of ${reps}), median ${(median(sd.steps) / 1e6).toFixed(2)} ms`);
 }
-if (sides.length === 2) console.log(`\nstep: ${(sides[1].stepNs / 1e6).toFixed(1)} ms (baseline) → ${(sides[0].stepNs / 1e6).toFixed(1)} ms (this tree): ${(sides[1].stepNs / sides[0].stepNs).toFixed(2)}×`);
+if (sides.length === 2) {
+  console.log(`\nstep: ${(sides[1].stepNs / 1e6).toFixed(1)} ms (baseline) → ${(sides[0].stepNs / 1e6).toFixed(1)} ms (this tree): ${(sides[1].stepNs / sides[0].stepNs).toFixed(2)}×`);
+  // the rounds' ratios: each round times both sides back to back, so the median ratio is the least load-bound figure
+  const ratios = sides[0].steps.map((t, r) => sides[1].steps[r] / t);
+  console.log(`step medians: ${(median(sides[1].steps) / 1e6).toFixed(1)} → ${(median(sides[0].steps) / 1e6).toFixed(1)} ms: ${(median(sides[1].steps) / median(sides[0].steps)).toFixed(2)}×; rounds' ratios ${ratios.map((x) => x.toFixed(2)).join(" ")} (median ${median(ratios).toFixed(2)}×)`);
+}
 
 // the bare cost of a dispatch in a pass: 256 one-invocation dispatches in one stamped pass, minus one alone
 {

@@ -12,7 +12,7 @@ import type { TrainConfig } from "../../shaders/config";
 import { SaeEngine, type EngineOptions } from "../../shaders/engine";
 import type { GpuCase } from "./cases";
 
-async function matmulBounds(device: GPUDevice, input: { shape: TuneShape; choice: string }): Promise<Record<string, number>> {
+async function matmulBounds(device: GPUDevice, input: { shape: TuneShape; choice: string; quad?: boolean }): Promise<Record<string, number>> {
   const s = input.shape;
   const choice = parseChoiceId(input.choice);
   if (!choice) throw new Error(`matmulBounds: no choice ${input.choice}`);
@@ -31,7 +31,7 @@ async function matmulBounds(device: GPUDevice, input: { shape: TuneShape; choice
   const out: Record<string, number> = {};
   try {
     for (const m of MATMUL_NAMES) {
-      const plain = kernelCode(m, choice, s);
+      const plain = kernelCode(m, choice, s, { quad: input.quad });
       const bindings = [...bindingsOf(plain)];
       const counter = Math.max(...bindings.map((b) => b.binding)) + 1;
       const code = boundsChecked(plain, counter);

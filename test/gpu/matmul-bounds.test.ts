@@ -25,9 +25,12 @@ const TILED = GPU_CANDIDATES.map(choiceId).filter((c) => c.includes("/tiled"));
 // vec4 paths on (d, n multiples of 4), Matryoshka blocks; 20 rows: M (ENCODE, DECODE, GRAD_F) and KD (the weight
 // gradients) short of a tile. Scalar paths (odd d and n: a /v4 choice builds its scalar twin), Vanilla, 32 rows.
 // Each choice's WGSL once per path (SwiftShader compiles an 8 × 8 direct kernel in ~10 s).
-const CASES: Array<[TuneShape, string[]]> = [
+const CASES: Array<[TuneShape, string[], boolean?]> = [
   [{ d: 36, n: 100, B: 20, K: 2, P: 3 }, SOFTWARE.filter((c) => c.endsWith("/v4") || !c.startsWith("64x64/8x8"))],
   [{ d: 33, n: 97, B: 32, K: 2, P: 1 }, SOFTWARE.filter((c) => !c.endsWith("/v4"))],
+  // the scalar software choices with A read once per quad (MatmulOptions.quad, what a software engine with
+  // subgroups builds), Matryoshka's kSegments decode included
+  [{ d: 33, n: 97, B: 20, K: 2, P: 3 }, SOFTWARE.filter((c) => !c.endsWith("/v4")), true],
   // every tiled GPU candidate (the default first): the scalar ones at an odd shape with Matryoshka blocks (20 rows
   // short of every tile, d and n of no tile), the /v4 ones where their vec4 loads apply (at an odd n they would
   // build their scalar twin, checked on the line before)
@@ -49,10 +52,10 @@ describe.skipIf(skip !== null)("matmul kernels stay inside their bindings (dawn)
     expect(await gpu.run<number>("boundsProbe", {})).toBe(18);
   });
 
-  for (const [shape, choices] of CASES)
+  for (const [shape, choices, quad] of CASES)
     for (const choice of choices)
-      it(`${choice} at d ${shape.d}, n ${shape.n}, B ${shape.B}, P ${shape.P}`, async () => {
-        const counts = await gpu.run<Record<string, number>>("matmulBounds", { shape, choice });
+      it(`${choice}${quad ? " (quad)" : ""} at d ${shape.d}, n ${shape.n}, B ${shape.B}, P ${shape.P}`, async () => {
+        const counts = await gpu.run<Record<string, number>>("matmulBounds", { shape, choice, quad });
         expect(counts).toEqual(Object.fromEntries(Object.keys(counts).map((m) => [m, 0])));
         expect(Object.keys(counts)).toHaveLength(5);
       }, 60_000);

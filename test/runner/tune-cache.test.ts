@@ -11,8 +11,8 @@ import path from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { cachedReport, candidateWgsl, choicesOf, TUNER_CHOICES, type TuneResult } from "../../shaders/autotune";
 import { KernelsBody } from "../../worker/bodies";
-import { KERNEL_HEADER, MATMUL_NAMES, MATMUL_SPECS, matmulShape } from "../../shaders/kernels";
-import { choiceId, matmul } from "../../shaders/matmul-template";
+import { KERNEL_HEADER, MATMUL_NAMES, MATMUL_SPECS, matmulShape, type MatmulName } from "../../shaders/kernels";
+import { choiceId, matmul, parseChoiceId } from "../../shaders/matmul-template";
 import { requestSaeDevice } from "../../shaders/device";
 import { adapterKey, cachePath, kernelCacheFor, kernelsVersion, loadTuned, saveTuned, type AdapterIdentity, type Runtime } from "../../runner/tune-cache";
 import { launchChrome } from "../../runner/chrome";
@@ -100,7 +100,22 @@ describe("the kernel cache on disk", () => {
     for (const m of MATMUL_NAMES)
       for (const c of TUNER_CHOICES)
         for (const s of [{ d: 64, n: 256, B: 64 }, { d: 33, n: 97, B: 35 }])
-          expect(wgsl.includes(matmul(MATMUL_SPECS[m], c, KERNEL_HEADER, matmulShape(m, s))), `${m} ${choiceId(c)} at ${JSON.stringify(s)}`).toBe(true);
+          for (const quad of [false, true])
+            expect(wgsl.includes(matmul(MATMUL_SPECS[m], c, KERNEL_HEADER, matmulShape(m, s), { quad })), `${m} ${choiceId(c)} at ${JSON.stringify(s)}${quad ? ", quad" : ""}`).toBe(true);
+  });
+
+  it("A read once per quad: the direct matmuls only, without vec4 loads along k", () => {
+    const s = { d: 64, n: 256, B: 64 };
+    const has = (m: MatmulName, id: string, quad: boolean) => matmul(MATMUL_SPECS[m], parseChoiceId(id)!, KERNEL_HEADER, matmulShape(m, s), { quad }).includes("quadBroadcast");
+    for (const m of MATMUL_NAMES) {
+      expect(has(m, "64x64/4x4/k16/direct", true), m).toBe(true);
+      expect(has(m, "128x64/8x4/k16/direct", true), m).toBe(true);
+      expect(has(m, "64x64/4x4/k16/direct", false), m).toBe(false);
+      expect(has(m, "64x64/4x4/k16/tiled", true), m).toBe(false);
+    }
+    // vec4 loads along k (encode and decode's A, dL/df's A and B) keep their own loads
+    for (const m of ["ENCODE", "DECODE", "GRAD_F"] as const) expect(has(m, "64x64/8x8/k16/direct/v4", true), m).toBe(false);
+    expect(has("GRAD_W_ENC", "64x64/8x8/k16/direct/v4", true)).toBe(true);
   });
 });
 
