@@ -21,16 +21,18 @@ import type { TrainConfig } from "../../shaders/config";
 import { requestSaeDevice } from "../../shaders/device";
 import { expandSweep, parseSweepText } from "../../worker/sweep";
 import { trainConfig } from "../helpers/train-config";
+import { dawnRobustnessFlags, robustness } from "../../runner/robustness";
 
 const ICD = "/usr/lib/chromium/vk_swiftshader_icd.json";
 if (!process.env.VK_ICD_FILENAMES && existsSync(ICD) && !existsSync("/dev/nvidia0")) process.env.VK_ICD_FILENAMES = ICD;
 const { create, globals } = await import("webgpu");
 Object.assign(globalThis, globals);
-const gpu = create(["disable-dawn-features=timestamp_quantization"]);
+// the runner's robustness setting (SAE_SWARM_ROBUSTNESS, runner/robustness.ts), as the bench takes it
+const gpu = create(["disable-dawn-features=timestamp_quantization", ...dawnRobustnessFlags()]);
 const { device, report } = await requestSaeDevice(gpu);
 device.addEventListener("uncapturederror", (e) => console.error("WebGPU error:", (e as GPUUncapturedErrorEvent).error.message));
 if (!device.features.has("timestamp-query")) throw new Error("steps: the device has no timestamp-query");
-console.log(`adapter: ${report.vendor} ${report.architecture} ${report.description}`);
+console.log(`adapter: ${report.vendor} ${report.architecture} ${report.description}; robustness ${robustness()}`);
 
 const reps = Number(process.env.STEPS_REPS ?? 5);
 let cfgs: TrainConfig[];
