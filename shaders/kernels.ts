@@ -65,12 +65,12 @@ fn act(h: f32, theta: f32) -> f32 { return select(0.0, h, h > theta); }
 fn act4(h: vec4f, theta: vec4f) -> vec4f { return select(vec4f(0.0), h, h > theta); }
 // ∂f/∂h = 1{h > θ} (ReLU: 1{h > 0}; JumpReLU: H(h − θ)).
 fn actGrad(h: f32, theta: f32) -> f32 { return select(0.0, 1.0, h > theta); }
-// Kahan–Babuška (Neumaier) compensated sum: s.x is the sum, s.y the running compensation.
+// Kahan–Babuška (Neumaier) compensated sum: s.x is the sum, s.y the running compensation. Branchless (both terms, then
+// a select: the same operations and roundings as an if/else): SwiftShader runs a branch that splits its SIMD lanes as
+// both sides anyway, with masking on top; the select made LATENT_COLS ~40 % faster (BENCHMARKS.md §8).
 fn kadd(s: vec2f, v: f32) -> vec2f {
   let t = s.x + v;
-  var c = s.y;
-  if (abs(s.x) >= abs(v)) { c += (s.x - t) + v; } else { c += (v - t) + s.x; }
-  return vec2f(t, c);
+  return vec2f(t, s.y + select((v - t) + s.x, (s.x - t) + v, abs(s.x) >= abs(v)));
 }
 `;
 
@@ -427,6 +427,22 @@ export const MATMUL_SPECS = { ENCODE, DECODE, GRAD_F, GRAD_W_ENC, GRAD_W_DEC } a
 export type MatmulName = keyof typeof MATMUL_SPECS;
 export const MATMUL_NAMES = Object.keys(MATMUL_SPECS) as MatmulName[];
 
+/**
+ * A block-mode spec (kSegments, nBlocks) as one plain pass over block q = 0: what a group without Matryoshka SAEs
+ * runs (every SAE one block [0, n), Pmax 1), without the block loop's bounds and the per-load block masks (GRAD_F
+ * ~10 % faster at 4 × 4 per thread on SwiftShader, test/bench/fusion.ts's "plain").
+ */
+export function oneBlock(s: MatmulSpec): MatmulSpec {
+  if (s.mode === "plain") return s;
+  const out: MatmulSpec = { ...s, mode: "plain" };
+  for (const key of ["loadA", "loadB", "loadA4", "loadB4", "loadBk4", "epilogue", "epilogue4", "aK", "aK4", "aInv", "bInv", "bInv4", "prologue"] as const)
+    if (s[key] !== undefined) out[key] = s[key].replace(/\bq\b/g, "0u");
+  return out;
+}
+
+/** The spec a step runs for matmul `name`: its block form when the group has Matryoshka SAEs (`blocks`), else oneBlock's. */
+export const matmulSpec = (name: MatmulName, blocks: boolean): MatmulSpec => (blocks ? MATMUL_SPECS[name] : oneBlock(MATMUL_SPECS[name]));
+
 /** Output rows, columns and reduction length of each step matmul at a shape (the autotuner's and the grid's sizes). */
 export function matmulShape(name: MatmulName, s: { d: number; n: number; B: number }): { M: number; N: number; KD: number } {
   const { d, n, B } = s;
@@ -439,13 +455,14 @@ export type MatmulChoices = Partial<Record<MatmulName, MatmulChoice>>;
 /**
  * The five matmul-shaped kernels of a step. `choices`: true/false (the barrier-free direct variant or the tiled one,
  * 64 × 64, 4 × 4, BK 16, as before the tuner), or a MatmulChoice per matmul (the tuner's). `shape` lets vec4
- * choices use their vec4 paths where the spec has them.
+ * choices use their vec4 paths where the spec has them. `blocks`: whether the group has Matryoshka SAEs (more than one
+ * prefix; see matmulSpec).
  */
-export function matmulKernels(choices: boolean | MatmulChoices, shape?: { d: number; n: number; B: number }): Record<MatmulName, string> {
+export function matmulKernels(choices: boolean | MatmulChoices, shape?: { d: number; n: number; B: number }, blocks = true): Record<MatmulName, string> {
   const out = {} as Record<MatmulName, string>;
   for (const name of MATMUL_NAMES) {
     const c = typeof choices === "boolean" ? choiceFor(choices) : (choices[name] ?? DEFAULT_CHOICE);
-    out[name] = matmul(MATMUL_SPECS[name], c, HEADER, shape && matmulShape(name, shape));
+    out[name] = matmul(matmulSpec(name, blocks), c, HEADER, shape && matmulShape(name, shape));
   }
   return out;
 }

@@ -4,11 +4,11 @@
  * the same matmul stripped of one fused part at a time, on Dawn/SwiftShader, timed with timestamp queries, one
  * dispatch per compute pass, every variant in turn within each round (so all see the same load), fastest and median
  * of FUSION_REPS rounds:
- *   step       the step's spec as the engine runs it
+ *   step       the step's spec as the engine runs it for this group (kernels.ts matmulSpec: Vanilla, one block)
  *   store      its epilogue replaced by a bare store of v into the same output
  *   loads      its fused loads replaced by bare loads of the same operand at the same layout (no aK / aInv / bInv)
- *   plain      block modes (kSegments / nBlocks) run as one plain pass with q = 0 (a Vanilla slab has one block)
- *   bare       all three: a plain matmul of the same M × N × K and layouts
+ *   blocks     the block form (kSegments / nBlocks) a group with Matryoshka SAEs runs, here on one block
+ *   bare       store and loads: a plain matmul of the same M × N × K and layouts
  *   baseline   with FUSION_BASELINE=DIR: the step's spec as DIR's checkout builds it (DIR/shaders/kernels.ts and
  *              matmul-template.ts), an A/B of the kernel in one process
  * FUSION_CHOICES: choice ids (default 64x64/8x8/k16/direct,64x64/4x4/k16/direct); FUSION_MATMULS: some of the five;
@@ -17,7 +17,7 @@
  */
 import { existsSync } from "node:fs";
 import { makeKernel } from "../../shaders/engine";
-import { KERNEL_HEADER, MATMUL_NAMES, MATMUL_SPECS, matmulShape, META_WORDS, type MatmulName, type MatmulSpec } from "../../shaders/kernels";
+import { KERNEL_HEADER, MATMUL_NAMES, MATMUL_SPECS, matmulShape, META_WORDS, oneBlock, type MatmulName, type MatmulSpec } from "../../shaders/kernels";
 import { matmul, matmulGrid, parseChoiceId, type MatmulChoice } from "../../shaders/matmul-template";
 import { requestSaeDevice } from "../../shaders/device";
 import { dawnRobustnessFlags, robustness } from "../../runner/robustness";
@@ -62,15 +62,12 @@ const BARE: Record<MatmulName, { loads: Partial<MatmulSpec>; store: string }> = 
     store: "gW_dec[(sae * dims.n + nn) * dims.d + m] = v;",
   },
 };
-const q0 = (s?: string) => s?.replace(/\bq\b/g, "0u");
-const plainMode = (s: MatmulSpec): MatmulSpec =>
-  s.mode === "plain" ? s : { ...s, mode: "plain", loadA: q0(s.loadA)!, loadB: q0(s.loadB)!, loadA4: q0(s.loadA4), loadB4: q0(s.loadB4), loadBk4: q0(s.loadBk4), epilogue: q0(s.epilogue)!, epilogue4: q0(s.epilogue4) };
 const VARIANTS: Record<string, (name: MatmulName, s: MatmulSpec) => MatmulSpec | null> = {
-  step: (_, s) => s,
-  store: (name, s) => ({ ...s, epilogue: BARE[name].store, epilogue4: undefined }),
-  loads: (name, s) => (Object.keys(BARE[name].loads).length ? { ...s, ...BARE[name].loads } : null),
-  plain: (_, s) => (s.mode === "plain" ? null : plainMode(s)),
-  bare: (name, s) => plainMode({ ...s, ...BARE[name].loads, epilogue: BARE[name].store, epilogue4: undefined }),
+  step: (_, s) => oneBlock(s),
+  store: (name, s) => oneBlock({ ...s, epilogue: BARE[name].store, epilogue4: undefined }),
+  loads: (name, s) => (Object.keys(BARE[name].loads).length ? oneBlock({ ...s, ...BARE[name].loads }) : null),
+  blocks: (_, s) => (s.mode === "plain" ? null : s),
+  bare: (name, s) => oneBlock({ ...s, ...BARE[name].loads, epilogue: BARE[name].store, epilogue4: undefined }),
 };
 
 // buffers: every tensor the five specs bind, random (H about half positive, so the ReLU branches split)
