@@ -2,7 +2,8 @@
  * What the step matmuls' fused operands, epilogues and block modes cost (issue 12): each of the five step matmuls
  * (shaders/kernels.ts) at the bench's shape (FUSION_K SAEs, d_vit 64, d_sae 512, batch 1024; Vanilla ReLU), beside
  * the same matmul stripped of one fused part at a time, on Dawn/SwiftShader, timed with timestamp queries, one
- * dispatch per compute pass, every variant in turn within each round (so all see the same load), fastest and median
+ * dispatch per compute pass, every variant in turn within each round (so all see the same load; odd rounds in reverse
+ * order), fastest and median
  * of FUSION_REPS rounds:
  *   step       the step's spec as the engine runs it for this group (kernels.ts matmulSpec: Vanilla, one block)
  *   store      its epilogue replaced by a bare store of v into the same output
@@ -125,7 +126,9 @@ const resolve = device.createBuffer({ size: 16 * cases.length, usage: GPUBufferU
 const read = device.createBuffer({ size: 16 * cases.length, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
 for (let r = -1; r < reps; r++) {
   // one submit per case, in turn (r = -1: warm-up, first touches and lazy compilation)
-  for (const [i, c] of cases.entries()) {
+  // odd rounds in reverse order, so neither side of a pair always runs first
+  for (const i of [...cases.keys()].sort((a, b) => (r % 2 ? b - a : a - b))) {
+    const c = cases[i];
     const enc = device.createCommandEncoder();
     const pass = enc.beginComputePass({ timestampWrites: { querySet: qs, beginningOfPassWriteIndex: 2 * i, endOfPassWriteIndex: 2 * i + 1 } });
     pass.setPipeline(c.pipeline);
@@ -145,7 +148,7 @@ for (let r = -1; r < reps; r++) {
   // FUSION_CPU=1: each case again, alone in a submit, timed by this process's CPU time (SwiftShader runs in it): the
   // work a kernel costs, which the other processes on the cores change less than its wall time
   if (process.env.FUSION_CPU && r >= 0)
-    for (const c of cases) {
+    for (const c of r % 2 ? [...cases].reverse() : cases) {
       const e = device.createCommandEncoder();
       const pass = e.beginComputePass();
       pass.setPipeline(c.pipeline);

@@ -53,7 +53,7 @@ const x = Float32Array.from({ length: B * d }, (_, i) => Math.max(0, (Math.sin(i
 // the engine's recorded dispatches (private; read here to time each one alone)
 type Dispatch = { kernel: { pipeline: GPUComputePipeline }; bind: GPUBindGroup; size: [number, number, number] };
 type Engine = Pick<SaeEngine, "step" | "uploadBatch" | "initBDec" | "destroy" | "plan" | "matmulVariant" | "kernels">;
-interface Side { label: string; engine: Engine; batch: GPUBuffer; dispatches: Dispatch[]; stepNs: number; best: number[]; cpu: number[] }
+interface Side { label: string; engine: Engine; batch: GPUBuffer; dispatches: Dispatch[]; stepNs: number; steps: number[]; best: number[]; cpu: number[] }
 async function side(label: string, create: (device: GPUDevice, cfgs: TrainConfig[], o: object) => Engine): Promise<Side> {
   const t0 = performance.now();
   const engine = create(device, cfgs, { memoryBudget: 8 * 2 ** 30 });
@@ -65,7 +65,7 @@ async function side(label: string, create: (device: GPUDevice, cfgs: TrainConfig
   console.log(`${label}: created and 2 warm-up steps in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
   const dispatches = [...(engine as unknown as { stepDispatches(): Iterable<Dispatch> }).stepDispatches()];
   console.log(`${label}: ${engine.plan.rowChunks} × ${engine.plan.rowsPerChunk} rows, ${engine.plan.slabs} slab(s); matmuls ${Object.entries(engine.kernels).map(([m, c]) => `${m} ${choiceId(c)}`).join(", ")}; ${dispatches.length} dispatches`);
-  return { label, engine, batch, dispatches, stepNs: Infinity, best: dispatches.map(() => Infinity), cpu: dispatches.map(() => Infinity) };
+  return { label, engine, batch, dispatches, stepNs: Infinity, steps: [], best: dispatches.map(() => Infinity), cpu: dispatches.map(() => Infinity) };
 }
 // STEPS_BASELINE=DIR: the same step by another checkout's engine (DIR/shaders/engine.ts), timed in turn with this one
 // in the same process, so both see the same machine load (the fastest of STEPS_REPS rounds each)
@@ -103,6 +103,7 @@ for (let r = 0; r < reps; r++)
     device.queue.submit([enc.finish()]);
     const t = await stamps(1);
     sd.stepNs = Math.min(sd.stepNs, Number(t[1] - t[0]));
+    sd.steps.push(Number(t[1] - t[0]));
     // each dispatch alone (same order, same buffers: each sees its predecessors' writes as in the step)
     const M = sd.dispatches.length;
     enc = device.createCommandEncoder();
@@ -154,7 +155,9 @@ for (const sd of sides) {
   for (const [label, e] of byKernel)
     console.log(`${label.padEnd(20)} ${String(e.count).padStart(10)} ${String(e.workgroups).padStart(11)} ${(e.ns / 1e6).toFixed(2).padStart(9)} ${((100 * e.ns) / sum).toFixed(1).padStart(6)} %${cpu ? (e.cpuNs / 1e6).toFixed(1).padStart(10) : ""}`);
   console.log(`${"Σ dispatches alone".padEnd(20)} ${String(sd.dispatches.length).padStart(10)} ${"".padStart(11)} ${(sum / 1e6).toFixed(2).padStart(9)}`);
-  console.log(`whole step in one pass: ${(sd.stepNs / 1e6).toFixed(2)} ms (fastest of ${reps})`);
+  const sorted = [...sd.steps].sort((a, b) => a - b);
+  const median = (sorted[(sorted.length - 1) >> 1] + sorted[sorted.length >> 1]) / 2;
+  console.log(`whole step in one pass: ${(sd.stepNs / 1e6).toFixed(2)} ms (fastest of ${reps}), median ${(median / 1e6).toFixed(2)} ms; rounds ${sd.steps.map((x) => (x / 1e6).toFixed(0)).join(" ")}`);
 }
 if (sides.length === 2) console.log(`\nstep: ${(sides[1].stepNs / 1e6).toFixed(1)} ms (baseline) → ${(sides[0].stepNs / 1e6).toFixed(1)} ms (this tree): ${(sides[1].stepNs / sides[0].stepNs).toFixed(2)}×`);
 
