@@ -430,7 +430,7 @@ export const MATMUL_NAMES = Object.keys(MATMUL_SPECS) as MatmulName[];
 /**
  * A block-mode spec (kSegments, nBlocks) as one plain pass over block q = 0: what a group without Matryoshka SAEs
  * runs (every SAE one block [0, n), Pmax 1), without the block loop's bounds and the per-load block masks (GRAD_F
- * ~10 % faster at 4 × 4 per thread on SwiftShader, test/bench/fusion.ts's "plain").
+ * ~10 % faster at 4 × 4 per thread on SwiftShader: test/bench/fusion.ts, its "blocks" variant against "step").
  */
 export function oneBlock(s: MatmulSpec): MatmulSpec {
   if (s.mode === "plain") return s;
