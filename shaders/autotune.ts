@@ -10,7 +10,7 @@
  * The runner caches the result per adapter and shape (runner/tune-cache.ts) and reports it with the lease.
  */
 import { planMemory, type MemoryPlan } from "./fit";
-import { KERNEL_HEADER, MATMUL_NAMES, MATMUL_SPECS, META_WORDS, VEC4_VIEW, matmulOptions, matmulShape, type MatmulChoices, type MatmulName } from "./kernels";
+import { KERNEL_HEADER, MATMUL_NAMES, META_WORDS, VEC4_VIEW, matmulOptions, matmulShape, matmulSpec, type MatmulChoices, type MatmulName } from "./kernels";
 import { choiceFor, choiceId, matmul, matmulGrid, parseChoiceId, validChoice, type MatmulChoice, type MatmulOptions } from "./matmul-template";
 import { drawPrefixBounds } from "./schedule";
 
@@ -144,7 +144,7 @@ export function shrinkShape(s: TuneShape, maxBytes: number, maxRows = Infinity, 
 }
 
 export function kernelCode(m: MatmulName, c: MatmulChoice, s: TuneShape, opts?: MatmulOptions): string {
-  return matmul(MATMUL_SPECS[m], c, KERNEL_HEADER, matmulShape(m, { d: s.d, n: s.n, B: s.B }), opts);
+  return matmul(matmulSpec(m, s.P > 1), c, KERNEL_HEADER, matmulShape(m, { d: s.d, n: s.n, B: s.B }), opts);
 }
 
 /**

@@ -271,7 +271,7 @@ export class SaeEngine {
     const k = (label: string, code: string) => makeKernel(device, label, code);
     this.matmulVariant = options.matmul ?? (isSoftwareDevice(device) ? "direct" : "tiled");
     this.kernels = Object.fromEntries(K.MATMUL_NAMES.map((m) => [m, options.kernels?.[m] ?? choiceFor(this.matmulVariant === "direct")])) as Record<K.MatmulName, MatmulChoice>;
-    const mm = K.matmulKernels(this.kernels, { d, n, B: C }, K.matmulOptions(device, isSoftwareDevice(device)));
+    const mm = K.matmulKernels(this.kernels, { d, n, B: C }, K.matmulOptions(device, isSoftwareDevice(device)), this.maxPrefixes > 1);
     const spec = TK.batchSpeculates(this.plan.rowChunks, C, n);
     // short rows: the select kernels run a thread per row, else a workgroup per row (TK.perThreadRows)
     const perThread = TK.perThreadRows(n);

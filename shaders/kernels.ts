@@ -7,8 +7,9 @@
  * Layout (all row-major, f32; K = SAEs of the slab, B = rows of the chunk):
  *   x [batch, d] (the whole batch); W_enc [K, d, n]; b_enc [K, n]; W_dec [K, n, d]; b_dec [K, d]; log_threshold [K, n]
  *   H [K, B, n] pre-activations of the chunk (f = act(h) is recomputed where needed, so it is never stored)
- *   G [K, B, n] dL/df (ReLU: the L1 term included; JumpReLU: the L0 term reaches θ only); LATENT_COLS, its last
- *     reader as dL/df, rewrites it in place as dL/dh = dL/df·1{h > θ}, which is all GRAD_W_ENC needs
+ *   G [K, B, n] dL/dh = dL/df·1{h > θ}, which is all GRAD_W_ENC needs: ReLU SAEs' GRAD_F writes it at once (the L1
+ *     term included); JumpReLU's writes dL/df (the L0 term reaches θ only), which LATENT_COLS, its last reader as
+ *     dL/df (dL/dθ), rewrites in place as dL/dh
  *   R [K, Pmax, B, d]: first e_q = x̂_q − x per prefix q, then, in place, the suffix sums R_q = Σ_{r ≥ q} e_r
  *     (latent j of block q feeds every x̂_r with r ≥ q, so dL/df_j = scale·R_q·W_dec[j])
  *   latentPart, residPart: per partial (dims.chunk rows) of the whole batch, written by the chunk holding it and
@@ -64,12 +65,12 @@ fn act(h: f32, theta: f32) -> f32 { return select(0.0, h, h > theta); }
 fn act4(h: vec4f, theta: vec4f) -> vec4f { return select(vec4f(0.0), h, h > theta); }
 // ∂f/∂h = 1{h > θ} (ReLU: 1{h > 0}; JumpReLU: H(h − θ)).
 fn actGrad(h: f32, theta: f32) -> f32 { return select(0.0, 1.0, h > theta); }
-// Kahan–Babuška (Neumaier) compensated sum: s.x is the sum, s.y the running compensation.
+// Kahan–Babuška (Neumaier) compensated sum: s.x is the sum, s.y the running compensation. Branchless (both terms, then
+// a select: the same operations and roundings as an if/else): SwiftShader runs a branch that splits its SIMD lanes as
+// both sides anyway, with masking on top; the select made LATENT_COLS ~40 % faster (BENCHMARKS.md §8).
 fn kadd(s: vec2f, v: f32) -> vec2f {
   let t = s.x + v;
-  var c = s.y;
-  if (abs(s.x) >= abs(v)) { c += (s.x - t) + v; } else { c += (v - t) + s.x; }
-  return vec2f(t, c);
+  return vec2f(t, s.y + select((v - t) + s.x, (s.x - t) + v, abs(s.x) >= abs(v)));
 }
 `;
 
@@ -114,7 +115,12 @@ export const DECODE: MatmulSpec = ({
   epilogue: "R[((sae * dims.Pmax + q) * dims.B + m) * dims.d + nn] = v + b_dec[sae * dims.d + nn] - x[(dims.row0 + m) * dims.d + nn];",
 });
 
-/** dL/df_j = scale·R_{block(j)}·W_dec[j] (+ coeff/B where h > 0, ReLU's L1 term). */
+/**
+ * dL/df_j = scale·R_{block(j)}·W_dec[j] (+ coeff/B where h > 0, ReLU's L1 term). ReLU SAEs store dL/dh = dL/df·1{h > 0}
+ * at once (all LATENT_COLS and GRAD_W_ENC need; LATENT_COLS then writes G only for JumpReLU, whose dL/dθ needs dL/df
+ * where h ≤ θ too). The per-SAE factors are read once per thread (prologue), and the epilogue is branchless: with them
+ * read per output it cost ~25 % of the kernel at K = d_vit = 64 (test/bench/fusion.ts).
+ */
 export const GRAD_F: MatmulSpec = ({
   bindings: [META, ro(2, "R"), ro(3, "W_dec"), ro(4, "H"), rw(5, "G"), ...views(6, ["R", "W_dec"])].join("\n"),
   M: "dims.B", N: "dims.n", KD: "dims.d",
@@ -123,10 +129,10 @@ export const GRAD_F: MatmulSpec = ({
   loadA4: "R_v4[(((sae * dims.Pmax + q) * dims.B + gm) * dims.d + gk) / 4u]",
   loadBk4: "W_dec_v4[((sae * dims.n + gn) * dims.d + gk) / 4u]",
   mode: "nBlocks",
+  prologue: "let gScale = lossScale(sae); let gL1 = coeff(sae) * invB(sae); let gRelu = !isJump(sae);",
   epilogue: /* wgsl */ `let idx = (sae * dims.B + m) * dims.n + nn;
-        var g = lossScale(sae) * v;
-        if (!isJump(sae) && H[idx] > 0.0) { g += coeff(sae) * invB(sae); }
-        G[idx] = g;`,
+        let g = gScale * v;
+        G[idx] = select(g, select(0.0, g + gL1, H[idx] > 0.0), gRelu);`,
 });
 
 /** Writes a weight gradient on a step's first chunk and adds the chunk's share to it after. */
@@ -241,8 +247,8 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
 
 /**
  * Per latent column and partial (dims.chunk rows) of this chunk: Σ dL/dh (b_enc), Σ dL/dθ (JumpReLU), #{f > 0}, Σ f;
- * and G ← dL/dh in place once read (GRAD_W_ENC's B operand: one load per element there, not G, H and θ's compare,
- * for every one of a tile's row threads that reads it).
+ * and for JumpReLU G ← dL/dh in place once read (GRAD_W_ENC's B operand: one load per element there, not G, H and θ's
+ * compare, for every one of a tile's row threads that reads it). ReLU SAEs' G is dL/dh already (GRAD_F): not rewritten.
  */
 export const LATENT_COLS = /* wgsl */ `${HEADER}
 ${META}
@@ -266,7 +272,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
     let f = act(h, th);
     let gh = g * actGrad(h, th);
     gb = kadd(gb, gh);
-    G[idx] = gh;
+    if (jump) { G[idx] = gh; }
     if (jump && abs((h - th) / eps) < 0.5) {
       // ∂f/∂θ = −(θ/ε)K, ∂H/∂θ = −(1/ε)K, rectangle kernel K = 1 here.
       gt = kadd(gt, -(g * th + sparsityGrad) / eps);
@@ -421,6 +427,22 @@ export const MATMUL_SPECS = { ENCODE, DECODE, GRAD_F, GRAD_W_ENC, GRAD_W_DEC } a
 export type MatmulName = keyof typeof MATMUL_SPECS;
 export const MATMUL_NAMES = Object.keys(MATMUL_SPECS) as MatmulName[];
 
+/**
+ * A block-mode spec (kSegments, nBlocks) as one plain pass over block q = 0: what a group without Matryoshka SAEs
+ * runs (every SAE one block [0, n), Pmax 1), without the block loop's bounds and the per-load block masks (GRAD_F
+ * ~10 % faster at 4 × 4 per thread on SwiftShader: test/bench/fusion.ts, its "blocks" variant against "step").
+ */
+export function oneBlock(s: MatmulSpec): MatmulSpec {
+  if (s.mode === "plain") return s;
+  const out: MatmulSpec = { ...s, mode: "plain" };
+  for (const key of ["loadA", "loadB", "loadA4", "loadB4", "loadBk4", "epilogue", "epilogue4", "aK", "aK4", "aInv", "bInv", "bInv4", "prologue"] as const)
+    if (s[key] !== undefined) out[key] = s[key].replace(/\bq\b/g, "0u");
+  return out;
+}
+
+/** The spec a step runs for matmul `name`: its block form when the group has Matryoshka SAEs (`blocks`), else oneBlock's. */
+export const matmulSpec = (name: MatmulName, blocks: boolean): MatmulSpec => (blocks ? MATMUL_SPECS[name] : oneBlock(MATMUL_SPECS[name]));
+
 /** Output rows, columns and reduction length of each step matmul at a shape (the autotuner's and the grid's sizes). */
 export function matmulShape(name: MatmulName, s: { d: number; n: number; B: number }): { M: number; N: number; KD: number } {
   const { d, n, B } = s;
@@ -433,13 +455,14 @@ export type MatmulChoices = Partial<Record<MatmulName, MatmulChoice>>;
 /**
  * The five matmul-shaped kernels of a step. `choices`: true/false (the barrier-free direct variant or the tiled one,
  * 64 × 64, 4 × 4, BK 16, as before the tuner), or a MatmulChoice per matmul (the tuner's). `shape` lets vec4
- * choices use their vec4 paths where the spec has them.
+ * choices use their vec4 paths where the spec has them. `blocks`: whether the group has Matryoshka SAEs (more than one
+ * prefix; see matmulSpec).
  */
-export function matmulKernels(choices: boolean | MatmulChoices, shape?: { d: number; n: number; B: number }, opts?: MatmulOptions): Record<MatmulName, string> {
+export function matmulKernels(choices: boolean | MatmulChoices, shape?: { d: number; n: number; B: number }, opts?: MatmulOptions, blocks = true): Record<MatmulName, string> {
   const out = {} as Record<MatmulName, string>;
   for (const name of MATMUL_NAMES) {
     const c = typeof choices === "boolean" ? choiceFor(choices) : (choices[name] ?? DEFAULT_CHOICE);
-    out[name] = matmul(MATMUL_SPECS[name], c, HEADER, shape && matmulShape(name, shape), opts);
+    out[name] = matmul(matmulSpec(name, blocks), c, HEADER, shape && matmulShape(name, shape), opts);
   }
   return out;
 }

@@ -46,6 +46,9 @@ export interface MatmulSpec {
   /** Optional per-k part of loadA shared by every row (e.g. b_dec[gk]), bound to `ak`: direct kernels load it once
    *  per k, not once per row. */
   aK?: string;
+  /** Optional statements run once per thread before the K loop (`sae` in scope): the epilogue's per-SAE constants
+   *  (meta words), read once, not once per output (SwiftShader does not hoist storage loads out of the epilogue). */
+  prologue?: string;
 }
 
 /** How a matmul is computed. `direct`: no workgroup memory or barriers (each thread reads its operands from
@@ -362,6 +365,7 @@ fn main(${quad ? "@builtin(subgroup_invocation_id) sgid: u32, " : ""}@builtin(wo
   let tx = lxy.x; let ty = lxy.y;
   let m0 = wg.y * ${c.tileM}u; let n0 = wg.x * ${c.tileN}u;
   let M = ${s.M}; let N = ${s.N}; let KD = ${s.KD};
+  ${s.prologue ?? ""}
   ${rows.map((i) => groups.map((g) => `var ${acc(i, g)} = vec4f(0.0);`).join(" ")).join("\n  ")}
   ${body}
 }`;

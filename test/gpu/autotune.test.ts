@@ -102,12 +102,13 @@ for (const [name, open, skip] of backends) {
       }
     }, 300_000);
 
-    /** Runs the default engine and engines with `kernels` on one batch; every buffer must match the default's. */
-    async function matchDefault(d: number, B: number, kernels: Array<Record<string, string>>) {
+    /** Runs the default engine and engines with `kernels` on one batch; every buffer must match the default's.
+     *  `objective` of the first SAE: Matryoshka (the block kernels) or Vanilla (a group without blocks: one-block ones). */
+    async function matchDefault(d: number, B: number, kernels: Array<Record<string, string>>, objective: "matryoshka" | "vanilla" = "matryoshka") {
       const seed = testSeed();
       const rand = mulberry32(seed);
       const cfgs = [
-        trainConfig({ sae_batch_size: B, seed: seed, sae: { d_vit: d, exp_factor: 3 }, objective: { kind: "matryoshka", n_prefixes: 3, sparsity_coeff: 5e-2 } }),
+        trainConfig({ sae_batch_size: B, seed: seed, sae: { d_vit: d, exp_factor: 3 }, objective: { kind: objective, n_prefixes: 3, sparsity_coeff: 5e-2 } }),
         trainConfig({ sae_batch_size: B, seed: seed + 1, sae: { d_vit: d, exp_factor: 3, kind: "jumprelu", init_threshold: 0.05, bandwidth: 0.1 } }),
       ];
       const x = Array.from({ length: B * d }, () => Math.fround(rand() * 2 - 1));
@@ -135,6 +136,11 @@ for (const [name, open, skip] of backends) {
       // tile loads. d 16, n 48: prefixes at unaligned bounds exercise the decode's scalar steps up to a multiple of 4
       const all = (id: string) => Object.fromEntries(MATMUL_NAMES.map((m) => [m, id]));
       await matchDefault(16, 36, [all("64x64/8x8/k16/direct/v4"), all("64x64/4x4/k16/tiled/v4")]);
+    }, 600_000);
+
+    it("a group without Matryoshka SAEs (one-block kernels: GRAD_F, GRAD_W_DEC and DECODE in one plain pass) matches the default engine", async () => {
+      const all = (id: string) => Object.fromEntries(MATMUL_NAMES.map((m) => [m, id]));
+      await matchDefault(16, 36, [all("64x64/8x8/k16/direct/v4")], "vanilla");
     }, 600_000);
   });
 }

@@ -11,7 +11,7 @@ import path from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { cachedReport, candidateWgsl, choicesOf, TUNER_CHOICES, type TuneResult } from "../../shaders/autotune";
 import { KernelsBody } from "../../worker/bodies";
-import { KERNEL_HEADER, MATMUL_NAMES, MATMUL_SPECS, matmulShape, type MatmulName } from "../../shaders/kernels";
+import { KERNEL_HEADER, MATMUL_NAMES, MATMUL_SPECS, matmulShape, matmulSpec, type MatmulName } from "../../shaders/kernels";
 import { choiceId, matmul, parseChoiceId } from "../../shaders/matmul-template";
 import { requestSaeDevice } from "../../shaders/device";
 import { adapterKey, cachePath, kernelCacheFor, kernelsVersion, loadTuned, saveTuned, type AdapterIdentity, type Runtime } from "../../runner/tune-cache";
@@ -99,9 +99,10 @@ describe("the kernel cache on disk", () => {
     const wgsl = candidateWgsl();
     for (const m of MATMUL_NAMES)
       for (const c of TUNER_CHOICES)
-        for (const s of [{ d: 64, n: 256, B: 64 }, { d: 33, n: 97, B: 35 }])
+        // candidateWgsl's shapes: Matryoshka (P 2, the block specs) and Vanilla (P 1, their one-block forms)
+        for (const s of [{ d: 64, n: 256, B: 64, P: 2 }, { d: 33, n: 97, B: 35, P: 1 }])
           for (const quad of [false, true])
-            expect(wgsl.includes(matmul(MATMUL_SPECS[m], c, KERNEL_HEADER, matmulShape(m, s), { quad })), `${m} ${choiceId(c)} at ${JSON.stringify(s)}${quad ? ", quad" : ""}`).toBe(true);
+            expect(wgsl.includes(matmul(matmulSpec(m, s.P > 1), c, KERNEL_HEADER, matmulShape(m, s), { quad })), `${m} ${choiceId(c)} at ${JSON.stringify(s)}${quad ? ", quad" : ""}`).toBe(true);
   });
 
   it("A read once per quad: the direct matmuls only, without vec4 loads along k", () => {
