@@ -81,12 +81,14 @@ export const GPU_CANDIDATES: MatmulChoice[] = ids([
   "128x64/8x4/k16/direct",
 ]);
 
-/** Candidates on software adapters: barrier-free kernels only (SwiftShader runs barriers as fiber switches), the
- *  vec4 one last (timed when the budget allows: in the step it measured within the noise of its scalar twin,
- *  BENCHMARKS.md §8). Not the 16-output direct choices: a plain 16 × 16 kernel reads ~2× fewer operands per FMA,
- *  but SwiftShader compiles the step's for 6–9 s each, and its block-masked ones (dL/df, dL/dW_dec) for over a
- *  minute, at load 10 (2 cores); with vec4 loads 8 × 16 compiled for over 8 minutes at load 8. */
-export const SOFTWARE_CANDIDATES: MatmulChoice[] = ids(["64x64/4x4/k16/direct", "128x64/8x4/k16/direct", "64x64/8x8/k16/direct", "64x64/8x8/k16/direct/v4"]);
+/** Candidates on software adapters: barrier-free kernels only (SwiftShader runs barriers as fiber switches), in
+ *  the order the budget reaches them: 64×64/8×4 right after the default (with A read once per quad it was the
+ *  fastest or within noise of it for all five matmuls, BENCHMARKS.md §8), the vec4 one last (in the step it
+ *  measured within the noise of its scalar twin). Not 64×64/16×4 (no faster than 8×4 by quads) nor the 16-column
+ *  direct choices: a plain 16 × 16 kernel reads ~2× fewer operands per FMA, but SwiftShader compiles the step's for
+ *  6–9 s each, and its block-masked ones (dL/df, dL/dW_dec) for over a minute, at load 10 (2 cores); with vec4
+ *  loads 8 × 16 compiled for over 8 minutes at load 8. */
+export const SOFTWARE_CANDIDATES: MatmulChoice[] = ids(["64x64/4x4/k16/direct", "64x64/8x4/k16/direct", "128x64/8x4/k16/direct", "64x64/8x8/k16/direct", "64x64/8x8/k16/direct/v4"]);
 
 /** Every choice the tuner can pick on some adapter (what test/gpu/matmul-variants.test.ts must check). */
 export const TUNER_CHOICES: MatmulChoice[] = [...GPU_CANDIDATES, ...SOFTWARE_CANDIDATES].filter((c, i, all) => all.findIndex((x) => choiceId(x) === choiceId(c)) === i);
@@ -321,6 +323,9 @@ export async function autotune(device: GPUDevice, shape: TuneShape, o: TuneOptio
             const reps = Math.max(1, Math.min(50, Math.round(0.005 / c.best)));
             c.best = Math.min(c.best, await time(c, reps));
           }
+    // software: one more dispatch per candidate, interleaved: one each ranked the candidates differently from run to
+    // run (at load 0.5 the 4x4 default won dL/dW_enc 2 times in 5 over 64x64/8x4, 1.3x faster in the step)
+    if (o.software) for (const m of MATMUL_NAMES) for (const c of live.get(m)!) c.best = Math.min(c.best, await time(c, 1));
     for (const m of MATMUL_NAMES) {
       const list = live.get(m)!;
       if (list.length === 0) throw new Error(`autotune: no candidate of ${m} could be built on this device`);
