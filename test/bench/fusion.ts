@@ -16,20 +16,13 @@
  * FUSION_VARIANTS: some of the variants; SAE_SWARM_ROBUSTNESS as the runner.
  *   SAE_SWARM_ROBUSTNESS=off node --import tsx test/bench/fusion.ts
  */
-import { existsSync } from "node:fs";
 import { makeKernel } from "../../shaders/engine";
 import { KERNEL_HEADER, MATMUL_NAMES, MATMUL_SPECS, matmulShape, META_WORDS, oneBlock, type MatmulName, type MatmulSpec } from "../../shaders/kernels";
 import { matmul, matmulGrid, parseChoiceId, type MatmulChoice } from "../../shaders/matmul-template";
-import { requestSaeDevice } from "../../shaders/device";
-import { dawnRobustnessFlags, robustness } from "../../runner/robustness";
+import { robustness } from "../../runner/robustness";
+import { benchDevice, dispatchCpuMs } from "./dawn";
 
-const ICD = "/usr/lib/chromium/vk_swiftshader_icd.json";
-if (!process.env.VK_ICD_FILENAMES && existsSync(ICD) && !existsSync("/dev/nvidia0")) process.env.VK_ICD_FILENAMES = ICD;
-const { create, globals } = await import("webgpu");
-Object.assign(globalThis, globals);
-const gpu = create(["disable-dawn-features=timestamp_quantization", ...dawnRobustnessFlags()]);
-const { device, report } = await requestSaeDevice(gpu);
-device.addEventListener("uncapturederror", (e) => console.error("WebGPU error:", (e as GPUUncapturedErrorEvent).error.message));
+const { device, report } = await benchDevice();
 console.log(`adapter: ${report.vendor} ${report.architecture} ${report.description}; robustness ${robustness()}`);
 
 const K = Number(process.env.FUSION_K ?? 8), d = 64, n = 512, B = 1024;
@@ -149,17 +142,7 @@ for (let r = -1; r < reps; r++) {
   // work a kernel costs, which the other processes on the cores change less than its wall time
   if (process.env.FUSION_CPU && r >= 0)
     for (const c of r % 2 ? [...cases].reverse() : cases) {
-      const e = device.createCommandEncoder();
-      const pass = e.beginComputePass();
-      pass.setPipeline(c.pipeline);
-      pass.setBindGroup(0, c.bind);
-      pass.dispatchWorkgroups(...c.size);
-      pass.end();
-      const c0 = process.cpuUsage();
-      device.queue.submit([e.finish()]);
-      await device.queue.onSubmittedWorkDone();
-      const u = process.cpuUsage(c0);
-      c.cpu.push((u.user + u.system) * 1e3);
+      c.cpu.push((await dispatchCpuMs(device, c.pipeline, c.bind, c.size)) * 1e6);
     }
 }
 const median = (a: number[]) => { const s = [...a].sort((x, y) => x - y); return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2; };

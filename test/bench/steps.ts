@@ -13,24 +13,17 @@
  *     without them both run the default (direct) kernels.
  *   node --import tsx test/bench/steps.ts        (STEPS_SHAPE=bench, STEPS_REPS=5, STEPS_OBJECTIVE=matryoshka)
  */
-import { existsSync, readFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { SaeEngine } from "../../shaders/engine";
 import { MATMUL_NAMES } from "../../shaders/kernels";
 import { choiceId, parseChoiceId, type MatmulChoice } from "../../shaders/matmul-template";
 import type { TrainConfig } from "../../shaders/config";
-import { requestSaeDevice } from "../../shaders/device";
 import { expandSweep, parseSweepText } from "../../worker/sweep";
 import { trainConfig } from "../helpers/train-config";
-import { dawnRobustnessFlags, robustness } from "../../runner/robustness";
+import { robustness } from "../../runner/robustness";
+import { benchDevice, dispatchCpuMs } from "./dawn";
 
-const ICD = "/usr/lib/chromium/vk_swiftshader_icd.json";
-if (!process.env.VK_ICD_FILENAMES && existsSync(ICD) && !existsSync("/dev/nvidia0")) process.env.VK_ICD_FILENAMES = ICD;
-const { create, globals } = await import("webgpu");
-Object.assign(globalThis, globals);
-// the runner's robustness setting (SAE_SWARM_ROBUSTNESS), so both sides run as a runner would
-const gpu = create(["disable-dawn-features=timestamp_quantization", ...dawnRobustnessFlags()]);
-const { device, report } = await requestSaeDevice(gpu);
-device.addEventListener("uncapturederror", (e) => console.error("WebGPU error:", (e as GPUUncapturedErrorEvent).error.message));
+const { device, report } = await benchDevice();
 if (!device.features.has("timestamp-query")) throw new Error("steps: the device has no timestamp-query");
 console.log(`adapter: ${report.vendor} ${report.architecture} ${report.description}; robustness ${robustness()}`);
 
@@ -125,19 +118,8 @@ for (let r = 0; r < reps; r++)
     // STEPS_CPU=1: each dispatch alone in a submit of its own, timed by this process's CPU time (SwiftShader runs
     // in it): the work a kernel costs, which other processes' load on the cores changes less than wall time
     if (process.env.STEPS_CPU)
-      for (const [i, p] of sd.dispatches.entries()) {
-        const e = device.createCommandEncoder();
-        const pass = e.beginComputePass();
-        pass.setPipeline(p.kernel.pipeline);
-        pass.setBindGroup(0, p.bind);
-        pass.dispatchWorkgroups(...p.size);
-        pass.end();
-        const c0 = process.cpuUsage();
-        device.queue.submit([e.finish()]);
-        await device.queue.onSubmittedWorkDone();
-        const c = process.cpuUsage(c0);
-        sd.cpu[i] = Math.min(sd.cpu[i], (c.user + c.system) * 1e3);
-      }
+      for (const [i, p] of sd.dispatches.entries())
+        sd.cpu[i] = Math.min(sd.cpu[i], (await dispatchCpuMs(device, p.kernel.pipeline, p.bind, p.size)) * 1e6);
   }
 
 function median(xs: number[]): number {

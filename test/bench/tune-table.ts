@@ -8,20 +8,13 @@
  *   TABLE_SHAPE=d,n,B,K  (default 64,512,1024,8: the bench's K 8; 64,512,256,4 is the tuner's shape for it)
  *   node --import tsx test/bench/tune-table.ts
  */
-import { existsSync } from "node:fs";
 import { bindingsOf, dimsAndMeta, kernelCode, SOFTWARE_CANDIDATES, tensorFloats, type TuneShape } from "../../shaders/autotune";
 import { MATMUL_NAMES, matmulOptions, matmulShape } from "../../shaders/kernels";
 import { choiceId, matmulGrid, parseChoiceId } from "../../shaders/matmul-template";
-import { requestSaeDevice } from "../../shaders/device";
-import { dawnRobustnessFlags, robustness } from "../../runner/robustness";
+import { robustness } from "../../runner/robustness";
+import { benchDevice, dispatchCpuMs } from "./dawn";
 
-const ICD = "/usr/lib/chromium/vk_swiftshader_icd.json";
-if (!process.env.VK_ICD_FILENAMES && existsSync(ICD) && !existsSync("/dev/nvidia0")) process.env.VK_ICD_FILENAMES = ICD;
-const { create, globals } = await import("webgpu");
-Object.assign(globalThis, globals);
-const gpu = create(["disable-dawn-features=timestamp_quantization", ...dawnRobustnessFlags()]);
-const { device, report } = await requestSaeDevice(gpu);
-device.addEventListener("uncapturederror", (e) => console.error("WebGPU error:", (e as GPUUncapturedErrorEvent).error.message));
+const { device, report } = await benchDevice();
 const software = report.isFallbackAdapter;
 console.log(`adapter: ${report.description} (${software ? "software" : "GPU"}); robustness ${robustness()}; quad ${matmulOptions(device, software).quad}`);
 
@@ -90,17 +83,7 @@ for (let r = 0; r < reps; r++)
     const t = new BigUint64Array(read.getMappedRange().slice(0));
     read.unmap();
     cell.ns.push(Number(t[1] - t[0]));
-    enc = device.createCommandEncoder();
-    const p2 = enc.beginComputePass();
-    p2.setPipeline(cell.pipeline);
-    p2.setBindGroup(0, cell.bind);
-    p2.dispatchWorkgroups(...cell.grid);
-    p2.end();
-    const c0 = process.cpuUsage();
-    device.queue.submit([enc.finish()]);
-    await device.queue.onSubmittedWorkDone();
-    const cu = process.cpuUsage(c0);
-    cell.cpu = Math.min(cell.cpu, (cu.user + cu.system) / 1e3);
+    cell.cpu = Math.min(cell.cpu, await dispatchCpuMs(device, cell.pipeline, cell.bind, cell.grid));
   }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1];

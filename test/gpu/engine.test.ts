@@ -44,13 +44,7 @@ function clearThresholds(cfgs: TrainConfig[], json: JsonState, refs: ref.State[]
     if (cfg.sae.kind !== "jumprelu") return;
     const p = refs[k].params;
     const d = cfg.sae.d_vit, n = dSae(cfg), eps = cfg.sae.bandwidth;
-    const h = new Float64Array(B * n);
-    for (let b = 0; b < B; b++)
-      for (let j = 0; j < n; j++) {
-        let s = p.b_enc[j];
-        for (let i = 0; i < d; i++) s += (x[b * d + i] - p.b_dec[i]) * p.W_enc[i * n + j];
-        h[b * n + j] = s;
-      }
+    const h = ref.preActivations(p, x, B, d, n);
     for (let j = 0; j < n; j++)
       for (let tries = 0; tries < 100; tries++) {
         const theta = Math.exp(p.log_threshold[j]);

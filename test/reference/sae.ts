@@ -62,18 +62,24 @@ function activation(kind: Hyper["kind"], h: number, theta: number): number {
   throw new Error(`reference: sae.kind ${kind} needs hp.select (test/reference/topk.ts)`);
 }
 
-export function forward(p: Params, x: ArrayLike<number>, B: number, hp: Hyper): Forward {
-  const { d, n, bounds } = hp;
-  const P = bounds.length - 1;
+/** h = (x − b_dec) W_enc + b_enc, [B, n]. */
+export function preActivations(p: Params, x: ArrayLike<number>, B: number, d: number, n: number): Float64Array {
   const h = new Float64Array(B * n);
-  const f = new Float64Array(B * n);
   for (let b = 0; b < B; b++)
     for (let j = 0; j < n; j++) {
       let s = p.b_enc[j];
       for (let i = 0; i < d; i++) s += (x[b * d + i] - p.b_dec[i]) * p.W_enc[i * n + j];
       h[b * n + j] = s;
-      if (!hp.select) f[b * n + j] = activation(hp.kind, s, Math.exp(p.log_threshold[j]));
     }
+  return h;
+}
+
+export function forward(p: Params, x: ArrayLike<number>, B: number, hp: Hyper): Forward {
+  const { d, n, bounds } = hp;
+  const P = bounds.length - 1;
+  const h = preActivations(p, x, B, d, n);
+  const f = new Float64Array(B * n);
+  if (!hp.select) for (let i = 0; i < B * n; i++) f[i] = activation(hp.kind, h[i], Math.exp(p.log_threshold[i % n]));
   if (hp.select) {
     const kept = hp.select(h, B);
     for (let i = 0; i < B * n; i++) f[i] = kept[i] && h[i] > 0 ? h[i] : 0;
