@@ -40,6 +40,10 @@ function emit(e: RunnerEvent): void {
 
 let gpu: SaeDevice | null = null;
 let loop: RunnerLoop | null = null;
+// A stop that comes before start() has built the loop (the CLI passes a SIGTERM on as soon as the page is ready,
+// which can be before start, e.g. while a crashed page is being replaced): kept and applied to the loop once built,
+// else the page would train on until the CLI's grace timer.
+let pendingStop: StopMode | null = null;
 
 window.__runner = {
   ready: (async () => {
@@ -71,6 +75,7 @@ window.__runner = {
     const tuned = new Map(Object.entries(opts.tuned ?? {}));
     const kernelCache = { get: (k: string) => tuned.get(k), put: (k: string, r: TuneResult) => void tuned.set(k, r), budgetMs: opts.tuneBudgetMs };
     loop = new RunnerLoop({ api, dataFetch, device: gpu!.device, adapter, runnerId: opts.runnerId, emit, once: opts.once, kernelCache });
+    if (pendingStop) loop.stop(pendingStop);
     try {
       const reason = await loop.run();
       emit({ kind: "exit", reason, ...(loop.failing ? { message: loop.failing } : {}) });
@@ -86,6 +91,7 @@ window.__runner = {
   },
 
   stop(mode) {
+    if (pendingStop !== "abandon") pendingStop = mode;
     loop?.stop(mode);
   },
 };

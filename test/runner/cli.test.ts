@@ -307,4 +307,25 @@ describe("runner lifecycle", () => {
       await page.close();
     }
   });
+
+  it("a stop that reaches the page before its loop is built (a SIGTERM while a page is replaced) ends it without a claim", async () => {
+    const { launchChrome } = await import("../../runner/chrome");
+    const { runPage } = await import("../../runner/backends/chrome");
+    const { bundleForBrowser: bundle } = await import("../../runner/serve");
+    const page = await servePage(await bundle(path.join(root, "runner/page/main.ts")), "t", apiProxy({ server: srv.url, key: "ks" }));
+    const chrome = await launchChrome();
+    try {
+      const claimsBefore = srv.requests.filter((q) => q.path === "/v1/claims").length;
+      // onTab is where ChromeBackend passes on a stop that came earlier: before the page's start() builds its loop
+      const outcome = await runPage(chrome, page.url + "#k=ks", {
+        runnerId: "early-stop", once: true, probe: false, allowSoftware: true, onEvent: () => {}, log: () => {},
+        onTab: (tab) => void tab.evaluate(() => window.__runner.stop("abandon")).catch(() => {}),
+      });
+      expect(outcome).toBe("stopped");
+      expect(srv.requests.filter((q) => q.path === "/v1/claims").length).toBe(claimsBefore);
+    } finally {
+      await chrome.close();
+      await page.close();
+    }
+  });
 });
