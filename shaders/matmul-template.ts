@@ -134,7 +134,7 @@ export interface MatmulOptions {
   quad?: boolean;
 }
 
-function quadApplies(s: MatmulSpec, c: MatmulChoice, v4: { a: boolean; bk: boolean }): boolean {
+function quadApplies(c: MatmulChoice, v4: { a: boolean; bk: boolean }): boolean {
   return c.direct && !v4.a && !v4.bk && (c.tileN / c.outN) % 4 === 0;
 }
 
@@ -147,7 +147,7 @@ export function matmul(s: MatmulSpec, choice: MatmulChoice | boolean, header: st
   const c = typeof choice === "boolean" ? choiceFor(choice) : choice;
   if (!validChoice(c, { invocations: 1024, workgroupBytes: 65536 })) throw new Error(`matmul: invalid choice ${choiceId(c)}`);
   const v4 = c.vec4 && shape ? vec4Applies(s, shape) : { a: false, b: false, bk: false, store: false };
-  const quad = !!opts.quad && quadApplies(s, c, v4);
+  const quad = !!opts.quad && quadApplies(c, v4);
   const TX = c.tileN / c.outN; // threads along n
   const TY = c.tileM / c.outM; // threads along m
   const T = TX * TY;

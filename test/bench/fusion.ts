@@ -17,8 +17,8 @@
  *   SAE_SWARM_ROBUSTNESS=off node --import tsx test/bench/fusion.ts
  */
 import { makeKernel } from "../../shaders/engine";
-import { KERNEL_HEADER, MATMUL_NAMES, MATMUL_SPECS, matmulShape, META_WORDS, oneBlock, type MatmulName, type MatmulSpec } from "../../shaders/kernels";
-import { matmul, matmulGrid, parseChoiceId, type MatmulChoice } from "../../shaders/matmul-template";
+import { KERNEL_HEADER, MATMUL_NAMES, MATMUL_SPECS, matmulOptions, matmulShape, META_WORDS, oneBlock, type MatmulName, type MatmulSpec } from "../../shaders/kernels";
+import { matmul, matmulGrid, parseChoiceId, type MatmulChoice, type MatmulOptions } from "../../shaders/matmul-template";
 import { robustness } from "../../runner/robustness";
 import { benchDevice, dispatchCpuMs } from "./dawn";
 
@@ -30,13 +30,13 @@ const reps = Number(process.env.FUSION_REPS ?? 5);
 const choices = (process.env.FUSION_CHOICES ?? "64x64/8x8/k16/direct,64x64/4x4/k16/direct").split(",");
 const only = process.env.FUSION_MATMULS?.split(",") as MatmulName[] | undefined;
 const variantsOnly = process.env.FUSION_VARIANTS?.split(",");
-type Build = (name: MatmulName, choice: MatmulChoice, shape: { N: number; KD: number }) => string;
+type Build = (name: MatmulName, choice: MatmulChoice, shape: { N: number; KD: number }, opts: MatmulOptions) => string;
 let baseline: Build | undefined;
 if (process.env.FUSION_BASELINE) {
   const dir = process.env.FUSION_BASELINE;
   const bk = (await import(`${dir}/shaders/kernels.ts`)) as typeof import("../../shaders/kernels");
   const bt = (await import(`${dir}/shaders/matmul-template.ts`)) as typeof import("../../shaders/matmul-template");
-  baseline = (name, choice, shape) => bt.matmul(bk.MATMUL_SPECS[name], choice, bk.KERNEL_HEADER, shape);
+  baseline = (name, choice, shape, opts) => bt.matmul(bk.MATMUL_SPECS[name], choice, bk.KERNEL_HEADER, shape, opts);
 }
 
 // the bare forms of each spec's operands and output (same buffers, same layout, nothing fused)
@@ -103,7 +103,9 @@ for (const id of choices) {
       if (variantsOnly && variant !== "step" && variant !== "baseline" && !variantsOnly.includes(variant)) continue;
       const spec = make(name, MATMUL_SPECS[name]);
       if (!spec && variant !== "baseline") continue;
-      const code = spec ? matmul(spec, choice, KERNEL_HEADER, shape) : baseline!(name, choice, shape);
+      // every variant as the engine builds it on this device (A read once per quad on a software adapter with subgroups)
+      const opts = matmulOptions(device, report.isFallbackAdapter);
+      const code = spec ? matmul(spec, choice, KERNEL_HEADER, shape, opts) : baseline!(name, choice, shape, opts);
       const label = `${name} ${variant} ${id}`;
       const kernel = makeKernel(device, label, code);
       const names = [...code.matchAll(/@binding\((\d+)\) var<[^>]+> (\w+):/g)].map((m) => m[2].replace(/_v4$/, ""));
