@@ -288,44 +288,32 @@ describe("runner lifecycle", () => {
     expect(out).toContain("finishing the current group, then exiting");
   });
 
-  it("detects a renderer crash of the runner page", async () => {
+  /** One runner page (runPage, as ChromeBackend runs it) in a fresh Chrome against the protocol server. */
+  async function runnerPage(key: string, runnerId: string, onTab: (tab: import("puppeteer-core").Page) => void) {
     const { launchChrome } = await import("../../runner/chrome");
     const { runPage } = await import("../../runner/backends/chrome");
     const { bundleForBrowser: bundle } = await import("../../runner/serve");
-    const page = await servePage(await bundle(path.join(root, "runner/page/main.ts")), "t", apiProxy({ server: srv.url, key: "kc" }));
+    const page = await servePage(await bundle(path.join(root, "runner/page/main.ts")), "t", apiProxy({ server: srv.url, key }));
     const chrome = await launchChrome();
     try {
-      srv.inject(/claims$/, "slow"); // keep the loop busy in its first claim
-      const logs: string[] = [];
-      const outcome = await runPage(chrome, page.url + "#k=kc", {
-        runnerId: "crash-test", once: true, probe: false, allowSoftware: true, onEvent: () => {}, log: (s) => logs.push(s),
-        onTab: (tab) => void setTimeout(() => tab.goto("chrome://crash").catch(() => {}), 500),
-      });
-      expect(outcome).toBe("crashed");
+      return await runPage(chrome, page.url + `#k=${key}`, { runnerId, once: true, probe: false, allowSoftware: true, onEvent: () => {}, log: () => {}, onTab });
     } finally {
       await chrome.close();
       await page.close();
     }
+  }
+
+  it("detects a renderer crash of the runner page", async () => {
+    srv.inject(/claims$/, "slow"); // keep the loop busy in its first claim
+    const outcome = await runnerPage("kc", "crash-test", (tab) => void setTimeout(() => tab.goto("chrome://crash").catch(() => {}), 500));
+    expect(outcome).toBe("crashed");
   });
 
   it("a stop that reaches the page before its loop is built (a SIGTERM while a page is replaced) ends it without a claim", async () => {
-    const { launchChrome } = await import("../../runner/chrome");
-    const { runPage } = await import("../../runner/backends/chrome");
-    const { bundleForBrowser: bundle } = await import("../../runner/serve");
-    const page = await servePage(await bundle(path.join(root, "runner/page/main.ts")), "t", apiProxy({ server: srv.url, key: "ks" }));
-    const chrome = await launchChrome();
-    try {
-      const claimsBefore = srv.requests.filter((q) => q.path === "/v1/claims").length;
-      // onTab is where ChromeBackend passes on a stop that came earlier: before the page's start() builds its loop
-      const outcome = await runPage(chrome, page.url + "#k=ks", {
-        runnerId: "early-stop", once: true, probe: false, allowSoftware: true, onEvent: () => {}, log: () => {},
-        onTab: (tab) => void tab.evaluate(() => window.__runner.stop("abandon")).catch(() => {}),
-      });
-      expect(outcome).toBe("stopped");
-      expect(srv.requests.filter((q) => q.path === "/v1/claims").length).toBe(claimsBefore);
-    } finally {
-      await chrome.close();
-      await page.close();
-    }
+    const claimsBefore = srv.requests.filter((q) => q.path === "/v1/claims").length;
+    // onTab is where ChromeBackend passes on a stop that came earlier: before the page's start() builds its loop
+    const outcome = await runnerPage("ks", "early-stop", (tab) => void tab.evaluate(() => window.__runner.stop("abandon")).catch(() => {}));
+    expect(outcome).toBe("stopped");
+    expect(srv.requests.filter((q) => q.path === "/v1/claims").length).toBe(claimsBefore);
   });
 });
